@@ -1,0 +1,1 @@
+//! axbench-cache
