@@ -1,1 +1,10 @@
-//! axbench-models
+//! Language-model runtime on libtorch, usable without AxBench: Gemma-2, Gemma-3 and Llama
+//! (one file per architecture, configs mirroring HF `config.json`, HF weight names), HF and GGUF
+//! loading, tokenizers, hooks at layer L, and batched generation.
+//!
+//! Module owners while the first pass is written: `gguf`, `quant`, `tokenizer` (file formats and
+//! tokenization); everything else (architectures, hooks, generation, loading into a model).
+
+pub mod gguf;
+pub mod quant;
+pub mod tokenizer;
