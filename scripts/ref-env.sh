@@ -12,4 +12,13 @@ if [ ! -f "$VENV/.complete" ]; then
     sentencepiece protobuf pandas pyarrow polars
   touch "$VENV/.complete"
 fi
+# llama.cpp's tokenizer, the reference for GGUF byte-level BPE vocabularies
+# (tests/golden/make_tokenizer_golden.py). Outside the guard so existing venvs get it; builds from source (minutes).
+if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
+  CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 "$VENV/bin/pip" install -q llama-cpp-python >&2
+fi
+# accelerate: transformers refuses to load GGUF checkpoints without it (tests/golden/make_model_golden.py).
+if ! "$VENV/bin/python" -c "import accelerate" 2>/dev/null; then
+  "$VENV/bin/pip" install -q accelerate >&2
+fi
 echo "$VENV/bin/python"

@@ -5,6 +5,7 @@
 //! Module owners while the first pass is written: `gguf`, `quant`, `tokenizer` (file formats and
 //! tokenization); everything else (architectures, hooks, generation, loading into a model).
 
+pub mod chat;
 pub mod gguf;
 pub mod quant;
 pub mod tokenizer;

@@ -1,0 +1,229 @@
+//! Tokenizers built from the GGUF vocabularies against their references, and chat templates
+//! against HF's Jinja rendering (tests/golden/make_tokenizer_golden.py):
+//! Gemma 3 270M = HF transformers loading the GGUF; SmolLM2-135M-Instruct = llama.cpp.
+//! Every text of tests/golden/tokenizer/texts.jsonl must give identical ids, with and without
+//! special tokens, and decode to the reference's text.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axbench_models::chat::{ChatTemplate, Message, Role};
+use axbench_models::gguf::GgufFile;
+use axbench_models::tokenizer::{GgufTokenizerOptions, SpmFlavor, Tokenizer};
+use serde_json::Value;
+
+const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
+const SMOL: &str = "smollm2-135m-instruct-q4_1.gguf";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn model_path(file: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("AXBENCH_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join(".deps/models"));
+    let p = dir.join(file);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("SKIP: {} not found (run scripts/setup.sh or set AXBENCH_MODELS_DIR)", p.display());
+        None
+    }
+}
+
+struct Loaded {
+    file: GgufFile,
+    tok: Tokenizer,
+}
+
+/// Building the 262k-token Gemma vocabulary takes a moment: share it between tests.
+fn load(file: &'static str) -> Option<&'static Loaded> {
+    static GEMMA_L: OnceLock<Option<Loaded>> = OnceLock::new();
+    static SMOL_L: OnceLock<Option<Loaded>> = OnceLock::new();
+    let cell = if file == GEMMA { &GEMMA_L } else { &SMOL_L };
+    cell.get_or_init(|| {
+        let path = model_path(file)?;
+        let t0 = Instant::now();
+        let gguf = GgufFile::open(&path).unwrap();
+        let t1 = Instant::now();
+        let tok = Tokenizer::from_gguf(&gguf).unwrap();
+        eprintln!(
+            "{file}: GGUF open {:.0} ms, tokenizer build {:.0} ms",
+            (t1 - t0).as_secs_f64() * 1e3,
+            t1.elapsed().as_secs_f64() * 1e3
+        );
+        Some(Loaded { file: gguf, tok })
+    })
+    .as_ref()
+}
+
+fn texts() -> Vec<(String, String)> {
+    std::fs::read_to_string(repo().join("tests/golden/tokenizer/texts.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["id"].as_str().unwrap().to_string(), v["text"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+fn golden(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(repo().join("tests/golden/tokenizer").join(name)).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn check_texts(file: &'static str, golden_name: &str, check_skip_decode: bool) {
+    let Some(l) = load(file) else { return };
+    let g = golden(golden_name);
+    let texts = texts();
+    let rows = g["texts"].as_array().unwrap();
+    assert_eq!(rows.len(), texts.len(), "golden file is stale: regenerate it");
+    let mut failures = Vec::new();
+    for ((id, text), row) in texts.iter().zip(rows) {
+        assert_eq!(row["id"].as_str().unwrap(), id);
+        let with = l.tok.encode(text, true).unwrap();
+        if with != ids(&row["ids"]) {
+            failures.push(format!("{id}: encode(add_special=true)\n  got  {with:?}\n  want {:?}", ids(&row["ids"])));
+        }
+        let plain = l.tok.encode(text, false).unwrap();
+        let want_plain = ids(&row["ids_no_special"]);
+        if plain != want_plain {
+            failures.push(format!("{id}: encode(add_special=false)\n  got  {plain:?}\n  want {want_plain:?}"));
+        }
+        let dec = l.tok.decode(&want_plain, false).unwrap();
+        if dec != row["decode"].as_str().unwrap() {
+            failures.push(format!("{id}: decode\n  got  {dec:?}\n  want {:?}", row["decode"].as_str().unwrap()));
+        }
+        if check_skip_decode {
+            let dec = l.tok.decode(&ids(&row["ids"]), true).unwrap();
+            let want = row["decode_skip_special"].as_str().unwrap();
+            if dec != want {
+                failures.push(format!("{id}: decode(skip_special)\n  got  {dec:?}\n  want {want:?}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+fn check_chats(file: &'static str, golden_name: &str, expected: ChatTemplate) {
+    let Some(l) = load(file) else { return };
+    let template = ChatTemplate::from_gguf(&l.file).unwrap();
+    assert_eq!(template, expected);
+    let g = golden(golden_name);
+    for c in g["chats"].as_array().unwrap() {
+        let messages: Vec<Message> = c["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| Message {
+                role: match m["role"].as_str().unwrap() {
+                    "system" => Role::System,
+                    "user" => Role::User,
+                    "assistant" => Role::Assistant,
+                    r => panic!("role {r}"),
+                },
+                content: m["content"].as_str().unwrap().to_string(),
+            })
+            .collect();
+        let add_gen = c["add_generation_prompt"].as_bool().unwrap();
+        let text = template.render(&messages, add_gen).unwrap();
+        assert_eq!(text, c["text"].as_str().unwrap(), "render of {messages:?}");
+        assert_eq!(template.encode(&l.tok, &messages, add_gen).unwrap(), ids(&c["ids"]), "ids of {text:?}");
+    }
+}
+
+#[test]
+fn gemma3_texts_match_transformers() {
+    check_texts(GEMMA, "gemma-3-270m.json", true);
+}
+
+#[test]
+fn smollm2_texts_match_llama_cpp() {
+    check_texts(SMOL, "smollm2-135m.json", false);
+}
+
+#[test]
+fn gemma3_chats_match_hf_template() {
+    check_chats(GEMMA, "gemma-3-270m.json", ChatTemplate::Gemma);
+}
+
+#[test]
+fn smollm2_chats_match_hf_template() {
+    check_chats(SMOL, "smollm2-135m.json", ChatTemplate::smollm2());
+}
+
+/// The llama.cpp flavor of the Gemma vocabulary against llama.cpp itself (the golden file keeps
+/// llama.cpp's ids as `alt_ids` where they differ from transformers').
+#[test]
+fn gemma3_llama_cpp_flavor_matches_llama_cpp() {
+    let Some(l) = load(GEMMA) else { return };
+    let t0 = Instant::now();
+    let tok = Tokenizer::from_gguf_with(&l.file, GgufTokenizerOptions { spm: SpmFlavor::LlamaCpp }).unwrap();
+    eprintln!("gemma llama.cpp-flavor tokenizer build {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
+    let g = golden("gemma-3-270m.json");
+    let mut failures = Vec::new();
+    for ((id, text), row) in texts().iter().zip(g["texts"].as_array().unwrap()) {
+        let want = ids(row.get("alt_ids").unwrap_or(&row["ids"]));
+        let got = tok.encode(text, true).unwrap();
+        if got != want {
+            failures.push(format!("{id}:\n  got  {got:?}\n  want {want:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn special_ids() {
+    if let Some(l) = load(GEMMA) {
+        let t = &l.tok;
+        assert_eq!(t.bos_id(), Some(2));
+        assert!(t.adds_bos());
+        assert_eq!(t.eos_ids(), [1, 106]); // <eos>, <end_of_turn>
+        assert_eq!(t.vocab_size(), 262144);
+        assert_eq!(t.id_to_token(106).as_deref(), Some("<end_of_turn>"));
+        assert_eq!(t.token_to_id("<start_of_turn>"), Some(105));
+        assert_eq!(t.encode("<start_of_turn>", false).unwrap(), [105]);
+        assert_eq!(t.encode("", true).unwrap(), [2]);
+    }
+    if let Some(l) = load(SMOL) {
+        let t = &l.tok;
+        assert_eq!(t.bos_id(), Some(1));
+        assert!(!t.adds_bos());
+        assert_eq!(t.eos_ids(), [2, 0]); // <|im_end|>, <|endoftext|>
+        assert_eq!(t.vocab_size(), 49152);
+        assert_eq!(t.encode("<|im_start|>", true).unwrap(), [1]);
+        // smollm pre-tokenizer: one id per digit.
+        assert_eq!(t.encode("2024", false).unwrap().len(), 4);
+    }
+}
+
+/// Throughput on the golden texts, repeated (reported, not asserted).
+#[test]
+fn tokenizer_throughput() {
+    let texts = texts();
+    let corpus: Vec<&str> = texts.iter().map(|(_, t)| t.as_str()).collect();
+    let bytes: usize = corpus.iter().map(|t| t.len()).sum();
+    for file in [GEMMA, SMOL] {
+        let Some(l) = load(file) else { continue };
+        let reps = 20;
+        let t0 = Instant::now();
+        let mut n_tokens = 0;
+        for _ in 0..reps {
+            for t in &corpus {
+                n_tokens += l.tok.encode(t, true).unwrap().len();
+            }
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "{file}: encode {:.2} MB/s, {:.0} k tokens/s ({} texts x {reps}, one thread)",
+            (bytes * reps) as f64 / dt / 1e6,
+            n_tokens as f64 / dt / 1e3,
+            corpus.len()
+        );
+    }
+}

@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Golden token ids and chat renderings for models/src/tokenizer.rs and models/src/chat.rs.
+
+References (see the module docs of tokenizer.rs for why each):
+  gemma-3-270m   HF transformers loading the GGUF: AutoTokenizer.from_pretrained(dir, gguf_file=...)
+  smollm2-135m   llama.cpp through llama-cpp-python: Llama(path, vocab_only=True).tokenize(..., special=True)
+For information each file also records the other implementation's ids where they differ
+("alt_ids": llama.cpp for Gemma, transformers for SmolLM2); the tests do not assert those.
+
+Chats are rendered with HF's Jinja chat templates through apply_chat_template: Gemma 3's official
+template (google/gemma-3-*-it tokenizer_config.json; the base GGUF has none) and the
+tokenizer.chat_template stored in the SmolLM2 GGUF.
+
+Outputs tests/golden/tokenizer/{gemma-3-270m,smollm2-135m}.json from texts.jsonl.
+Run: $(bash scripts/ref-env.sh) tests/golden/make_tokenizer_golden.py [models_dir] [gemma|smollm2 ...]
+"""
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "tests" / "golden" / "tokenizer"
+MODELS = Path(sys.argv[1]) if len(sys.argv) > 1 and not sys.argv[1] in ("gemma", "smollm2") else ROOT / ".deps" / "models"
+WHICH = [a for a in sys.argv[1:] if a in ("gemma", "smollm2")] or ["gemma", "smollm2"]
+GEMMA = "gemma-3-270m-q4_k_m.gguf"
+SMOL = "smollm2-135m-instruct-q4_1.gguf"
+
+# Gemma 3's chat template, verbatim from google/gemma-3-4b-it tokenizer_config.json.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}\n"
+    "{%- if messages[0]['role'] == 'system' -%}\n"
+    "    {%- if messages[0]['content'] is string -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\\n\\n' -%}\n"
+    "    {%- endif -%}\n"
+    "    {%- set loop_messages = messages[1:] -%}\n"
+    "{%- else -%}\n"
+    "    {%- set first_user_prefix = \"\" -%}\n"
+    "    {%- set loop_messages = messages -%}\n"
+    "{%- endif -%}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
+    "    {%- endif -%}\n"
+    "    {%- if (message['role'] == 'assistant') -%}\n"
+    "        {%- set role = \"model\" -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set role = message['role'] -%}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else \"\") }}\n"
+    "    {%- if message['content'] is string -%}\n"
+    "        {{ message['content'] | trim }}\n"
+    "    {%- elif message['content'] is iterable -%}\n"
+    "        {%- for item in message['content'] -%}\n"
+    "            {%- if item['type'] == 'image' -%}\n"
+    "                {{ '<start_of_image>' }}\n"
+    "            {%- elif item['type'] == 'text' -%}\n"
+    "                {{ item['text'] | trim }}\n"
+    "            {%- endif -%}\n"
+    "        {%- endfor -%}\n"
+    "    {%- else -%}\n"
+    "        {{ raise_exception(\"Invalid content type\") }}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<end_of_turn>\\n' }}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{'<start_of_turn>model\\n'}}\n"
+    "{%- endif -%}\n"
+)
+
+CHATS = [
+    [{"role": "user", "content": "Hello!"}],
+    [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Where is the treasure?"}],
+    [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"},
+     {"role": "user", "content": "And 3+3?"}],
+    [{"role": "user", "content": "  padded with spaces \n"}, {"role": "assistant", "content": "\tok\n"}],
+    [{"role": "system", "content": "Réponds en français.\n"}, {"role": "user", "content": "日本語で説明して 😀"},
+     {"role": "assistant", "content": "はい。"}, {"role": "user", "content": "ありがとう"}],
+    [{"role": "user", "content": "Code:\n```python\nprint('hi')\n```"}],
+    [{"role": "system", "content": "Only a system message."}],
+]
+
+
+def texts():
+    with open(OUT / "texts.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def llama_vocab(path):
+    from llama_cpp import Llama
+    return Llama(model_path=str(path), vocab_only=True, verbose=False)
+
+
+def lc_tokenize(llm, text, add_bos):
+    return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+
+def gemma():
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=GEMMA)
+    try:
+        lc = llama_vocab(MODELS / GEMMA)
+    except Exception as e:  # llama.cpp is only informational here
+        print("llama.cpp unavailable for Gemma comparison:", e)
+        lc = None
+    rows, n_diff = [], 0
+    for t in texts():
+        ids = tok(t["text"]).input_ids
+        plain = tok(t["text"], add_special_tokens=False).input_ids
+        row = {"id": t["id"], "ids": ids, "ids_no_special": plain,
+               "decode": tok.decode(plain), "decode_skip_special": tok.decode(ids, skip_special_tokens=True)}
+        if lc is not None:
+            alt = lc_tokenize(lc, t["text"], True)
+            if alt != ids:
+                row["alt_ids"] = alt
+                n_diff += 1
+        rows.append(row)
+    chats = []
+    for c in CHATS:
+        for gen in (False, True):
+            text = tok.apply_chat_template(c, chat_template=GEMMA3_CHAT_TEMPLATE, tokenize=False,
+                                           add_generation_prompt=gen)
+            ids = tok.apply_chat_template(c, chat_template=GEMMA3_CHAT_TEMPLATE, tokenize=True,
+                                          add_generation_prompt=gen)
+            chats.append({"messages": c, "add_generation_prompt": gen, "text": text, "ids": list(ids)})
+    meta = {"reference": f"transformers AutoTokenizer.from_pretrained(gguf_file={GEMMA!r})",
+            "alt": "llama.cpp (llama-cpp-python) tokenize(add_bos=True, special=True)",
+            "n_alt_differ": n_diff,
+            "bos_id": tok.bos_token_id, "vocab_size": len(tok),
+            "clean_up_tokenization_spaces": tok.clean_up_tokenization_spaces}
+    print("gemma:", meta)
+    return {"meta": meta, "texts": rows, "chats": chats}
+
+
+def smollm2():
+    import gguf
+    lc = llama_vocab(MODELS / SMOL)
+    template = gguf.GGUFReader(MODELS / SMOL).fields["tokenizer.chat_template"].contents()
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=SMOL)
+    rows, n_diff = [], 0
+    for t in texts():
+        ids = lc_tokenize(lc, t["text"], True)
+        plain = lc_tokenize(lc, t["text"], False)
+        row = {"id": t["id"], "ids": ids, "ids_no_special": plain,
+               "decode": lc.detokenize(plain, special=True).decode("utf-8", errors="replace")}
+        alt = tok(t["text"], add_special_tokens=False).input_ids
+        if alt != plain:
+            row["alt_ids"] = alt
+            n_diff += 1
+        rows.append(row)
+    chats = []
+    for c in CHATS:
+        for gen in (False, True):
+            text = tok.apply_chat_template(c, chat_template=template, tokenize=False, add_generation_prompt=gen)
+            chats.append({"messages": c, "add_generation_prompt": gen, "text": text,
+                          "ids": lc_tokenize(lc, text, False)})
+    meta = {"reference": "llama.cpp (llama-cpp-python) Llama(vocab_only=True).tokenize(special=True)",
+            "alt": f"transformers AutoTokenizer.from_pretrained(gguf_file={SMOL!r}), add_special_tokens=False",
+            "n_alt_differ": n_diff, "bos_id": lc.token_bos(), "eos_id": lc.token_eos(), "vocab_size": lc.n_vocab()}
+    print("smollm2:", meta)
+    return {"meta": meta, "texts": rows, "chats": chats}
+
+
+def main():
+    for name, fn in [("gemma", gemma), ("smollm2", smollm2)]:
+        if name not in WHICH:
+            continue
+        g = fn()
+        out = OUT / {"gemma": "gemma-3-270m.json", "smollm2": "smollm2-135m.json"}[name]
+        out.write_text(json.dumps(g, ensure_ascii=False, indent=None) + "\n")
+        print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
