@@ -71,8 +71,34 @@ pub struct Generation {
     pub finish: FinishReason,
 }
 
+/// What [`generate_with`]'s observer sees after every decoding step: enough to stream tokens as
+/// they are picked and to report log-probabilities (the HTTP server does both).
+#[derive(Debug)]
+pub struct Step<'a> {
+    /// 0 for the first generated token.
+    pub index: usize,
+    /// `[B, V]` logits the tokens were picked from (before temperature / top-p), on the model's
+    /// device and in its dtype.
+    pub logits: &'a Tensor,
+    /// The token picked for each row.
+    pub tokens: &'a [i64],
+    /// Rows still generating at this step; a finished row's pick is not part of its output.
+    pub active: &'a [bool],
+}
+
 /// Generates continuations for all `prompts` in one batch.
 pub fn generate(model: &Model, prompts: &[Prompt], cfg: &GenerateConfig, hooks: &Hooks) -> Result<Vec<Generation>, ModelError> {
+    generate_with(model, prompts, cfg, hooks, &mut |_| {})
+}
+
+/// [`generate`], calling `on_step` after each token is picked (before the next forward pass).
+pub fn generate_with(
+    model: &Model,
+    prompts: &[Prompt],
+    cfg: &GenerateConfig,
+    hooks: &Hooks,
+    on_step: &mut dyn FnMut(&Step),
+) -> Result<Vec<Generation>, ModelError> {
     let _guard = tch::no_grad_guard();
     if prompts.is_empty() {
         return Ok(vec![]);
@@ -123,7 +149,10 @@ pub fn generate(model: &Model, prompts: &[Prompt], cfg: &GenerateConfig, hooks: 
     let mut logits = model.forward(&input, Some(&attn), &hooks, Logits::Last, Some(&mut cache))?.logits.unwrap();
     let ones = Tensor::ones([b, 1], (Kind::Int64, dev));
     for step in 0..cfg.max_new_tokens {
-        let next = pick(&logits.squeeze_dim(1), cfg.sampling, &mut rngs)?;
+        let step_logits = logits.squeeze_dim(1);
+        let next = pick(&step_logits, cfg.sampling, &mut rngs)?;
+        let active: Vec<bool> = done.iter().map(|d| !d).collect();
+        on_step(&Step { index: step, logits: &step_logits, tokens: &next, active: &active });
         for (r, &tok) in next.iter().enumerate() {
             if done[r] {
                 continue;

@@ -6,6 +6,19 @@
 //! tokenization); everything else (architectures, hooks, generation, loading into a model).
 
 pub mod chat;
+pub mod config;
+pub mod device;
+pub mod gemma2;
+pub mod gemma3;
+pub mod generate;
 pub mod gguf;
+pub mod hooks;
+pub mod layers;
+pub mod llama;
+pub mod model;
 pub mod quant;
 pub mod tokenizer;
+pub mod vectors;
+pub mod weights;
+
+pub use model::{LoadOptions, Model, ModelError};
