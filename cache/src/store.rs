@@ -1,0 +1,626 @@
+//! The store: blobs by digest, manifests, the index, locks, staging dirs, verify and gc.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::index::{Index, IndexBatch, IndexError, IndexReader, NodeEntry};
+use crate::{Digest, FileStat, Manifest, NodeLock, OutputEntry, fsync_dir, hash_file, write_atomic};
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("manifest {path}: {source}")]
+    Manifest { path: PathBuf, source: serde_json::Error },
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+/// One thing `verify` found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyProblem {
+    /// A blob's bytes no longer hash to its name (bit flip, truncation). It was moved to
+    /// `quarantine/` so the next run recomputes the node that produced it.
+    CorruptBlob { digest: Digest, node: String },
+    /// A manifest names a blob that is not in the store.
+    MissingBlob { digest: Digest, node: String },
+    /// A manifest file that does not parse.
+    BadManifest { path: PathBuf, error: String },
+}
+
+impl std::fmt::Display for VerifyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VerifyProblem::CorruptBlob { digest, node } => {
+                write!(f, "corrupt blob {} (output of {node}); quarantined, it will be recomputed", digest.short())
+            }
+            VerifyProblem::MissingBlob { digest, node } => {
+                write!(f, "missing blob {} (output of {node}); it will be recomputed", digest.short())
+            }
+            VerifyProblem::BadManifest { path, error } => write!(f, "unreadable manifest {}: {error}", path.display()),
+        }
+    }
+}
+
+/// What `verify` checked and found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub manifests: usize,
+    pub blobs: usize,
+    pub bytes: u64,
+    pub problems: Vec<VerifyProblem>,
+    /// Whether the index had to be rebuilt because it could not be opened.
+    pub index_rebuilt: bool,
+}
+
+/// What `gc` removed.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub kept_manifests: usize,
+    pub removed_manifests: usize,
+    pub removed_blobs: usize,
+    pub freed_bytes: u64,
+}
+
+/// A content-addressed store in one directory. Cheap to share across threads (`&Store`).
+pub struct Store {
+    root: PathBuf,
+    index: Option<Index>,
+    /// Index writes not yet committed; flushed in batches because every commit fsyncs.
+    pending: Mutex<IndexBatch>,
+    staging_counter: AtomicU64,
+}
+
+const DIRS: &[&str] = &["blobs", "manifests", "locks", "tmp", "logs", "runs"];
+
+impl Store {
+    /// Opens the store at `root`, creating it if needed. A damaged index is moved aside and
+    /// rebuilt from the manifests.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        for d in DIRS {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let tag = root.join("CACHEDIR.TAG");
+        if !tag.exists() {
+            let _ = fs::write(&tag, "Signature: 8a477f597d28d172789f06886806bc55\n# axbench cache: content-addressed artifacts\n");
+        }
+        let mut store = Store {
+            root: root.to_path_buf(),
+            index: None,
+            pending: Mutex::new(IndexBatch::default()),
+            staging_counter: AtomicU64::new(0),
+        };
+        store.index = store.open_index_or_rebuild()?.0;
+        Ok(store)
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join("index.redb")
+    }
+
+    /// Opens the index; if it cannot be opened (damaged), moves it aside and rebuilds it.
+    /// Returns the index and whether it was rebuilt. If even a fresh index cannot be created
+    /// the store still works, reading manifests directly.
+    fn open_index_or_rebuild(&self) -> Result<(Option<Index>, bool), StoreError> {
+        let path = self.index_path();
+        // A panic inside the database library on a damaged file must not take the run down.
+        let opened = std::panic::catch_unwind(|| Index::open(&path));
+        match opened {
+            Ok(Ok(index)) => Ok((Some(index), false)),
+            Ok(Err(e)) if is_busy(&e) => {
+                tracing::warn!("index busy ({e}); planning from manifests");
+                Ok((None, false))
+            }
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "panic while opening".to_string(),
+                };
+                tracing::warn!("index {} is damaged ({why}); rebuilding it from manifests", path.display());
+                let aside = self.root.join(format!("index.redb.damaged-{}", unix_ms()));
+                let _ = fs::rename(&path, &aside);
+                match Index::open(&path) {
+                    Ok(index) => {
+                        self.rebuild_into(&index)?;
+                        Ok((Some(index), true))
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot create a new index ({e}); planning from manifests");
+                        Ok((None, true))
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a blob lives: `blobs/ab/abcdef…`.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.to_hex();
+        self.root.join("blobs").join(&hex[..2]).join(hex)
+    }
+
+    pub fn manifest_path(&self, key: &Digest) -> PathBuf {
+        let hex = key.to_hex();
+        self.root.join("manifests").join(&hex[..2]).join(format!("{hex}.json"))
+    }
+
+    pub fn lock_path(&self, key: &Digest) -> PathBuf {
+        self.root.join("locks").join(format!("{}.lock", key.to_hex()))
+    }
+
+    pub fn log_path(&self, key: &Digest) -> PathBuf {
+        self.root.join("logs").join(format!("{}.log", key.to_hex()))
+    }
+
+    /// Blocks until this process holds the lock of node `key`.
+    pub fn lock_node(&self, key: &Digest) -> Result<NodeLock, StoreError> {
+        let p = self.lock_path(key);
+        NodeLock::acquire(&p).map_err(io_err(&p))
+    }
+
+    /// A fresh, empty staging dir inside the cache (same filesystem, so promotion is a rename).
+    /// Named after this process so a later run can tell abandoned ones apart.
+    pub fn staging_dir(&self, key: &Digest) -> Result<PathBuf, StoreError> {
+        let n = self.staging_counter.fetch_add(1, Ordering::Relaxed);
+        let p = self.root.join("tmp").join(format!("{}-{}-{n}", key.short(), std::process::id()));
+        if p.exists() {
+            fs::remove_dir_all(&p).map_err(io_err(&p))?;
+        }
+        fs::create_dir_all(&p).map_err(io_err(&p))?;
+        Ok(p)
+    }
+
+    /// Removes staging dirs left by processes that are gone (killed, crashed).
+    pub fn clean_stale_staging(&self) {
+        let tmp = self.root.join("tmp");
+        let Ok(entries) = fs::read_dir(&tmp) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let pid = name.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if !alive {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    /// Moves a finished output file into the store under its digest. The file is hashed,
+    /// made read-only, fsynced and renamed; the blob directory is fsynced. If the blob already
+    /// exists with the right content the source is dropped instead.
+    pub fn put_file(&self, src: &Path) -> Result<OutputEntry, StoreError> {
+        let digest = hash_file(src).map_err(io_err(src))?;
+        let size = fs::metadata(src).map_err(io_err(src))?.len();
+        let dst = self.blob_path(&digest);
+        if self.check_blob(&digest) {
+            let _ = fs::remove_file(src);
+            return Ok(OutputEntry { digest, size });
+        }
+        let dir = dst.parent().expect("blob path has a parent");
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        {
+            let f = fs::OpenOptions::new().read(true).write(true).open(src).map_err(io_err(src))?;
+            f.sync_all().map_err(io_err(src))?;
+        }
+        set_readonly(src).map_err(io_err(src))?;
+        fs::rename(src, &dst).map_err(io_err(&dst))?;
+        fsync_dir(dir).map_err(io_err(dir))?;
+        if let Ok(stat) = FileStat::of(&dst) {
+            self.pending.lock().unwrap().blob_stats.push((digest, stat));
+        }
+        Ok(OutputEntry { digest, size })
+    }
+
+    /// Stores bytes (convenience for small artifacts and tests).
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<OutputEntry, StoreError> {
+        let tmp = self.root.join("tmp").join(format!("put-{}-{}", std::process::id(), self.staging_counter.fetch_add(1, Ordering::Relaxed)));
+        fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+        self.put_file(&tmp)
+    }
+
+    /// Whether the blob exists with its content intact. A stat equal to the one recorded when
+    /// the blob was last verified is trusted (no re-read); otherwise the blob is re-hashed, and
+    /// a blob whose bytes do not match its name is quarantined.
+    pub fn check_blob(&self, digest: &Digest) -> bool {
+        let reader = self.reader();
+        self.check_blob_with(reader.as_ref(), digest)
+    }
+
+    /// [`Store::check_blob`] against an existing read snapshot (fast path for the planner).
+    pub fn check_blob_with(&self, reader: Option<&IndexReader>, digest: &Digest) -> bool {
+        let path = self.blob_path(digest);
+        let Ok(stat) = FileStat::of(&path) else { return false };
+        if let Some(r) = reader {
+            if let Ok(Some(known)) = r.blob_stat(digest) {
+                if known == stat {
+                    return true;
+                }
+            }
+        }
+        {
+            let pending = self.pending.lock().unwrap();
+            if pending.blob_stats.iter().any(|(d, s)| d == digest && *s == stat) {
+                return true;
+            }
+        }
+        match hash_file(&path) {
+            Ok(actual) if actual == *digest => {
+                self.pending.lock().unwrap().blob_stats.push((*digest, stat));
+                true
+            }
+            Ok(_) => {
+                tracing::warn!("blob {} is corrupt; quarantining it", digest.short());
+                self.quarantine(digest);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn quarantine(&self, digest: &Digest) {
+        let q = self.root.join("quarantine");
+        let _ = fs::create_dir_all(&q);
+        let _ = fs::rename(self.blob_path(digest), q.join(format!("{}-{}", digest.to_hex(), unix_ms())));
+    }
+
+    /// A read snapshot of the index, if the index is available.
+    pub fn reader(&self) -> Option<IndexReader> {
+        self.index.as_ref().and_then(|i| i.reader().ok())
+    }
+
+    /// Looks a node key up: index first, then the manifest on disk (repairing the index).
+    pub fn lookup(&self, reader: Option<&IndexReader>, key: &Digest) -> Result<Option<NodeEntry>, StoreError> {
+        if let Some(r) = reader {
+            if let Some(e) = r.node(key)? {
+                return Ok(Some(e));
+            }
+        }
+        match self.read_manifest(key)? {
+            Some(m) => {
+                let entry = NodeEntry { node: m.node.clone(), outputs: m.outputs.clone() };
+                self.pending.lock().unwrap().nodes.push((*key, entry.clone()));
+                Ok(Some(entry))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The key of the latest manifest recorded for node id `node` (what a stale node is
+    /// diffed against).
+    pub fn latest(&self, reader: Option<&IndexReader>, node: &str) -> Option<Digest> {
+        reader.and_then(|r| r.latest(node).ok().flatten())
+    }
+
+    pub fn read_manifest(&self, key: &Digest) -> Result<Option<Manifest>, StoreError> {
+        let path = self.manifest_path(key);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| StoreError::Manifest { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
+    /// Records a finished node: writes its manifest atomically (after its blobs are in
+    /// place) and queues the index update.
+    pub fn commit_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        let path = self.manifest_path(&manifest.key);
+        let bytes = serde_json::to_vec_pretty(manifest).map_err(|source| StoreError::Manifest { path: path.clone(), source })?;
+        write_atomic(&path, &bytes).map_err(io_err(&path))?;
+        let mut pending = self.pending.lock().unwrap();
+        pending.nodes.push((manifest.key, NodeEntry { node: manifest.node.clone(), outputs: manifest.outputs.clone() }));
+        pending.latest.push((manifest.node.clone(), manifest.key));
+        Ok(())
+    }
+
+    /// Records that `node` currently resolves to `key` (so `plan` can explain the next change).
+    pub fn note_latest(&self, node: &str, key: &Digest) {
+        self.pending.lock().unwrap().latest.push((node.to_string(), *key));
+    }
+
+    /// Content digest of a param file or directory, through the stat cache: a file whose
+    /// size, mtime and inode are unchanged is not re-read. Directories hash the sorted
+    /// relative paths and content digests of every file beneath them.
+    pub fn path_digest(&self, reader: Option<&IndexReader>, path: &Path) -> Result<Digest, StoreError> {
+        let meta = fs::metadata(path).map_err(io_err(path))?;
+        if meta.is_dir() {
+            let mut files = Vec::new();
+            walk(path, path, &mut files).map_err(io_err(path))?;
+            files.sort();
+            let mut h = blake3::Hasher::new();
+            h.update(b"dir\0");
+            for rel in files {
+                let d = self.path_digest(reader, &path.join(&rel))?;
+                h.update(rel.as_bytes());
+                h.update(b"\0");
+                h.update(&d.0);
+            }
+            return Ok(h.finalize().into());
+        }
+        let stat = FileStat::from_metadata(&meta);
+        let abs = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let abs_s = abs.to_string_lossy().to_string();
+        if let Some(r) = reader {
+            if let Ok(Some((known, digest))) = r.file_stat(&abs_s) {
+                if known == stat {
+                    return Ok(digest);
+                }
+            }
+        }
+        let digest = hash_file(path).map_err(io_err(path))?;
+        self.pending.lock().unwrap().file_stats.push((abs_s, stat, digest));
+        Ok(digest)
+    }
+
+    /// Commits queued index writes. Safe to call often; a busy or missing index just keeps
+    /// the writes queued (manifests are the truth, the index catches up later).
+    pub fn flush_index(&self) -> Result<(), StoreError> {
+        let Some(index) = &self.index else {
+            self.pending.lock().unwrap().nodes.clear();
+            return Ok(());
+        };
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap());
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = index.write(&batch) {
+            self.pending.lock().unwrap().append(batch);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// All manifest keys on disk.
+    pub fn manifest_keys(&self) -> Vec<(Digest, PathBuf)> {
+        let mut out = Vec::new();
+        let Ok(shards) = fs::read_dir(self.root.join("manifests")) else { return out };
+        for shard in shards.flatten() {
+            let Ok(files) = fs::read_dir(shard.path()) else { continue };
+            for f in files.flatten() {
+                let name = f.file_name().to_string_lossy().to_string();
+                if let Some(hex) = name.strip_suffix(".json") {
+                    if let Ok(d) = hex.parse() {
+                        out.push((d, f.path()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Rebuilds the index from the manifests (after damage, or on request).
+    pub fn rebuild_index(&self) -> Result<(), StoreError> {
+        match &self.index {
+            Some(i) => self.rebuild_into(i),
+            None => Ok(()),
+        }
+    }
+
+    fn rebuild_into(&self, index: &Index) -> Result<(), StoreError> {
+        let mut batch = IndexBatch::default();
+        let mut manifests: Vec<Manifest> = Vec::new();
+        for (_, path) in self.manifest_keys() {
+            let Ok(bytes) = fs::read(&path) else { continue };
+            let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) else { continue };
+            manifests.push(m);
+        }
+        // `latest` points at the newest manifest of each node.
+        manifests.sort_by_key(|m| m.started_unix_ms);
+        for m in manifests {
+            batch.nodes.push((m.key, NodeEntry { node: m.node.clone(), outputs: m.outputs.clone() }));
+            batch.latest.push((m.node.clone(), m.key));
+        }
+        index.write(&batch)?;
+        Ok(())
+    }
+
+    /// Re-hashes every blob every manifest names. Corrupt blobs are quarantined so the next
+    /// run recomputes them; a damaged index is rebuilt.
+    pub fn verify(&mut self) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        if self.index.is_none() {
+            let (index, rebuilt) = self.open_index_or_rebuild()?;
+            self.index = index;
+            report.index_rebuilt = rebuilt;
+        }
+        let mut seen: HashSet<Digest> = HashSet::new();
+        for (_, path) in self.manifest_keys() {
+            report.manifests += 1;
+            let m: Manifest = match fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+                Ok(m) => m,
+                Err(error) => {
+                    report.problems.push(VerifyProblem::BadManifest { path, error });
+                    continue;
+                }
+            };
+            for out in m.outputs.values() {
+                if !seen.insert(out.digest) {
+                    continue;
+                }
+                let blob = self.blob_path(&out.digest);
+                match hash_file(&blob) {
+                    Ok(d) if d == out.digest => {
+                        report.blobs += 1;
+                        report.bytes += out.size;
+                        if let Ok(stat) = FileStat::of(&blob) {
+                            self.pending.lock().unwrap().blob_stats.push((out.digest, stat));
+                        }
+                    }
+                    Ok(_) => {
+                        self.quarantine(&out.digest);
+                        report.problems.push(VerifyProblem::CorruptBlob { digest: out.digest, node: m.node.clone() });
+                    }
+                    Err(_) => report.problems.push(VerifyProblem::MissingBlob { digest: out.digest, node: m.node.clone() }),
+                }
+            }
+        }
+        self.flush_index()?;
+        Ok(report)
+    }
+
+    /// Appends a run record: every node key this run reached (computed or fresh).
+    pub fn record_run(&self, keys: &[Digest]) -> Result<(), StoreError> {
+        let mut text = String::with_capacity(keys.len() * 65);
+        for k in keys {
+            text.push_str(&k.to_hex());
+            text.push('\n');
+        }
+        let path = self.root.join("runs").join(format!("{:013}-{}.txt", unix_ms(), std::process::id()));
+        write_atomic(&path, text.as_bytes()).map_err(io_err(&path))
+    }
+
+    /// Keeps what the `keep_runs` most recent runs reached and deletes every other manifest,
+    /// log and blob; then rebuilds the index.
+    pub fn gc(&mut self, keep_runs: usize) -> Result<GcReport, StoreError> {
+        let mut report = GcReport::default();
+        let runs_dir = self.root.join("runs");
+        let mut runs: Vec<PathBuf> = fs::read_dir(&runs_dir).map_err(io_err(&runs_dir))?.flatten().map(|e| e.path()).collect();
+        runs.sort();
+        runs.reverse();
+        let mut keep: HashSet<Digest> = HashSet::new();
+        for (i, run) in runs.iter().enumerate() {
+            if i < keep_runs {
+                let text = fs::read_to_string(run).unwrap_or_default();
+                keep.extend(text.lines().filter_map(|l| l.parse::<Digest>().ok()));
+            } else {
+                let _ = fs::remove_file(run);
+            }
+        }
+        let mut live_blobs: HashSet<Digest> = HashSet::new();
+        let mut removed_keys = Vec::new();
+        for (key, path) in self.manifest_keys() {
+            if keep.contains(&key) {
+                report.kept_manifests += 1;
+                if let Ok(Some(m)) = self.read_manifest(&key) {
+                    live_blobs.extend(m.outputs.values().map(|o| o.digest));
+                }
+            } else {
+                let _ = fs::remove_file(&path);
+                let _ = fs::remove_file(self.log_path(&key));
+                let _ = fs::remove_file(self.lock_path(&key));
+                removed_keys.push(key);
+                report.removed_manifests += 1;
+            }
+        }
+        let blobs = self.root.join("blobs");
+        for shard in fs::read_dir(&blobs).map_err(io_err(&blobs))?.flatten() {
+            for f in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                let Ok(d) = f.file_name().to_string_lossy().parse::<Digest>() else { continue };
+                if !live_blobs.contains(&d) {
+                    report.freed_bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
+                    let _ = fs::remove_file(f.path());
+                    report.removed_blobs += 1;
+                }
+            }
+        }
+        let _ = fs::remove_dir_all(self.root.join("quarantine"));
+        self.clean_stale_staging();
+        if let Some(index) = &self.index {
+            index.remove_nodes(&removed_keys)?;
+        }
+        Ok(report)
+    }
+
+    /// Summary numbers for `axbench status`.
+    pub fn stats(&self) -> (usize, usize, u64) {
+        let manifests = self.manifest_keys().len();
+        let mut blobs = 0;
+        let mut bytes = 0;
+        for shard in fs::read_dir(self.root.join("blobs")).into_iter().flatten().flatten() {
+            for f in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                blobs += 1;
+                bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        (manifests, blobs, bytes)
+    }
+
+    /// Run records, newest first: (file name, number of keys).
+    pub fn runs(&self) -> Vec<(String, usize)> {
+        let mut runs: Vec<(String, usize)> = fs::read_dir(self.root.join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| {
+                let n = fs::read_to_string(e.path()).map(|t| t.lines().count()).unwrap_or(0);
+                (e.file_name().to_string_lossy().to_string(), n)
+            })
+            .collect();
+        runs.sort();
+        runs.reverse();
+        runs
+    }
+
+    /// Every key in every run record (used by `show` to resolve a node id to its key).
+    pub fn all_manifests(&self) -> Vec<Manifest> {
+        self.manifest_keys()
+            .into_iter()
+            .filter_map(|(k, _)| self.read_manifest(&k).ok().flatten())
+            .collect()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Best effort: a busy index keeps its writes for the next run to repair.
+        for _ in 0..50 {
+            match self.flush_index() {
+                Ok(()) => break,
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+fn is_busy(e: &IndexError) -> bool {
+    matches!(e, IndexError::Db(redb::DatabaseError::DatabaseAlreadyOpen))
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let ty = e.file_type()?;
+        let p = e.path();
+        if ty.is_dir() {
+            walk(root, &p, out)?;
+        } else {
+            let rel = p.strip_prefix(root).unwrap_or(&p);
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
+
+fn set_readonly(path: &Path) -> io::Result<()> {
+    let mut perms = fs::metadata(path)?.permissions();
+    perms.set_readonly(true);
+    fs::set_permissions(path, perms)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn f<T: Send + Sync>() {}
+    f::<Store>();
+}
+
+/// Sorted set of keys, used by tests.
+#[allow(dead_code)]
+type KeySet = BTreeSet<Digest>;

@@ -1,0 +1,232 @@
+//! `expand`: stages × fan-out → nodes. A node is a stage at one coordinate of its fan-out
+//! dimensions (cartesian product of literal lists, list params, and lists read from upstream
+//! list outputs once those exist). Params are substituted and type-checked per node, and
+//! inputs are bound by matching the dimensions two stages share:
+//!
+//! - upstream dims ⊆ downstream dims: one artifact per node (with broadcast where the
+//!   downstream stage has more dims);
+//! - upstream has dims the downstream stage lacks: the input gathers every matching upstream
+//!   node (e.g. an aggregate over all concepts).
+//!
+//! A dynamic fan-out whose upstream list is not computed yet leaves the stage (and everything
+//! reading it) *pending*: it is expanded in a later wave of the same run.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::graph::StageGraph;
+use crate::spec::{Dim, Loc, PipelineSpec, SpecError, substitute};
+use crate::stage::{OutputKind, Registry};
+use crate::value::{Coord, Value, node_id};
+
+/// One unit of work: a stage at one fan-out coordinate.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub id: String,
+    /// Stage name in the pipeline.
+    pub stage: String,
+    /// Stage kind in the registry.
+    pub kind: String,
+    pub version: u32,
+    pub coord: Coord,
+    /// Every param the stage declares, resolved and type-checked (defaults filled in).
+    pub params: BTreeMap<String, Value>,
+    /// Input name → upstream node indices (sorted by input name, then node order).
+    pub inputs: Vec<(String, Vec<usize>)>,
+    pub resources: BTreeMap<String, u32>,
+    pub list_output: bool,
+}
+
+/// Part of the pipeline that cannot be expanded yet.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    /// A placeholder id, e.g. `fit[concept=*]`.
+    pub id: String,
+    pub stage: String,
+    pub reason: String,
+}
+
+/// The expanded node graph. Node indices are topological: inputs come first.
+#[derive(Debug, Default)]
+pub struct NodeGraph {
+    pub nodes: Vec<Node>,
+    pub pending: Vec<Pending>,
+    pub by_id: HashMap<String, usize>,
+}
+
+/// Expands `spec`. `lists` holds the known list outputs (node id → items) of list stages.
+pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, lists: &HashMap<String, Vec<Value>>) -> Result<NodeGraph, SpecError> {
+    let mut out = NodeGraph::default();
+    // stage → indices of its nodes; stage → whether any part of it is pending.
+    let mut stage_nodes: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut stage_pending: HashMap<&str, bool> = HashMap::new();
+    let params: HashMap<&str, &Value> = spec.params.iter().map(|(k, d)| (k.as_str(), &d.value)).collect();
+
+    for sname in &graph.order {
+        let s = &spec.stages[sname];
+        let stage = registry.get(&s.kind.value).expect("graph checked kinds");
+        let declared = stage.params();
+        let dims: Vec<&String> = s.foreach.keys().collect();
+
+        // Waiting on anything upstream that is pending?
+        let waits_on = s
+            .inputs
+            .values()
+            .map(|u| u.value.as_str())
+            .chain(s.foreach.values().filter_map(|d| match &d.value {
+                Dim::From(u) => Some(u.as_str()),
+                _ => None,
+            }))
+            .find(|u| stage_pending.get(u).copied().unwrap_or(false));
+        if let Some(u) = waits_on {
+            out.pending.push(Pending { id: format!("{sname}[*]"), stage: sname.clone(), reason: format!("waits for `{u}` to be expanded") });
+            stage_pending.insert(sname, true);
+            continue;
+        }
+
+        // Coordinates: cartesian product over dims in name order.
+        let mut coords: Vec<Coord> = vec![Coord::new()];
+        let mut pending_here = false;
+        for dim in &dims {
+            let d = &s.foreach[*dim];
+            let key = format!("stages.{sname}.foreach.{dim}");
+            let mut next = Vec::new();
+            match &d.value {
+                Dim::Values(_) | Dim::Param(_) => {
+                    let vals = match &d.value {
+                        Dim::Values(v) => v.clone(),
+                        Dim::Param(p) => params[p.as_str()].as_list().unwrap_or_default().to_vec(),
+                        Dim::From(_) => unreachable!(),
+                    };
+                    check_size(spec, &out, coords.len().saturating_mul(vals.len()), &d.loc, &key)?;
+                    for c in &coords {
+                        for v in &vals {
+                            let mut c = c.clone();
+                            c.insert((*dim).clone(), v.clone());
+                            next.push(c);
+                        }
+                    }
+                }
+                Dim::From(up) => {
+                    let up_stage = &spec.stages[up];
+                    let up_dims: Vec<&String> = up_stage.foreach.keys().collect();
+                    for c in &coords {
+                        // The upstream node whose coordinate agrees with ours on its dims.
+                        let matches: Vec<usize> = stage_nodes
+                            .get(up.as_str())
+                            .map(|v| v.iter().copied().filter(|&i| up_dims.iter().all(|ud| c.get(*ud).is_none_or(|x| out.nodes[i].coord.get(*ud) == Some(x)))).collect())
+                            .unwrap_or_default();
+                        if matches.len() > 1 {
+                            return Err(SpecError::new(
+                                &d.loc,
+                                key,
+                                format!("`{up}` fans out over {} which `{sname}` does not, so the list to fan out over is ambiguous; add those dims to `{sname}`", up_dims.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
+                            ));
+                        }
+                        let Some(&ui) = matches.first() else { continue };
+                        match lists.get(&out.nodes[ui].id) {
+                            Some(items) => {
+                                check_size(spec, &out, next.len().saturating_add(items.len()), &d.loc, &key)?;
+                                for v in items {
+                                    let mut c = c.clone();
+                                    c.insert((*dim).clone(), v.clone());
+                                    next.push(c);
+                                }
+                            }
+                            None => pending_here = true,
+                        }
+                    }
+                }
+            }
+            coords = next;
+        }
+        if pending_here {
+            let from: Vec<String> = s.foreach.values().filter_map(|d| if let Dim::From(u) = &d.value { Some(u.clone()) } else { None }).collect();
+            out.pending.push(Pending { id: format!("{sname}[*]"), stage: sname.clone(), reason: format!("fan-out waits for the list of `{}`", from.join("`, `")) });
+            stage_pending.insert(sname, true);
+            continue;
+        }
+        check_size(spec, &out, coords.len(), &s.loc, &format!("stages.{sname}"))?;
+
+        // Input matching tables: for each input, upstream nodes grouped by the shared dims.
+        let mut input_tables: Vec<(String, Vec<String>, HashMap<String, Vec<usize>>)> = Vec::new();
+        for (iname, up) in &s.inputs {
+            let up_stage = &spec.stages[&up.value];
+            let shared: Vec<String> = up_stage.foreach.keys().filter(|d| s.foreach.contains_key(*d)).cloned().collect();
+            let mut table: HashMap<String, Vec<usize>> = HashMap::new();
+            for &i in stage_nodes.get(up.value.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
+                table.entry(project(&out.nodes[i].coord, &shared)).or_default().push(i);
+            }
+            input_tables.push((iname.clone(), shared, table));
+        }
+
+        let mut resources: BTreeMap<String, u32> = stage.resources().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        for (k, v) in &s.resources {
+            resources.insert(k.clone(), v.value);
+        }
+        let list_output = stage.output_kind() == OutputKind::List;
+
+        let mut mine = Vec::with_capacity(coords.len());
+        for coord in coords {
+            let lookup = |name: &str| -> Option<Value> { coord.get(name).cloned().or_else(|| params.get(name).map(|v| (*v).clone())) };
+            let mut resolved = BTreeMap::new();
+            for p in &declared {
+                let key = format!("stages.{sname}.params.{}", p.name);
+                let (raw, loc) = match s.params.get(p.name) {
+                    Some(v) => (v.value.clone(), v.loc.clone()),
+                    None => match &p.default {
+                        Some(d) => (d.clone(), s.loc.clone()),
+                        None => {
+                            return Err(SpecError::new(&s.loc, key, format!("stage kind `{}` needs param `{}` ({}): {}", s.kind.value, p.name, p.ty.name(), p.doc)));
+                        }
+                    },
+                };
+                let v = substitute(&raw, &lookup).map_err(|missing| {
+                    SpecError::new(&loc, key.clone(), format!("unknown reference `${{{missing}}}`; valid params: {}{}", spec.param_list(), dims_hint(&dims)))
+                })?;
+                let v = p.ty.coerce(&v).ok_or_else(|| SpecError::new(&loc, key.clone(), format!("expected {}, got {} {}", p.ty.name(), v.type_name(), v.to_json())))?;
+                resolved.insert(p.name.to_string(), v);
+            }
+            let mut inputs = Vec::with_capacity(input_tables.len());
+            for (iname, shared, table) in &input_tables {
+                let ups = table.get(&project(&coord, shared)).cloned().unwrap_or_default();
+                inputs.push((iname.clone(), ups));
+            }
+            let id = node_id(sname, &coord);
+            let idx = out.nodes.len();
+            out.by_id.insert(id.clone(), idx);
+            out.nodes.push(Node { id, stage: sname.clone(), kind: s.kind.value.clone(), version: stage.version(), coord, params: resolved, inputs, resources: resources.clone(), list_output });
+            mine.push(idx);
+        }
+        stage_nodes.insert(sname, mine);
+        stage_pending.insert(sname, false);
+    }
+    Ok(out)
+}
+
+fn dims_hint(dims: &[&String]) -> String {
+    if dims.is_empty() { String::new() } else { format!("; fan-out dims: {}", dims.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")) }
+}
+
+/// The values of `dims` in `coord`, as a lookup key.
+fn project(coord: &Coord, dims: &[String]) -> String {
+    let mut s = String::new();
+    for d in dims {
+        if let Some(v) = coord.get(d) {
+            s.push_str(&v.to_json().to_string());
+        }
+        s.push('\u{1f}');
+    }
+    s
+}
+
+fn check_size(spec: &PipelineSpec, out: &NodeGraph, adding: usize, loc: &Loc, key: &str) -> Result<(), SpecError> {
+    let total = out.nodes.len().saturating_add(adding);
+    if total > spec.max_nodes {
+        return Err(SpecError::new(
+            loc,
+            key,
+            format!("fan-out would create {} nodes in all, over the limit of {} (raise [pipeline] max_nodes if this is intended)", if adding == usize::MAX { "too many".to_string() } else { total.to_string() }, spec.max_nodes),
+        ));
+    }
+    Ok(())
+}
