@@ -182,3 +182,86 @@ pub enum Logits {
     Last,
     All,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{LoadOptions, Model};
+
+    fn tiny(name: &str) -> Model {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/models").join(name);
+        Model::load(&dir, &LoadOptions { device: crate::device::DeviceSpec::Cpu, ..Default::default() }).unwrap()
+    }
+
+    fn batch() -> (Tensor, Tensor) {
+        let ids = Tensor::from_slice(&[0i64, 0, 2, 17, 33, 2, 45, 46, 47, 48]).view([2, 5]);
+        let mask = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1, 1, 1]).view([2, 5]);
+        (ids, mask)
+    }
+
+    #[test]
+    fn a_hook_at_scale_zero_changes_nothing() {
+        let _g = tch::no_grad_guard();
+        let m = tiny("tiny-gemma2");
+        let (ids, mask) = batch();
+        let plain = m.forward(&ids, Some(&mask), &Hooks::none().capture(2), Logits::All, None).unwrap();
+        let zero = AddVectors::new(Tensor::randn([2, 64], (Kind::Float, tch::Device::Cpu)), Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)));
+        let hooked = m.forward(&ids, Some(&mask), &Hooks::none().capture(2).intervene(1, &zero), Logits::All, None).unwrap();
+        assert!(plain.logits.as_ref().unwrap().equal(hooked.logits.as_ref().unwrap()));
+        assert!(plain.hidden(2).unwrap().equal(hooked.hidden(2).unwrap()));
+    }
+
+    #[test]
+    fn interventions_respect_rows_and_position_masks() {
+        let _g = tch::no_grad_guard();
+        let m = tiny("tiny-llama");
+        let (ids, mask) = batch();
+        let base = m.forward(&ids, Some(&mask), &Hooks::none().capture(1), Logits::None, None).unwrap();
+        let v = Tensor::ones([1, 64], (Kind::Float, tch::Device::Cpu));
+        // Row 0 scale 0, row 1 scale 3; only the last two positions.
+        let add = AddVectors::new(v, Tensor::from_slice(&[0.0f32, 3.0]));
+        let pos = Tensor::from_slice(&[0i64, 0, 0, 1, 1, 0, 0, 0, 1, 1]).view([2, 5]);
+        let hooks = Hooks::none().capture(1).intervene(1, &add).positions(pos);
+        let out = m.forward(&ids, Some(&mask), &hooks, Logits::None, None).unwrap();
+        let delta = out.hidden(1).unwrap() - base.hidden(1).unwrap();
+        assert_eq!(delta.get(0).abs().max().double_value(&[]), 0.0);
+        let row1 = delta.get(1);
+        assert_eq!(row1.narrow(0, 0, 3).abs().max().double_value(&[]), 0.0);
+        assert!((row1.narrow(0, 3, 2) - 3.0).abs().max().double_value(&[]) < 1e-6);
+    }
+
+    /// A ReFT-style trainable intervention: `h + w` with `w` requiring grad.
+    struct Learned {
+        w: Tensor,
+    }
+    impl Intervention for Learned {
+        fn apply(&self, h: &Tensor, ctx: &InterventionCtx) -> Tensor {
+            h + ctx.mask.unsqueeze(-1).to_kind(h.kind()) * &self.w
+        }
+    }
+
+    #[test]
+    fn trainable_interventions_get_gradients_through_a_frozen_model() {
+        let m = tiny("tiny-gemma3");
+        let (ids, mask) = batch();
+        let iv = Learned { w: Tensor::zeros([64], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true) };
+        let out = m.forward(&ids, Some(&mask), &Hooks::none().intervene(2, &iv), Logits::All, None).unwrap();
+        let logits = out.logits.unwrap();
+        assert!(logits.requires_grad());
+        let loss = logits.log_softmax(-1, Kind::Float).select(-1, 5).mean(Kind::Float);
+        loss.backward();
+        let g = iv.w.grad();
+        assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        // Nothing of the model's own requires grad, so only the intervention is trained.
+        let plain = m.forward(&ids, Some(&mask), &Hooks::none(), Logits::All, None).unwrap();
+        assert!(!plain.logits.unwrap().requires_grad());
+    }
+
+    #[test]
+    fn layer_out_of_range_is_an_error() {
+        let m = tiny("tiny-llama");
+        let (ids, mask) = batch();
+        let err = m.forward(&ids, Some(&mask), &Hooks::none().capture(3), Logits::None, None).unwrap_err();
+        assert!(err.to_string().contains("layer 3 out of range"), "{err}");
+    }
+}

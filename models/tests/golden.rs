@@ -88,9 +88,11 @@ fn check_tiny(name: &str) {
             .unwrap();
         let logits = real_positions(out.logits.as_ref().unwrap(), &mask);
         let d = max_abs_diff(&logits, &floats(&case["logits"]));
+        eprintln!("{name} {padding}: max |Δlogit| {d:.2e}");
         assert!(d < 1e-4, "{name} {padding}: logits differ by {d}");
         let hidden = real_positions(out.hidden(layer).unwrap(), &mask);
         let d = max_abs_diff(&hidden, &floats(&case["hidden"]));
+        eprintln!("{name} {padding}: max |Δhidden L{layer}| {d:.2e}");
         assert!(d < 1e-4, "{name} {padding}: layer {layer} hidden differs by {d}");
 
         // Early stop returns the same activations without running later layers or the head.
@@ -192,6 +194,7 @@ fn check_gguf(name: &str) {
             }
         }
         let d = max_abs_diff(&to_vec(&vals), &ref_logits);
+        eprintln!("{name}/{key}: top-5 ids {top_ids:?}, max |Δlogit| {d:.2e}");
         assert!(d < 2e-3, "{name}/{key}: top-5 logits differ by {d}");
 
         let h = out.hidden(layer).unwrap().get(0);
@@ -212,6 +215,7 @@ fn check_gguf(name: &str) {
             .zip(&ref_norms)
             .map(|((a, b), n)| max_abs_diff(a, b) / n)
             .fold(0.0, f32::max);
+        eprintln!("{name}/{key}: layer {layer} activations: max relative difference {d:.2e}");
         assert!(d <= 1e-3, "{name}/{key}: activation slices differ by {d} relative");
 
         let cfg = GenerateConfig { max_new_tokens: 20, ..Default::default() };
