@@ -184,3 +184,36 @@ fn load_all_tensors_timed() {
         );
     }
 }
+
+/// Dequantization speed per ggml type and whole-model `tensor()` time, without other work
+/// (`cargo test -p axbench-models --test gguf_golden -- --ignored --nocapture`).
+#[test]
+#[ignore = "timing report"]
+fn dequant_speed_report() {
+    for file in ["gemma-3-270m-q4_k_m.gguf", "smollm2-135m-instruct-q4_1.gguf"] {
+        let Some(path) = model_path(file) else { continue };
+        let f = GgufFile::open(&path).unwrap();
+        let mut per_type: std::collections::BTreeMap<String, (u64, f64)> = Default::default();
+        let t0 = Instant::now();
+        for info in f.tensor_infos() {
+            let t1 = Instant::now();
+            let t = f.tensor(&info.name).unwrap();
+            let dt = t1.elapsed().as_secs_f64();
+            drop(t);
+            let e = per_type.entry(info.ggml_type.name()).or_default();
+            e.0 += info.n_elements;
+            e.1 += dt;
+        }
+        eprintln!("{file}: all tensors via tensor() in {:.3} s", t0.elapsed().as_secs_f64());
+        for (ty, (n, dt)) in per_type {
+            eprintln!("  {ty:>5}: {:7.1} M values in {:.3} s = {:.0} M values/s", n as f64 / 1e6, dt, n as f64 / dt / 1e6);
+        }
+        // The embedding again into an already-touched buffer: the kernel without page faults.
+        let info = f.tensor_info("token_embd.weight").unwrap();
+        let mut buf = vec![0f32; info.n_elements as usize];
+        let t1 = Instant::now();
+        f.dequantize_into(&info.name, &mut buf).unwrap();
+        let dt = t1.elapsed().as_secs_f64();
+        eprintln!("  token_embd.weight ({}) into a reused buffer: {:.0} M values/s", info.ggml_type, info.n_elements as f64 / dt / 1e6);
+    }
+}
