@@ -167,7 +167,17 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
 
         let mut mine = Vec::with_capacity(coords.len());
         for coord in coords {
-            let lookup = |name: &str| -> Option<Value> { coord.get(name).cloned().or_else(|| params.get(name).map(|v| (*v).clone())) };
+            // `${dim}`, `${param}`, or `${dim.field}` for table-valued dimensions (e.g.
+            // `method = [{ name = "lora", lr = 1e-3 }]` with `lr = "${method.lr}"`).
+            let lookup = |name: &str| -> Option<Value> {
+                coord.get(name).cloned().or_else(|| params.get(name).map(|v| (*v).clone())).or_else(|| {
+                    let (d, f) = name.split_once('.')?;
+                    match coord.get(d)? {
+                        Value::Table(t) => t.get(f).cloned(),
+                        _ => None,
+                    }
+                })
+            };
             let mut resolved = BTreeMap::new();
             for p in &declared {
                 let key = format!("stages.{sname}.params.{}", p.name);
@@ -193,7 +203,9 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
             }
             let id = node_id(sname, &coord);
             let idx = out.nodes.len();
-            out.by_id.insert(id.clone(), idx);
+            if out.by_id.insert(id.clone(), idx).is_some() {
+                return Err(SpecError::new(&s.loc, format!("stages.{sname}.foreach"), format!("two fan-out elements give the same node id `{id}`; give table elements distinct `name`s")));
+            }
             out.nodes.push(Node { id, stage: sname.clone(), kind: s.kind.value.clone(), version: stage.version(), coord, params: resolved, inputs, resources: resources.clone(), list_output });
             mine.push(idx);
         }

@@ -189,7 +189,15 @@ pub fn node_id(stage: &str, coord: &Coord) -> String {
         s.push_str(k);
         s.push('=');
         use std::fmt::Write;
-        let _ = write!(s, "{v}");
+        // Table elements (`{ name = "lora", lr = 1e-3 }`) are named by their `name` field.
+        match v {
+            Value::Table(t) if t.contains_key("name") => {
+                let _ = write!(s, "{}", t["name"]);
+            }
+            _ => {
+                let _ = write!(s, "{v}");
+            }
+        }
     }
     s.push(']');
     s

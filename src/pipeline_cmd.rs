@@ -1,0 +1,392 @@
+//! Pipeline commands: `run`, `plan`, `status`, `show`, `gc`, `dot`, `verify`. Parses flags
+//! into engine calls and prints for humans (or JSON). The only place that picks exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axbench_cache::Store;
+use axbench_engine::{BarReporter, CancelFlag, EngineError, LocalExecutor, NodeState, PipelineSpec, Registry, RunOptions, StageGraph};
+use clap::{Args, ValueEnum};
+
+/// Flags every subcommand takes.
+#[derive(Args)]
+pub struct GlobalArgs {
+    /// Cache directory [default: <project dir>/.axbench]
+    #[arg(long, global = true, env = "AXBENCH_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Project directory: relative param paths resolve against it [default: current dir]
+    #[arg(short = 'C', long, global = true, value_name = "DIR")]
+    pub project_dir: Option<PathBuf>,
+    /// Log format on stderr (filter with RUST_LOG, e.g. RUST_LOG=axbench_engine=debug)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `axbench run`
+#[derive(Args)]
+#[command(after_long_help = "Examples:
+  axbench run tests/fixtures/engine/toy.toml
+  axbench run configs/sweep.toml -j 8             a sweep file extends a pipeline
+  axbench run pipelines/main.toml --set model.layer=12 --set concepts.limit=10")]
+pub struct RunArgs {
+    /// Pipeline TOML, or a sweep file (one with `extends = \"pipeline.toml\"`)
+    pub pipeline: PathBuf,
+    /// Override a declared pipeline param (repeatable): --set model.layer=12
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub sets: Vec<String>,
+    /// Nodes to run in parallel
+    #[arg(short = 'j', long, default_value_t = default_jobs())]
+    pub jobs: usize,
+    /// Print the run report as JSON on stdout (computed, cached, failed, skipped nodes)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `axbench plan`
+#[derive(Args)]
+#[command(after_long_help = "Examples:
+  axbench plan tests/fixtures/engine/toy.toml
+  axbench plan tests/fixtures/engine/toy.toml --set scale=3 --json
+  axbench plan pipelines/main.toml --params
+
+JSON output (stable contract):
+  {\"nodes\":[{\"id\":\"…\",\"stage\":\"…\",\"state\":\"fresh\"|\"stale\"|\"missing\",\"reason\":\"…\"}],\"to_run\":N}")]
+pub struct PlanArgs {
+    /// Pipeline TOML, or a sweep file
+    pub pipeline: PathBuf,
+    /// Override a declared pipeline param (repeatable): --set model.layer=12
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub sets: Vec<String>,
+    /// Print the plan as JSON (every node with state and reason)
+    #[arg(long)]
+    pub json: bool,
+    /// List the pipeline's declared params (name, value, default, description) instead
+    #[arg(long)]
+    pub params: bool,
+    /// Show at most this many not-fresh nodes in the human listing
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+}
+
+/// `axbench show`
+#[derive(Args)]
+pub struct ShowArgs {
+    /// A node id (`fit[concept=3,method=pca]`) or a key (hex prefix, at least 6 characters)
+    pub node: String,
+}
+
+/// `axbench gc`
+#[derive(Args)]
+pub struct GcArgs {
+    /// Keep what this many most recent runs reached
+    #[arg(long, default_value_t = 3)]
+    pub keep_runs: usize,
+}
+
+/// `axbench dot`
+#[derive(Args)]
+pub struct DotArgs {
+    /// Pipeline TOML, or a sweep file
+    pub pipeline: PathBuf,
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Bad input: exit code 2.
+#[derive(Debug)]
+struct BadInput(String);
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for BadInput {}
+
+/// A finished command that wants a specific exit code.
+#[derive(Debug)]
+struct Exit(u8);
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+impl std::error::Error for Exit {}
+
+fn engine(e: EngineError) -> anyhow::Error {
+    if e.is_bad_input() { BadInput(e.to_string()).into() } else { anyhow::Error::new(e) }
+}
+
+/// Maps a command result to the process exit code, printing errors.
+pub fn exit(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+                return ExitCode::from(*code);
+            }
+            if let Some(b) = e.downcast_ref::<BadInput>() {
+                eprintln!("error: {b}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub fn init_logging(g: &GlobalArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match g.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// The stage registry of this binary: the toy stages (tests, benchmarks) and AxBench's.
+pub fn registry() -> Registry {
+    axbench_engine::toy::register(Registry::new())
+}
+
+fn project_dir(g: &GlobalArgs) -> Result<PathBuf> {
+    let p = match &g.project_dir {
+        Some(p) => p.clone(),
+        None => std::env::current_dir().context("current directory")?,
+    };
+    std::fs::canonicalize(&p).with_context(|| format!("project dir {}", p.display()))
+}
+
+fn open_store(g: &GlobalArgs) -> Result<Store> {
+    let dir = match &g.cache_dir {
+        Some(d) => d.clone(),
+        None => project_dir(g)?.join(".axbench"),
+    };
+    Store::open(&dir).with_context(|| format!("opening cache {}", dir.display()))
+}
+
+fn load(pipeline: &Path, sets: &[String]) -> Result<PipelineSpec> {
+    let mut spec = PipelineSpec::load(pipeline).map_err(|e| BadInput(e.to_string()))?;
+    spec.apply_sets(sets).map_err(|e| BadInput(e.to_string()))?;
+    Ok(spec)
+}
+
+pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
+    let spec = load(&a.pipeline, &a.sets)?;
+    let registry = registry();
+    StageGraph::build(&spec, &registry).map_err(|e| BadInput(e.to_string()))?;
+    let store = Arc::new(open_store(g)?);
+    let project = project_dir(g)?;
+    let exec = Arc::new(LocalExecutor::new(registry.clone(), store.clone()));
+    let cancel = CancelFlag::new();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = rt.block_on(async {
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("cancelling: waiting for running nodes to stop (their partial outputs are discarded)");
+                c.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+        let opts = RunOptions { jobs: a.jobs, project_dir: project };
+        axbench_engine::run(&spec, &registry, store.clone(), exec, &opts, Arc::new(BarReporter::new()), cancel.clone()).await
+    });
+    let report = report.map_err(engine)?;
+    let _ = store.flush_index();
+    if a.json {
+        let failed: Vec<_> = report.failed.iter().map(|f| serde_json::json!({"node": f.node, "error": f.error, "log": f.log})).collect();
+        let j = serde_json::json!({
+            "computed": report.computed, "cached": report.cached, "failed": failed,
+            "skipped": report.skipped, "pending": report.pending, "cancelled": report.cancelled,
+        });
+        println!("{j}");
+    } else {
+        for f in &report.failed {
+            match &f.log {
+                Some(log) => eprintln!("FAILED {}: {} (log: {})", f.node, f.error, log.display()),
+                None => eprintln!("FAILED {}: {}", f.node, f.error),
+            }
+        }
+        if !report.skipped.is_empty() {
+            eprintln!("skipped {} node(s) downstream of failures", report.skipped.len());
+        }
+        for p in &report.pending {
+            eprintln!("not expanded: {p} (its list stage did not finish)");
+        }
+        println!(
+            "{}: {} computed, {} cached, {} failed, {} skipped{}",
+            spec.name,
+            report.computed.len(),
+            report.cached.len(),
+            report.failed.len(),
+            report.skipped.len(),
+            if report.cancelled { ", cancelled" } else { "" }
+        );
+    }
+    if report.cancelled {
+        return Err(Exit(130).into());
+    }
+    if !report.ok() {
+        return Err(Exit(1).into());
+    }
+    Ok(())
+}
+
+pub fn plan(g: &GlobalArgs, a: PlanArgs) -> Result<()> {
+    let spec = load(&a.pipeline, &a.sets)?;
+    if a.params {
+        if a.json {
+            let params: Vec<_> = spec
+                .params
+                .values()
+                .map(|p| serde_json::json!({"name": p.name, "value": p.value.to_json(), "default": p.default.to_json(), "description": p.description}))
+                .collect();
+            println!("{}", serde_json::json!({ "params": params }));
+            return Ok(());
+        }
+        if spec.params.is_empty() {
+            println!("{} declares no params", spec.file.display());
+        }
+        let w = spec.params.keys().map(|k| k.len()).max().unwrap_or(0);
+        for p in spec.params.values() {
+            let set = if p.value != p.default { format!(" (default {}, set by {})", p.default.to_json(), p.set_by.as_ref().map(|l| l.to_string()).unwrap_or_default()) } else { String::new() };
+            println!("{:w$}  = {}{set}\n{:w$}    {}", p.name, p.value.to_json(), "", p.description);
+        }
+        return Ok(());
+    }
+    let registry = registry();
+    let store = open_store(g)?;
+    let project = project_dir(g)?;
+    let mut lists = Default::default();
+    let p = axbench_engine::plan(&spec, &registry, &store, &project, &mut lists).map_err(engine)?;
+    let _ = store.flush_index();
+    if a.json {
+        println!("{}", serde_json::to_string(&p.to_json())?);
+        return Ok(());
+    }
+    let j = p.to_json();
+    let (mut fresh, mut stale, mut missing) = (0, 0, 0);
+    let mut shown = 0;
+    for n in &j.nodes {
+        match n.state {
+            NodeState::Fresh => fresh += 1,
+            NodeState::Stale => stale += 1,
+            NodeState::Missing => missing += 1,
+        }
+        if n.state != NodeState::Fresh {
+            if shown < a.limit {
+                println!("{:7}  {}  ({})", n.state.as_str(), n.id, n.reason);
+            }
+            shown += 1;
+        }
+    }
+    if shown > a.limit {
+        println!("… and {} more (--limit, or --json for all)", shown - a.limit);
+    }
+    println!("{}: {} nodes: {fresh} fresh, {stale} stale, {missing} missing; {} to run", spec.name, j.nodes.len(), j.to_run);
+    Ok(())
+}
+
+pub fn status(g: &GlobalArgs) -> Result<()> {
+    let store = open_store(g)?;
+    let (manifests, blobs, bytes) = store.stats();
+    println!("cache: {}", store.root().display());
+    println!("nodes: {manifests}   blobs: {blobs}   size: {}", human_bytes(bytes));
+    let runs = store.runs();
+    if runs.is_empty() {
+        println!("no runs recorded yet");
+    }
+    for (name, n) in runs.iter().take(5) {
+        println!("run {name}: reached {n} nodes");
+    }
+    Ok(())
+}
+
+pub fn show(g: &GlobalArgs, a: ShowArgs) -> Result<()> {
+    let store = open_store(g)?;
+    let reader = store.reader();
+    let key = if a.node.len() >= 6 && a.node.chars().all(|c| c.is_ascii_hexdigit()) {
+        let matches: Vec<_> = store.manifest_keys().into_iter().filter(|(k, _)| k.to_hex().starts_with(&a.node.to_lowercase())).collect();
+        match matches.as_slice() {
+            [(k, _)] => Some(*k),
+            [] => None,
+            _ => return Err(BadInput(format!("key prefix `{}` is ambiguous ({} matches)", a.node, matches.len())).into()),
+        }
+    } else {
+        None
+    };
+    let key = key.or_else(|| store.latest(reader.as_ref(), &a.node));
+    let Some(key) = key else {
+        return Err(BadInput(format!("no cached node `{}` (give a node id as `plan` prints it, or a key prefix)", a.node)).into());
+    };
+    let m = store.read_manifest(&key)?.with_context(|| format!("manifest of {key} is missing"))?;
+    println!("{}", serde_json::to_string_pretty(&m)?);
+    let log = store.log_path(&key);
+    if log.exists() {
+        println!("log: {}", log.display());
+    }
+    Ok(())
+}
+
+pub fn gc(g: &GlobalArgs, a: GcArgs) -> Result<()> {
+    let mut store = open_store(g)?;
+    let r = store.gc(a.keep_runs)?;
+    println!(
+        "kept {} nodes; removed {} nodes and {} blobs ({})",
+        r.kept_manifests,
+        r.removed_manifests,
+        r.removed_blobs,
+        human_bytes(r.freed_bytes)
+    );
+    Ok(())
+}
+
+pub fn dot(_g: &GlobalArgs, a: DotArgs) -> Result<()> {
+    let spec = load(&a.pipeline, &[])?;
+    let sg = StageGraph::build(&spec, &registry()).map_err(|e| BadInput(e.to_string()))?;
+    print!("{}", sg.dot(&spec));
+    Ok(())
+}
+
+pub fn verify(g: &GlobalArgs) -> Result<()> {
+    let mut store = open_store(g)?;
+    let r = store.verify()?;
+    for p in &r.problems {
+        println!("problem: {p}");
+    }
+    println!(
+        "verified {} nodes, {} blobs ({}){}: {} problem(s)",
+        r.manifests,
+        r.blobs,
+        human_bytes(r.bytes),
+        if r.index_rebuilt { ", index rebuilt" } else { "" },
+        r.problems.len()
+    );
+    if !r.problems.is_empty() {
+        return Err(Exit(1).into());
+    }
+    Ok(())
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
