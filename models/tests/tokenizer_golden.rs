@@ -227,3 +227,92 @@ fn tokenizer_throughput() {
         );
     }
 }
+
+/// `from_hf_file`: the GGUF-built pipelines written as HF `tokenizer.json` (plus the config files
+/// HF keeps BOS/EOS in) load back with the same ids on every golden text and the same specials.
+#[test]
+fn hf_tokenizer_json_round_trip() {
+    let texts = texts();
+    for (file, config, generation) in [
+        (GEMMA, r#"{"bos_token": "<bos>", "eos_token": {"content": "<eos>", "special": true}}"#, r#"{"eos_token_id": [1, 106]}"#),
+        (SMOL, r#"{"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}"#, r#"{"eos_token_id": 2}"#),
+    ] {
+        let Some(l) = load(file) else { continue };
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("tokenizer.json");
+        l.tok.inner().save(&json, false).unwrap();
+        std::fs::write(dir.path().join("tokenizer_config.json"), config).unwrap();
+        std::fs::write(dir.path().join("generation_config.json"), generation).unwrap();
+        let hf = Tokenizer::from_hf_file(&json).unwrap();
+        assert_eq!(hf.bos_id(), l.tok.bos_id(), "{file}");
+        assert_eq!(hf.adds_bos(), l.tok.adds_bos(), "{file}");
+        assert_eq!(hf.eos_ids(), l.tok.eos_ids(), "{file}");
+        assert_eq!(hf.vocab_size(), l.tok.vocab_size(), "{file}");
+        for (id, text) in &texts {
+            assert_eq!(hf.encode(text, true).unwrap(), l.tok.encode(text, true).unwrap(), "{file} {id}");
+        }
+    }
+    let e = Tokenizer::from_hf_file("/nonexistent/tokenizer.json").unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/tokenizer.json"), "{e}");
+}
+
+/// Vocabulary problems in a GGUF file are reported with the file and the key.
+#[test]
+fn bad_gguf_vocabulary_is_a_clear_error() {
+    fn put_str(b: &mut Vec<u8>, s: &str) {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    }
+    let write = |kvs: &[(&str, u32, Vec<u8>)]| {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend((kvs.len() as u64).to_le_bytes());
+        for (k, ty, v) in kvs {
+            put_str(&mut b, k);
+            b.extend(ty.to_le_bytes());
+            b.extend(v);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vocab.gguf");
+        std::fs::write(&p, b).unwrap();
+        (dir, p)
+    };
+    let s = |v: &str| {
+        let mut b = vec![];
+        put_str(&mut b, v);
+        b
+    };
+    let tokens = {
+        let mut b = vec![];
+        b.extend(8u32.to_le_bytes());
+        b.extend(2u64.to_le_bytes());
+        put_str(&mut b, "a");
+        put_str(&mut b, "b");
+        b
+    };
+    let arch = ("general.architecture", 8, s("llama"));
+    // Unknown tokenizer model.
+    let (_d, p) = write(&[arch.clone(), ("tokenizer.ggml.model", 8, s("wordpiece")), ("tokenizer.ggml.tokens", 9, tokens.clone())]);
+    let e = Tokenizer::from_gguf_path(&p).unwrap_err().to_string();
+    assert!(e.contains("vocab.gguf") && e.contains("`wordpiece`"), "{e}");
+    // BOS id outside the vocabulary.
+    let (_d, p) = write(&[
+        arch.clone(),
+        ("tokenizer.ggml.model", 8, s("gpt2")),
+        ("tokenizer.ggml.tokens", 9, tokens.clone()),
+        ("tokenizer.ggml.bos_token_id", 4, 7u32.to_le_bytes().to_vec()),
+    ]);
+    let e = Tokenizer::from_gguf_path(&p).unwrap_err().to_string();
+    assert!(e.contains("vocab.gguf") && e.contains("tokenizer.ggml.bos_token_id"), "{e}");
+    // Byte-level BPE without merges; SentencePiece without scores; missing tokens.
+    let (_d, p) = write(&[arch.clone(), ("tokenizer.ggml.model", 8, s("gpt2")), ("tokenizer.ggml.tokens", 9, tokens.clone())]);
+    let e = Tokenizer::from_gguf_path(&p).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.ggml.merges"), "{e}");
+    let (_d, p) = write(&[arch.clone(), ("tokenizer.ggml.model", 8, s("llama")), ("tokenizer.ggml.tokens", 9, tokens.clone())]);
+    let e = Tokenizer::from_gguf_path(&p).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.ggml.scores"), "{e}");
+    let (_d, p) = write(&[arch, ("tokenizer.ggml.model", 8, s("llama"))]);
+    let e = Tokenizer::from_gguf_path(&p).unwrap_err().to_string();
+    assert!(e.contains("`tokenizer.ggml.tokens` is missing"), "{e}");
+}
