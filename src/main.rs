@@ -5,6 +5,7 @@
 //! here plus a module. Exit codes: 0 success, 1 a node failed (or `verify` found damage),
 //! 2 bad input (malformed pipeline, unknown key, wrong type, cycle, bad `--set`), 130 Ctrl-C.
 
+mod model_cmd;
 mod pipeline_cmd;
 
 use std::process::ExitCode;
@@ -45,6 +46,8 @@ enum Command {
     Dot(pipeline_cmd::DotArgs),
     /// Re-hash every cached artifact; quarantine damaged ones so the next run recomputes them.
     Verify,
+    /// Inspect a model: info, tokenize, logits, generate, activations.
+    Model(model_cmd::ModelArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Gc(a) => pipeline_cmd::gc(&cli.global, a),
         Command::Dot(a) => pipeline_cmd::dot(&cli.global, a),
         Command::Verify => pipeline_cmd::verify(&cli.global),
+        Command::Model(a) => return model_cmd::run(a),
     };
     pipeline_cmd::exit(result)
 }
