@@ -196,9 +196,28 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
                 let v = p.ty.coerce(&v).ok_or_else(|| SpecError::new(&loc, key.clone(), format!("expected {}, got {} {}", p.ty.name(), v.type_name(), v.to_json())))?;
                 resolved.insert(p.name.to_string(), v);
             }
+            // Table elements are identified by their `name`: their other fields reach the stage
+            // only through the params that read them, so only those params enter the key.
+            let coord: Coord = coord
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Value::Table(t) if t.contains_key("name") => (k, t["name"].clone()),
+                    v => (k, v),
+                })
+                .collect();
             let mut inputs = Vec::with_capacity(input_tables.len());
             for (iname, shared, table) in &input_tables {
                 let ups = table.get(&project(&coord, shared)).cloned().unwrap_or_default();
+                let up = &s.inputs[iname];
+                let up_dims = spec.stages[&up.value].foreach.len();
+                // One-to-one inputs (upstream dims ⊆ ours) must find their node.
+                if ups.is_empty() && !table.is_empty() && up_dims == shared.len() {
+                    return Err(SpecError::new(
+                        &up.loc,
+                        format!("stages.{sname}.inputs.{iname}"),
+                        format!("node `{}` finds no node of `{}` at {}; the two stages fan out over different values", node_id(sname, &coord), up.value, shared.iter().map(|d| format!("{d}={}", coord[d])).collect::<Vec<_>>().join(",")),
+                    ));
+                }
                 inputs.push((iname.clone(), ups));
             }
             let id = node_id(sname, &coord);

@@ -286,3 +286,90 @@ fn explain(store: &Store, prev: &Digest, node: &crate::expand::Node, params: &se
     }
     why.join("; ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PIPE: &str = r#"
+[params.data]
+default = "data.txt"
+description = "A data file"
+
+[params.a]
+default = 1
+description = "Read by `c`"
+
+[params.unused]
+default = 1
+description = "Read by nobody"
+
+[stages.f]
+kind = "test.file"
+params = { path = "${data}" }
+
+[stages.c]
+kind = "test.add"
+inputs = { f = "f" }
+params = { offset = "${a}" }
+"#;
+
+    /// Keys of every node for a pipeline in `project` with `sets` applied.
+    fn keys(project: &Path, cache: &Path, sets: &[String]) -> Vec<(String, Option<Digest>, Digest)> {
+        let registry = crate::toy::register(Registry::new());
+        let mut spec = PipelineSpec::parse("p.toml", PIPE).unwrap();
+        spec.apply_sets(sets).unwrap();
+        let store = Store::open(cache).unwrap();
+        let p = plan(&spec, &registry, &store, project, &mut HashMap::new()).unwrap();
+        p.graph.nodes.iter().zip(&p.nodes).map(|(n, pn)| (n.id.clone(), pn.key, pn.static_key)).collect()
+    }
+
+    fn project_with(content: &[u8]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("data.txt"), content).unwrap();
+        d
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+        /// Same content and params in two different project dirs (think: two machines) with
+        /// two different caches give identical keys: no absolute path reaches a key.
+        #[test]
+        fn keys_are_stable_across_dirs_and_machines(content in proptest::collection::vec(any::<u8>(), 0..256), a in -1000i64..1000) {
+            let (p1, p2) = (project_with(&content), project_with(&content));
+            let (c1, c2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let sets = vec![format!("a={a}")];
+            let k1 = keys(p1.path(), c1.path(), &sets);
+            prop_assert_eq!(&k1, &keys(p2.path(), c2.path(), &sets));
+            // And across runs on the same cache (stat cache path).
+            prop_assert_eq!(&k1, &keys(p1.path(), c1.path(), &sets));
+        }
+
+        /// A node's key changes iff a param it reads changes: `c` reads `a`, nobody reads
+        /// `unused`, `f` reads the data file's content.
+        #[test]
+        fn keys_change_iff_a_read_param_changes(a1 in -50i64..50, a2 in -50i64..50, u in -50i64..50) {
+            let proj = project_with(b"hello");
+            let cache = tempfile::tempdir().unwrap();
+            let k1 = keys(proj.path(), cache.path(), &[format!("a={a1}")]);
+            let k2 = keys(proj.path(), cache.path(), &[format!("a={a2}"), format!("unused={u}")]);
+            prop_assert_eq!(k1[0].2, k2[0].2, "f does not read a");
+            prop_assert_eq!(k1[1].2 == k2[1].2, a1 == a2, "c reads a");
+        }
+    }
+
+    #[test]
+    fn file_params_hash_content_not_path() {
+        let cache = tempfile::tempdir().unwrap();
+        let proj = project_with(b"one");
+        let k1 = keys(proj.path(), cache.path(), &[]);
+        std::fs::write(proj.path().join("data.txt"), b"two").unwrap();
+        let k2 = keys(proj.path(), cache.path(), &[]);
+        assert_ne!(k1[0].2, k2[0].2, "content changed");
+        std::fs::write(proj.path().join("other.txt"), b"two").unwrap();
+        let k3 = keys(proj.path(), cache.path(), &["data=\"other.txt\"".to_string()]);
+        assert_eq!(k2[0].2, k3[0].2, "same content under another name");
+    }
+}

@@ -349,3 +349,94 @@ fn skip_dependents(i: usize, dependents: &[Vec<usize>], dead: &mut [bool], nodes
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stage::{ParamSpec, Stage, StageContext, StageError};
+    use crate::toy;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Records how many instances run at once.
+    struct Gpu {
+        now: Arc<AtomicUsize>,
+        max: Arc<AtomicUsize>,
+    }
+    impl Stage for Gpu {
+        fn kind(&self) -> &str {
+            "test.gpu"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn params(&self) -> Vec<ParamSpec> {
+            vec![ParamSpec::optional("i", crate::ParamType::Int, 0, "index")]
+        }
+        fn resources(&self) -> Vec<(&'static str, u32)> {
+            vec![("gpu", 1)]
+        }
+        fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max.fetch_max(n, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(30));
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            ctx.write_output("value.json", b"0")
+        }
+    }
+
+    async fn run_toml(text: &str, registry: Registry, jobs: usize) -> RunReport {
+        let spec = PipelineSpec::parse("t.toml", text).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
+        let exec = Arc::new(crate::LocalExecutor::new(registry.clone(), store.clone()));
+        let opts = RunOptions { jobs, project_dir: dir.path().to_path_buf() };
+        run(&spec, &registry, store, exec, &opts, Arc::new(Silent), CancelFlag::new()).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resource_classes_keep_gpu_stages_apart_while_others_run_in_parallel() {
+        let (now, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let registry = toy::register(Registry::new()).register(Box::new(Gpu { now: now.clone(), max: max.clone() }));
+        let text = r#"
+[stages.g]
+kind = "test.gpu"
+foreach = { i = [1, 2, 3, 4, 5, 6] }
+params = { i = "${i}" }
+
+[stages.cpu]
+kind = "test.sleep"
+foreach = { i = [1, 2, 3, 4, 5, 6] }
+params = { ms = 30, value = "${i}" }
+"#;
+        let started = Instant::now();
+        let report = run_toml(text, registry, 8).await;
+        assert!(report.ok(), "{report:?}");
+        assert_eq!(report.computed.len(), 12);
+        assert_eq!(max.load(Ordering::SeqCst), 1, "two gpu stages overlapped");
+        // 6 × 30 ms of GPU work serialized; the CPU nodes run alongside, not after.
+        assert!(started.elapsed() < Duration::from_millis(6 * 30 + 6 * 30), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancellation_leaves_nothing_partial() {
+        let registry = toy::register(Registry::new());
+        let spec = PipelineSpec::parse("t.toml", "[stages.s]\nkind = \"test.sleep\"\nforeach = { i = [1, 2, 3, 4] }\nparams = { ms = 2000, value = \"${i}\" }\n").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
+        let exec = Arc::new(crate::LocalExecutor::new(registry.clone(), store.clone()));
+        let opts = RunOptions { jobs: 4, project_dir: dir.path().to_path_buf() };
+        let cancel = CancelFlag::new();
+        let c2 = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            c2.cancel();
+        });
+        let started = Instant::now();
+        let report = run(&spec, &registry, store.clone(), exec, &opts, Arc::new(Silent), cancel).await.unwrap();
+        assert!(report.cancelled);
+        assert!(report.computed.is_empty());
+        assert!(started.elapsed() < Duration::from_millis(1500), "stages did not stop: {:?}", started.elapsed());
+        assert_eq!(std::fs::read_dir(dir.path().join("cache/tmp")).unwrap().count(), 0, "staging left behind");
+        assert!(store.manifest_keys().is_empty());
+    }
+}

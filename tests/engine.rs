@@ -1,0 +1,254 @@
+//! Integration tests of the workflow engine through the `axbench` binary, with the toy stages
+//! and the pipelines in tests/fixtures/engine/.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{Project, ids, text};
+
+const STATIC: &str = "tests/fixtures/engine/static.toml";
+const TOY: &str = "tests/fixtures/engine/toy.toml";
+const SLOW: &str = "tests/fixtures/engine/slow.toml";
+
+/// `--set` for `static.toml` with element `b` given offset `off`.
+fn xs_with_b_offset(off: i64) -> String {
+    format!(r#"xs=[{{name="a",v=1,off=0}},{{name="b",v=2,off={off}}},{{name="c",v=3,off=0}}]"#)
+}
+
+/// Asserts which nodes a `run --json` report computed (sorted ids).
+macro_rules! assert_computed {
+    ($report:expr, [$($id:expr),* $(,)?]) => {{
+        let mut want: Vec<String> = vec![$($id.to_string()),*];
+        want.sort();
+        assert_eq!(ids(&$report, "computed"), want, "report: {}", $report);
+    }};
+}
+
+/// Every node id of a plan with its state.
+fn states(plan: &serde_json::Value) -> BTreeMap<String, String> {
+    plan["nodes"].as_array().unwrap().iter().map(|n| (n["id"].as_str().unwrap().to_string(), n["state"].as_str().unwrap().to_string())).collect()
+}
+
+/// Output digests of every node of a pipeline, by node id.
+fn output_digests(p: &Project, pipeline: &str) -> BTreeMap<String, serde_json::Value> {
+    let plan = p.plan_json(&[pipeline]);
+    assert_eq!(plan["to_run"], 0, "not everything is fresh: {plan}");
+    states(&plan).keys().map(|id| (id.clone(), p.show(id)["outputs"].clone())).collect()
+}
+
+#[test]
+fn first_run_computes_every_node_and_a_second_run_none() {
+    let p = Project::new();
+    let first = p.run_json(&[STATIC], 0);
+    assert_eq!(ids(&first, "computed").len(), 13);
+    let second = p.run_json(&[STATIC], 0);
+    assert_computed!(second, []);
+    assert_eq!(ids(&second, "cached").len(), 13);
+    // The sum of (2·v + off) over v = 1, 2, 3.
+    let sum = std::fs::read_to_string(p.blob_of("sum", "value.json")).unwrap();
+    assert_eq!(sum.trim(), "12");
+}
+
+#[test]
+fn changing_one_elements_param_recomputes_that_node_and_dependents_and_reverting_hits_the_cache() {
+    let p = Project::new();
+    p.run_json(&[STATIC], 0);
+    let changed = xs_with_b_offset(5);
+    let plan = p.plan_json(&[STATIC, "--set", &changed]);
+    let not_fresh: Vec<_> = states(&plan).into_iter().filter(|(_, s)| s != "fresh").map(|(id, _)| id).collect();
+    assert_eq!(not_fresh, ["shifted[x=b]", "sum"]);
+    let reason = plan["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "shifted[x=b]").unwrap()["reason"].as_str().unwrap().to_string();
+    assert_eq!(reason, "param `offset` changed: 0 -> 5");
+
+    let r = p.run_json(&[STATIC, "--set", &changed], 0);
+    assert_computed!(r, ["shifted[x=b]", "sum"]);
+    assert_eq!(std::fs::read_to_string(p.blob_of("sum", "value.json")).unwrap().trim(), "17");
+
+    let reverted = p.run_json(&[STATIC], 0);
+    assert_computed!(reverted, []);
+    assert_eq!(p.plan_json(&[STATIC])["to_run"], 0);
+}
+
+#[test]
+fn dynamic_fan_out_expands_after_the_list_stage_ran() {
+    let p = Project::new();
+    let plan = p.plan_json(&[TOY]);
+    insta::assert_json_snapshot!("toy_plan_empty_cache", plan);
+    let r = p.run_json(&[TOY], 0);
+    assert_eq!(ids(&r, "computed").len(), 9);
+    // 3 concepts × 2 methods, each 10 + scale (1): 66.
+    assert_eq!(std::fs::read_to_string(p.blob_of("total", "value.json")).unwrap().trim(), "66");
+    insta::assert_json_snapshot!("toy_plan_after_run", p.plan_json(&[TOY]));
+    // A longer list: only the new fan-out elements (and the gather) run.
+    let r = p.run_json(&[TOY, "--set", "concepts.limit=4"], 0);
+    assert_computed!(r, ["concepts", "square[concept=3,method=pca]", "square[concept=3,method=probe]", "total"]);
+}
+
+#[test]
+fn kill_9_mid_run_then_rerun_matches_an_uninterrupted_run() {
+    let reference = Project::new();
+    reference.run_json(&[SLOW, "--set", "ms=100", "-j", "2"], 0);
+    let want = output_digests(&reference, SLOW);
+
+    let p = Project::new();
+    let mut child = p.spawn(&["run", SLOW, "--set", "ms=100", "-j", "2"]);
+    std::thread::sleep(Duration::from_millis(450));
+    child.kill().expect("kill -9");
+    child.wait().unwrap();
+    let partial = p.plan_json(&[SLOW, "--set", "ms=100"]);
+    let fresh_after_kill = states(&partial).values().filter(|s| *s == "fresh").count();
+    assert!(fresh_after_kill < 13, "the kill came too late to test anything: {partial}");
+
+    let r = p.run_json(&[SLOW, "--set", "ms=100", "-j", "2"], 0);
+    assert_eq!(ids(&r, "computed").len(), 13 - fresh_after_kill, "a rerun resumes: only unfinished nodes run");
+    assert_eq!(output_digests(&p, SLOW), want);
+    // No partial artifacts: staging is empty and every blob matches its digest.
+    assert_eq!(std::fs::read_dir(p.cache().join("tmp")).unwrap().count(), 0);
+    let v = p.run(&["verify"]);
+    assert!(v.status.success(), "{}", text(&v.stdout));
+}
+
+#[test]
+fn a_corrupted_artifact_is_detected_by_digest_and_recomputed_with_early_cutoff() {
+    let p = Project::new();
+    p.run_json(&[STATIC], 0);
+    let blob = p.blob_of("const[x=a]", "value.json");
+    let mut perms = std::fs::metadata(&blob).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&blob, perms).unwrap();
+    std::fs::write(&blob, b"9").unwrap(); // same length, different bytes
+
+    let plan = p.plan_json(&[STATIC]);
+    let node = plan["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "const[x=a]").unwrap().clone();
+    assert_eq!(node["state"], "stale");
+    assert_eq!(node["reason"], "output `value.json` is missing or corrupted");
+    // Recomputing restores identical bytes, so dependents keep their keys (early cutoff).
+    let r = p.run_json(&[STATIC], 0);
+    assert_computed!(r, ["const[x=a]"]);
+    assert_eq!(std::fs::read_to_string(p.blob_of("const[x=a]", "value.json")).unwrap(), "1");
+}
+
+#[test]
+fn verify_quarantines_silent_corruption() {
+    let p = Project::new();
+    p.run_json(&[STATIC], 0);
+    let blob = p.blob_of("sum", "value.json");
+    let before = std::fs::metadata(&blob).unwrap();
+    let mut perms = before.permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&blob, perms).unwrap();
+    std::fs::write(&blob, b"13").unwrap();
+    let v = p.run(&["verify"]);
+    assert_eq!(v.status.code(), Some(1));
+    assert!(text(&v.stdout).contains("corrupt blob"), "{}", text(&v.stdout));
+    let r = p.run_json(&[STATIC], 0);
+    assert_computed!(r, ["sum"]);
+    assert!(p.run(&["verify"]).status.success());
+}
+
+#[test]
+fn two_concurrent_runs_never_compute_a_node_twice_and_both_finish() {
+    let p = Project::new();
+    let a = p.spawn(&["run", "--json", SLOW, "--set", "ms=150", "-j", "2"]);
+    let b = p.spawn(&["run", "--json", SLOW, "--set", "ms=150", "-j", "2"]);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    assert!(b.status.success(), "{}", text(&b.stderr));
+    let (ra, rb): (serde_json::Value, serde_json::Value) = (serde_json::from_slice(&a.stdout).unwrap(), serde_json::from_slice(&b.stdout).unwrap());
+    let mut all = ids(&ra, "computed");
+    all.extend(ids(&rb, "computed"));
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n, "a node was computed twice: {ra} {rb}");
+    assert_eq!(n, 13, "every node computed exactly once: {ra} {rb}");
+    assert_eq!(p.plan_json(&[SLOW, "--set", "ms=150"])["to_run"], 0);
+}
+
+#[test]
+fn a_failing_node_is_reported_with_its_log_and_independent_branches_finish() {
+    let p = Project::new();
+    let r = p.run_json(&["tests/fixtures/engine/fail.toml"], 1);
+    assert_computed!(r, ["after_good", "good"]);
+    assert_eq!(ids(&r, "skipped"), ["after_bad"]);
+    let f = &r["failed"][0];
+    assert_eq!(f["node"], "bad");
+    assert_eq!(f["error"], "boom on purpose");
+    let log = std::fs::read_to_string(f["log"].as_str().unwrap()).unwrap();
+    assert!(log.contains("about to fail") && log.contains("boom on purpose"), "{log}");
+    // Human output names the node, the error and the log.
+    let out = p.run(&["run", "tests/fixtures/engine/fail.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("FAILED bad: boom on purpose (log: "), "{}", text(&out.stderr));
+}
+
+#[test]
+fn bad_input_exits_2_naming_file_line_column_and_key() {
+    let p = Project::new();
+    let mut all = String::new();
+    let mut names: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/engine/errors")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    for name in names {
+        let path = format!("tests/fixtures/engine/errors/{name}");
+        let out = p.run(&["plan", &path]);
+        assert_eq!(out.status.code(), Some(2), "{path}: {}", text(&out.stderr));
+        all.push_str(&format!("== {name}\n{}\n", text(&out.stderr).trim_end()));
+    }
+    for set in ["model.layr=3", "xs=5", "nonsense"] {
+        let out = p.run(&["plan", STATIC, "--set", set]);
+        assert_eq!(out.status.code(), Some(2));
+        all.push_str(&format!("== --set {set}\n{}\n", text(&out.stderr).trim_end()));
+    }
+    insta::assert_snapshot!("bad_input_errors", all);
+}
+
+#[test]
+fn a_damaged_index_is_rebuilt_from_manifests() {
+    let p = Project::new();
+    p.run_json(&[STATIC], 0);
+    std::fs::write(p.cache().join("index.redb"), b"this is not a redb file").unwrap();
+    let r = p.run_json(&[STATIC], 0);
+    assert_computed!(r, []);
+}
+
+#[test]
+fn sweep_files_extend_pipelines() {
+    let p = Project::new();
+    let r = p.run_json(&["tests/fixtures/engine/sweep.toml"], 0);
+    assert!(ids(&r, "computed").contains(&"report".to_string()));
+    assert_eq!(std::fs::read_to_string(p.blob_of("report", "value.json")).unwrap(), "\"2;4;6\"");
+    let out = p.run(&["plan", "tests/fixtures/engine/sweep.toml", "--params"]);
+    assert!(text(&out.stdout).contains("sleep_ms  = 1 (default 0, set by tests/fixtures/engine/sweep.toml:5:1)"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn cache_dir_flag_and_env_var_relocate_the_cache() {
+    let p = Project::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = p.command(&["run", STATIC]).env("AXBENCH_CACHE_DIR", elsewhere.path()).output().unwrap();
+    assert!(out.status.success());
+    assert!(elsewhere.path().join("manifests").exists());
+    assert!(!p.cache().exists());
+}
+
+#[test]
+fn status_show_gc_dot() {
+    let p = Project::new();
+    p.run_json(&[STATIC], 0);
+    p.run_json(&[STATIC, "--set", &xs_with_b_offset(5)], 0);
+    let status = text(&p.run(&["status"]).stdout);
+    assert!(status.contains("nodes: 15"), "{status}");
+    let m = p.show("shifted[x=b]");
+    assert_eq!(m["params"]["offset"], 5.0);
+    assert_eq!(m["inputs"][0]["node"], "double[x=b]");
+    // Keep only the last run: the two nodes only the first run reached go.
+    let gc = text(&p.run(&["gc", "--keep-runs", "1"]).stdout);
+    assert!(gc.contains("kept 13 nodes; removed 2 nodes"), "{gc}");
+    assert!(p.run(&["verify"]).status.success());
+    let dot = text(&p.run(&["dot", TOY]).stdout);
+    assert!(dot.contains("\"concepts\" -> \"square\" [label=\"foreach concept\", style=dashed]"), "{dot}");
+}
