@@ -7,6 +7,7 @@
 
 mod model_cmd;
 mod pipeline_cmd;
+mod serve_cmd;
 
 use std::process::ExitCode;
 
@@ -48,6 +49,8 @@ enum Command {
     Verify,
     /// Inspect a model: info, tokenize, logits, generate, activations.
     Model(model_cmd::ModelArgs),
+    /// Serve a model (with steering vectors) over an OpenAI-compatible HTTP API.
+    Serve(serve_cmd::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Dot(a) => pipeline_cmd::dot(&cli.global, a),
         Command::Verify => pipeline_cmd::verify(&cli.global),
         Command::Model(a) => return model_cmd::run(a),
+        Command::Serve(a) => serve_cmd::run(a),
     };
     pipeline_cmd::exit(result)
 }
