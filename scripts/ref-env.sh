@@ -21,4 +21,9 @@ fi
 if ! "$VENV/bin/python" -c "import accelerate" 2>/dev/null; then
   "$VENV/bin/pip" install -q accelerate >&2
 fi
+# The Python `openai` client (serve/tests/server.rs drives the server with it) and llama-cpp-python's
+# OpenAI server (benches/serve/bench_serve.py compares against it).
+if ! "$VENV/bin/python" -c "import openai, uvicorn, fastapi, sse_starlette, starlette_context, pydantic_settings" 2>/dev/null; then
+  "$VENV/bin/pip" install -q openai uvicorn fastapi sse-starlette starlette-context pydantic-settings >&2
+fi
 echo "$VENV/bin/python"
