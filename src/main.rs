@@ -7,6 +7,7 @@
 
 mod model_cmd;
 mod pipeline_cmd;
+mod results_cmd;
 mod serve_cmd;
 
 use std::process::ExitCode;
@@ -47,6 +48,8 @@ enum Command {
     Dot(pipeline_cmd::DotArgs),
     /// Re-hash every cached artifact; quarantine damaged ones so the next run recomputes them.
     Verify,
+    /// Print a pipeline's detection results (AUROC table, or --json) from its cached evaluate node.
+    Results(results_cmd::ResultsArgs),
     /// Inspect a model: info, tokenize, logits, generate, activations.
     Model(model_cmd::ModelArgs),
     /// Serve a model (with steering vectors) over an OpenAI-compatible HTTP API.
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Gc(a) => pipeline_cmd::gc(&cli.global, a),
         Command::Dot(a) => pipeline_cmd::dot(&cli.global, a),
         Command::Verify => pipeline_cmd::verify(&cli.global),
+        Command::Results(a) => return results_cmd::run(&cli.global, a),
         Command::Model(a) => return model_cmd::run(a),
         Command::Serve(a) => serve_cmd::run(a),
     };

@@ -155,7 +155,7 @@ pub fn init_logging(g: &GlobalArgs) {
 
 /// The stage registry of this binary: the toy stages (tests, benchmarks) and AxBench's.
 pub fn registry() -> Registry {
-    axbench_engine::toy::register(Registry::new())
+    axbench_stages::stages::register(axbench_engine::toy::register(Registry::new()))
 }
 
 fn project_dir(g: &GlobalArgs) -> Result<PathBuf> {
@@ -234,6 +234,9 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
             report.skipped.len(),
             if report.cancelled { ", cancelled" } else { "" }
         );
+        if report.ok() {
+            crate::results_cmd::print_tables(&spec, &registry, &store, &project_dir(g)?);
+        }
     }
     if report.cancelled {
         return Err(Exit(130).into());

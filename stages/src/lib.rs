@@ -8,4 +8,5 @@ pub mod methods;
 pub mod metrics;
 pub mod prompts;
 pub mod synth;
+pub mod stages;
 pub mod tables;

@@ -1,0 +1,180 @@
+//! `axbench.evaluate`: gathers every (concept, method) score table and computes AxBench's latent evaluators per
+//! concept (evaluate.py latent):
+//! * AUCROCEvaluator: ROC AUC of the min-max normalised `max_act`, positives vs negatives (hard negatives dropped);
+//! * HardNegativeEvaluator: at the Youden-J threshold, accuracy on positives and on hard negatives, and their mean;
+//! * max F1 over the PR curve, positives vs negatives (LatentStatsEvaluator). The 1:100 imbalanced F1 needs every
+//!   concept's detector scored on a shared pool of 3600 negatives, which this pipeline does not build: left null.
+//!
+//! Outputs `results.parquet` ([`detection_results_schema`](crate::tables::detection_results_schema), readable by
+//! pandas and polars), `results.json` (`{"detection": [...]}`, the same rows) and `results.md` (the AUROC table per
+//! method: mean over concepts and per concept), which `axbench run` and `axbench results` print.
+
+use std::collections::BTreeMap;
+
+use axbench_engine::{ParamSpec, Stage, StageContext, StageError};
+use serde::{Deserialize, Serialize};
+
+use super::infer::{InferMeta, read_scores};
+use super::{fail, read_json, write_json};
+use crate::data::Category;
+use crate::metrics::{aucroc_evaluator, hard_negative_evaluator, max_f1, mean_over_concepts};
+use crate::tables::{self, DetectionResultRow};
+
+pub struct Evaluate;
+
+/// One row of `results.json`: one (model, layer, method, concept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRow {
+    pub model: String,
+    pub layer: i64,
+    pub method: String,
+    pub concept_id: i64,
+    pub auroc: Option<f64>,
+    pub f1: Option<f64>,
+    pub optimal_threshold: Option<f64>,
+    pub positive_accuracy: Option<f64>,
+    pub hard_negative_accuracy: Option<f64>,
+    pub macro_avg_accuracy: Option<f64>,
+    pub n_positive: i64,
+    pub n_negative: i64,
+    pub n_hard_negative: i64,
+}
+
+/// `results.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Results {
+    pub detection: Vec<ResultRow>,
+}
+
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+/// The evaluators on one concept's scores.
+pub fn evaluate_concept(model: &str, layer: i64, method: &str, concept_id: i64, max_acts: &[f64], categories: &[Category]) -> ResultRow {
+    let count = |c: Category| categories.iter().filter(|x| **x == c).count() as i64;
+    let auc = aucroc_evaluator(max_acts, categories);
+    let hn = hard_negative_evaluator(max_acts, categories);
+    let (labels, scores): (Vec<bool>, Vec<f64>) =
+        max_acts.iter().zip(categories).filter(|(_, c)| **c != Category::HardNegative).map(|(s, c)| (*c == Category::Positive, *s)).unzip();
+    ResultRow {
+        model: model.to_owned(),
+        layer,
+        method: method.to_owned(),
+        concept_id,
+        auroc: finite(auc.roc_auc),
+        f1: max_f1(&labels, &scores).map(|m| m.f1).and_then(finite),
+        optimal_threshold: finite(auc.optimal_threshold),
+        positive_accuracy: hn.map(|h| h.positive_accuracy),
+        hard_negative_accuracy: hn.map(|h| h.hard_negative_accuracy),
+        macro_avg_accuracy: hn.map(|h| h.macro_avg_accuracy),
+        n_positive: count(Category::Positive),
+        n_negative: count(Category::Negative),
+        n_hard_negative: count(Category::HardNegative),
+    }
+}
+
+fn fmt(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into())
+}
+
+/// The AUROC table: one line per method (best mean first), mean AUROC, mean max-F1, mean hard-negative accuracy,
+/// and per-concept AUROC when there are at most 12 concepts.
+pub fn markdown(results: &Results) -> String {
+    let mut groups: BTreeMap<(String, i64, String), Vec<&ResultRow>> = BTreeMap::new();
+    for r in &results.detection {
+        groups.entry((r.model.clone(), r.layer, r.method.clone())).or_default().push(r);
+    }
+    let concepts: std::collections::BTreeSet<i64> = results.detection.iter().map(|r| r.concept_id).collect();
+    let per_concept = concepts.len() <= 12;
+    let mut by_model: BTreeMap<(String, i64), Vec<(String, Vec<&ResultRow>)>> = BTreeMap::new();
+    for ((model, layer, method), rows) in groups {
+        by_model.entry((model, layer)).or_default().push((method, rows));
+    }
+    let mut out = String::new();
+    for ((model, layer), mut methods) in by_model {
+        let mean = |rows: &[&ResultRow], f: fn(&ResultRow) -> Option<f64>| {
+            let (m, n) = mean_over_concepts(rows.iter().map(|r| f(r).unwrap_or(f64::NAN)));
+            (n > 0).then_some(m)
+        };
+        methods.sort_by(|a, b| {
+            let (x, y) = (mean(&a.1, |r| r.auroc).unwrap_or(-1.0), mean(&b.1, |r| r.auroc).unwrap_or(-1.0));
+            y.total_cmp(&x).then(a.0.cmp(&b.0))
+        });
+        out.push_str(&format!("Concept detection on {model}, layer {layer}: ROC AUC, positives vs negatives ({} concepts)\n\n", concepts.len()));
+        out.push_str("| method | mean AUROC | mean max-F1 | mean hard-neg. acc. |");
+        if per_concept {
+            for c in &concepts {
+                out.push_str(&format!(" c{c} |"));
+            }
+        }
+        out.push('\n');
+        out.push_str("|---|---:|---:|---:|");
+        if per_concept {
+            out.push_str(&"---:|".repeat(concepts.len()));
+        }
+        out.push('\n');
+        for (method, rows) in &methods {
+            out.push_str(&format!("| {method} | {} | {} | {} |", fmt(mean(rows, |r| r.auroc)), fmt(mean(rows, |r| r.f1)), fmt(mean(rows, |r| r.hard_negative_accuracy))));
+            if per_concept {
+                for c in &concepts {
+                    out.push_str(&format!(" {} |", fmt(rows.iter().find(|r| r.concept_id == *c).and_then(|r| r.auroc))));
+                }
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+impl Stage for Evaluate {
+    fn kind(&self) -> &str {
+        "axbench.evaluate"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        Vec::new()
+    }
+    fn doc(&self) -> &str {
+        "AUROC, hard-negative accuracy and max-F1 per concept and method (results.parquet, results.json, results.md)"
+    }
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let mut results = Results::default();
+        for art in ctx.inputs("scores")? {
+            let meta: InferMeta = read_json(art.file("infer.json")?)?;
+            let scores = read_scores(art.file("scores.parquet")?)?;
+            let max_acts: Vec<f64> = scores.iter().map(|s| s.max_act).collect();
+            let cats: Vec<Category> = scores.iter().map(|s| s.category).collect();
+            results.detection.push(evaluate_concept(&meta.model, meta.layer, &meta.method_class, meta.concept_id, &max_acts, &cats));
+        }
+        results.detection.sort_by(|a, b| (&a.model, a.layer, &a.method, a.concept_id).cmp(&(&b.model, b.layer, &b.method, b.concept_id)));
+        let rows: Vec<DetectionResultRow> = results
+            .detection
+            .iter()
+            .map(|r| DetectionResultRow {
+                model: r.model.clone(),
+                layer: r.layer,
+                method: r.method.clone(),
+                concept_id: r.concept_id,
+                auroc: r.auroc,
+                optimal_threshold: r.optimal_threshold,
+                positive_accuracy: r.positive_accuracy,
+                hard_negative_accuracy: r.hard_negative_accuracy,
+                macro_avg_accuracy: r.macro_avg_accuracy,
+                f1: r.f1,
+                f1_imbalanced: None,
+                n_positive: r.n_positive,
+                n_negative: r.n_negative,
+                n_hard_negative: r.n_hard_negative,
+            })
+            .collect();
+        let batch = tables::detection_results_batch(&rows).map_err(|e| fail("results", e))?;
+        tables::write_parquet_atomic(&ctx.output_path("results.parquet")?, &batch).map_err(|e| fail("results", e))?;
+        let md = markdown(&results);
+        ctx.write_output("results.md", md.as_bytes())?;
+        write_json(ctx, "results.json", &results)
+    }
+}

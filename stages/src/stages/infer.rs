@@ -1,0 +1,115 @@
+//! `axbench.infer`: scores one concept's latent eval rows with one fitted detector (inference.py latent,
+//! `predict_latent`): per-token scores on the tokens after the chat-template prefix of the eval form, rounded to 3
+//! decimals and max-pooled per example; BoW scores the eval-form texts.
+//!
+//! Outputs `scores.parquet` ([`latent_scores_schema`](crate::tables::latent_scores_schema): one row per eval example
+//! with `max_act`, `max_act_idx` and the per-token `acts`) and `infer.json` (model, layer, method).
+
+use std::path::Path;
+
+use axbench_engine::{ParamSpec, Stage, StageContext, StageError};
+use serde::{Deserialize, Serialize};
+
+use super::activations::{ActivationSet, End, Split};
+use super::fit::FitMeta;
+use super::{fail, read_json, write_json};
+use crate::data::Category;
+use crate::methods::{FittedArtifact, MethodResources, ScoreInput};
+use crate::tables::{self, LatentScoreRow};
+
+pub struct Infer;
+
+/// `infer.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InferMeta {
+    pub model: String,
+    pub layer: i64,
+    pub concept_id: i64,
+    pub method: String,
+    pub method_class: String,
+    pub n_examples: usize,
+}
+
+/// One scored eval example, as read back from `scores.parquet`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Score {
+    pub concept_id: i64,
+    pub example_index: u32,
+    pub category: Category,
+    pub max_act: f64,
+}
+
+/// Reads `scores.parquet` (the columns evaluation needs); errors name the file and column.
+pub fn read_scores(path: &Path) -> Result<Vec<Score>, StageError> {
+    use arrow::array::{Array, Float64Array, UInt32Array};
+    use arrow::datatypes::DataType;
+    let batch = tables::read_parquet(path).map_err(|e| fail("scores", e))?;
+    let concept = tables::int64_column(&batch, path, tables::col::CONCEPT_ID).map_err(|e| fail("scores", e))?;
+    let cat = tables::string_column(&batch, path, tables::col::CATEGORY).map_err(|e| fail("scores", e))?;
+    let idx = tables::column_as(&batch, path, tables::col::EXAMPLE_INDEX, &DataType::UInt32).map_err(|e| fail("scores", e))?;
+    let idx = idx.as_any().downcast_ref::<UInt32Array>().expect("cast to UInt32");
+    let max = tables::column_as(&batch, path, tables::col::MAX_ACT, &DataType::Float64).map_err(|e| fail("scores", e))?;
+    let max = max.as_any().downcast_ref::<Float64Array>().expect("cast to Float64");
+    (0..batch.num_rows())
+        .map(|i| {
+            let category = Category::parse(cat.value(i)).ok_or_else(|| fail(path.display(), format!("row {i}: column `category`: unknown value {:?}", cat.value(i))))?;
+            Ok(Score { concept_id: concept.value(i), example_index: idx.value(i), category, max_act: if max.is_null(i) { f64::NAN } else { max.value(i) } })
+        })
+        .collect()
+}
+
+impl Stage for Infer {
+    fn kind(&self) -> &str {
+        "axbench.infer"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        Vec::new()
+    }
+    fn doc(&self) -> &str {
+        "Scores a concept's eval rows with a fitted detector (scores.parquet: max-pooled and per-token scores)"
+    }
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let fit_art = ctx.input("fit")?;
+        let fit: FitMeta = read_json(fit_art.file("fit.json")?)?;
+        let artifact: FittedArtifact = read_json(fit_art.file("detector.json")?)?;
+        let set = ActivationSet::load(ctx.input("acts")?)?;
+        if set.meta.concept_id != fit.concept_id {
+            return Err(StageError::msg(format!("detector of concept {} given activations of concept {}", fit.concept_id, set.meta.concept_id)));
+        }
+        let detector = artifact.into_detector(&MethodResources::default()).map_err(|e| fail(&fit.method, e))?;
+        let eval: Vec<usize> = (0..set.rows.len()).filter(|&i| set.rows[i].split == Split::Eval).collect();
+        if eval.is_empty() {
+            return Err(StageError::msg(format!("concept {}: no latent eval rows", fit.concept_id)));
+        }
+        let acts = set.slice(&eval, set.meta.prefix_length, End::Eval).map_err(|e| fail(&fit.method, e))?;
+        let texts: Vec<String> = eval.iter().map(|&i| set.rows[i].eval_text.clone()).collect();
+        let scores = detector.score(&ScoreInput { activations: Some(&acts), texts: Some(&texts) }).map_err(|e| fail(&fit.method, e))?;
+        if scores.len() != eval.len() {
+            return Err(StageError::msg(format!("{}: {} scores for {} examples", fit.method, scores.len(), eval.len())));
+        }
+        let rows: Vec<LatentScoreRow> = eval
+            .iter()
+            .zip(&scores)
+            .enumerate()
+            .map(|(k, (&i, s))| LatentScoreRow {
+                concept_id: set.meta.concept_id,
+                example_index: k as u32,
+                method: fit.method_class.clone(),
+                category: set.rows[i].category.as_str().to_owned(),
+                max_act: s.max_act,
+                max_act_idx: s.max_act_idx.map(|x| x as u32),
+                acts: s.acts.clone(),
+            })
+            .collect();
+        let batch = tables::latent_scores_batch(&rows).map_err(|e| fail("scores", e))?;
+        tables::write_parquet_atomic(&ctx.output_path("scores.parquet")?, &batch).map_err(|e| fail("scores", e))?;
+        write_json(
+            ctx,
+            "infer.json",
+            &InferMeta { model: set.meta.model.clone(), layer: set.meta.layer, concept_id: set.meta.concept_id, method: fit.method.clone(), method_class: fit.method_class.clone(), n_examples: rows.len() },
+        )
+    }
+}
