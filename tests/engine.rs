@@ -32,8 +32,8 @@ fn states(plan: &serde_json::Value) -> BTreeMap<String, String> {
 }
 
 /// Output digests of every node of a pipeline, by node id.
-fn output_digests(p: &Project, pipeline: &str) -> BTreeMap<String, serde_json::Value> {
-    let plan = p.plan_json(&[pipeline]);
+fn output_digests(p: &Project, args: &[&str]) -> BTreeMap<String, serde_json::Value> {
+    let plan = p.plan_json(args);
     assert_eq!(plan["to_run"], 0, "not everything is fresh: {plan}");
     states(&plan).keys().map(|id| (id.clone(), p.show(id)["outputs"].clone())).collect()
 }
@@ -90,7 +90,7 @@ fn dynamic_fan_out_expands_after_the_list_stage_ran() {
 fn kill_9_mid_run_then_rerun_matches_an_uninterrupted_run() {
     let reference = Project::new();
     reference.run_json(&[SLOW, "--set", "ms=100", "-j", "2"], 0);
-    let want = output_digests(&reference, SLOW);
+    let want = output_digests(&reference, &[SLOW, "--set", "ms=100"]);
 
     let p = Project::new();
     let mut child = p.spawn(&["run", SLOW, "--set", "ms=100", "-j", "2"]);
@@ -103,7 +103,7 @@ fn kill_9_mid_run_then_rerun_matches_an_uninterrupted_run() {
 
     let r = p.run_json(&[SLOW, "--set", "ms=100", "-j", "2"], 0);
     assert_eq!(ids(&r, "computed").len(), 13 - fresh_after_kill, "a rerun resumes: only unfinished nodes run");
-    assert_eq!(output_digests(&p, SLOW), want);
+    assert_eq!(output_digests(&p, &[SLOW, "--set", "ms=100"]), want);
     // No partial artifacts: staging is empty and every blob matches its digest.
     assert_eq!(std::fs::read_dir(p.cache().join("tmp")).unwrap().count(), 0);
     let v = p.run(&["verify"]);
@@ -125,9 +125,11 @@ fn a_corrupted_artifact_is_detected_by_digest_and_recomputed_with_early_cutoff()
     let node = plan["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "const[x=a]").unwrap().clone();
     assert_eq!(node["state"], "stale");
     assert_eq!(node["reason"], "output `value.json` is missing or corrupted");
-    // Recomputing restores identical bytes, so dependents keep their keys (early cutoff).
+    // The store is content-addressed: `slow[x=a]` outputs the same bytes, so its output was
+    // damaged too. Recomputing restores identical bytes, so the dependents keep their keys
+    // and are cache hits (early cutoff).
     let r = p.run_json(&[STATIC], 0);
-    assert_computed!(r, ["const[x=a]"]);
+    assert_computed!(r, ["const[x=a]", "slow[x=a]"]);
     assert_eq!(std::fs::read_to_string(p.blob_of("const[x=a]", "value.json")).unwrap(), "1");
 }
 

@@ -41,7 +41,13 @@ impl StageGraph {
                 return Err(SpecError::new(
                     &s.kind.loc,
                     format!("stages.{name}.kind"),
-                    format!("unknown stage kind `{}`; known kinds: {}", s.kind.value, registry.kinds().collect::<Vec<_>>().join(", ")),
+                    {
+                        // Suggest kinds of the same namespace (`test.`, `axbench.`) if there are any.
+                        let ns = s.kind.value.split_once('.').map(|(n, _)| format!("{n}.")).unwrap_or_default();
+                        let same: Vec<&str> = registry.kinds().filter(|k| !ns.is_empty() && k.starts_with(&ns)).collect();
+                        let list = if same.is_empty() { registry.kinds().collect::<Vec<_>>() } else { same };
+                        format!("unknown stage kind `{}`; known kinds: {}", s.kind.value, list.join(", "))
+                    },
                 ));
             };
             let declared = stage.params();
