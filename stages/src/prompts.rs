@@ -207,6 +207,7 @@ impl PromptTemplate {
 #[derive(Debug, Clone)]
 pub struct PromptSet {
     templates: BTreeMap<Template, PromptTemplate>,
+    digest: String,
 }
 
 impl PromptSet {
@@ -218,15 +219,27 @@ impl PromptSet {
     /// Load every template from `dir`, checking each uses exactly its placeholders.
     pub fn load(dir: &Path) -> Result<Self, PromptError> {
         let mut templates = BTreeMap::new();
+        let mut hasher = blake3::Hasher::new();
         for t in Template::ALL {
             let path = dir.join(t.file_name());
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| PromptError::Io { path: path.clone(), message: e.to_string() })?;
             let parsed = PromptTemplate::parse(&text, &path)?;
             check_placeholders(t, &parsed)?;
+            // Length-prefixed name and text, so no two sets hash alike by concatenation.
+            for part in [t.file_name().as_bytes(), text.as_bytes()] {
+                hasher.update(&(part.len() as u64).to_le_bytes());
+                hasher.update(part);
+            }
             templates.insert(t, parsed);
         }
-        Ok(Self { templates })
+        Ok(Self { templates, digest: hasher.finalize().to_hex().to_string() })
+    }
+
+    /// blake3 of every template's name and text: a stage that renders these prompts puts this in
+    /// its key, so editing a template re-runs exactly the stages that use it.
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     /// Render one template.
@@ -291,8 +304,12 @@ mod tests {
         for t in Template::ALL {
             std::fs::copy(PromptSet::default_dir().join(t.file_name()), dir.path().join(t.file_name())).unwrap();
         }
-        assert!(PromptSet::load(dir.path()).is_ok());
+        let a = PromptSet::load(dir.path()).unwrap();
+        assert_eq!(a.digest(), PromptSet::load(&PromptSet::default_dir()).unwrap().digest());
         let judge = dir.path().join("judge_fluency.txt");
+        let original = std::fs::read_to_string(&judge).unwrap();
+        std::fs::write(&judge, original.replace("fluent", "fluent,")).unwrap();
+        assert_ne!(PromptSet::load(dir.path()).unwrap().digest(), a.digest(), "an edit changes the digest");
         std::fs::write(&judge, "Rate {sentense}").unwrap();
         let e = PromptSet::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("judge_fluency.txt") && e.contains("{sentense}") && e.contains("{sentence}"), "{e}");

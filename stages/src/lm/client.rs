@@ -191,7 +191,7 @@ impl LmClient {
                 self.backend.chat(request).await
             };
             match result {
-                Ok(completion) => return self.finish(request, key, completion, attempts),
+                Ok(completion) => return self.finish(request, key, completion, attempts).await,
                 Err(error) => {
                     let kind = error.kind();
                     self.bump(|s| *s.attempt_errors_by_kind.entry(kind.to_string()).or_default() += 1);
@@ -212,13 +212,18 @@ impl LmClient {
         }
     }
 
-    fn finish(&self, request: &ChatRequest, key: CacheKey, completion: Completion, attempts: u32) -> CallRecord {
+    async fn finish(&self, request: &ChatRequest, key: CacheKey, completion: Completion, attempts: u32) -> CallRecord {
         let price = self.options.prices.price(&request.model).or_else(|| self.options.prices.price(&completion.model));
         let cost_usd = price.map(|p| p.cost(completion.usage)).unwrap_or(0.0);
         if let Some(cache) = &self.options.cache {
-            if let Err(e) = cache.put(&key, request, &completion) {
+            // The write fsyncs twice: off the async workers, so other calls keep flowing.
+            let (cache, k, r, c) = (cache.clone(), key.clone(), request.clone(), completion.clone());
+            let stored = tokio::task::spawn_blocking(move || cache.put(&k, &r, &c)).await;
+            match stored {
+                Ok(Ok(())) => {}
                 // A cache that cannot be written costs money on the next run, not correctness now.
-                tracing::warn!(error = %e, "could not store LM cache entry");
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not store LM cache entry"),
+                Err(e) => tracing::warn!(error = %e, "LM cache writer panicked"),
             }
         }
         let refused = completion.is_refusal();
