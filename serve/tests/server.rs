@@ -478,3 +478,35 @@ fn python_openai_client() {
     assert!(r["completion"].as_str().is_some_and(|s| !s.is_empty()));
     assert_eq!(r["steered_differs"], true);
 }
+
+#[tokio::test]
+async fn stop_strings_cut_the_text_streamed_or_not() {
+    let f = fixture();
+    let body = json!({"prompt": "List three fruits:", "max_tokens": 16, "temperature": 0});
+    let (_, full) = post(f.main, "/v1/completions", &body).await;
+    let text = full["choices"][0]["text"].as_str().unwrap().to_string();
+    assert!(text.chars().count() >= 6, "{text:?}");
+    // A stop string starting at the 4th character of the greedy text.
+    let start = text.char_indices().nth(3).unwrap().0;
+    let stop: String = text[start..].chars().take(3).collect();
+    let cut = &text[..text.find(&stop).unwrap()];
+    let mut with_stop = body.clone();
+    with_stop["stop"] = json!([stop]);
+    let (status, r) = post(f.main, "/v1/completions", &with_stop).await;
+    assert_eq!(status, 200);
+    assert_eq!(r["choices"][0]["text"], cut);
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+    with_stop["stream"] = json!(true);
+    let sse = http().post(format!("http://{}/v1/completions", f.main)).json(&with_stop).send().await.unwrap().text().await.unwrap();
+    let mut streamed = String::new();
+    let mut finish = Value::Null;
+    for data in sse.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]") {
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        streamed.push_str(chunk["choices"][0]["text"].as_str().unwrap_or(""));
+        if !chunk["choices"][0]["finish_reason"].is_null() {
+            finish = chunk["choices"][0]["finish_reason"].clone();
+        }
+    }
+    assert_eq!(streamed, cut);
+    assert_eq!(finish, "stop");
+}
