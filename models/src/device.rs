@@ -59,7 +59,11 @@ impl DeviceSpec {
                     Err(DeviceError::CudaUnavailable { index: i, count: n })
                 }
             }
-            DeviceSpec::Auto => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
+            DeviceSpec::Auto => Ok(if tch::Cuda::is_available() {
+                Device::Cuda(0)
+            } else {
+                Device::Cpu
+            }),
         }
     }
 }
@@ -73,7 +77,9 @@ impl FromStr for DeviceSpec {
             "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
             other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(i)) => Ok(DeviceSpec::Cuda(i)),
-                _ => Err(DeviceError::Parse(format!("unknown device `{s}` (expected cpu, cuda, cuda:N or auto)"))),
+                _ => Err(DeviceError::Parse(format!(
+                    "unknown device `{s}` (expected cpu, cuda, cuda:N or auto)"
+                ))),
             },
         }
     }
@@ -113,7 +119,9 @@ impl FromStr for DType {
         match s.trim().to_ascii_lowercase().as_str() {
             "f32" | "float32" | "fp32" => Ok(DType::F32),
             "bf16" | "bfloat16" => Ok(DType::Bf16),
-            _ => Err(DeviceError::Parse(format!("unknown dtype `{s}` (expected f32 or bf16)"))),
+            _ => Err(DeviceError::Parse(format!(
+                "unknown dtype `{s}` (expected f32 or bf16)"
+            ))),
         }
     }
 }

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{LayerType, ModelInfo, TokenIds, default_rms_eps, default_true};
-use crate::layers::{Activation, Attention, LayerCache, Linear, Mlp, NormStyle, RmsNorm, Rotary};
+use crate::layers::{
+    Activation, Attention, LayerCache, Linear, Mlp, NormStyle, RmsNorm, Rotary, project_vocab,
+};
 use crate::model::{Decoder, ModelError, check_divisible};
 use crate::weights::Weights;
 
@@ -31,8 +33,12 @@ pub struct Config {
     pub num_key_value_heads: usize,
     #[serde(default = "d::head_dim")]
     pub head_dim: usize,
-    #[serde(default = "d::hidden_activation", alias = "hidden_act")]
+    #[serde(default = "d::hidden_activation")]
     pub hidden_activation: String,
+    /// Older spelling, present alongside `hidden_activation` in e.g. gemma-2-2b's config; HF
+    /// uses `hidden_activation`, and so do we.
+    #[serde(default)]
+    pub hidden_act: Option<String>,
     #[serde(default = "default_rms_eps")]
     pub rms_norm_eps: f64,
     #[serde(default = "d::rope_theta")]
@@ -115,7 +121,13 @@ impl Config {
         match &self.layer_types {
             Some(t) => t.clone(),
             None => (0..self.num_hidden_layers)
-                .map(|i| if (i + 1) % 2 != 0 { LayerType::SlidingAttention } else { LayerType::FullAttention })
+                .map(|i| {
+                    if (i + 1) % 2 != 0 {
+                        LayerType::SlidingAttention
+                    } else {
+                        LayerType::FullAttention
+                    }
+                })
                 .collect(),
         }
     }
@@ -164,14 +176,25 @@ pub(crate) fn load_gemma_layer(
     let p = format!("model.layers.{i}");
     let lin = |name: &str, out: i64, inp: i64, with_bias: bool| -> Result<Linear, ModelError> {
         let weight = w.get(&format!("{p}.{name}.weight"), &[out, inp])?;
-        let b = if with_bias { Some(w.get(&format!("{p}.{name}.bias"), &[out])?) } else { None };
+        let b = if with_bias {
+            Some(w.get(&format!("{p}.{name}.bias"), &[out])?)
+        } else {
+            None
+        };
         Ok(Linear::new(weight, b))
     };
     let norm = |name: &str, dim: i64| -> Result<RmsNorm, ModelError> {
-        Ok(RmsNorm::new(w.get(&format!("{p}.{name}.weight"), &[dim])?, eps, NormStyle::OnePlus))
+        Ok(RmsNorm::new(
+            w.get(&format!("{p}.{name}.weight"), &[dim])?,
+            eps,
+            NormStyle::OnePlus,
+        ))
     };
     let (q_norm, k_norm) = if qk_norm {
-        (Some(norm("self_attn.q_norm", hd)?), Some(norm("self_attn.k_norm", hd)?))
+        (
+            Some(norm("self_attn.q_norm", hd)?),
+            Some(norm("self_attn.k_norm", hd)?),
+        )
     } else {
         (None, None)
     };
@@ -225,24 +248,38 @@ pub(crate) fn gemma_layer_forward(
 /// `sqrt(hidden)` as a 0-dim tensor of the embedding dtype: HF multiplies by a tensor of that
 /// dtype, so in bf16 the factor is rounded (sqrt(2304) = 48 exactly, sqrt(640) → 25.25).
 pub(crate) fn embed_scale(hidden: usize, kind: Kind, device: Device) -> Tensor {
-    Tensor::from((hidden as f64).sqrt() as f32).to_kind(kind).to_device(device)
+    Tensor::from((hidden as f64).sqrt() as f32)
+        .to_kind(kind)
+        .to_device(device)
 }
 
 impl Model {
     pub fn new(config: Config, w: &Weights) -> Result<Self, ModelError> {
         let path = w.path();
         let (hidden, inter) = (config.hidden_size as i64, config.intermediate_size as i64);
-        let (heads, kv, hd) = (config.num_attention_heads as i64, config.num_key_value_heads as i64, config.head_dim as i64);
+        let (heads, kv, hd) = (
+            config.num_attention_heads as i64,
+            config.num_key_value_heads as i64,
+            config.head_dim as i64,
+        );
         check_divisible(path, "num_attention_heads / num_key_value_heads", heads, kv)?;
-        let act = Activation::from_hf(&config.hidden_activation).ok_or_else(|| ModelError::Config {
-            path: path.to_path_buf(),
-            msg: format!("unsupported hidden_activation `{}`", config.hidden_activation),
-        })?;
+        let act =
+            Activation::from_hf(&config.hidden_activation).ok_or_else(|| ModelError::Config {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "unsupported hidden_activation `{}`",
+                    config.hidden_activation
+                ),
+            })?;
         let layer_types = config.layer_types();
         if layer_types.len() != config.num_hidden_layers {
             return Err(ModelError::Config {
                 path: path.to_path_buf(),
-                msg: format!("layer_types has {} entries, num_hidden_layers is {}", layer_types.len(), config.num_hidden_layers),
+                msg: format!(
+                    "layer_types has {} entries, num_hidden_layers is {}",
+                    layer_types.len(),
+                    config.num_hidden_layers
+                ),
             });
         }
         let vocab = config.vocab_size as i64;
@@ -254,8 +291,19 @@ impl Model {
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
-            let (mut attn, mlp, [a, b, c, d]) =
-                load_gemma_layer(w, i, hidden, inter, heads, kv, hd, config.rms_norm_eps, config.attention_bias, act, false)?;
+            let (mut attn, mlp, [a, b, c, d]) = load_gemma_layer(
+                w,
+                i,
+                hidden,
+                inter,
+                heads,
+                kv,
+                hd,
+                config.rms_norm_eps,
+                config.attention_bias,
+                act,
+                false,
+            )?;
             attn.scale = config.query_pre_attn_scalar.powf(-0.5);
             attn.softcap = config.attn_logit_softcapping;
             layers.push(DecoderLayer {
@@ -267,16 +315,29 @@ impl Model {
                 post_feedforward_layernorm: d,
             });
         }
-        let norm = RmsNorm::new(w.get("model.norm.weight", &[hidden])?, config.rms_norm_eps, NormStyle::OnePlus);
-        let rotary = Rotary::new(config.rope_theta, config.head_dim, None, w.device())
-            .map_err(|msg| ModelError::Config { path: path.to_path_buf(), msg })?;
+        let norm = RmsNorm::new(
+            w.get("model.norm.weight", &[hidden])?,
+            config.rms_norm_eps,
+            NormStyle::OnePlus,
+        );
+        let rotary =
+            Rotary::new(config.rope_theta, config.head_dim, None, w.device()).map_err(|msg| {
+                ModelError::Config {
+                    path: path.to_path_buf(),
+                    msg,
+                }
+            })?;
         let info = ModelInfo {
             arch: crate::config::Arch::Gemma2,
             num_layers: config.num_hidden_layers,
             hidden_size: config.hidden_size,
             vocab_size: config.vocab_size,
             bos_token_id: config.bos_token_id,
-            eos_token_ids: config.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default(),
+            eos_token_ids: config
+                .eos_token_id
+                .as_ref()
+                .map(TokenIds::to_vec)
+                .unwrap_or_default(),
             pad_token_id: config.pad_token_id,
         };
         Ok(Self {
@@ -306,7 +367,10 @@ impl Decoder for Model {
         self.device
     }
     fn kv_shape(&self) -> (i64, i64) {
-        (self.config.num_key_value_heads as i64, self.config.head_dim as i64)
+        (
+            self.config.num_key_value_heads as i64,
+            self.config.head_dim as i64,
+        )
     }
     fn layer_type(&self, layer: usize) -> LayerType {
         self.layer_types[layer]
@@ -320,13 +384,27 @@ impl Decoder for Model {
     fn embed(&self, ids: &Tensor) -> Tensor {
         Tensor::embedding(&self.embed, ids, -1, false, false) * &self.embed_scale
     }
-    fn layer(&self, i: usize, h: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, cache: Option<&mut LayerCache>, past: i64) -> Tensor {
+    fn layer(
+        &self,
+        i: usize,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut LayerCache>,
+        past: i64,
+    ) -> Tensor {
         let l = &self.layers[i];
-        let norms = [&l.input_layernorm, &l.post_attention_layernorm, &l.pre_feedforward_layernorm, &l.post_feedforward_layernorm];
+        let norms = [
+            &l.input_layernorm,
+            &l.post_attention_layernorm,
+            &l.pre_feedforward_layernorm,
+            &l.post_feedforward_layernorm,
+        ];
         gemma_layer_forward(&l.attn, &l.mlp, norms, h, cos, sin, mask, cache, past)
     }
     fn head(&self, h: &Tensor) -> Tensor {
-        let logits = self.norm.forward(h).linear::<&Tensor>(&self.lm_head, None);
+        let logits = project_vocab(&self.norm.forward(h), &self.lm_head);
         match self.config.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
@@ -343,7 +421,11 @@ mod tests {
         let cfg: Config = serde_json::from_str(r#"{"num_hidden_layers": 6}"#).unwrap();
         let t = cfg.layer_types();
         for (i, lt) in t.iter().enumerate() {
-            let expect = if i % 2 == 0 { LayerType::SlidingAttention } else { LayerType::FullAttention };
+            let expect = if i % 2 == 0 {
+                LayerType::SlidingAttention
+            } else {
+                LayerType::FullAttention
+            };
             assert_eq!(*lt, expect, "layer {i}");
         }
         // HF defaults.
@@ -353,9 +435,32 @@ mod tests {
     }
 
     #[test]
+    fn parses_gemma_2_2b_config() {
+        // google/gemma-2-2b config.json (abridged): both activation spellings, eos as a list.
+        let cfg: Config = serde_json::from_str(
+            r#"{"architectures": ["Gemma2ForCausalLM"], "attention_bias": false, "attn_logit_softcapping": 50.0,
+                "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": [1, 107],
+                "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+                "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304, "intermediate_size": 9216,
+                "max_position_embeddings": 8192, "model_type": "gemma2", "num_attention_heads": 8,
+                "num_hidden_layers": 26, "num_key_value_heads": 4, "pad_token_id": 0, "query_pre_attn_scalar": 256,
+                "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096, "torch_dtype": "float32",
+                "vocab_size": 256000}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.eos_token_id.as_ref().unwrap().to_vec(), vec![1, 107]);
+        assert_eq!(cfg.layer_types()[20], LayerType::SlidingAttention);
+    }
+
+    #[test]
     fn explicit_layer_types_win() {
-        let cfg: Config =
-            serde_json::from_str(r#"{"num_hidden_layers": 2, "layer_types": ["full_attention", "sliding_attention"]}"#).unwrap();
-        assert_eq!(cfg.layer_types(), vec![LayerType::FullAttention, LayerType::SlidingAttention]);
+        let cfg: Config = serde_json::from_str(
+            r#"{"num_hidden_layers": 2, "layer_types": ["full_attention", "sliding_attention"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.layer_types(),
+            vec![LayerType::FullAttention, LayerType::SlidingAttention]
+        );
     }
 }

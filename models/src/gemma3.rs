@@ -11,7 +11,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::{LayerType, ModelInfo, RopeScaling, TokenIds, default_rms_eps, default_true};
 use crate::gemma2::{embed_scale, gemma_layer_forward, load_gemma_layer};
-use crate::layers::{Activation, Attention, LayerCache, Mlp, NormStyle, RmsNorm, Rotary};
+use crate::layers::{
+    Activation, Attention, LayerCache, Mlp, NormStyle, RmsNorm, Rotary, project_vocab,
+};
 use crate::model::{Decoder, ModelError, check_divisible};
 use crate::weights::Weights;
 
@@ -32,8 +34,12 @@ pub struct Config {
     pub num_key_value_heads: usize,
     #[serde(default = "d::head_dim")]
     pub head_dim: usize,
-    #[serde(default = "d::hidden_activation", alias = "hidden_act")]
+    #[serde(default = "d::hidden_activation")]
     pub hidden_activation: String,
+    /// Older spelling, present alongside `hidden_activation` in e.g. gemma-2-2b's config; HF
+    /// uses `hidden_activation`, and so do we.
+    #[serde(default)]
+    pub hidden_act: Option<String>,
     #[serde(default = "default_rms_eps")]
     pub rms_norm_eps: f64,
     #[serde(default = "d::rope_theta")]
@@ -123,7 +129,13 @@ impl Config {
             None => {
                 let p = self.sliding_window_pattern.unwrap_or(6).max(1);
                 (0..self.num_hidden_layers)
-                    .map(|i| if (i + 1) % p != 0 { LayerType::SlidingAttention } else { LayerType::FullAttention })
+                    .map(|i| {
+                        if (i + 1) % p != 0 {
+                            LayerType::SlidingAttention
+                        } else {
+                            LayerType::FullAttention
+                        }
+                    })
                     .collect()
             }
         }
@@ -157,15 +169,28 @@ pub struct Model {
 impl Model {
     pub fn new(config: Config, w: &Weights) -> Result<Self, ModelError> {
         let path = w.path();
-        let cfg_err = |msg: String| ModelError::Config { path: path.to_path_buf(), msg };
+        let cfg_err = |msg: String| ModelError::Config {
+            path: path.to_path_buf(),
+            msg,
+        };
         if config.use_bidirectional_attention {
-            return Err(cfg_err("use_bidirectional_attention (EmbeddingGemma) is not supported".into()));
+            return Err(cfg_err(
+                "use_bidirectional_attention (EmbeddingGemma) is not supported".into(),
+            ));
         }
         let (hidden, inter) = (config.hidden_size as i64, config.intermediate_size as i64);
-        let (heads, kv, hd) = (config.num_attention_heads as i64, config.num_key_value_heads as i64, config.head_dim as i64);
+        let (heads, kv, hd) = (
+            config.num_attention_heads as i64,
+            config.num_key_value_heads as i64,
+            config.head_dim as i64,
+        );
         check_divisible(path, "num_attention_heads / num_key_value_heads", heads, kv)?;
-        let act = Activation::from_hf(&config.hidden_activation)
-            .ok_or_else(|| cfg_err(format!("unsupported hidden_activation `{}`", config.hidden_activation)))?;
+        let act = Activation::from_hf(&config.hidden_activation).ok_or_else(|| {
+            cfg_err(format!(
+                "unsupported hidden_activation `{}`",
+                config.hidden_activation
+            ))
+        })?;
         let layer_types = config.layer_types();
         if layer_types.len() != config.num_hidden_layers {
             return Err(cfg_err(format!(
@@ -183,22 +208,53 @@ impl Model {
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
-            let (mut attn, mlp, norms) =
-                load_gemma_layer(w, i, hidden, inter, heads, kv, hd, config.rms_norm_eps, config.attention_bias, act, true)?;
+            let (mut attn, mlp, norms) = load_gemma_layer(
+                w,
+                i,
+                hidden,
+                inter,
+                heads,
+                kv,
+                hd,
+                config.rms_norm_eps,
+                config.attention_bias,
+                act,
+                true,
+            )?;
             attn.scale = config.query_pre_attn_scalar.powf(-0.5);
             attn.softcap = config.attn_logit_softcapping;
             layers.push(DecoderLayer { attn, mlp, norms });
         }
-        let norm = RmsNorm::new(w.get("model.norm.weight", &[hidden])?, config.rms_norm_eps, NormStyle::OnePlus);
-        let rotary_global = Rotary::new(config.rope_theta, config.head_dim, config.rope_scaling.as_ref(), w.device()).map_err(cfg_err)?;
-        let rotary_local = Rotary::new(config.rope_local_base_freq, config.head_dim, None, w.device()).map_err(cfg_err)?;
+        let norm = RmsNorm::new(
+            w.get("model.norm.weight", &[hidden])?,
+            config.rms_norm_eps,
+            NormStyle::OnePlus,
+        );
+        let rotary_global = Rotary::new(
+            config.rope_theta,
+            config.head_dim,
+            config.rope_scaling.as_ref(),
+            w.device(),
+        )
+        .map_err(cfg_err)?;
+        let rotary_local = Rotary::new(
+            config.rope_local_base_freq,
+            config.head_dim,
+            None,
+            w.device(),
+        )
+        .map_err(cfg_err)?;
         let info = ModelInfo {
             arch: crate::config::Arch::Gemma3,
             num_layers: config.num_hidden_layers,
             hidden_size: config.hidden_size,
             vocab_size: config.vocab_size,
             bos_token_id: config.bos_token_id,
-            eos_token_ids: config.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default(),
+            eos_token_ids: config
+                .eos_token_id
+                .as_ref()
+                .map(TokenIds::to_vec)
+                .unwrap_or_default(),
             pad_token_id: config.pad_token_id,
         };
         Ok(Self {
@@ -229,7 +285,10 @@ impl Decoder for Model {
         self.device
     }
     fn kv_shape(&self) -> (i64, i64) {
-        (self.config.num_key_value_heads as i64, self.config.head_dim as i64)
+        (
+            self.config.num_key_value_heads as i64,
+            self.config.head_dim as i64,
+        )
     }
     fn layer_type(&self, layer: usize) -> LayerType {
         self.layer_types[layer]
@@ -246,13 +305,32 @@ impl Decoder for Model {
     fn embed(&self, ids: &Tensor) -> Tensor {
         Tensor::embedding(&self.embed, ids, -1, false, false) * &self.embed_scale
     }
-    fn layer(&self, i: usize, h: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, cache: Option<&mut LayerCache>, past: i64) -> Tensor {
+    fn layer(
+        &self,
+        i: usize,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut LayerCache>,
+        past: i64,
+    ) -> Tensor {
         let l = &self.layers[i];
         let [a, b, c, d] = &l.norms;
-        gemma_layer_forward(&l.attn, &l.mlp, [a, b, c, d], h, cos, sin, mask, cache, past)
+        gemma_layer_forward(
+            &l.attn,
+            &l.mlp,
+            [a, b, c, d],
+            h,
+            cos,
+            sin,
+            mask,
+            cache,
+            past,
+        )
     }
     fn head(&self, h: &Tensor) -> Tensor {
-        let logits = self.norm.forward(h).linear::<&Tensor>(&self.lm_head, None);
+        let logits = project_vocab(&self.norm.forward(h), &self.lm_head);
         match self.config.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
@@ -268,7 +346,9 @@ mod tests {
     fn five_local_layers_per_global_layer() {
         let cfg: Config = serde_json::from_str(r#"{"num_hidden_layers": 18}"#).unwrap();
         let t = cfg.layer_types();
-        let global: Vec<usize> = (0..18).filter(|&i| t[i] == LayerType::FullAttention).collect();
+        let global: Vec<usize> = (0..18)
+            .filter(|&i| t[i] == LayerType::FullAttention)
+            .collect();
         assert_eq!(global, vec![5, 11, 17]);
         assert_eq!(cfg.rope_local_base_freq, 10_000.0);
         assert_eq!(cfg.rope_theta, 1_000_000.0);
@@ -277,10 +357,17 @@ mod tests {
 
     #[test]
     fn sliding_window_pattern_is_honoured() {
-        let cfg: Config = serde_json::from_str(r#"{"num_hidden_layers": 4, "sliding_window_pattern": 2}"#).unwrap();
+        let cfg: Config =
+            serde_json::from_str(r#"{"num_hidden_layers": 4, "sliding_window_pattern": 2}"#)
+                .unwrap();
         assert_eq!(
             cfg.layer_types(),
-            vec![LayerType::SlidingAttention, LayerType::FullAttention, LayerType::SlidingAttention, LayerType::FullAttention]
+            vec![
+                LayerType::SlidingAttention,
+                LayerType::FullAttention,
+                LayerType::SlidingAttention,
+                LayerType::FullAttention
+            ]
         );
     }
 }

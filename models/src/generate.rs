@@ -20,7 +20,10 @@ pub enum Sampling {
     Greedy,
     /// Softmax of `logits / temperature`, restricted to the smallest set of most likely tokens
     /// whose probability reaches `top_p` (1.0 = no restriction).
-    Sample { temperature: f64, top_p: f64 },
+    Sample {
+        temperature: f64,
+        top_p: f64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -36,7 +39,13 @@ pub struct GenerateConfig {
 
 impl Default for GenerateConfig {
     fn default() -> Self {
-        Self { max_new_tokens: 32, sampling: Sampling::Greedy, seed: 0, stop_tokens: vec![], pad_token_id: 0 }
+        Self {
+            max_new_tokens: 32,
+            sampling: Sampling::Greedy,
+            seed: 0,
+            stop_tokens: vec![],
+            pad_token_id: 0,
+        }
     }
 }
 
@@ -52,7 +61,10 @@ pub struct Prompt {
 
 impl From<Vec<i64>> for Prompt {
     fn from(ids: Vec<i64>) -> Self {
-        Prompt { ids, ..Default::default() }
+        Prompt {
+            ids,
+            ..Default::default()
+        }
     }
 }
 
@@ -87,7 +99,12 @@ pub struct Step<'a> {
 }
 
 /// Generates continuations for all `prompts` in one batch.
-pub fn generate(model: &Model, prompts: &[Prompt], cfg: &GenerateConfig, hooks: &Hooks) -> Result<Vec<Generation>, ModelError> {
+pub fn generate(
+    model: &Model,
+    prompts: &[Prompt],
+    cfg: &GenerateConfig,
+    hooks: &Hooks,
+) -> Result<Vec<Generation>, ModelError> {
     generate_with(model, prompts, cfg, hooks, &mut |_| {})
 }
 
@@ -109,7 +126,9 @@ pub fn generate_with(
     if let Sampling::Sample { temperature, top_p } = cfg.sampling
         && (temperature <= 0.0 || !(top_p > 0.0 && top_p <= 1.0))
     {
-        return Err(ModelError::Input(format!("need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")));
+        return Err(ModelError::Input(format!(
+            "need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}"
+        )));
     }
     let dev = model.device();
     let b = prompts.len() as i64;
@@ -124,35 +143,55 @@ pub fn generate_with(
         mask[off..off + p.ids.len()].fill(1);
         match &p.intervene_on {
             Some(v) if v.len() != p.ids.len() => {
-                return Err(ModelError::Input(format!("prompt {r}: intervene_on has {} entries for {} tokens", v.len(), p.ids.len())));
+                return Err(ModelError::Input(format!(
+                    "prompt {r}: intervene_on has {} entries for {} tokens",
+                    v.len(),
+                    p.ids.len()
+                )));
             }
             Some(v) => iv_pos[off..off + v.len()].copy_from_slice(v),
             None => iv_pos[off..off + p.ids.len()].fill(true),
         }
     }
     let hooks = if any_positions {
-        hooks.with_positions(Some(Tensor::from_slice(&iv_pos).view([b, t]).to_device(dev)))
+        hooks.with_positions(Some(
+            Tensor::from_slice(&iv_pos).view([b, t]).to_device(dev),
+        ))
     } else {
         hooks.with_positions(hooks.prompt_positions.as_ref().map(Tensor::shallow_clone))
     };
     let input = Tensor::from_slice(&ids).view([b, t]).to_device(dev);
     let mut attn = Tensor::from_slice(&mask).view([b, t]).to_device(dev);
     let mut cache = model.new_cache(b, t + cfg.max_new_tokens as i64);
-    let mut rngs: Vec<StdRng> =
-        (0..b as u64).map(|r| StdRng::seed_from_u64(cfg.seed ^ r.wrapping_mul(0x9E37_79B9_7F4A_7C15))).collect();
+    let mut rngs: Vec<StdRng> = (0..b as u64)
+        .map(|r| StdRng::seed_from_u64(cfg.seed ^ r.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+        .collect();
 
-    let mut out: Vec<Generation> = (0..b).map(|_| Generation { tokens: vec![], finish: FinishReason::Length }).collect();
+    let mut out: Vec<Generation> = (0..b)
+        .map(|_| Generation {
+            tokens: vec![],
+            finish: FinishReason::Length,
+        })
+        .collect();
     let mut done = vec![false; b as usize];
     if cfg.max_new_tokens == 0 {
         return Ok(out);
     }
-    let mut logits = model.forward(&input, Some(&attn), &hooks, Logits::Last, Some(&mut cache))?.logits.unwrap();
+    let mut logits = model
+        .forward(&input, Some(&attn), &hooks, Logits::Last, Some(&mut cache))?
+        .logits
+        .unwrap();
     let ones = Tensor::ones([b, 1], (Kind::Int64, dev));
     for step in 0..cfg.max_new_tokens {
         let step_logits = logits.squeeze_dim(1);
         let next = pick(&step_logits, cfg.sampling, &mut rngs)?;
         let active: Vec<bool> = done.iter().map(|d| !d).collect();
-        on_step(&Step { index: step, logits: &step_logits, tokens: &next, active: &active });
+        on_step(&Step {
+            index: step,
+            logits: &step_logits,
+            tokens: &next,
+            active: &active,
+        });
         for (r, &tok) in next.iter().enumerate() {
             if done[r] {
                 continue;
@@ -166,10 +205,17 @@ pub fn generate_with(
         if done.iter().all(|&d| d) || step + 1 == cfg.max_new_tokens {
             break;
         }
-        let feed: Vec<i64> = next.iter().zip(&done).map(|(&tok, &d)| if d { cfg.pad_token_id } else { tok }).collect();
+        let feed: Vec<i64> = next
+            .iter()
+            .zip(&done)
+            .map(|(&tok, &d)| if d { cfg.pad_token_id } else { tok })
+            .collect();
         let feed = Tensor::from_slice(&feed).view([b, 1]).to_device(dev);
         attn = Tensor::cat(&[&attn, &ones], 1);
-        logits = model.forward(&feed, Some(&attn), &hooks, Logits::Last, Some(&mut cache))?.logits.unwrap();
+        logits = model
+            .forward(&feed, Some(&attn), &hooks, Logits::Last, Some(&mut cache))?
+            .logits
+            .unwrap();
     }
     Ok(out)
 }
@@ -177,7 +223,9 @@ pub fn generate_with(
 /// Next token per row from `[B, V]` logits.
 fn pick(logits: &Tensor, sampling: Sampling, rngs: &mut [StdRng]) -> Result<Vec<i64>, ModelError> {
     match sampling {
-        Sampling::Greedy => Ok(Vec::<i64>::try_from(logits.argmax(-1, false).to_device(tch::Device::Cpu))?),
+        Sampling::Greedy => Ok(Vec::<i64>::try_from(
+            logits.argmax(-1, false).to_device(tch::Device::Cpu),
+        )?),
         Sampling::Sample { temperature, top_p } => {
             let scaled = logits.to_kind(Kind::Float) / temperature;
             let probs = if top_p < 1.0 {
@@ -189,7 +237,9 @@ fn pick(logits: &Tensor, sampling: Sampling, rngs: &mut [StdRng]) -> Result<Vec<
                 let remove = cum.le(1.0 - top_p);
                 let _ = remove.narrow(1, v - 1, 1).fill_(0);
                 let remove = remove.scatter(1, &idx, &remove);
-                scaled.masked_fill(&remove, f64::NEG_INFINITY).softmax(-1, Kind::Float)
+                scaled
+                    .masked_fill(&remove, f64::NEG_INFINITY)
+                    .softmax(-1, Kind::Float)
             } else {
                 scaled.softmax(-1, Kind::Float)
             };
@@ -228,13 +278,29 @@ mod tests {
         let mut rngs = vec![StdRng::seed_from_u64(7)];
         let mut seen = [0usize; 4];
         for _ in 0..400 {
-            let t = pick(&logits, Sampling::Sample { temperature: 1.0, top_p: 0.7 }, &mut rngs).unwrap();
+            let t = pick(
+                &logits,
+                Sampling::Sample {
+                    temperature: 1.0,
+                    top_p: 0.7,
+                },
+                &mut rngs,
+            )
+            .unwrap();
             seen[t[0] as usize] += 1;
         }
         assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
         assert_eq!(seen[2] + seen[3], 0, "{seen:?}");
         // Tiny top_p degenerates to greedy.
-        let t = pick(&logits, Sampling::Sample { temperature: 1.0, top_p: 1e-6 }, &mut rngs).unwrap();
+        let t = pick(
+            &logits,
+            Sampling::Sample {
+                temperature: 1.0,
+                top_p: 1e-6,
+            },
+            &mut rngs,
+        )
+        .unwrap();
         assert_eq!(t, vec![0]);
     }
 
@@ -243,7 +309,19 @@ mod tests {
         let logits = Tensor::from_slice(&[0.1f32, 0.2, 0.3, 0.4, 0.5, 0.6]).view([1, 6]);
         let draw = |seed| {
             let mut rngs = vec![StdRng::seed_from_u64(seed)];
-            (0..20).map(|_| pick(&logits, Sampling::Sample { temperature: 1.0, top_p: 1.0 }, &mut rngs).unwrap()[0]).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| {
+                    pick(
+                        &logits,
+                        Sampling::Sample {
+                            temperature: 1.0,
+                            top_p: 1.0,
+                        },
+                        &mut rngs,
+                    )
+                    .unwrap()[0]
+                })
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(1), draw(1));
         assert_ne!(draw(1), draw(2));

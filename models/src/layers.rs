@@ -27,6 +27,26 @@ impl Linear {
     }
 }
 
+/// `h @ w.T` for the vocabulary projection (`w: [V, D]`, `h: [..., D]`).
+///
+/// For a few rows (decoding) this computes `(w @ h.T).T` instead: BLAS then streams the huge
+/// weight once as the left operand rather than packing it as a transposed right operand, which
+/// on CPU makes an 8-row projection onto Gemma's 262k vocabulary about 2.5x faster. Same
+/// products, summed in a possibly different order.
+pub fn project_vocab(h: &Tensor, w: &Tensor) -> Tensor {
+    let mut shape = h.size();
+    let d = *shape
+        .last()
+        .expect("hidden states have a feature dimension");
+    let rows = h.numel() as i64 / d.max(1);
+    if rows > 64 {
+        return h.linear::<&Tensor>(w, None);
+    }
+    let out = w.matmul(&h.reshape([rows, d]).tr()).tr();
+    *shape.last_mut().unwrap() = w.size()[0];
+    out.reshape(shape.as_slice())
+}
+
 /// Which RMSNorm formula a checkpoint was trained with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NormStyle {
@@ -76,9 +96,16 @@ pub struct Rotary {
 impl Rotary {
     /// Mirrors HF's `_compute_default_rope_parameters` (computed with torch in f32 so results are
     /// bit-identical) plus the `linear` and `llama3` scalings.
-    pub fn new(base: f64, head_dim: usize, scaling: Option<&RopeScaling>, device: tch::Device) -> Result<Self, String> {
-        let exps = Tensor::arange_start_step(0, head_dim as i64, 2, (Kind::Int64, tch::Device::Cpu)).to_kind(Kind::Float)
-            / head_dim as f64;
+    pub fn new(
+        base: f64,
+        head_dim: usize,
+        scaling: Option<&RopeScaling>,
+        device: tch::Device,
+    ) -> Result<Self, String> {
+        let exps =
+            Tensor::arange_start_step(0, head_dim as i64, 2, (Kind::Int64, tch::Device::Cpu))
+                .to_kind(Kind::Float)
+                / head_dim as f64;
         let mut inv = Tensor::from(base as f32).pow(&exps).reciprocal();
         if let Some(s) = scaling {
             match s.rope_type.as_deref().unwrap_or("default") {
@@ -100,17 +127,26 @@ impl Rotary {
                     let medium = wavelen.ge(hi_wl).logical_and(&wavelen.le(lo_wl));
                     inv = medium.where_self(&smoothed, &scaled);
                 }
-                other => return Err(format!("unsupported rope_scaling type `{other}` (supported: default, linear, llama3)")),
+                other => {
+                    return Err(format!(
+                        "unsupported rope_scaling type `{other}` (supported: default, linear, llama3)"
+                    ));
+                }
             }
         }
-        Ok(Self { inv_freq: inv.to_device(device) })
+        Ok(Self {
+            inv_freq: inv.to_device(device),
+        })
     }
 
     /// `(cos, sin)`, each `[B, 1, T, head_dim]` in `kind`, for integer positions `[B, T]`.
     pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        (emb.cos().to_kind(kind).unsqueeze(1), emb.sin().to_kind(kind).unsqueeze(1))
+        (
+            emb.cos().to_kind(kind).unsqueeze(1),
+            emb.sin().to_kind(kind).unsqueeze(1),
+        )
     }
 }
 
@@ -136,7 +172,9 @@ pub enum Activation {
 impl Activation {
     pub fn from_hf(name: &str) -> Option<Self> {
         match name {
-            "gelu_pytorch_tanh" | "gelu_tanh" | "gelu_new" | "gelu_fast" => Some(Activation::GeluTanh),
+            "gelu_pytorch_tanh" | "gelu_tanh" | "gelu_new" | "gelu_fast" => {
+                Some(Activation::GeluTanh)
+            }
             "silu" | "swish" => Some(Activation::Silu),
             _ => None,
         }
@@ -160,7 +198,8 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.down.forward(&(self.act.apply(&self.gate.forward(x)) * self.up.forward(x)))
+        self.down
+            .forward(&(self.act.apply(&self.gate.forward(x)) * self.up.forward(x)))
     }
 }
 
@@ -194,9 +233,21 @@ impl Attention {
         past_len: i64,
     ) -> Tensor {
         let (b, t, _) = x.size3().expect("attention input must be [B, T, hidden]");
-        let q = self.q.forward(x).view([b, t, self.num_heads, self.head_dim]).transpose(1, 2);
-        let k = self.k.forward(x).view([b, t, self.num_kv_heads, self.head_dim]).transpose(1, 2);
-        let v = self.v.forward(x).view([b, t, self.num_kv_heads, self.head_dim]).transpose(1, 2);
+        let q = self
+            .q
+            .forward(x)
+            .view([b, t, self.num_heads, self.head_dim])
+            .transpose(1, 2);
+        let k = self
+            .k
+            .forward(x)
+            .view([b, t, self.num_kv_heads, self.head_dim])
+            .transpose(1, 2);
+        let v = self
+            .v
+            .forward(x)
+            .view([b, t, self.num_kv_heads, self.head_dim])
+            .transpose(1, 2);
         let (q, k) = match (&self.q_norm, &self.k_norm) {
             (Some(qn), Some(kn)) => (qn.forward(&q), kn.forward(&k)),
             _ => (q, k),
@@ -208,16 +259,34 @@ impl Attention {
             None => (k, v),
         };
         let out = match self.softcap {
-            None => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, self.scale, true),
+            None => Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(mask),
+                0.0,
+                false,
+                self.scale,
+                true,
+            ),
             Some(cap) => self.eager_softcapped(&q, &k, &v, mask, cap),
         };
-        let out = out.transpose(1, 2).reshape([b, t, self.num_heads * self.head_dim]);
+        let out = out
+            .transpose(1, 2)
+            .reshape([b, t, self.num_heads * self.head_dim]);
         self.o.forward(&out)
     }
 
     /// Scores, soft-cap, mask, f32 softmax, weighted sum: HF's eager path. Query heads sharing a KV
     /// head are folded into the row dimension instead of copying K and V per head.
-    fn eager_softcapped(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, cap: f64) -> Tensor {
+    fn eager_softcapped(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        cap: f64,
+    ) -> Tensor {
         let (b, h, t, d) = q.size4().expect("q is [B, H, T, D]");
         let s = k.size()[2];
         let rep = h / self.num_kv_heads;
@@ -225,7 +294,10 @@ impl Attention {
         let scores = qg.matmul(&k.transpose(-2, -1)).view([b, h, t, s]) * self.scale;
         let scores = (scores / cap).tanh() * cap + mask;
         let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
-        probs.view([b, self.num_kv_heads, rep * t, s]).matmul(v).view([b, h, t, d])
+        probs
+            .view([b, self.num_kv_heads, rep * t, s])
+            .matmul(v)
+            .view([b, h, t, d])
     }
 }
 
@@ -250,13 +322,17 @@ impl LayerCache {
                 shape[2] = need.max(cap * 2).max(16);
                 let buf = Tensor::zeros(&shape, (new.kind(), new.device()));
                 if let Some(old) = slot.as_ref() {
-                    buf.narrow(2, 0, past_len).copy_(&old.narrow(2, 0, past_len));
+                    buf.narrow(2, 0, past_len)
+                        .copy_(&old.narrow(2, 0, past_len));
                 }
                 *slot = Some(buf);
             }
             slot.as_ref().unwrap().narrow(2, past_len, t).copy_(new);
         }
-        (self.k.as_ref().unwrap().narrow(2, 0, need), self.v.as_ref().unwrap().narrow(2, 0, need))
+        (
+            self.k.as_ref().unwrap().narrow(2, 0, need),
+            self.v.as_ref().unwrap().narrow(2, 0, need),
+        )
     }
 
     /// Keeps only the batch rows in `index` (used when finished sequences leave a batch).
@@ -279,16 +355,33 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: (0..num_layers).map(|_| LayerCache::default()).collect(), len: 0 }
+        Self {
+            layers: (0..num_layers).map(|_| LayerCache::default()).collect(),
+            len: 0,
+        }
     }
 
     /// Preallocates room for `capacity` positions of a `[batch, kv_heads, ·, head_dim]` cache,
     /// so generation of a known length never reallocates.
-    pub fn with_capacity(num_layers: usize, batch: i64, kv_heads: i64, head_dim: i64, capacity: i64, kind: Kind, device: tch::Device) -> Self {
+    pub fn with_capacity(
+        num_layers: usize,
+        batch: i64,
+        kv_heads: i64,
+        head_dim: i64,
+        capacity: i64,
+        kind: Kind,
+        device: tch::Device,
+    ) -> Self {
         let layers = (0..num_layers)
             .map(|_| LayerCache {
-                k: Some(Tensor::zeros([batch, kv_heads, capacity, head_dim], (kind, device))),
-                v: Some(Tensor::zeros([batch, kv_heads, capacity, head_dim], (kind, device))),
+                k: Some(Tensor::zeros(
+                    [batch, kv_heads, capacity, head_dim],
+                    (kind, device),
+                )),
+                v: Some(Tensor::zeros(
+                    [batch, kv_heads, capacity, head_dim],
+                    (kind, device),
+                )),
             })
             .collect();
         Self { layers, len: 0 }
@@ -316,7 +409,13 @@ impl KvCache {
 /// (`attention_mask[b, j] != 0`), `j <= past + i` (causal) and, for sliding-window layers,
 /// `j > past + i - window` (HF's `sliding_window_overlay`). Indices count slots, padding included,
 /// exactly like HF's `cache_position`.
-pub fn attention_bias(attention_mask: &Tensor, past: i64, t: i64, window: Option<i64>, kind: Kind) -> Tensor {
+pub fn attention_bias(
+    attention_mask: &Tensor,
+    past: i64,
+    t: i64,
+    window: Option<i64>,
+    kind: Kind,
+) -> Tensor {
     let device = attention_mask.device();
     let s = attention_mask.size()[1];
     let q = Tensor::arange_start(past, past + t, (Kind::Int64, device)).view([t, 1]);
@@ -341,7 +440,11 @@ pub fn attention_bias(attention_mask: &Tensor, past: i64, t: i64, window: Option
 /// unpadded sequence. This is what HF `generate` passes to the model.
 pub fn position_ids(attention_mask: &Tensor, t: i64) -> Tensor {
     let s = attention_mask.size()[1];
-    let pos = attention_mask.ne(0).to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1;
+    let pos = attention_mask
+        .ne(0)
+        .to_kind(Kind::Int64)
+        .cumsum(1, Kind::Int64)
+        - 1;
     pos.clamp_min(0).narrow(1, s - t, t)
 }
 
@@ -349,7 +452,13 @@ pub fn position_ids(attention_mask: &Tensor, t: i64) -> Tensor {
 mod tests {
     use super::*;
 
-    fn allowed(mask: &[i64], b: i64, past: i64, t: i64, window: Option<i64>) -> Vec<Vec<Vec<bool>>> {
+    fn allowed(
+        mask: &[i64],
+        b: i64,
+        past: i64,
+        t: i64,
+        window: Option<i64>,
+    ) -> Vec<Vec<Vec<bool>>> {
         let s = mask.len() as i64 / b;
         let m = Tensor::from_slice(mask).view([b, s]);
         let bias = attention_bias(&m, past, t, window, Kind::Float);
@@ -357,7 +466,11 @@ mod tests {
         (0..b)
             .map(|bi| {
                 (0..t)
-                    .map(|i| (0..s).map(|j| bias.double_value(&[bi, 0, i, j]) == 0.0).collect())
+                    .map(|i| {
+                        (0..s)
+                            .map(|j| bias.double_value(&[bi, 0, i, j]) == 0.0)
+                            .collect()
+                    })
                     .collect()
             })
             .collect()
@@ -394,7 +507,10 @@ mod tests {
     fn positions_skip_left_padding() {
         let m = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1]).view([2, 4]);
         let p = position_ids(&m, 4);
-        assert_eq!(Vec::<i64>::try_from(p.view([-1])).unwrap(), vec![0, 0, 0, 1, 0, 1, 2, 3]);
+        assert_eq!(
+            Vec::<i64>::try_from(p.view([-1])).unwrap(),
+            vec![0, 0, 0, 1, 0, 1, 2, 3]
+        );
         let last = position_ids(&m, 1);
         assert_eq!(Vec::<i64>::try_from(last.view([-1])).unwrap(), vec![1, 3]);
     }

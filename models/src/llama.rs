@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{LayerType, ModelInfo, RopeScaling, TokenIds};
-use crate::layers::{Activation, Attention, LayerCache, Linear, Mlp, NormStyle, RmsNorm, Rotary};
+use crate::layers::{
+    Activation, Attention, LayerCache, Linear, Mlp, NormStyle, RmsNorm, Rotary, project_vocab,
+};
 use crate::model::{Decoder, ModelError, check_divisible};
 use crate::weights::Weights;
 
@@ -90,7 +92,8 @@ impl Config {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 }
 
@@ -119,11 +122,19 @@ pub struct Model {
 impl Model {
     pub fn new(config: Config, w: &Weights) -> Result<Self, ModelError> {
         let path = w.path();
-        let cfg_err = |msg: String| ModelError::Config { path: path.to_path_buf(), msg };
+        let cfg_err = |msg: String| ModelError::Config {
+            path: path.to_path_buf(),
+            msg,
+        };
         let (hidden, inter) = (config.hidden_size as i64, config.intermediate_size as i64);
-        let (heads, kv, hd) = (config.num_attention_heads as i64, config.num_kv_heads() as i64, config.head_dim() as i64);
+        let (heads, kv, hd) = (
+            config.num_attention_heads as i64,
+            config.num_kv_heads() as i64,
+            config.head_dim() as i64,
+        );
         check_divisible(path, "num_attention_heads / num_key_value_heads", heads, kv)?;
-        let act = Activation::from_hf(&config.hidden_act).ok_or_else(|| cfg_err(format!("unsupported hidden_act `{}`", config.hidden_act)))?;
+        let act = Activation::from_hf(&config.hidden_act)
+            .ok_or_else(|| cfg_err(format!("unsupported hidden_act `{}`", config.hidden_act)))?;
         let eps = config.rms_norm_eps;
         let vocab = config.vocab_size as i64;
         let embed = w.get("model.embed_tokens.weight", &[vocab, hidden])?;
@@ -137,11 +148,19 @@ impl Model {
             let p = format!("model.layers.{i}");
             let lin = |name: &str, out: i64, inp: i64, bias: bool| -> Result<Linear, ModelError> {
                 let weight = w.get(&format!("{p}.{name}.weight"), &[out, inp])?;
-                let b = if bias { Some(w.get(&format!("{p}.{name}.bias"), &[out])?) } else { None };
+                let b = if bias {
+                    Some(w.get(&format!("{p}.{name}.bias"), &[out])?)
+                } else {
+                    None
+                };
                 Ok(Linear::new(weight, b))
             };
             let norm = |name: &str| -> Result<RmsNorm, ModelError> {
-                Ok(RmsNorm::new(w.get(&format!("{p}.{name}.weight"), &[hidden])?, eps, NormStyle::Plain))
+                Ok(RmsNorm::new(
+                    w.get(&format!("{p}.{name}.weight"), &[hidden])?,
+                    eps,
+                    NormStyle::Plain,
+                ))
             };
             let ab = config.attention_bias;
             layers.push(DecoderLayer {
@@ -168,18 +187,42 @@ impl Model {
                 post_attention_layernorm: norm("post_attention_layernorm")?,
             });
         }
-        let norm = RmsNorm::new(w.get("model.norm.weight", &[hidden])?, eps, NormStyle::Plain);
-        let rotary = Rotary::new(config.rope_theta, hd as usize, config.rope_scaling.as_ref(), w.device()).map_err(cfg_err)?;
+        let norm = RmsNorm::new(
+            w.get("model.norm.weight", &[hidden])?,
+            eps,
+            NormStyle::Plain,
+        );
+        let rotary = Rotary::new(
+            config.rope_theta,
+            hd as usize,
+            config.rope_scaling.as_ref(),
+            w.device(),
+        )
+        .map_err(cfg_err)?;
         let info = ModelInfo {
             arch: crate::config::Arch::Llama,
             num_layers: config.num_hidden_layers,
             hidden_size: config.hidden_size,
             vocab_size: config.vocab_size,
             bos_token_id: config.bos_token_id,
-            eos_token_ids: config.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default(),
+            eos_token_ids: config
+                .eos_token_id
+                .as_ref()
+                .map(TokenIds::to_vec)
+                .unwrap_or_default(),
             pad_token_id: config.pad_token_id,
         };
-        Ok(Self { info, embed, layers, norm, lm_head, rotary, kind: w.kind(), device: w.device(), config })
+        Ok(Self {
+            info,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+            kind: w.kind(),
+            device: w.device(),
+            config,
+        })
     }
 }
 
@@ -194,7 +237,10 @@ impl Decoder for Model {
         self.device
     }
     fn kv_shape(&self) -> (i64, i64) {
-        (self.config.num_kv_heads() as i64, self.config.head_dim() as i64)
+        (
+            self.config.num_kv_heads() as i64,
+            self.config.head_dim() as i64,
+        )
     }
     fn layer_type(&self, _: usize) -> LayerType {
         LayerType::FullAttention
@@ -208,15 +254,26 @@ impl Decoder for Model {
     fn embed(&self, ids: &Tensor) -> Tensor {
         Tensor::embedding(&self.embed, ids, -1, false, false)
     }
-    fn layer(&self, i: usize, h: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, cache: Option<&mut LayerCache>, past: i64) -> Tensor {
+    fn layer(
+        &self,
+        i: usize,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut LayerCache>,
+        past: i64,
+    ) -> Tensor {
         let l = &self.layers[i];
-        let a = l.attn.forward(&l.input_layernorm.forward(h), cos, sin, mask, cache, past);
+        let a = l
+            .attn
+            .forward(&l.input_layernorm.forward(h), cos, sin, mask, cache, past);
         let h = h + a;
         let m = l.mlp.forward(&l.post_attention_layernorm.forward(&h));
         h + m
     }
     fn head(&self, h: &Tensor) -> Tensor {
-        self.norm.forward(h).linear::<&Tensor>(&self.lm_head, None)
+        project_vocab(&self.norm.forward(h), &self.lm_head)
     }
 }
 
@@ -226,7 +283,8 @@ mod tests {
 
     #[test]
     fn hf_defaults_fill_missing_fields() {
-        let cfg: Config = serde_json::from_str(r#"{"hidden_size": 576, "num_attention_heads": 9}"#).unwrap();
+        let cfg: Config =
+            serde_json::from_str(r#"{"hidden_size": 576, "num_attention_heads": 9}"#).unwrap();
         assert_eq!(cfg.head_dim(), 64);
         assert_eq!(cfg.num_kv_heads(), 9);
         assert!(!cfg.tie_word_embeddings);

@@ -25,9 +25,15 @@ use crate::{gemma2, gemma3, llama};
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: invalid JSON: {source}", path.display())]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{}: {msg}", path.display())]
     Config { path: PathBuf, msg: String },
     #[error("{}: {msg}", path.display())]
@@ -35,7 +41,12 @@ pub enum ModelError {
     #[error("{}: missing tensor `{tensor}`", path.display())]
     MissingTensor { path: PathBuf, tensor: String },
     #[error("{}: tensor `{tensor}` has shape {found:?}, the config implies {expected:?}", path.display())]
-    ShapeMismatch { path: PathBuf, tensor: String, expected: Vec<i64>, found: Vec<i64> },
+    ShapeMismatch {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<i64>,
+        found: Vec<i64>,
+    },
     #[error("{}: unsupported architecture `{arch}` (supported: gemma2, gemma3, llama)", path.display())]
     UnsupportedArch { path: PathBuf, arch: String },
     #[error("invalid input: {0}")]
@@ -48,10 +59,16 @@ pub enum ModelError {
 
 impl ModelError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        ModelError::Io { path: path.to_path_buf(), source }
+        ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
     pub(crate) fn json(path: &Path, source: serde_json::Error) -> Self {
-        ModelError::Json { path: path.to_path_buf(), source }
+        ModelError::Json {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -68,7 +85,16 @@ pub(crate) trait Decoder {
     /// Token embeddings, already scaled where the architecture scales them.
     fn embed(&self, ids: &Tensor) -> Tensor;
     #[allow(clippy::too_many_arguments)]
-    fn layer(&self, i: usize, h: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, cache: Option<&mut LayerCache>, past: i64) -> Tensor;
+    fn layer(
+        &self,
+        i: usize,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut LayerCache>,
+        past: i64,
+    ) -> Tensor;
     /// Final norm, vocabulary projection and any logit soft-cap.
     fn head(&self, h: &Tensor) -> Tensor;
 }
@@ -96,26 +122,40 @@ impl Model {
         let _guard = tch::no_grad_guard();
         if path.is_dir() {
             Self::load_hf_dir(path, kind, device)
-        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
             let (file, config) = crate::weights::open_gguf(path)?;
             Self::from_tensor_store(path, Box::new(file), config, kind, device)
         } else if !path.exists() {
-            Err(ModelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")))
+            Err(ModelError::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            ))
         } else {
-            Err(ModelError::Format { path: path.to_path_buf(), msg: "expected an HF model directory or a .gguf file".into() })
+            Err(ModelError::Format {
+                path: path.to_path_buf(),
+                msg: "expected an HF model directory or a .gguf file".into(),
+            })
         }
     }
 
     fn load_hf_dir(dir: &Path, kind: Kind, device: Device) -> Result<Model, ModelError> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::json(&cfg_path, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::json(&cfg_path, e))?;
         let weights = Weights::from_hf_dir(dir, kind, device)?;
         Self::from_config_json(&cfg_path, json, &weights)
     }
 
     /// Builds the architecture named by `model_type` in `json` (an HF `config.json` value).
-    pub(crate) fn from_config_json(cfg_path: &Path, json: serde_json::Value, w: &Weights) -> Result<Model, ModelError> {
+    pub(crate) fn from_config_json(
+        cfg_path: &Path,
+        json: serde_json::Value,
+        w: &Weights,
+    ) -> Result<Model, ModelError> {
         // Gemma-3 multimodal checkpoints nest the language model under `text_config`.
         let json = match json.get("text_config") {
             Some(tc) if json.get("model_type").and_then(|t| t.as_str()) == Some("gemma3") => {
@@ -125,14 +165,33 @@ impl Model {
             }
             _ => json,
         };
-        let model_type = json.get("model_type").and_then(|t| t.as_str()).unwrap_or_default().to_string();
-        let arch = Arch::from_model_type(&model_type)
-            .ok_or_else(|| ModelError::UnsupportedArch { path: cfg_path.to_path_buf(), arch: model_type.clone() })?;
-        let bad = |e: serde_json::Error| ModelError::Config { path: cfg_path.to_path_buf(), msg: e.to_string() };
+        let model_type = json
+            .get("model_type")
+            .and_then(|t| t.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let arch =
+            Arch::from_model_type(&model_type).ok_or_else(|| ModelError::UnsupportedArch {
+                path: cfg_path.to_path_buf(),
+                arch: model_type.clone(),
+            })?;
+        let bad = |e: serde_json::Error| ModelError::Config {
+            path: cfg_path.to_path_buf(),
+            msg: e.to_string(),
+        };
         Ok(match arch {
-            Arch::Gemma2 => Model::Gemma2(gemma2::Model::new(serde_json::from_value(json).map_err(bad)?, w)?),
-            Arch::Gemma3 => Model::Gemma3(gemma3::Model::new(serde_json::from_value(json).map_err(bad)?, w)?),
-            Arch::Llama => Model::Llama(llama::Model::new(serde_json::from_value(json).map_err(bad)?, w)?),
+            Arch::Gemma2 => Model::Gemma2(gemma2::Model::new(
+                serde_json::from_value(json).map_err(bad)?,
+                w,
+            )?),
+            Arch::Gemma3 => Model::Gemma3(gemma3::Model::new(
+                serde_json::from_value(json).map_err(bad)?,
+                w,
+            )?),
+            Arch::Llama => Model::Llama(llama::Model::new(
+                serde_json::from_value(json).map_err(bad)?,
+                w,
+            )?),
         })
     }
 
@@ -145,11 +204,24 @@ impl Model {
         device: Device,
     ) -> Result<Model, ModelError> {
         let _guard = tch::no_grad_guard();
-        let model_type = config.get("model_type").and_then(|t| t.as_str()).unwrap_or_default().to_string();
-        let arch = Arch::from_model_type(&model_type)
-            .ok_or_else(|| ModelError::UnsupportedArch { path: path.to_path_buf(), arch: model_type.clone() })?;
-        let heads = config.get("num_attention_heads").and_then(|v| v.as_i64()).unwrap_or(0);
-        let kv = config.get("num_key_value_heads").and_then(|v| v.as_i64()).unwrap_or(heads);
+        let model_type = config
+            .get("model_type")
+            .and_then(|t| t.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let arch =
+            Arch::from_model_type(&model_type).ok_or_else(|| ModelError::UnsupportedArch {
+                path: path.to_path_buf(),
+                arch: model_type.clone(),
+            })?;
+        let heads = config
+            .get("num_attention_heads")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0);
+        let kv = config
+            .get("num_key_value_heads")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(heads);
         let w = Weights::from_gguf(path, store, arch, heads, kv, kind, device);
         Self::from_config_json(path, config, &w)
     }
@@ -176,7 +248,15 @@ impl Model {
     pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
         let d = self.decoder();
         let (kv, hd) = d.kv_shape();
-        KvCache::with_capacity(d.info().num_layers, batch, kv, hd, capacity, d.kind(), d.device())
+        KvCache::with_capacity(
+            d.info().num_layers,
+            batch,
+            kv,
+            hd,
+            capacity,
+            d.kind(),
+            d.device(),
+        )
     }
 
     /// One forward pass over `input_ids: [B, T]` (int64).
@@ -198,7 +278,12 @@ impl Model {
         let d = self.decoder();
         let info = d.info();
         let dev = d.device();
-        let (b, t) = input_ids.size2().map_err(|_| ModelError::Input(format!("input_ids must be [B, T], got {:?}", input_ids.size())))?;
+        let (b, t) = input_ids.size2().map_err(|_| {
+            ModelError::Input(format!(
+                "input_ids must be [B, T], got {:?}",
+                input_ids.size()
+            ))
+        })?;
         if t == 0 {
             return Err(ModelError::Input("input_ids has no positions".into()));
         }
@@ -217,9 +302,17 @@ impl Model {
             None => Tensor::ones([b, past + t], (Kind::Int64, dev)),
         };
         let n = info.num_layers;
-        for &l in hooks.capture.iter().chain(hooks.stop_after.iter()).chain(hooks.interventions.iter().map(|(l, _)| l)) {
+        for &l in hooks
+            .capture
+            .iter()
+            .chain(hooks.stop_after.iter())
+            .chain(hooks.interventions.iter().map(|(l, _)| l))
+        {
             if l >= n {
-                return Err(ModelError::Input(format!("layer {l} out of range: the model has {n} layers (0..{})", n - 1)));
+                return Err(ModelError::Input(format!(
+                    "layer {l} out of range: the model has {n} layers (0..{})",
+                    n - 1
+                )));
             }
         }
         // Last layer to run: everything for logits; otherwise up to the deepest layer asked for.
@@ -228,17 +321,31 @@ impl Model {
             (Logits::None, None) => hooks.capture.iter().copied().max().unwrap_or(n - 1),
             _ => n - 1,
         };
+        if let Some(&l) = hooks
+            .capture
+            .iter()
+            .chain(hooks.interventions.iter().map(|(l, _)| l))
+            .find(|&&l| l > last)
+        {
+            return Err(ModelError::Input(format!(
+                "layer {l} is hooked but the pass stops after layer {last}"
+            )));
+        }
         if cache.is_some() && last + 1 < n {
-            return Err(ModelError::Input("a forward pass with a KV cache must run every layer".into()));
+            return Err(ModelError::Input(
+                "a forward pass with a KV cache must run every layer".into(),
+            ));
         }
         let kind = d.kind();
         let ids = input_ids.to_device(dev);
         let pos = position_ids(&mask, t);
         let types: Vec<LayerType> = (0..=last).map(|i| d.layer_type(i)).collect();
         let need = |lt: LayerType| types.contains(&lt);
-        let full_mask = need(LayerType::FullAttention).then(|| attention_bias(&mask, past, t, None, kind));
+        let full_mask =
+            need(LayerType::FullAttention).then(|| attention_bias(&mask, past, t, None, kind));
         let window = d.sliding_window();
-        let sliding_mask = need(LayerType::SlidingAttention).then(|| attention_bias(&mask, past, t, window, kind));
+        let sliding_mask =
+            need(LayerType::SlidingAttention).then(|| attention_bias(&mask, past, t, window, kind));
         let rope_full = d.rotary(LayerType::FullAttention);
         let rope_sliding = d.rotary(LayerType::SlidingAttention);
         let cs_full = need(LayerType::FullAttention).then(|| rope_full.cos_sin(&pos, kind));
@@ -250,7 +357,11 @@ impl Model {
         let iv_mask = if hooks.interventions.is_empty() {
             None
         } else {
-            Some(hooks.intervention_mask(b, t, past, dev).map_err(ModelError::Input)?)
+            Some(
+                hooks
+                    .intervention_mask(b, t, past, dev)
+                    .map_err(ModelError::Input)?,
+            )
         };
         let real = mask.narrow(1, past, t).ne(0);
 
@@ -269,7 +380,11 @@ impl Model {
             h = d.layer(i, &h, cos, sin, m, lc, past);
             for (l, iv) in &hooks.interventions {
                 if *l == i {
-                    let ctx = InterventionCtx { mask: iv_mask.as_ref().unwrap(), real: &real, past_len: past };
+                    let ctx = InterventionCtx {
+                        mask: iv_mask.as_ref().unwrap(),
+                        real: &real,
+                        past_len: past,
+                    };
                     h = iv.apply(&h, &ctx);
                 }
             }
@@ -290,10 +405,69 @@ impl Model {
     }
 }
 
-/// Reads a required field from a config value for error messages that name the field.
+/// Which side padding goes on when rows of different lengths share a batch. Generation needs
+/// `Left` (every row's next token at the last column); either works for [`Model::forward`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    Left,
+    Right,
+}
+
+/// Packs token rows into `(input_ids, attention_mask)`, both `[B, T]` int64 on the CPU.
+pub fn pad(rows: &[Vec<i64>], pad_id: i64, side: Padding) -> (Tensor, Tensor) {
+    let b = rows.len();
+    let t = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let mut ids = vec![pad_id; b * t];
+    let mut mask = vec![0i64; b * t];
+    for (r, row) in rows.iter().enumerate() {
+        let off = r * t
+            + if side == Padding::Left {
+                t - row.len()
+            } else {
+                0
+            };
+        ids[off..off + row.len()].copy_from_slice(row);
+        mask[off..off + row.len()].fill(1);
+    }
+    (
+        Tensor::from_slice(&ids).view([b as i64, t as i64]),
+        Tensor::from_slice(&mask).view([b as i64, t as i64]),
+    )
+}
+
+impl Model {
+    /// The residual stream after `layer` for a padded batch, `[B, T, hidden]`, computed without
+    /// grad and without running the layers above it (AxBench's activation extraction).
+    pub fn activations(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        layer: usize,
+    ) -> Result<Tensor, ModelError> {
+        let _guard = tch::no_grad_guard();
+        let out = self.forward(
+            input_ids,
+            attention_mask,
+            &Hooks::none().capture(layer),
+            Logits::None,
+            None,
+        )?;
+        Ok(out
+            .hidden
+            .into_iter()
+            .next()
+            .map(|(_, h)| h)
+            .expect("captured layer"))
+    }
+}
+
+/// Checks a divisibility the config must satisfy (heads into key/value groups).
 pub(crate) fn check_divisible(path: &Path, what: &str, a: i64, b: i64) -> Result<(), ModelError> {
     if b == 0 || a % b != 0 {
-        return Err(ModelError::Config { path: path.to_path_buf(), msg: format!("{what}: {a} is not divisible by {b}") });
+        return Err(ModelError::Config {
+            path: path.to_path_buf(),
+            msg: format!("{what}: {a} is not divisible by {b}"),
+        });
     }
     Ok(())
 }

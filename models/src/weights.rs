@@ -34,8 +34,16 @@ struct Entry {
 }
 
 enum Source {
-    SafeTensors { files: Vec<(PathBuf, Mmap)>, index: HashMap<String, Entry> },
-    Gguf { file: Box<dyn TensorStore>, arch: Arch, num_heads: i64, num_kv_heads: i64 },
+    SafeTensors {
+        files: Vec<(PathBuf, Mmap)>,
+        index: HashMap<String, Entry>,
+    },
+    Gguf {
+        file: Box<dyn TensorStore>,
+        arch: Arch,
+        num_heads: i64,
+        num_kv_heads: i64,
+    },
 }
 
 /// A file of named tensors in llama.cpp naming, dequantized to f32 in torch (row-major, HF)
@@ -57,7 +65,11 @@ pub struct Weights {
 
 impl std::fmt::Debug for Weights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Weights").field("path", &self.path).field("kind", &self.kind).field("device", &self.device).finish()
+        f.debug_struct("Weights")
+            .field("path", &self.path)
+            .field("kind", &self.kind)
+            .field("device", &self.device)
+            .finish()
     }
 }
 
@@ -68,13 +80,21 @@ impl Weights {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let shard_paths: Vec<PathBuf> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
-            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::json(&index_path, e))?;
-            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Config {
-                path: index_path.clone(),
-                msg: "missing object field `weight_map`".into(),
-            })?;
-            let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| ModelError::json(&index_path, e))?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ModelError::Config {
+                    path: index_path.clone(),
+                    msg: "missing object field `weight_map`".into(),
+                })?;
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
             files.sort();
             files.dedup();
             files.into_iter().map(|f| dir.join(f)).collect()
@@ -90,7 +110,10 @@ impl Weights {
             v
         };
         if shard_paths.is_empty() {
-            return Err(ModelError::Config { path: dir.to_path_buf(), msg: "no .safetensors files found".into() });
+            return Err(ModelError::Config {
+                path: dir.to_path_buf(),
+                msg: "no .safetensors files found".into(),
+            });
         }
         let mut files = Vec::new();
         let mut index = HashMap::new();
@@ -98,8 +121,11 @@ impl Weights {
             let f = File::open(&p).map_err(|e| ModelError::io(&p, e))?;
             // SAFETY: the file is opened read-only and treated as immutable for the life of the map.
             let mmap = unsafe { Mmap::map(&f) }.map_err(|e| ModelError::io(&p, e))?;
-            let (header_len, meta) = safetensors::SafeTensors::read_metadata(&mmap)
-                .map_err(|e| ModelError::Format { path: p.clone(), msg: e.to_string() })?;
+            let (header_len, meta) =
+                safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| ModelError::Format {
+                    path: p.clone(),
+                    msg: e.to_string(),
+                })?;
             let base = 8 + header_len;
             for (name, info) in meta.tensors() {
                 index.insert(
@@ -115,12 +141,35 @@ impl Weights {
             }
             files.push((p, mmap));
         }
-        Ok(Self { path: dir.to_path_buf(), source: Source::SafeTensors { files, index }, kind, device })
+        Ok(Self {
+            path: dir.to_path_buf(),
+            source: Source::SafeTensors { files, index },
+            kind,
+            device,
+        })
     }
 
     /// Wraps an opened GGUF file; `num_heads`/`num_kv_heads` drive the Llama q/k un-permutation.
-    pub fn from_gguf(path: &Path, file: Box<dyn TensorStore>, arch: Arch, num_heads: i64, num_kv_heads: i64, kind: Kind, device: Device) -> Self {
-        Self { path: path.to_path_buf(), source: Source::Gguf { file, arch, num_heads, num_kv_heads }, kind, device }
+    pub fn from_gguf(
+        path: &Path,
+        file: Box<dyn TensorStore>,
+        arch: Arch,
+        num_heads: i64,
+        num_kv_heads: i64,
+        kind: Kind,
+        device: Device,
+    ) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            source: Source::Gguf {
+                file,
+                arch,
+                num_heads,
+                num_kv_heads,
+            },
+            kind,
+            device,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -138,7 +187,9 @@ impl Weights {
     pub fn contains(&self, name: &str) -> bool {
         match &self.source {
             Source::SafeTensors { index, .. } => index.contains_key(name),
-            Source::Gguf { file, arch, .. } => gguf_name(name, *arch).is_some_and(|g| file.has_tensor(&g)),
+            Source::Gguf { file, arch, .. } => {
+                gguf_name(name, *arch).is_some_and(|g| file.has_tensor(&g))
+            }
         }
     }
 
@@ -146,7 +197,9 @@ impl Weights {
     pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
         match &self.source {
             Source::SafeTensors { index, .. } => index.get(name).map(|e| e.shape.clone()),
-            Source::Gguf { file, arch, .. } => gguf_name(name, *arch).and_then(|g| file.tensor_shape(&g)),
+            Source::Gguf { file, arch, .. } => {
+                gguf_name(name, *arch).and_then(|g| file.tensor_shape(&g))
+            }
         }
     }
 
@@ -161,12 +214,17 @@ impl Weights {
                 found: t.size(),
             });
         }
-        Ok(t.to_kind(self.kind).to_device(self.device).set_requires_grad(false))
+        Ok(t.to_kind(self.kind)
+            .to_device(self.device)
+            .set_requires_grad(false))
     }
 
     /// The stored tensor in its stored dtype (f32 for GGUF), on the CPU, unchecked.
     fn raw(&self, name: &str) -> Result<Tensor, ModelError> {
-        let missing = || ModelError::MissingTensor { path: self.path.clone(), tensor: name.to_string() };
+        let missing = || ModelError::MissingTensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+        };
         match &self.source {
             Source::SafeTensors { files, index } => {
                 let e = index.get(name).ok_or_else(missing)?;
@@ -183,9 +241,18 @@ impl Weights {
                         });
                     }
                 };
-                Ok(Tensor::from_data_size(&mmap[e.start..e.end], &e.shape, kind))
+                Ok(Tensor::from_data_size(
+                    &mmap[e.start..e.end],
+                    &e.shape,
+                    kind,
+                ))
             }
-            Source::Gguf { file, arch, num_heads, num_kv_heads } => {
+            Source::Gguf {
+                file,
+                arch,
+                num_heads,
+                num_kv_heads,
+            } => {
                 let g = gguf_name(name, *arch).ok_or_else(missing)?;
                 if !file.has_tensor(&g) {
                     return Err(missing());
@@ -197,7 +264,9 @@ impl Weights {
                 match arch {
                     Arch::Gemma2 | Arch::Gemma3 if g.ends_with("norm.weight") => t = t - 1.0,
                     Arch::Llama if g.ends_with("attn_q.weight") => t = unpermute_qk(&t, *num_heads),
-                    Arch::Llama if g.ends_with("attn_k.weight") => t = unpermute_qk(&t, *num_kv_heads),
+                    Arch::Llama if g.ends_with("attn_k.weight") => {
+                        t = unpermute_qk(&t, *num_kv_heads)
+                    }
                     _ => {}
                 }
                 Ok(t)
@@ -223,11 +292,16 @@ impl TensorStore for GgufFile {
 /// fields and everything else keeps the architecture's HF default. `tie_word_embeddings` is
 /// true exactly when the file has no `output.weight`.
 pub fn open_gguf(path: &Path) -> Result<(GgufFile, serde_json::Value), ModelError> {
-    let fmt_err = |msg: String| ModelError::Format { path: path.to_path_buf(), msg };
+    let fmt_err = |msg: String| ModelError::Format {
+        path: path.to_path_buf(),
+        msg,
+    };
     let file = GgufFile::open(path).map_err(|e| fmt_err(e.to_string()))?;
     let hp = file.hparams().map_err(|e| fmt_err(e.to_string()))?;
-    let arch = Arch::from_model_type(&hp.arch)
-        .ok_or_else(|| ModelError::UnsupportedArch { path: path.to_path_buf(), arch: hp.arch.clone() })?;
+    let arch = Arch::from_model_type(&hp.arch).ok_or_else(|| ModelError::UnsupportedArch {
+        path: path.to_path_buf(),
+        arch: hp.arch.clone(),
+    })?;
     let mut c = serde_json::Map::new();
     let mut put = |k: &str, v: serde_json::Value| {
         c.insert(k.to_string(), v);
@@ -258,7 +332,10 @@ pub fn open_gguf(path: &Path) -> Result<(GgufFile, serde_json::Value), ModelErro
     }
     let vocab = match hp.vocab_size {
         Some(v) => v as i64,
-        None => file.tensor_info("token_embd.weight").map_err(|e| fmt_err(e.to_string()))?.shape()[0],
+        None => file
+            .tensor_info("token_embd.weight")
+            .map_err(|e| fmt_err(e.to_string()))?
+            .shape()[0],
     };
     put("vocab_size", vocab.into());
     match arch {
@@ -287,7 +364,10 @@ pub fn open_gguf(path: &Path) -> Result<(GgufFile, serde_json::Value), ModelErro
             }
         }
     }
-    put("tie_word_embeddings", (!file.has_tensor("output.weight")).into());
+    put(
+        "tie_word_embeddings",
+        (!file.has_tensor("output.weight")).into(),
+    );
     for (key, field) in [
         ("tokenizer.ggml.bos_token_id", "bos_token_id"),
         ("tokenizer.ggml.eos_token_id", "eos_token_id"),
@@ -308,7 +388,9 @@ fn unpermute_qk(w: &Tensor, heads: i64) -> Tensor {
     let half = rows / heads / 2;
     let mut view = vec![heads, half, 2];
     view.extend_from_slice(&shape[1..]);
-    w.reshape(view.as_slice()).transpose(1, 2).reshape(shape.as_slice())
+    w.reshape(view.as_slice())
+        .transpose(1, 2)
+        .reshape(shape.as_slice())
 }
 
 /// HF tensor name → llama.cpp GGUF tensor name (the subset the three architectures use).
@@ -354,12 +436,36 @@ mod tests {
 
     #[test]
     fn maps_hf_names_to_gguf() {
-        assert_eq!(gguf_name("model.layers.12.self_attn.o_proj.weight", Arch::Llama).unwrap(), "blk.12.attn_output.weight");
-        assert_eq!(gguf_name("model.layers.0.post_feedforward_layernorm.weight", Arch::Gemma3).unwrap(), "blk.0.post_ffw_norm.weight");
-        assert_eq!(gguf_name("model.embed_tokens.weight", Arch::Gemma2).unwrap(), "token_embd.weight");
-        assert_eq!(gguf_name("model.layers.1.post_attention_layernorm.weight", Arch::Llama).unwrap(), "blk.1.ffn_norm.weight");
         assert_eq!(
-            gguf_name("model.layers.1.post_attention_layernorm.weight", Arch::Gemma2).unwrap(),
+            gguf_name("model.layers.12.self_attn.o_proj.weight", Arch::Llama).unwrap(),
+            "blk.12.attn_output.weight"
+        );
+        assert_eq!(
+            gguf_name(
+                "model.layers.0.post_feedforward_layernorm.weight",
+                Arch::Gemma3
+            )
+            .unwrap(),
+            "blk.0.post_ffw_norm.weight"
+        );
+        assert_eq!(
+            gguf_name("model.embed_tokens.weight", Arch::Gemma2).unwrap(),
+            "token_embd.weight"
+        );
+        assert_eq!(
+            gguf_name(
+                "model.layers.1.post_attention_layernorm.weight",
+                Arch::Llama
+            )
+            .unwrap(),
+            "blk.1.ffn_norm.weight"
+        );
+        assert_eq!(
+            gguf_name(
+                "model.layers.1.post_attention_layernorm.weight",
+                Arch::Gemma2
+            )
+            .unwrap(),
             "blk.1.post_attention_norm.weight"
         );
         assert!(gguf_name("model.layers.x.mlp.up_proj.weight", Arch::Llama).is_none());
@@ -370,7 +476,10 @@ mod tests {
         // llama.cpp: w.reshape(h, 2, d/2, in).swapaxes(1, 2).reshape(shape)
         let (h, d, inp) = (3i64, 8i64, 5i64);
         let w = Tensor::arange(h * d * inp, (Kind::Float, Device::Cpu)).view([h * d, inp]);
-        let permuted = w.reshape([h, 2, d / 2, inp]).transpose(1, 2).reshape([h * d, inp]);
+        let permuted = w
+            .reshape([h, 2, d / 2, inp])
+            .transpose(1, 2)
+            .reshape([h * d, inp]);
         assert!(unpermute_qk(&permuted, h).equal(&w));
     }
 }
