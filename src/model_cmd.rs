@@ -137,12 +137,14 @@ pub struct TextInput {
 }
 
 #[derive(Args, Debug)]
+#[command(override_usage = "axbench model info [OPTIONS] <MODEL>")]
 pub struct InfoArgs {
     #[command(flatten)]
     pub flags: ModelFlags,
 }
 
 #[derive(Args, Debug)]
+#[command(override_usage = "axbench model tokenize [OPTIONS] <MODEL> <TEXT | --file FILE>")]
 pub struct TokenizeArgs {
     #[command(flatten)]
     pub flags: ModelFlags,
@@ -151,6 +153,7 @@ pub struct TokenizeArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(override_usage = "axbench model logits [OPTIONS] <MODEL> <TEXT | --file FILE> [--top-k K]")]
 pub struct LogitsArgs {
     #[command(flatten)]
     pub flags: ModelFlags,
@@ -162,6 +165,7 @@ pub struct LogitsArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(override_usage = "axbench model generate [OPTIONS] <MODEL> <TEXT | --file FILE> [--max-new-tokens N] [--chat]")]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub flags: ModelFlags,
@@ -188,6 +192,7 @@ pub struct GenerateArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(override_usage = "axbench model activations [OPTIONS] <MODEL> <TEXT | --file FILE> --layer L [--out FILE]")]
 pub struct ActivationsArgs {
     #[command(flatten)]
     pub flags: ModelFlags,
