@@ -48,8 +48,6 @@ enum Command {
     Dot(pipeline_cmd::DotArgs),
     /// Re-hash every cached artifact; quarantine damaged ones so the next run recomputes them.
     Verify,
-    /// Inspect a model: info, tokenize, logits, generate, activations.
-    Model(model_cmd::ModelArgs),
     /// Print a pipeline's detection results (AUROC table, or --json) from its cached evaluate node.
     Results(results_cmd::ResultsArgs),
     /// Inspect a model: info, tokenize, logits, generate, activations.
@@ -69,7 +67,6 @@ fn main() -> ExitCode {
         Command::Gc(a) => pipeline_cmd::gc(&cli.global, a),
         Command::Dot(a) => pipeline_cmd::dot(&cli.global, a),
         Command::Verify => pipeline_cmd::verify(&cli.global),
-        Command::Model(a) => return model_cmd::run(a),
         Command::Results(a) => return results_cmd::run(&cli.global, a),
         Command::Model(a) => return model_cmd::run(a),
         Command::Serve(a) => serve_cmd::run(a),
