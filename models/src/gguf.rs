@@ -398,7 +398,7 @@ impl GgufFile {
                 None => None,
                 Some((block, size)) => {
                     let row = dims.first().copied().unwrap_or(1);
-                    if row % block as u64 != 0 {
+                    if !row.is_multiple_of(block as u64) {
                         return Err(r.bad_tensor(
                             &name,
                             format!("row length {row} is not a multiple of the {ggml_type} block size {block}"),
@@ -411,7 +411,7 @@ impl GgufFile {
                     )
                 }
             };
-            if offset % alignment != 0 {
+            if !offset.is_multiple_of(alignment) {
                 return Err(r.bad_tensor(&name, format!("data offset {offset} is not a multiple of the alignment {alignment}")));
             }
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {

@@ -179,7 +179,7 @@ pub enum QuantError {
 /// (or the type's layout is unknown). `None` inside `Ok` never happens; overflow is an error.
 pub fn byte_len(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
     let (block, size) = ty.block_layout().ok_or(QuantError::Unsupported { ty })?;
-    if n % block != 0 {
+    if !n.is_multiple_of(block) {
         return Err(QuantError::PartialBlock { ty, n, block });
     }
     // n / block * size cannot overflow when n itself fits, unless size > block (true for F64
@@ -382,15 +382,15 @@ fn q2_k(b: &[u8; 84], y: &mut [f32; QK_K]) {
             let sc = scales[is];
             is += 1;
             let (dl, ml) = (d * (sc & 0x0F) as f32, min * (sc >> 4) as f32);
-            for l in 0..16 {
-                y[yi] = dl * ((q[l] >> shift) & 3) as f32 - ml;
+            for &ql in &q[..16] {
+                y[yi] = dl * ((ql >> shift) & 3) as f32 - ml;
                 yi += 1;
             }
             let sc = scales[is];
             is += 1;
             let (dl, ml) = (d * (sc & 0x0F) as f32, min * (sc >> 4) as f32);
-            for l in 16..32 {
-                y[yi] = dl * ((q[l] >> shift) & 3) as f32 - ml;
+            for &ql in &q[16..] {
+                y[yi] = dl * ((ql >> shift) & 3) as f32 - ml;
                 yi += 1;
             }
         }
@@ -529,8 +529,8 @@ mod tests {
             block[2 + j] = (j as i8 - 16) as u8;
         }
         let y = dequantize_to_vec(GgmlType::Q8_0, &block, 32).unwrap();
-        for j in 0..32 {
-            assert_eq!(y[j], (j as f32 - 16.0) * 0.5);
+        for (j, &v) in y.iter().enumerate() {
+            assert_eq!(v, (j as f32 - 16.0) * 0.5);
         }
     }
 

@@ -48,7 +48,7 @@ impl Writer {
 
     /// A tensor whose data is `bytes`, placed at the next aligned offset.
     fn tensor(&mut self, name: &str, dims: &[u64], ty: u32, bytes: &[u8]) -> &mut Self {
-        while self.data.len() % self.alignment != 0 {
+        while !self.data.len().is_multiple_of(self.alignment) {
             self.data.push(0);
         }
         let offset = self.data.len() as u64;
@@ -76,7 +76,7 @@ impl Writer {
         b.extend(self.n_kv.to_le_bytes());
         b.extend(&self.kv);
         b.extend(&self.infos);
-        while b.len() % self.alignment != 0 {
+        while !b.len().is_multiple_of(self.alignment) {
             b.push(0);
         }
         b.extend(&self.data);
@@ -410,7 +410,7 @@ fn metadata_type_errors() {
     assert!(msg.contains("`general.architecture` is string"), "{msg}");
     let msg = f.get_str("missing.key").unwrap_err().to_string();
     assert!(msg.contains("`missing.key` is missing"), "{msg}");
-    assert_eq!(f.get_u32("u64").is_err(), true); // u64::MAX does not fit u32
+    assert!(f.get_u32("u64").is_err()); // u64::MAX does not fit u32
     assert_eq!(f.get_u64("u64").unwrap(), u64::MAX);
     assert_eq!(f.opt_u32("missing").unwrap(), None);
 }
