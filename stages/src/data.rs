@@ -345,6 +345,110 @@ pub fn eval_set(all: &[Example], concept_id: i64) -> Vec<&Example> {
     all.iter().filter(|e| e.concept_id == concept_id).collect()
 }
 
+/// The shared negative pool of the imbalanced setting (utils/dataset.py `create_imbalance_eval_df`, used by
+/// inference.py `latent_imbalance`): `n = latent_num_of_examples * imbalance_factor` (36 * 100 = 3600) rows of
+/// category `negative` drawn from all concepts' eval rows without replacement, exactly as pandas
+/// `df.sample(n, random_state=seed)` draws them (numpy's legacy `RandomState(seed).permutation(len)[:n]`).
+/// More rows than there are negatives is an error, as in pandas (Concept10's 360 negatives cannot give 3600).
+pub fn imbalance_negative_pool(eval: &[Example], n: usize, seed: u32) -> Result<Vec<&Example>, DataError> {
+    let negatives: Vec<&Example> = eval.iter().filter(|e| e.category == Category::Negative).collect();
+    if n > negatives.len() {
+        return Err(DataError::Concept {
+            concept_id: -1,
+            concept: EMPTY_CONCEPT.into(),
+            message: format!(
+                "imbalanced pool of {n} negatives requested, only {} in the eval data",
+                negatives.len()
+            ),
+        });
+    }
+    let order = np_random::RandomState::new(seed).permutation(negatives.len());
+    Ok(order[..n].iter().map(|&i| negatives[i]).collect())
+}
+
+/// numpy's legacy `RandomState` (MT19937), just enough to reproduce pandas `sample` and `np.random.shuffle`.
+pub mod np_random {
+    const N: usize = 624;
+    const M: usize = 397;
+
+    /// `np.random.RandomState(seed)` for an integer seed.
+    pub struct RandomState {
+        pub(super) mt: [u32; N],
+        pos: usize,
+    }
+
+    impl RandomState {
+        /// numpy's `mt19937_seed` (the reference `init_genrand`).
+        pub fn new(seed: u32) -> Self {
+            let mut mt = [0u32; N];
+            mt[0] = seed;
+            for i in 1..N {
+                mt[i] = 1812433253u32
+                    .wrapping_mul(mt[i - 1] ^ (mt[i - 1] >> 30))
+                    .wrapping_add(i as u32);
+            }
+            Self { mt, pos: N }
+        }
+
+        fn regenerate(&mut self) {
+            for i in 0..N {
+                let y = (self.mt[i] & 0x8000_0000) | (self.mt[(i + 1) % N] & 0x7fff_ffff);
+                let mut v = self.mt[(i + M) % N] ^ (y >> 1);
+                if y & 1 == 1 {
+                    v ^= 0x9908_b0df;
+                }
+                self.mt[i] = v;
+            }
+            self.pos = 0;
+        }
+
+        /// The next 32-bit output (`genrand_int32`).
+        pub fn next_u32(&mut self) -> u32 {
+            if self.pos >= N {
+                self.regenerate();
+            }
+            let mut y = self.mt[self.pos];
+            self.pos += 1;
+            y ^= y >> 11;
+            y ^= (y << 7) & 0x9d2c_5680;
+            y ^= (y << 15) & 0xefc6_0000;
+            y ^ (y >> 18)
+        }
+
+        /// numpy's `random_interval(max)`: uniform in `0..=max` by masked rejection.
+        pub fn random_interval(&mut self, max: u32) -> u32 {
+            if max == 0 {
+                return 0;
+            }
+            let mut mask = max;
+            for shift in [1, 2, 4, 8, 16] {
+                mask |= mask >> shift;
+            }
+            loop {
+                let v = self.next_u32() & mask;
+                if v <= max {
+                    return v;
+                }
+            }
+        }
+
+        /// `RandomState.shuffle` of a 1-d array (Fisher-Yates from the end).
+        pub fn shuffle<T>(&mut self, x: &mut [T]) {
+            for i in (1..x.len()).rev() {
+                let j = self.random_interval(i as u32) as usize;
+                x.swap(i, j);
+            }
+        }
+
+        /// `RandomState.permutation(n)`.
+        pub fn permutation(&mut self, n: usize) -> Vec<usize> {
+            let mut v: Vec<usize> = (0..n).collect();
+            self.shuffle(&mut v);
+            v
+        }
+    }
+}
+
 /// The three files of one AxBench data directory, read eagerly.
 #[derive(Debug, Clone)]
 pub struct AxBenchData {
@@ -384,6 +488,10 @@ mod tests {
     use super::*;
 
     const RELEASED: &str = "/work/shared/axbench-data/concept10/prod_2b_l20_v1";
+    /// pandas 2 / numpy 2.4: `df[df.category == "negative"].sample(100, random_state=42).index[:8]` on the release.
+    const EXPECTED_POOL_ROWS: [usize; 8] = [506, 115, 605, 658, 129, 592, 51, 130];
+    /// `np.random.RandomState(7).random_sample()`.
+    const RANDOM_SAMPLE_SEED_7: f64 = 0.07630828937395717;
 
     fn released() -> Option<AxBenchData> {
         let dir = Path::new(RELEASED);
@@ -439,6 +547,36 @@ mod tests {
         assert_eq!(limit_concepts(&data.concepts, Some(30)).len(), 10);
         let ts = training_set(&data.train, &data.concepts[0], Some(20)).unwrap();
         assert_eq!((ts.positives.len(), ts.negatives.len()), (10, 10));
+    }
+
+    #[test]
+    fn numpy_random_state_matches_numpy() {
+        // np.random.RandomState(5489).get_state()[1][:3] and RandomState(42).permutation(10) (numpy 2.4).
+        let r = np_random::RandomState::new(5489);
+        assert_eq!(r.mt[..3], [5489, 1301868182, 2938499221]);
+        assert_eq!(
+            np_random::RandomState::new(42).permutation(10),
+            [8, 1, 5, 0, 7, 2, 9, 4, 3, 6]
+        );
+        // RandomState(7).random_sample() is built from two 32-bit words: (a >> 5, b >> 6).
+        let mut r = np_random::RandomState::new(7);
+        let (a, b) = ((r.next_u32() >> 5) as f64, (r.next_u32() >> 6) as f64);
+        assert_eq!((a * 67108864.0 + b) / 9007199254740992.0, RANDOM_SAMPLE_SEED_7);
+    }
+
+    #[test]
+    fn imbalance_pool_is_pandas_sample() {
+        let Some(data) = released() else { return };
+        let eval = data.eval.unwrap();
+        // pandas: eval[eval.category == "negative"].sample(100, random_state=42).index[:8] on the released file.
+        let pool = imbalance_negative_pool(&eval, 100, 42).unwrap();
+        let rows: Vec<usize> = pool[..8]
+            .iter()
+            .map(|e| eval.iter().position(|x| std::ptr::eq(x, *e)).unwrap())
+            .collect();
+        assert_eq!(rows, EXPECTED_POOL_ROWS);
+        let err = imbalance_negative_pool(&eval, 3600, 42).unwrap_err().to_string();
+        assert!(err.contains("3600") && err.contains("360"), "{err}");
     }
 
     #[test]

@@ -317,6 +317,74 @@ pub fn hard_negative_evaluator(max_acts: &[f64], categories: &[Category]) -> Opt
     })
 }
 
+/// Everything the latent evaluation reports for one concept and method: AxBench's two latent evaluators plus
+/// max-F1 on positives vs negatives (balanced) and, given scores on the shared negative pool, the 1:100 setting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConceptDetection {
+    pub aucroc: AucRocResult,
+    pub hard_negative: Option<HardNegativeResult>,
+    /// Max F1 over positives and negatives (hard negatives excluded), on raw scores.
+    pub f1: Option<MaxF1>,
+    /// Max F1 of the positives against the imbalanced negative pool, when given.
+    pub f1_imbalanced: Option<MaxF1>,
+    pub n_positive: usize,
+    pub n_negative: usize,
+    pub n_hard_negative: usize,
+}
+
+/// Evaluates one concept's eval rows (`max_acts[i]` for a row of category `categories[i]`); `negative_pool` holds the
+/// detector's scores on the shared imbalanced negative pool, if that setting is run. F1 thresholds do not depend on
+/// min-max normalisation, so F1 is computed on the raw scores.
+pub fn evaluate_concept(max_acts: &[f64], categories: &[Category], negative_pool: Option<&[f64]>) -> ConceptDetection {
+    let count = |c| categories.iter().filter(|x| **x == c).count();
+    let (mut labels, mut scores, mut positives) = (Vec::new(), Vec::new(), Vec::new());
+    for (s, c) in max_acts.iter().zip(categories) {
+        if *c != Category::HardNegative {
+            labels.push(*c == Category::Positive);
+            scores.push(*s);
+            if *c == Category::Positive {
+                positives.push(*s);
+            }
+        }
+    }
+    ConceptDetection {
+        aucroc: aucroc_evaluator(max_acts, categories),
+        hard_negative: hard_negative_evaluator(max_acts, categories),
+        f1: max_f1(&labels, &scores),
+        f1_imbalanced: negative_pool.and_then(|pool| imbalanced_max_f1(&positives, pool)),
+        n_positive: count(Category::Positive),
+        n_negative: count(Category::Negative),
+        n_hard_negative: count(Category::HardNegative),
+    }
+}
+
+impl ConceptDetection {
+    /// The [`crate::tables::detection_results_schema`] row for this result.
+    pub fn to_row(&self, model: &str, layer: i64, method: &str, concept_id: i64) -> crate::tables::DetectionResultRow {
+        let finite = |v: f64| (!v.is_nan()).then_some(v);
+        crate::tables::DetectionResultRow {
+            model: model.to_owned(),
+            layer,
+            method: method.to_owned(),
+            concept_id,
+            auroc: finite(self.aucroc.roc_auc),
+            optimal_threshold: self
+                .aucroc
+                .optimal_threshold
+                .is_finite()
+                .then_some(self.aucroc.optimal_threshold),
+            positive_accuracy: self.hard_negative.map(|h| h.positive_accuracy),
+            hard_negative_accuracy: self.hard_negative.map(|h| h.hard_negative_accuracy),
+            macro_avg_accuracy: self.hard_negative.map(|h| h.macro_avg_accuracy),
+            f1: self.f1.map(|f| f.f1),
+            f1_imbalanced: self.f1_imbalanced.map(|f| f.f1),
+            n_positive: self.n_positive as i64,
+            n_negative: self.n_negative as i64,
+            n_hard_negative: self.n_hard_negative as i64,
+        }
+    }
+}
+
 /// Mean over concepts, skipping NaN (concepts where a metric is undefined); returns `(mean, n_used)`.
 pub fn mean_over_concepts(values: impl IntoIterator<Item = f64>) -> (f64, usize) {
     let (mut sum, mut n) = (0.0, 0usize);
@@ -362,6 +430,25 @@ mod tests {
         let hn = hard_negative_evaluator(&[3.0, 2.0, 1.0, 0.0, 10.0], &cats).unwrap();
         assert_eq!((hn.positive_accuracy, hn.hard_negative_accuracy), (1.0, 0.0));
         assert!(hard_negative_evaluator(&[3.0, 2.0, 1.0, 0.0], &cats[..4]).is_none());
+    }
+
+    #[test]
+    fn evaluate_concept_fills_a_results_row() {
+        use Category::*;
+        let cats = [Positive, Positive, Negative, Negative, HardNegative];
+        let acts = [3.0, 2.0, 1.0, 0.0, 10.0];
+        let d = evaluate_concept(&acts, &cats, Some(&[0.5, 2.5, -1.0]));
+        assert_eq!((d.n_positive, d.n_negative, d.n_hard_negative), (2, 2, 1));
+        assert_eq!(d.f1.unwrap().f1, 1.0);
+        // Pool score 2.5 sits between the positives: best F1 is 2/3 at threshold 3 or 4/5 at threshold 2.
+        assert!((d.f1_imbalanced.unwrap().f1 - 0.8).abs() < 1e-12);
+        let row = d.to_row("m", 9, "DiffMean", 4);
+        assert_eq!(
+            (row.auroc, row.positive_accuracy, row.hard_negative_accuracy),
+            (Some(1.0), Some(1.0), Some(0.0))
+        );
+        let batch = crate::tables::detection_results_batch(&[row]).unwrap();
+        assert_eq!(batch.num_rows(), 1);
     }
 
     #[test]

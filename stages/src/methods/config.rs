@@ -52,7 +52,7 @@ impl MethodsConfig {
 }
 
 /// LAT: AxBench shuffles with numpy's global RNG (seeded once by `set_seed(seed)` at the start of train.py, so the
-/// permutation also depends on earlier concepts); we seed a generator per fit instead.
+/// permutation also depends on earlier concepts); we replay numpy's generator from `seed` for every fit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LatConfig {

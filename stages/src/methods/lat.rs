@@ -2,9 +2,11 @@
 //! activations, pair the first half with the second (`a[:n/2] - a[n/2:2*(n/2)]`), normalise each difference to unit
 //! length (zero stays zero), and take the first principal component of the differences (sklearn sign), unit norm.
 //! Detect with `h·w`.
+//!
+//! The shuffle is numpy's: AxBench calls `np.random.shuffle` on the global RNG that `set_seed(seed)` seeded, and we
+//! replay it with [`crate::data::np_random::RandomState`]. A fit starts from a fresh `RandomState(seed)`, which is
+//! AxBench's state for the first concept of a run; later concepts in AxBench continue the global stream instead.
 
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use tch::{Kind, Tensor};
 
 use super::{DetectionMethod, Detector, FitInput, LatConfig, LinearDetector, MethodError, Needs, pca, unit_norm};
@@ -55,8 +57,15 @@ impl DetectionMethod for Lat {
     fn fit(&self, input: &FitInput<'_>) -> Result<Box<dyn Detector>, MethodError> {
         let acts = input.require_activations(NAME)?;
         let positives = acts.tokens_with_label(input.labels, true);
-        let mut perm: Vec<i64> = (0..positives.size()[0]).collect();
-        perm.shuffle(&mut rand::rngs::StdRng::seed_from_u64(self.config.seed));
+        let seed = u32::try_from(self.config.seed).map_err(|_| {
+            MethodError::invalid(NAME, format!("seed {} does not fit numpy's 32 bits", self.config.seed))
+        })?;
+        let n = positives.size()[0] as usize;
+        let perm: Vec<i64> = crate::data::np_random::RandomState::new(seed)
+            .permutation(n)
+            .into_iter()
+            .map(|i| i as i64)
+            .collect();
         Ok(Box::new(LinearDetector::new(
             NAME,
             fit_direction(&positives, &perm)?,

@@ -98,6 +98,21 @@ lat_pca = sklearn.decomposition.PCA(n_components=2).fit(diffs)
 lat_w = unit_norm_torch(torch.tensor(lat_pca.components_[0]))
 
 
+def lat_as_axbench(acts, seed):
+    """LAT.train verbatim on arrays, after transformers.set_seed(seed) seeded numpy's global RNG."""
+    np.random.seed(seed)
+    acts = acts.copy()
+    np.random.shuffle(acts)
+    length = acts.shape[0] // 2
+    acts = acts[:length] - acts[length : length * 2]
+    norms = np.linalg.norm(acts, axis=1, keepdims=True)
+    acts = np.where(norms == 0, 0, acts / norms)
+    return unit_norm_torch(torch.tensor(sklearn.decomposition.PCA(n_components=2).fit(acts).components_[0]))
+
+
+lat_seed42 = lat_as_axbench(pos_tokens, 42)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Linear probe (models/probe.py LinearProbe.train), with a fixed init and fixed batch order
 # ----------------------------------------------------------------------------------------------------------------
@@ -399,7 +414,7 @@ save_file({
     "sae_W_enc": W_enc, "sae_b_enc": b_enc, "sae_threshold": threshold, "sae_W_dec": W_dec, "sae_b_dec": b_dec,
 }, os.path.join(OUT, "inputs.safetensors"))
 save_file({
-    "diffmean": diffmean, "pca": pca_w, "lat": lat_w,
+    "diffmean": diffmean, "pca": pca_w, "lat": lat_w, "lat_seed42": lat_seed42,
     "probe_faithful": probe_faithful, "probe_l1": probe_l1, "probe_stable": probe_stable,
     "probe_faithful_big": probe_faithful_big, "probe_stable_big": probe_stable_big,
     "sae_eval_acts": sae_eval_acts.astype(np.float32),
