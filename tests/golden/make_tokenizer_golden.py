@@ -96,6 +96,32 @@ def lc_tokenize(llm, text, add_bos):
     return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
 
+def sentencepiece_from_gguf(path):
+    """SentencePiece itself running the GGUF's vocabulary as the BPE model it came from (identity
+    normalizer, no dummy prefix, byte fallback). Informational: it shows which GGUF conversion
+    reproduces Gemma's own algorithm (SentencePiece does not parse control tokens written in text,
+    and matches user-defined pieces only literally, so those texts differ from both)."""
+    import gguf
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    f = gguf.GGUFReader(path).fields
+    toks = [bytes(f["tokenizer.ggml.tokens"].parts[i]).decode() for i in f["tokenizer.ggml.tokens"].data]
+    scores = [float(f["tokenizer.ggml.scores"].parts[i][0]) for i in f["tokenizer.ggml.scores"].data]
+    types = [int(f["tokenizer.ggml.token_type"].parts[i][0]) for i in f["tokenizer.ggml.token_type"].data]
+    m = pb.ModelProto()
+    m.trainer_spec.model_type = pb.TrainerSpec.BPE
+    m.trainer_spec.byte_fallback = True
+    m.trainer_spec.unk_id, m.trainer_spec.bos_id, m.trainer_spec.eos_id, m.trainer_spec.pad_id = 3, 2, 1, 0
+    m.normalizer_spec.name = "identity"
+    m.normalizer_spec.add_dummy_prefix = False
+    m.normalizer_spec.remove_extra_whitespaces = False
+    m.normalizer_spec.escape_whitespaces = True
+    for t, sc, ty in zip(toks, scores, types):
+        p = m.pieces.add()
+        p.piece, p.score, p.type = t, sc, ty if ty in (1, 2, 3, 4, 5, 6) else 1
+    return spm.SentencePieceProcessor(model_proto=m.SerializeToString())
+
+
 def gemma():
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=GEMMA)
@@ -104,7 +130,8 @@ def gemma():
     except Exception as e:  # llama.cpp is only informational here
         print("llama.cpp unavailable for Gemma comparison:", e)
         lc = None
-    rows, n_diff = [], 0
+    sp = sentencepiece_from_gguf(MODELS / GEMMA)
+    rows, n_diff, n_spm_hf, n_spm_lc = [], 0, 0, 0
     for t in texts():
         ids = tok(t["text"]).input_ids
         plain = tok(t["text"], add_special_tokens=False).input_ids
@@ -115,6 +142,9 @@ def gemma():
             if alt != ids:
                 row["alt_ids"] = alt
                 n_diff += 1
+        row["spm_ids"] = [tok.bos_token_id] + sp.encode(t["text"])
+        n_spm_hf += row["spm_ids"] == ids
+        n_spm_lc += row["spm_ids"] == row.get("alt_ids", ids)
         rows.append(row)
     chats = []
     for c in CHATS:
@@ -127,6 +157,8 @@ def gemma():
     meta = {"reference": f"transformers AutoTokenizer.from_pretrained(gguf_file={GEMMA!r})",
             "alt": "llama.cpp (llama-cpp-python) tokenize(add_bos=True, special=True)",
             "n_alt_differ": n_diff,
+            "spm": "sentencepiece BPE over the GGUF vocabulary (spm_ids), informational",
+            "n_spm_equal_reference": n_spm_hf, "n_spm_equal_alt": n_spm_lc, "n_texts": len(rows),
             "bos_id": tok.bos_token_id, "vocab_size": len(tok),
             "clean_up_tokenization_spaces": tok.clean_up_tokenization_spaces}
     print("gemma:", meta)
