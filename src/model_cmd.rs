@@ -390,7 +390,8 @@ struct Digest {
 
 fn info(a: InfoArgs) -> Result<()> {
     let path = resolve(&a.flags.model)?;
-    let vocab = load_vocab(&path)?;
+    // An HF directory without tokenizer.json still has an architecture worth describing.
+    let vocab = if path.is_dir() && !path.join("tokenizer.json").is_file() { None } else { Some(load_vocab(&path)?) };
     let (format, config, storage) = if is_gguf(&path) {
         let (file, config) = axbench_models::weights::open_gguf(&path).map_err(load_err)?;
         let mut counts: Vec<(String, usize)> = Vec::new();
@@ -430,12 +431,16 @@ fn info(a: InfoArgs) -> Result<()> {
         architecture,
         num_layers: field("num_hidden_layers")?,
         hidden_size: field("hidden_size")?,
-        vocab_size: field("vocab_size").unwrap_or(vocab.tokenizer.vocab_size() as u64),
+        vocab_size: match (field("vocab_size"), &vocab) {
+            (Ok(v), _) => v,
+            (Err(_), Some(v)) => v.tokenizer.vocab_size() as u64,
+            (Err(e), None) => return Err(e),
+        },
         dtype: a.flags.dtype.to_string(),
         storage,
         chat_template: ChatInfo {
-            in_file: vocab.template_in_file,
-            format: vocab.template.as_ref().map(|t| match t {
+            in_file: vocab.as_ref().is_some_and(|v| v.template_in_file),
+            format: vocab.as_ref().and_then(|v| v.template.as_ref()).map(|t| match t {
                 ChatTemplate::Gemma => "gemma",
                 ChatTemplate::ChatMl { .. } => "chatml",
             }),
@@ -562,7 +567,12 @@ fn logits(a: LogitsArgs) -> Result<()> {
         .map(|(&id, &logit)| TopEntry { id, token: vocab.tokenizer.id_to_token(id as u32).unwrap_or_default(), logit })
         .collect();
     if a.flags.json {
-        return print_json(&json!({ "top": top }));
+        // Serialized as a struct, not through `json!`, so f32 logits print at f32 precision.
+        #[derive(Serialize)]
+        struct Top {
+            top: Vec<TopEntry>,
+        }
+        return print_json(&Top { top });
     }
     let wid = top.iter().map(|e| e.id.to_string().len()).max().unwrap_or(2).max(2);
     println!("next token after {} prompt tokens ({} of {}):", ids.len(), top.len(), last.size()[0]);
@@ -684,7 +694,14 @@ fn activations(a: ActivationsArgs) -> Result<()> {
     }
     let rows: Vec<&[f32]> = flat.chunks(d.max(1)).collect();
     if a.flags.json {
-        return print_json(&json!({ "layer": a.layer, "tokens": tokens, "shape": [t, d], "values": rows }));
+        #[derive(Serialize)]
+        struct Activations<'a> {
+            layer: usize,
+            tokens: &'a [String],
+            shape: [usize; 2],
+            values: &'a [&'a [f32]],
+        }
+        return print_json(&Activations { layer: a.layer, tokens: &tokens, shape: [t, d], values: &rows });
     }
     println!("layer {} output: {t} tokens × {d} dims (--json or --out for every value)", a.layer);
     let wt = tokens.iter().map(|s| show_token(s).chars().count()).max().unwrap_or(5).clamp(5, 24);

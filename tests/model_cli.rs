@@ -298,6 +298,46 @@ fn json_shapes() {
 }
 
 #[test]
+fn info_reads_hf_directories_and_digests_the_bytes() {
+    // An HF directory (config.json + model.safetensors, no tokenizer): architecture from
+    // config.json, digest over its files as `info --help` documents.
+    let dir = root().join("tests/golden/models/tiny-llama");
+    let got = json(&["model", "info", path_str(&dir), "--json"]);
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(got["format"], "hf");
+    assert_eq!(got["architecture"], "llama");
+    assert_eq!(got["num_layers"], config["num_hidden_layers"]);
+    assert_eq!(got["hidden_size"], config["hidden_size"]);
+    assert_eq!(got["vocab_size"], config["vocab_size"]);
+    assert_eq!(got["chat_template"]["format"], Value::Null);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut h = blake3::Hasher::new();
+    for n in &names {
+        let bytes = std::fs::read(dir.join(n)).unwrap();
+        h.update(n.as_bytes());
+        h.update(&[0]);
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    assert_eq!(got["digest"]["algorithm"], "blake3");
+    assert_eq!(got["digest"]["hex"], h.finalize().to_hex().as_str());
+
+    // A GGUF file: BLAKE3 of its bytes.
+    let g = golden(SMOL);
+    let Some(model) = model_path(&g) else { return };
+    let got = json(&["model", "info", path_str(&model), "--json"]);
+    let want = blake3::hash(&std::fs::read(&model).unwrap());
+    assert_eq!(got["digest"]["hex"], want.to_hex().as_str());
+    assert_eq!(got["num_layers"], g["meta"]["num_layers"]);
+    assert_eq!(got["hidden_size"], g["meta"]["hidden_size"]);
+    assert_eq!(got["vocab_size"], g["meta"]["vocab_size"]);
+}
+
+#[test]
 fn output_for_a_person() {
     let g = golden(GEMMA);
     let Some(model) = model_path(&g) else { return };
