@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-exec cargo test --workspace --release "$@"
+exec cargo test --workspace "$@"
