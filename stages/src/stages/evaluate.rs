@@ -178,3 +178,23 @@ impl Stage for Evaluate {
         write_json(ctx, "results.json", &results)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Category::{HardNegative as H, Negative as N, Positive as P};
+
+    #[test]
+    fn evaluators_on_a_small_concept() {
+        // Positives 3, 5; negatives 1, 4; hard negative 6 (dropped from the AUROC).
+        // sklearn: roc_auc_score([1,1,0,0], [3,5,1,4]) = 0.75; best F1 over the PR curve = 0.8 (threshold 3).
+        let r = evaluate_concept("m", 9, "DiffMean", 0, &[3.0, 5.0, 1.0, 4.0, 6.0], &[P, P, N, N, H]);
+        assert_eq!(r.auroc, Some(0.75));
+        assert!((r.f1.unwrap() - 0.8).abs() < 1e-12);
+        assert_eq!((r.n_positive, r.n_negative, r.n_hard_negative), (2, 2, 1));
+        // The hard negative scores above every positive: all misclassified at the Youden-J threshold.
+        assert_eq!(r.hard_negative_accuracy, Some(0.0));
+        let md = markdown(&Results { detection: vec![r] });
+        assert!(md.contains("| DiffMean | 0.750 | 0.800 | 0.000 | 0.750 |"), "{md}");
+    }
+}

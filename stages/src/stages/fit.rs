@@ -142,3 +142,29 @@ impl Stage for Fit {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_merge_over_the_file_and_typos_name_the_key() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/methods.toml");
+        let none = methods_config(&path, &Value::Table(Default::default())).unwrap();
+        assert_eq!(none, MethodsConfig::default());
+        let over = Value::from_json(&serde_json::json!({"LinearProbe": {"lr": 0.001}}));
+        let cfg = methods_config(&path, &over).unwrap();
+        assert_eq!((cfg.linear_probe.lr, cfg.linear_probe.n_epochs), (0.001, 24));
+        let bad = Value::from_json(&serde_json::json!({"LinearProbe": {"learning_rate": 0.001}}));
+        let err = methods_config(&path, &bad).unwrap_err().to_string();
+        assert!(err.contains("learning_rate"), "{err}");
+    }
+
+    #[test]
+    fn method_names_map_to_axbench_classes() {
+        for (short, class) in [("diffmean", "DiffMean"), ("pca", "PCA"), ("lat", "LAT"), ("probe", "LinearProbe"), ("probe_stable", "LinearProbeStable"), ("bow", "BoW"), ("Probe", "LinearProbe")] {
+            assert_eq!(method_class(short), Some(class), "{short}");
+        }
+        assert_eq!(method_class("reft"), None);
+    }
+}
