@@ -387,6 +387,13 @@ impl KvCache {
         Self { layers, len: 0 }
     }
 
+    /// Batch size the buffers were allocated for, if any are allocated yet.
+    pub fn batch(&self) -> Option<i64> {
+        self.layers
+            .iter()
+            .find_map(|l| l.k.as_ref().map(|k| k.size()[0]))
+    }
+
     /// Number of positions stored.
     pub fn len(&self) -> i64 {
         self.len

@@ -288,6 +288,13 @@ impl Model {
             return Err(ModelError::Input("input_ids has no positions".into()));
         }
         let past = cache.as_ref().map_or(0, |c| c.len);
+        if let Some(cb) = cache.as_ref().and_then(|c| c.batch())
+            && cb != b
+        {
+            return Err(ModelError::Input(format!(
+                "the KV cache holds {cb} rows, input_ids has {b}"
+            )));
+        }
         let mask = match attention_mask {
             Some(m) => {
                 if m.size() != [b, past + t] {

@@ -261,3 +261,15 @@ fn padding_helper_and_activations_agree_with_forward() {
         .unwrap_err();
     assert!(err.to_string().contains("stops after layer 1"), "{err}");
 }
+
+#[test]
+fn a_cache_for_another_batch_size_is_refused() {
+    let model = load(&tiny_dir("tiny-llama"));
+    let _g = tch::no_grad_guard();
+    let mut cache = model.new_cache(2, 8);
+    let ids = Tensor::from_slice(&[2i64, 5, 6]).view([1, 3]);
+    let err = model
+        .forward(&ids, None, &Hooks::none(), Logits::Last, Some(&mut cache))
+        .unwrap_err();
+    assert!(err.to_string().contains("KV cache holds 2 rows"), "{err}");
+}
