@@ -12,9 +12,11 @@
 //! reading it) *pending*: it is expanded in a later wave of the same run.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
 
 use crate::graph::StageGraph;
-use crate::spec::{Dim, Loc, PipelineSpec, SpecError, substitute};
+use crate::spec::{Dim, Loc, PipelineSpec, SpecError, refs_in, substitute};
 use crate::stage::{OutputKind, Registry};
 use crate::value::{Coord, Value, node_id};
 
@@ -22,16 +24,17 @@ use crate::value::{Coord, Value, node_id};
 #[derive(Clone, Debug)]
 pub struct Node {
     pub id: String,
-    /// Stage name in the pipeline.
-    pub stage: String,
+    /// Stage name in the pipeline (shared by all nodes of the stage).
+    pub stage: Arc<str>,
     /// Stage kind in the registry.
-    pub kind: String,
+    pub kind: Arc<str>,
     pub version: u32,
     pub coord: Coord,
     /// Every param the stage declares, resolved and type-checked (defaults filled in).
-    pub params: BTreeMap<String, Value>,
+    /// Shared between the nodes of a stage whose params do not depend on the coordinate.
+    pub params: Arc<BTreeMap<String, Value>>,
     /// Input name → upstream node indices (sorted by input name, then node order).
-    pub inputs: Vec<(String, Vec<usize>)>,
+    pub inputs: Vec<(Arc<str>, Vec<usize>)>,
     pub resources: BTreeMap<String, u32>,
     pub list_output: bool,
 }
@@ -50,12 +53,30 @@ pub struct Pending {
 pub struct NodeGraph {
     pub nodes: Vec<Node>,
     pub pending: Vec<Pending>,
-    pub by_id: HashMap<String, usize>,
+}
+
+/// Whether any param value of a stage refers to one of its fan-out dimensions.
+fn params_use_dims(values: &[&Value], dims: &[&String]) -> bool {
+    fn walk(v: &Value, dims: &[&String]) -> bool {
+        match v {
+            Value::Str(s) => refs_in(s).iter().any(|r| {
+                let base = r.split_once('.').map(|(b, _)| b).unwrap_or(r);
+                dims.iter().any(|d| d.as_str() == *r || d.as_str() == base)
+            }),
+            Value::List(l) => l.iter().any(|x| walk(x, dims)),
+            Value::Table(t) => t.values().any(|x| walk(x, dims)),
+            _ => false,
+        }
+    }
+    values.iter().any(|v| walk(v, dims))
 }
 
 /// Expands `spec`. `lists` holds the known list outputs (node id → items) of list stages.
 pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, lists: &HashMap<String, Vec<Value>>) -> Result<NodeGraph, SpecError> {
     let mut out = NodeGraph::default();
+    // Duplicate-id detection by 64-bit hash (ids are compared on a hash match).
+    let id_hasher = std::collections::hash_map::RandomState::new();
+    let mut seen_ids: HashMap<u64, usize> = HashMap::new();
     // stage → indices of its nodes; stage → whether any part of it is pending.
     let mut stage_nodes: HashMap<&str, Vec<usize>> = HashMap::new();
     let mut stage_pending: HashMap<&str, bool> = HashMap::new();
@@ -164,6 +185,12 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
             resources.insert(k.clone(), v.value);
         }
         let list_output = stage.output_kind() == OutputKind::List;
+        let stage_name: Arc<str> = Arc::from(sname.as_str());
+        let kind: Arc<str> = Arc::from(s.kind.value.as_str());
+        let input_names: Vec<Arc<str>> = input_tables.iter().map(|(n, _, _)| Arc::from(n.as_str())).collect();
+        let raw_values: Vec<&Value> = s.params.values().map(|v| &v.value).collect();
+        let per_node_params = params_use_dims(&raw_values, &dims);
+        let mut shared_params: Option<Arc<BTreeMap<String, Value>>> = None;
 
         let mut mine = Vec::with_capacity(coords.len());
         for coord in coords {
@@ -178,6 +205,9 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
                     }
                 })
             };
+            let resolved = match (&shared_params, per_node_params) {
+                (Some(shared), false) => shared.clone(),
+                _ => {
             let mut resolved = BTreeMap::new();
             for p in &declared {
                 let key = format!("stages.{sname}.params.{}", p.name);
@@ -196,6 +226,13 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
                 let v = p.ty.coerce(&v).ok_or_else(|| SpecError::new(&loc, key.clone(), format!("expected {}, got {} {}", p.ty.name(), v.type_name(), v.to_json())))?;
                 resolved.insert(p.name.to_string(), v);
             }
+                    let resolved = Arc::new(resolved);
+                    if !per_node_params {
+                        shared_params = Some(resolved.clone());
+                    }
+                    resolved
+                }
+            };
             // Table elements are identified by their `name`: their other fields reach the stage
             // only through the params that read them, so only those params enter the key.
             let coord: Coord = coord
@@ -206,7 +243,7 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
                 })
                 .collect();
             let mut inputs = Vec::with_capacity(input_tables.len());
-            for (iname, shared, table) in &input_tables {
+            for (ii, (iname, shared, table)) in input_tables.iter().enumerate() {
                 let ups = table.get(&project(&coord, shared)).cloned().unwrap_or_default();
                 let up = &s.inputs[iname];
                 let up_dims = spec.stages[&up.value].foreach.len();
@@ -218,14 +255,17 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
                         format!("node `{}` finds no node of `{}` at {}; the two stages fan out over different values", node_id(sname, &coord), up.value, shared.iter().map(|d| format!("{d}={}", coord[d])).collect::<Vec<_>>().join(",")),
                     ));
                 }
-                inputs.push((iname.clone(), ups));
+                inputs.push((input_names[ii].clone(), ups));
             }
             let id = node_id(sname, &coord);
             let idx = out.nodes.len();
-            if out.by_id.insert(id.clone(), idx).is_some() {
+            let mut h = id_hasher.build_hasher();
+            id.hash(&mut h);
+            let prev = seen_ids.insert(h.finish(), idx);
+            if prev.is_some_and(|p| out.nodes[p].id == id) {
                 return Err(SpecError::new(&s.loc, format!("stages.{sname}.foreach"), format!("two fan-out elements give the same node id `{id}`; give table elements distinct `name`s")));
             }
-            out.nodes.push(Node { id, stage: sname.clone(), kind: s.kind.value.clone(), version: stage.version(), coord, params: resolved, inputs, resources: resources.clone(), list_output });
+            out.nodes.push(Node { id, stage: stage_name.clone(), kind: kind.clone(), version: stage.version(), coord, params: resolved, inputs, resources: resources.clone(), list_output });
             mine.push(idx);
         }
         stage_nodes.insert(sname, mine);

@@ -85,7 +85,7 @@ impl Plan {
             .nodes
             .iter()
             .zip(&self.nodes)
-            .map(|(n, p)| PlanJsonNode { id: n.id.clone(), stage: n.stage.clone(), state: p.state, reason: p.reason.clone() })
+            .map(|(n, p)| PlanJsonNode { id: n.id.clone(), stage: n.stage.to_string(), state: p.state, reason: if p.state == NodeState::Fresh { "up to date".to_string() } else { p.reason.clone() } })
             .collect();
         nodes.extend(self.graph.pending.iter().map(|p| PlanJsonNode { id: p.id.clone(), stage: p.stage.clone(), state: NodeState::Missing, reason: p.reason.clone() }));
         PlanJson { to_run: self.to_run(), nodes }
@@ -181,10 +181,10 @@ fn plan_nodes(graph: &NodeGraph, registry: &Registry, store: &Store, reader: Opt
         for (iname, ups) in &node.inputs {
             for &u in ups {
                 match &out_digests[u] {
-                    Some(outs) => key_inputs.push(KeyInput { name: iname, coord: &graph.nodes[u].coord, outputs: outs }),
+                    Some(outs) => key_inputs.push(KeyInput { name: iname.as_ref(), coord: &graph.nodes[u].coord, outputs: outs }),
                     None => {
                         if unready.is_none() {
-                            unready = Some((iname.clone(), graph.nodes[u].id.clone()));
+                            unready = Some((iname.to_string(), graph.nodes[u].id.clone()));
                         }
                     }
                 }
@@ -207,7 +207,8 @@ fn plan_nodes(graph: &NodeGraph, registry: &Registry, store: &Store, reader: Opt
                 let broken: Vec<&String> = e.outputs.iter().filter(|(_, o)| !store.check_blob_with(reader, &o.digest)).map(|(n, _)| n).collect();
                 if broken.is_empty() {
                     p.state = NodeState::Fresh;
-                    p.reason = "up to date".to_string();
+                    // Only needed to build jobs and explain changes: not for fresh nodes.
+                    p.manifest_params = serde_json::Value::Null;
                     if latest != Some(key) {
                         // Reverting a change makes an older key current again.
                         store.note_latest(&node.id, &key);
@@ -249,7 +250,7 @@ fn explain(store: &Store, prev: &Digest, node: &crate::expand::Node, params: &se
     if m.stage_version != node.version {
         why.push(format!("stage `{}` code version {} -> {}", node.kind, m.stage_version, node.version));
     }
-    if m.stage != node.kind {
+    if m.stage != *node.kind {
         why.push(format!("stage kind {} -> {}", m.stage, node.kind));
     }
     let empty = serde_json::Map::new();
@@ -275,7 +276,7 @@ fn explain(store: &Store, prev: &Digest, node: &crate::expand::Node, params: &se
         prev_in.entry(i.name.as_str()).or_default().push(&i.outputs);
     }
     for (name, ups) in &node.inputs {
-        if cur.get(name.as_str()) != prev_in.get(name.as_str()) {
+        if cur.get(name.as_ref()) != prev_in.get(name.as_ref()) {
             let from: Vec<&str> = ups.iter().take(3).map(|&u| graph.nodes[u].id.as_str()).collect();
             let more = if ups.len() > 3 { format!(" and {} more", ups.len() - 3) } else { String::new() };
             why.push(format!("input `{name}` changed ({}{more})", from.join(", ")));

@@ -39,9 +39,9 @@ impl Reporter for BarReporter {
         let mut counts: Vec<(String, u64)> = Vec::new();
         for (n, p) in plan.graph.nodes.iter().zip(&plan.nodes) {
             if p.state != NodeState::Fresh {
-                match counts.iter_mut().find(|(s, _)| *s == n.stage) {
+                match counts.iter_mut().find(|(s, _)| s.as_str() == &*n.stage) {
                     Some((_, c)) => *c += 1,
-                    None => counts.push((n.stage.clone(), 1)),
+                    None => counts.push((n.stage.to_string(), 1)),
                 }
             }
         }
@@ -59,13 +59,13 @@ impl Reporter for BarReporter {
     }
 
     fn started(&self, node: &Node) {
-        if let Some(b) = self.bars.lock().unwrap().get(&node.stage) {
+        if let Some(b) = self.bars.lock().unwrap().get(&*node.stage) {
             b.set_message(node.id.clone());
         }
     }
 
     fn finished(&self, node: &Node, outcome: &str) {
-        if let Some(b) = self.bars.lock().unwrap().get(&node.stage) {
+        if let Some(b) = self.bars.lock().unwrap().get(&*node.stage) {
             b.inc(1);
             if outcome == "failed" {
                 b.set_message(format!("{} failed", node.id));

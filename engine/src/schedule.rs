@@ -190,7 +190,7 @@ async fn run_wave(
             let mut di = 0;
             for (iname, ups) in &node.inputs {
                 for &u in ups {
-                    key_inputs.push(KeyInput { name: iname, coord: &nodes[u].coord, outputs: &digests[di] });
+                    key_inputs.push(KeyInput { name: iname.as_ref(), coord: &nodes[u].coord, outputs: &digests[di] });
                     di += 1;
                 }
             }
@@ -207,7 +207,7 @@ async fn run_wave(
             let mut inputs: BTreeMap<String, Vec<JobInput>> = BTreeMap::new();
             let mut di = 0;
             for (iname, ups) in &node.inputs {
-                let v = inputs.entry(iname.clone()).or_default();
+                let v = inputs.entry(iname.to_string()).or_default();
                 for &u in ups {
                     v.push(JobInput { node: nodes[u].id.clone(), coord: nodes[u].coord.clone(), key: keys[u], outputs: digests[di].clone() });
                     di += 1;
@@ -216,11 +216,11 @@ async fn run_wave(
             let job = NodeJob {
                 key,
                 node: node.id.clone(),
-                stage: node.stage.clone(),
-                kind: node.kind.clone(),
+                stage: node.stage.to_string(),
+                kind: node.kind.to_string(),
                 version: node.version,
                 coord: node.coord.clone(),
-                params: node.params.clone(),
+                params: (*node.params).clone(),
                 manifest_params: p.nodes[i].manifest_params.clone(),
                 inputs,
                 project_dir: p.project_dir.clone(),
