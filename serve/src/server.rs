@@ -12,7 +12,7 @@ use axbench_models::chat::{ChatTemplate, Message, Role};
 use axbench_models::generate::Sampling;
 use axbench_models::gguf::GgufFile;
 use axbench_models::model::LoadOptions;
-use axbench_models::tokenizer::Tokenizer;
+use axbench_models::tokenizer::{GgufTokenizerOptions, SpmFlavor, Tokenizer};
 use axbench_models::vectors::load_steers;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -143,7 +143,11 @@ fn build_state(cfg: ServerConfig) -> Result<AppState, ServeError> {
     let is_gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     let (tokenizer, template, ctx) = if is_gguf {
         let file = GgufFile::open(path).map_err(|e| load_err(e.to_string()))?;
-        let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| load_err(e.to_string()))?;
+        // llama.cpp's SentencePiece-BPE rule, not transformers' Unigram reading of the scores: it
+        // reproduces the original Gemma tokenizer ("capital" is one token, not " c|ap|it|al"), which
+        // is what the model was trained on. Byte-level BPE vocabularies (SmolLM2) are unaffected.
+        let opts = GgufTokenizerOptions { spm: SpmFlavor::LlamaCpp };
+        let tokenizer = Tokenizer::from_gguf_with(&file, opts).map_err(|e| load_err(e.to_string()))?;
         let template = ChatTemplate::from_gguf(&file).ok();
         let ctx = file
             .arch_key("context_length")

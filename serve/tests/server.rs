@@ -15,7 +15,7 @@ use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use axbench_models::gguf::GgufFile;
 use axbench_models::model::LoadOptions;
-use axbench_models::tokenizer::Tokenizer;
+use axbench_models::tokenizer::{GgufTokenizerOptions, SpmFlavor, Tokenizer};
 use axbench_models::vectors::{ControlVector, SteeringVector, VectorFile};
 use axbench_serve::{EngineOptions, ServerConfig, Stats};
 use futures::StreamExt;
@@ -110,7 +110,8 @@ fn fixture() -> &'static Fixture {
             });
         });
         let (main, auth, stats) = rx.recv().unwrap();
-        let tokenizer = Tokenizer::from_gguf_path(&model).unwrap();
+        let opts = GgufTokenizerOptions { spm: SpmFlavor::LlamaCpp };
+        let tokenizer = Tokenizer::from_gguf_with(&GgufFile::open(&model).unwrap(), opts).unwrap();
         Fixture { main, auth, stats, model, tokenizer, golden, cv_path, _dir: dir }
     })
 }
