@@ -104,7 +104,7 @@ pub fn evaluate_outputs(spec: &PipelineSpec, registry: &Registry, store: &Store,
     let plan = axbench_engine::plan(spec, registry, store, project, &mut lists)?;
     let mut out = Vec::new();
     for (n, p) in plan.graph.nodes.iter().zip(&plan.nodes) {
-        if n.kind != EVALUATE_KIND {
+        if &*n.kind != EVALUATE_KIND {
             continue;
         }
         let outputs = match (&p.state, &p.outputs) {

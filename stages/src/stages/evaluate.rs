@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::infer::{InferMeta, read_scores};
 use super::{fail, read_json, write_json};
 use crate::data::Category;
-use crate::metrics::{aucroc_evaluator, hard_negative_evaluator, max_f1, mean_over_concepts};
+use crate::metrics::mean_over_concepts;
 use crate::tables::{self, DetectionResultRow};
 
 pub struct Evaluate;
@@ -46,32 +46,29 @@ pub struct Results {
     pub detection: Vec<ResultRow>,
 }
 
-fn finite(x: f64) -> Option<f64> {
-    x.is_finite().then_some(x)
+impl From<DetectionResultRow> for ResultRow {
+    fn from(r: DetectionResultRow) -> Self {
+        ResultRow {
+            model: r.model,
+            layer: r.layer,
+            method: r.method,
+            concept_id: r.concept_id,
+            auroc: r.auroc,
+            f1: r.f1,
+            optimal_threshold: r.optimal_threshold,
+            positive_accuracy: r.positive_accuracy,
+            hard_negative_accuracy: r.hard_negative_accuracy,
+            macro_avg_accuracy: r.macro_avg_accuracy,
+            n_positive: r.n_positive,
+            n_negative: r.n_negative,
+            n_hard_negative: r.n_hard_negative,
+        }
+    }
 }
 
-/// The evaluators on one concept's scores.
-pub fn evaluate_concept(model: &str, layer: i64, method: &str, concept_id: i64, max_acts: &[f64], categories: &[Category]) -> ResultRow {
-    let count = |c: Category| categories.iter().filter(|x| **x == c).count() as i64;
-    let auc = aucroc_evaluator(max_acts, categories);
-    let hn = hard_negative_evaluator(max_acts, categories);
-    let (labels, scores): (Vec<bool>, Vec<f64>) =
-        max_acts.iter().zip(categories).filter(|(_, c)| **c != Category::HardNegative).map(|(s, c)| (*c == Category::Positive, *s)).unzip();
-    ResultRow {
-        model: model.to_owned(),
-        layer,
-        method: method.to_owned(),
-        concept_id,
-        auroc: finite(auc.roc_auc),
-        f1: max_f1(&labels, &scores).map(|m| m.f1).and_then(finite),
-        optimal_threshold: finite(auc.optimal_threshold),
-        positive_accuracy: hn.map(|h| h.positive_accuracy),
-        hard_negative_accuracy: hn.map(|h| h.hard_negative_accuracy),
-        macro_avg_accuracy: hn.map(|h| h.macro_avg_accuracy),
-        n_positive: count(Category::Positive),
-        n_negative: count(Category::Negative),
-        n_hard_negative: count(Category::HardNegative),
-    }
+/// The evaluators on one concept's scores ([`crate::metrics::evaluate_concept`], balanced setting).
+pub fn evaluate_concept(model: &str, layer: i64, method: &str, concept_id: i64, max_acts: &[f64], categories: &[Category]) -> DetectionResultRow {
+    crate::metrics::evaluate_concept(max_acts, categories, None).to_row(model, layer, method, concept_id)
 }
 
 fn fmt(x: Option<f64>) -> String {
@@ -142,35 +139,16 @@ impl Stage for Evaluate {
         "AUROC, hard-negative accuracy and max-F1 per concept and method (results.parquet, results.json, results.md)"
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
-        let mut results = Results::default();
+        let mut rows = Vec::new();
         for art in ctx.inputs("scores")? {
             let meta: InferMeta = read_json(art.file("infer.json")?)?;
             let scores = read_scores(art.file("scores.parquet")?)?;
             let max_acts: Vec<f64> = scores.iter().map(|s| s.max_act).collect();
             let cats: Vec<Category> = scores.iter().map(|s| s.category).collect();
-            results.detection.push(evaluate_concept(&meta.model, meta.layer, &meta.method_class, meta.concept_id, &max_acts, &cats));
+            rows.push(evaluate_concept(&meta.model, meta.layer, &meta.method_class, meta.concept_id, &max_acts, &cats));
         }
-        results.detection.sort_by(|a, b| (&a.model, a.layer, &a.method, a.concept_id).cmp(&(&b.model, b.layer, &b.method, b.concept_id)));
-        let rows: Vec<DetectionResultRow> = results
-            .detection
-            .iter()
-            .map(|r| DetectionResultRow {
-                model: r.model.clone(),
-                layer: r.layer,
-                method: r.method.clone(),
-                concept_id: r.concept_id,
-                auroc: r.auroc,
-                optimal_threshold: r.optimal_threshold,
-                positive_accuracy: r.positive_accuracy,
-                hard_negative_accuracy: r.hard_negative_accuracy,
-                macro_avg_accuracy: r.macro_avg_accuracy,
-                f1: r.f1,
-                f1_imbalanced: None,
-                n_positive: r.n_positive,
-                n_negative: r.n_negative,
-                n_hard_negative: r.n_hard_negative,
-            })
-            .collect();
+        rows.sort_by(|a, b| (&a.model, a.layer, &a.method, a.concept_id).cmp(&(&b.model, b.layer, &b.method, b.concept_id)));
+        let results = Results { detection: rows.iter().cloned().map(ResultRow::from).collect() };
         let batch = tables::detection_results_batch(&rows).map_err(|e| fail("results", e))?;
         tables::write_parquet_atomic(&ctx.output_path("results.parquet")?, &batch).map_err(|e| fail("results", e))?;
         let md = markdown(&results);
@@ -188,7 +166,7 @@ mod tests {
     fn evaluators_on_a_small_concept() {
         // Positives 3, 5; negatives 1, 4; hard negative 6 (dropped from the AUROC).
         // sklearn: roc_auc_score([1,1,0,0], [3,5,1,4]) = 0.75; best F1 over the PR curve = 0.8 (threshold 3).
-        let r = evaluate_concept("m", 9, "DiffMean", 0, &[3.0, 5.0, 1.0, 4.0, 6.0], &[P, P, N, N, H]);
+        let r = ResultRow::from(evaluate_concept("m", 9, "DiffMean", 0, &[3.0, 5.0, 1.0, 4.0, 6.0], &[P, P, N, N, H]));
         assert_eq!(r.auroc, Some(0.75));
         assert!((r.f1.unwrap() - 0.8).abs() < 1e-12);
         assert_eq!((r.n_positive, r.n_negative, r.n_hard_negative), (2, 2, 1));
