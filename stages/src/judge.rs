@@ -60,7 +60,10 @@ pub fn parse_rating(completion: &str) -> Rating {
     };
     let tail = completion[at + "Rating:".len()..].trim();
     let first_line = tail.split('\n').next().unwrap_or("").trim();
-    let no_brackets: String = first_line.chars().filter(|c| *c != '[' && *c != ']').collect();
+    let no_brackets: String = first_line
+        .chars()
+        .filter(|c| *c != '[' && *c != ']')
+        .collect();
     // Python: .rstrip('.').strip('"').strip("'").strip("*").strip()
     let cleaned = no_brackets
         .trim_end_matches('.')
@@ -70,7 +73,10 @@ pub fn parse_rating(completion: &str) -> Rating {
         .trim();
     match parse_python_float(cleaned) {
         None => Rating::zero(RatingStatus::Unparsable),
-        Some(v) if (0.0..=2.0).contains(&v) => Rating { value: v, status: RatingStatus::Parsed },
+        Some(v) if (0.0..=2.0).contains(&v) => Rating {
+            value: v,
+            status: RatingStatus::Parsed,
+        },
         Some(_) => Rating::zero(RatingStatus::OutOfRange),
     }
 }
@@ -87,14 +93,21 @@ fn parse_python_float(s: &str) -> Option<f64> {
         return None;
     }
     if matches!(body, "inf" | "infinity" | "nan") {
-        let v = if body == "nan" { f64::NAN } else { f64::INFINITY };
+        let v = if body == "nan" {
+            f64::NAN
+        } else {
+            f64::INFINITY
+        };
         return Some(if lower.starts_with('-') { -v } else { v });
     }
     // Underscores are allowed only between digits.
     let bytes = body.as_bytes();
     for (i, b) in bytes.iter().enumerate() {
         if *b == b'_' {
-            let ok = i > 0 && i + 1 < bytes.len() && bytes[i - 1].is_ascii_digit() && bytes[i + 1].is_ascii_digit();
+            let ok = i > 0
+                && i + 1 < bytes.len()
+                && bytes[i - 1].is_ascii_digit()
+                && bytes[i + 1].is_ascii_digit();
             if !ok {
                 return None;
             }
@@ -148,10 +161,16 @@ pub struct JudgeItem {
 /// The three judge prompts of one item, in [`Aspect::ALL`] order.
 pub fn judge_prompts(prompts: &PromptSet, item: &JudgeItem) -> Result<[String; 3], PromptError> {
     Ok([
-        prompts.render(Template::JudgeConcept, &[("concept", &item.concept), ("sentence", &item.generation)])?,
+        prompts.render(
+            Template::JudgeConcept,
+            &[("concept", &item.concept), ("sentence", &item.generation)],
+        )?,
         prompts.render(
             Template::JudgeInstruction,
-            &[("instruction", &item.instruction), ("sentence", &item.generation)],
+            &[
+                ("instruction", &item.instruction),
+                ("sentence", &item.generation),
+            ],
         )?,
         prompts.render(Template::JudgeFluency, &[("sentence", &item.generation)])?,
     ])
@@ -171,9 +190,20 @@ pub struct Judged {
 
 impl Judged {
     /// Combine three ratings.
-    pub fn from_ratings(concept: Rating, instruction: Rating, fluency: Rating, completions: [String; 3]) -> Self {
+    pub fn from_ratings(
+        concept: Rating,
+        instruction: Rating,
+        fluency: Rating,
+        completions: [String; 3],
+    ) -> Self {
         let score = harmonic_mean(&[concept.value, instruction.value, fluency.value]);
-        Self { concept, instruction, fluency, score, completions }
+        Self {
+            concept,
+            instruction,
+            fluency,
+            score,
+            completions,
+        }
     }
 
     pub fn ratings(&self) -> [Rating; 3] {
@@ -196,7 +226,9 @@ pub struct JudgeStats {
 fn rating_of(record: &CallRecord) -> (Rating, String) {
     match &record.outcome {
         CallOutcome::Completed(c) => (parse_rating(&c.text), c.text.clone()),
-        CallOutcome::Refused(_) | CallOutcome::Failed(_) => (Rating::zero(RatingStatus::NoReply), String::new()),
+        CallOutcome::Refused(_) | CallOutcome::Failed(_) => {
+            (Rating::zero(RatingStatus::NoReply), String::new())
+        }
     }
 }
 
@@ -216,14 +248,34 @@ pub async fn judge_all(
         }
     }
     let records = client.call_many(&requests).await;
-    let mut stats = JudgeStats { items: items.len() as u64, ..Default::default() };
+    let mut stats = JudgeStats {
+        items: items.len() as u64,
+        ..Default::default()
+    };
     let mut out = Vec::with_capacity(items.len());
     for chunk in records.chunks(3) {
-        let [(c, ct), (i, it), (f, ft)] = [rating_of(&chunk[0]), rating_of(&chunk[1]), rating_of(&chunk[2])];
+        let [(c, ct), (i, it), (f, ft)] = [
+            rating_of(&chunk[0]),
+            rating_of(&chunk[1]),
+            rating_of(&chunk[2]),
+        ];
         for (aspect, r) in Aspect::ALL.iter().zip([c, i, f]) {
-            let status = serde_json::to_value(r.status).unwrap().as_str().unwrap().to_string();
-            let aspect = serde_json::to_value(aspect).unwrap().as_str().unwrap().to_string();
-            *stats.statuses.entry(aspect).or_default().entry(status).or_default() += 1;
+            let status = serde_json::to_value(r.status)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string();
+            let aspect = serde_json::to_value(aspect)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string();
+            *stats
+                .statuses
+                .entry(aspect)
+                .or_default()
+                .entry(status)
+                .or_default() += 1;
             match r.status {
                 RatingStatus::Parsed => {}
                 RatingStatus::NoReply => stats.no_reply += 1,
@@ -248,7 +300,11 @@ pub struct ScoredGeneration {
 /// Python's `round` (half to even), which AxBench's split uses.
 fn round_half_even(x: f64) -> f64 {
     let r = x.round();
-    if (x - x.trunc()).abs() == 0.5 { 2.0 * (x / 2.0).round() } else { r }
+    if (x - x.trunc()).abs() == 0.5 {
+        2.0 * (x / 2.0).round()
+    } else {
+        r
+    }
 }
 
 /// Number of instruction ids used for factor selection: AxBench's
@@ -271,8 +327,11 @@ pub struct FactorChoice {
     pub n_test: usize,
 }
 
-/// Mean score per factor over `rows`, factors ascending (AxBench groups by factor, which sorts).
-fn mean_by_factor<'a>(rows: impl Iterator<Item = &'a ScoredGeneration>) -> Vec<(f64, f64, usize)> {
+/// `(factor, mean score, n)` over `rows`, factors ascending (AxBench's per-factor
+/// `lm_judge_rating`; pandas' groupby sorts the factors).
+pub fn mean_by_factor<'a>(
+    rows: impl Iterator<Item = &'a ScoredGeneration>,
+) -> Vec<(f64, f64, usize)> {
     let mut acc: Vec<(f64, f64, usize)> = Vec::new();
     for r in rows {
         match acc.iter_mut().find(|(f, _, _)| *f == r.factor) {
@@ -284,7 +343,9 @@ fn mean_by_factor<'a>(rows: impl Iterator<Item = &'a ScoredGeneration>) -> Vec<(
         }
     }
     acc.sort_by(|a, b| a.0.total_cmp(&b.0));
-    acc.into_iter().map(|(f, s, n)| (f, s / n as f64, n)).collect()
+    acc.into_iter()
+        .map(|(f, s, n)| (f, s / n as f64, n))
+        .collect()
 }
 
 /// Per concept and method: pick the factor with the highest mean score on the selection half
@@ -294,7 +355,10 @@ pub fn select_factors(rows: &[ScoredGeneration], split_ratio: f64) -> Vec<Factor
     let mut groups: BTreeMap<(i64, &str), Vec<&ScoredGeneration>> = BTreeMap::new();
     let mut n_ids: BTreeMap<i64, u32> = BTreeMap::new();
     for r in rows {
-        groups.entry((r.concept_id, r.method.as_str())).or_default().push(r);
+        groups
+            .entry((r.concept_id, r.method.as_str()))
+            .or_default()
+            .push(r);
         let n = n_ids.entry(r.concept_id).or_default();
         *n = (*n).max(r.input_id + 1);
     }
@@ -302,15 +366,22 @@ pub fn select_factors(rows: &[ScoredGeneration], split_ratio: f64) -> Vec<Factor
     for ((concept_id, method), group) in groups {
         let cut = selection_split(n_ids[&concept_id], split_ratio);
         let selection = mean_by_factor(group.iter().copied().filter(|r| r.input_id < cut));
-        let Some(best) = selection.iter().fold(None::<(f64, f64)>, |best, &(f, m, _)| match best {
-            Some((_, bm)) if bm >= m => best,
-            _ => Some((f, m)),
-        }) else {
+        let Some(best) = selection
+            .iter()
+            .fold(None::<(f64, f64)>, |best, &(f, m, _)| match best {
+                Some((_, bm)) if bm >= m => best,
+                _ => Some((f, m)),
+            })
+        else {
             continue;
         };
-        let test: Vec<&ScoredGeneration> =
-            group.iter().copied().filter(|r| r.input_id >= cut && r.factor == best.0).collect();
-        let test_score = (!test.is_empty()).then(|| test.iter().map(|r| r.score).sum::<f64>() / test.len() as f64);
+        let test: Vec<&ScoredGeneration> = group
+            .iter()
+            .copied()
+            .filter(|r| r.input_id >= cut && r.factor == best.0)
+            .collect();
+        let test_score = (!test.is_empty())
+            .then(|| test.iter().map(|r| r.score).sum::<f64>() / test.len() as f64);
         out.push(FactorChoice {
             concept_id,
             method: method.to_string(),
@@ -353,34 +424,59 @@ impl WinRate {
 
     /// The paper's win rate: ties count half (Table 3).
     pub fn rate(&self) -> f64 {
-        if self.total() == 0 { 0.0 } else { (self.wins as f64 + 0.5 * self.ties as f64) / self.total() as f64 }
+        if self.total() == 0 {
+            0.0
+        } else {
+            (self.wins as f64 + 0.5 * self.ties as f64) / self.total() as f64
+        }
     }
 
     /// AxBench's code reports `win_rate = wins / total` (ties separate as `tie_rate`).
     pub fn strict_rate(&self) -> f64 {
-        if self.total() == 0 { 0.0 } else { self.wins as f64 / self.total() as f64 }
+        if self.total() == 0 {
+            0.0
+        } else {
+            self.wins as f64 / self.total() as f64
+        }
     }
 }
 
 /// Win rate of `method` against `baseline` on the held-out half, each at its chosen factor,
 /// pairing samples by (concept_id, input_id). Baseline rows with no partner are skipped.
-pub fn win_rate(rows: &[ScoredGeneration], choices: &[FactorChoice], method: &str, baseline: &str, split_ratio: f64) -> WinRate {
-    let factor_of = |cid: i64, m: &str| choices.iter().find(|c| c.concept_id == cid && c.method == m).map(|c| c.factor);
+pub fn win_rate(
+    rows: &[ScoredGeneration],
+    choices: &[FactorChoice],
+    method: &str,
+    baseline: &str,
+    split_ratio: f64,
+) -> WinRate {
+    let factor_of = |cid: i64, m: &str| {
+        choices
+            .iter()
+            .find(|c| c.concept_id == cid && c.method == m)
+            .map(|c| c.factor)
+    };
     let mut n_ids: BTreeMap<i64, u32> = BTreeMap::new();
     for r in rows {
         let n = n_ids.entry(r.concept_id).or_default();
         *n = (*n).max(r.input_id + 1);
     }
-    let held_out = |r: &ScoredGeneration| r.input_id >= selection_split(n_ids[&r.concept_id], split_ratio);
+    let held_out =
+        |r: &ScoredGeneration| r.input_id >= selection_split(n_ids[&r.concept_id], split_ratio);
     let pick = |m: &str| -> BTreeMap<(i64, u32), f64> {
         rows.iter()
-            .filter(|r| r.method == m && held_out(r) && factor_of(r.concept_id, m) == Some(r.factor))
+            .filter(|r| {
+                r.method == m && held_out(r) && factor_of(r.concept_id, m) == Some(r.factor)
+            })
             .map(|r| ((r.concept_id, r.input_id), r.score))
             .collect()
     };
     let ours = pick(method);
     let theirs = pick(baseline);
-    WinRate::from_pairs(ours.iter().filter_map(|(k, s)| theirs.get(k).map(|b| (*s, *b))))
+    WinRate::from_pairs(
+        ours.iter()
+            .filter_map(|(k, s)| theirs.get(k).map(|b| (*s, *b))),
+    )
 }
 
 #[cfg(test)]
@@ -411,8 +507,20 @@ mod tests {
         assert_eq!(selection_split(1, 0.5), 1);
     }
 
-    fn row(concept_id: i64, method: &str, input_id: u32, factor: f64, score: f64) -> ScoredGeneration {
-        ScoredGeneration { concept_id, method: method.into(), input_id, factor, score }
+    fn row(
+        concept_id: i64,
+        method: &str,
+        input_id: u32,
+        factor: f64,
+        score: f64,
+    ) -> ScoredGeneration {
+        ScoredGeneration {
+            concept_id,
+            method: method.into(),
+            input_id,
+            factor,
+            score,
+        }
     }
 
     #[test]
@@ -420,8 +528,14 @@ mod tests {
         let mut rows = Vec::new();
         // 4 instructions: ids 0,1 select; 2,3 test. Factor 1.0 best on selection, 2.0 best on test.
         for (id, f, s) in [
-            (0, 1.0, 2.0), (1, 1.0, 1.0), (0, 2.0, 0.0), (1, 2.0, 1.0),
-            (2, 1.0, 0.5), (3, 1.0, 1.5), (2, 2.0, 2.0), (3, 2.0, 2.0),
+            (0, 1.0, 2.0),
+            (1, 1.0, 1.0),
+            (0, 2.0, 0.0),
+            (1, 2.0, 1.0),
+            (2, 1.0, 0.5),
+            (3, 1.0, 1.5),
+            (2, 2.0, 2.0),
+            (3, 2.0, 2.0),
         ] {
             rows.push(row(0, "DiffMean", id, f, s));
         }
@@ -437,8 +551,12 @@ mod tests {
     #[test]
     fn factor_ties_pick_the_smallest_factor() {
         let rows = vec![
-            row(3, "M", 0, 2.0, 1.0), row(3, "M", 0, 0.5, 1.0), row(3, "M", 0, 1.0, 1.0),
-            row(3, "M", 1, 2.0, 0.0), row(3, "M", 1, 0.5, 2.0), row(3, "M", 1, 1.0, 0.0),
+            row(3, "M", 0, 2.0, 1.0),
+            row(3, "M", 0, 0.5, 1.0),
+            row(3, "M", 0, 1.0, 1.0),
+            row(3, "M", 1, 2.0, 0.0),
+            row(3, "M", 1, 0.5, 2.0),
+            row(3, "M", 1, 1.0, 0.0),
         ];
         let c = select_factors(&rows, 0.5);
         assert_eq!(c[0].factor, 0.5);
@@ -449,12 +567,24 @@ mod tests {
     #[test]
     fn factor_selection_is_per_concept_and_method() {
         let rows = vec![
-            row(0, "A", 0, 1.0, 2.0), row(0, "A", 0, 2.0, 1.0), row(0, "A", 1, 1.0, 0.0), row(0, "A", 1, 2.0, 0.0),
-            row(0, "B", 0, 1.0, 0.0), row(0, "B", 0, 2.0, 1.0), row(0, "B", 1, 1.0, 0.0), row(0, "B", 1, 2.0, 0.0),
-            row(1, "A", 0, 1.0, 0.0), row(1, "A", 0, 2.0, 2.0), row(1, "A", 1, 1.0, 0.0), row(1, "A", 1, 2.0, 0.0),
+            row(0, "A", 0, 1.0, 2.0),
+            row(0, "A", 0, 2.0, 1.0),
+            row(0, "A", 1, 1.0, 0.0),
+            row(0, "A", 1, 2.0, 0.0),
+            row(0, "B", 0, 1.0, 0.0),
+            row(0, "B", 0, 2.0, 1.0),
+            row(0, "B", 1, 1.0, 0.0),
+            row(0, "B", 1, 2.0, 0.0),
+            row(1, "A", 0, 1.0, 0.0),
+            row(1, "A", 0, 2.0, 2.0),
+            row(1, "A", 1, 1.0, 0.0),
+            row(1, "A", 1, 2.0, 0.0),
         ];
         let c = select_factors(&rows, 0.5);
-        let f: Vec<(i64, &str, f64)> = c.iter().map(|c| (c.concept_id, c.method.as_str(), c.factor)).collect();
+        let f: Vec<(i64, &str, f64)> = c
+            .iter()
+            .map(|c| (c.concept_id, c.method.as_str(), c.factor))
+            .collect();
         assert_eq!(f, vec![(0, "A", 1.0), (0, "B", 2.0), (1, "A", 2.0)]);
     }
 

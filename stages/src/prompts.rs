@@ -76,7 +76,9 @@ impl Template {
     pub fn placeholders(self) -> &'static [&'static str] {
         match self {
             Template::Genre | Template::ConceptWords | Template::SteeringPrompt => &["concept"],
-            Template::ResponseWithConcept | Template::ResponseWithoutConcept => &["concept", "instruction"],
+            Template::ResponseWithConcept | Template::ResponseWithoutConcept => {
+                &["concept", "instruction"]
+            }
             Template::WordOtherMeaning => &["concept", "word"],
             Template::ContrastFilter => &["concept", "meaning", "word"],
             Template::ResponseWithContrastConcept => &["concept", "instruction", "meaning", "word"],
@@ -93,9 +95,17 @@ pub enum PromptError {
     #[error("prompt template {path}: {message}")]
     Io { path: PathBuf, message: String },
     #[error("prompt template {path}: line {line}: {message}")]
-    Syntax { path: PathBuf, line: usize, message: String },
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("prompt template {path}: uses unknown placeholder {{{name}}} (allowed: {allowed})")]
-    UnknownPlaceholder { path: PathBuf, name: String, allowed: String },
+    UnknownPlaceholder {
+        path: PathBuf,
+        name: String,
+        allowed: String,
+    },
     #[error("prompt template {path}: never uses placeholder {{{name}}}")]
     UnusedPlaceholder { path: PathBuf, name: String },
     #[error("prompt template {path}: no value given for placeholder {{{name}}}")]
@@ -144,13 +154,21 @@ impl PromptTemplate {
                         name.push(n);
                     }
                     if !closed {
-                        return Err(PromptError::Syntax { path, line: line_of(at), message: "unclosed `{`".into() });
-                    }
-                    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                         return Err(PromptError::Syntax {
                             path,
                             line: line_of(at),
-                            message: format!("bad placeholder name {name:?} (write `{{{{` for a literal brace)"),
+                            message: "unclosed `{`".into(),
+                        });
+                    }
+                    if name.is_empty()
+                        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    {
+                        return Err(PromptError::Syntax {
+                            path,
+                            line: line_of(at),
+                            message: format!(
+                                "bad placeholder name {name:?} (write `{{{{` for a literal brace)"
+                            ),
                         });
                     }
                     if !buf.is_empty() {
@@ -192,9 +210,14 @@ impl PromptTemplate {
             match piece {
                 Piece::Text(t) => out.push_str(t),
                 Piece::Slot(name) => {
-                    let value = values.iter().find(|(k, _)| k == name).map(|(_, v)| *v).ok_or_else(|| {
-                        PromptError::MissingValue { path: self.path.clone(), name: name.clone() }
-                    })?;
+                    let value = values
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| *v)
+                        .ok_or_else(|| PromptError::MissingValue {
+                            path: self.path.clone(),
+                            name: name.clone(),
+                        })?;
                     out.push_str(value);
                 }
             }
@@ -222,8 +245,10 @@ impl PromptSet {
         let mut hasher = blake3::Hasher::new();
         for t in Template::ALL {
             let path = dir.join(t.file_name());
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| PromptError::Io { path: path.clone(), message: e.to_string() })?;
+            let text = std::fs::read_to_string(&path).map_err(|e| PromptError::Io {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
             let parsed = PromptTemplate::parse(&text, &path)?;
             check_placeholders(t, &parsed)?;
             // Length-prefixed name and text, so no two sets hash alike by concatenation.
@@ -233,7 +258,10 @@ impl PromptSet {
             }
             templates.insert(t, parsed);
         }
-        Ok(Self { templates, digest: hasher.finalize().to_hex().to_string() })
+        Ok(Self {
+            templates,
+            digest: hasher.finalize().to_hex().to_string(),
+        })
     }
 
     /// blake3 of every template's name and text: a stage that renders these prompts puts this in
@@ -243,7 +271,11 @@ impl PromptSet {
     }
 
     /// Render one template.
-    pub fn render(&self, template: Template, values: &[(&str, &str)]) -> Result<String, PromptError> {
+    pub fn render(
+        &self,
+        template: Template,
+        values: &[(&str, &str)],
+    ) -> Result<String, PromptError> {
         self.templates[&template].render(values)
     }
 
@@ -259,11 +291,19 @@ fn check_placeholders(t: Template, parsed: &PromptTemplate) -> Result<(), Prompt
         return Err(PromptError::UnknownPlaceholder {
             path: parsed.path.clone(),
             name: extra.to_string(),
-            allowed: t.placeholders().iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", "),
+            allowed: t
+                .placeholders()
+                .iter()
+                .map(|p| format!("{{{p}}}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         });
     }
     if let Some(missing) = allowed.difference(&used).next() {
-        return Err(PromptError::UnusedPlaceholder { path: parsed.path.clone(), name: missing.to_string() });
+        return Err(PromptError::UnusedPlaceholder {
+            path: parsed.path.clone(),
+            name: missing.to_string(),
+        });
     }
     Ok(())
 }
@@ -276,7 +316,10 @@ mod tests {
     fn parses_slots_and_escapes() {
         let t = PromptTemplate::parse("a {x} {{lit}} b}} {y_2}", "t.txt").unwrap();
         assert_eq!(t.placeholders(), BTreeSet::from(["x", "y_2"]));
-        assert_eq!(t.render(&[("x", "{1}"), ("y_2", "2")]).unwrap(), "a {1} {lit} b} 2");
+        assert_eq!(
+            t.render(&[("x", "{1}"), ("y_2", "2")]).unwrap(),
+            "a {1} {lit} b} 2"
+        );
     }
 
     #[test]
@@ -302,17 +345,31 @@ mod tests {
     fn load_rejects_wrong_placeholder_sets() {
         let dir = tempfile::tempdir().unwrap();
         for t in Template::ALL {
-            std::fs::copy(PromptSet::default_dir().join(t.file_name()), dir.path().join(t.file_name())).unwrap();
+            std::fs::copy(
+                PromptSet::default_dir().join(t.file_name()),
+                dir.path().join(t.file_name()),
+            )
+            .unwrap();
         }
         let a = PromptSet::load(dir.path()).unwrap();
-        assert_eq!(a.digest(), PromptSet::load(&PromptSet::default_dir()).unwrap().digest());
+        assert_eq!(
+            a.digest(),
+            PromptSet::load(&PromptSet::default_dir()).unwrap().digest()
+        );
         let judge = dir.path().join("judge_fluency.txt");
         let original = std::fs::read_to_string(&judge).unwrap();
         std::fs::write(&judge, original.replace("fluent", "fluent,")).unwrap();
-        assert_ne!(PromptSet::load(dir.path()).unwrap().digest(), a.digest(), "an edit changes the digest");
+        assert_ne!(
+            PromptSet::load(dir.path()).unwrap().digest(),
+            a.digest(),
+            "an edit changes the digest"
+        );
         std::fs::write(&judge, "Rate {sentense}").unwrap();
         let e = PromptSet::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("judge_fluency.txt") && e.contains("{sentense}") && e.contains("{sentence}"), "{e}");
+        assert!(
+            e.contains("judge_fluency.txt") && e.contains("{sentense}") && e.contains("{sentence}"),
+            "{e}"
+        );
         std::fs::write(&judge, "Rate nothing").unwrap();
         let e = PromptSet::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("never uses placeholder {sentence}"), "{e}");
@@ -326,7 +383,8 @@ mod tests {
         let set = PromptSet::load(&PromptSet::default_dir()).unwrap();
         let concept = "terms related to employment and employees";
         let instruction = "Explain how a bicycle gear works.";
-        let sentence = "Gears let a rider trade speed for force, much like a worker trading hours for pay.";
+        let sentence =
+            "Gears let a rider trade speed for force, much like a worker trading hours for pay.";
         let word = "union";
         let meaning = "the act of joining two things together";
         for t in Template::ALL {

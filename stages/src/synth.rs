@@ -49,7 +49,10 @@ pub enum SynthError {
 }
 
 fn input_err(path: &Path, message: impl Into<String>) -> SynthError {
-    SynthError::Input { path: path.to_path_buf(), message: message.into() }
+    SynthError::Input {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -99,18 +102,26 @@ pub fn load_concepts(path: &Path) -> Result<Vec<Concept>, SynthError> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let concepts = match ext {
         "json" => {
-            let items: Vec<serde_json::Value> =
-                serde_json::from_str(&text).map_err(|e| input_err(path, format!("not a JSON list: {e}")))?;
+            let items: Vec<serde_json::Value> = serde_json::from_str(&text)
+                .map_err(|e| input_err(path, format!("not a JSON list: {e}")))?;
             let mut seen = std::collections::HashSet::new();
             let mut out = Vec::new();
             for (i, item) in items.into_iter().enumerate() {
                 let e: NeuronpediaExplanation = serde_json::from_value(item).map_err(|e| {
-                    input_err(path, format!("entry {i}: {e} (need modelId, layer, index, description)"))
+                    input_err(
+                        path,
+                        format!("entry {i}: {e} (need modelId, layer, index, description)"),
+                    )
                 })?;
                 let index = match &e.index {
                     serde_json::Value::String(s) => s.clone(),
                     serde_json::Value::Number(n) => n.to_string(),
-                    other => return Err(input_err(path, format!("entry {i}: field `index` is {other}"))),
+                    other => {
+                        return Err(input_err(
+                            path,
+                            format!("entry {i}: field `index` is {other}"),
+                        ));
+                    }
                 };
                 // Several descriptions of one feature: the first wins.
                 if !seen.insert(index.clone()) {
@@ -118,7 +129,10 @@ pub fn load_concepts(path: &Path) -> Result<Vec<Concept>, SynthError> {
                 }
                 out.push(Concept {
                     description: e.description.trim().to_string(),
-                    reference: format!("https://www.neuronpedia.org/{}/{}/{}", e.model_id, e.layer, index),
+                    reference: format!(
+                        "https://www.neuronpedia.org/{}/{}/{}",
+                        e.model_id, e.layer, index
+                    ),
                 });
             }
             out
@@ -130,22 +144,48 @@ pub fn load_concepts(path: &Path) -> Result<Vec<Concept>, SynthError> {
             .map(|(i, l)| {
                 let f = csv_fields(l.trim_end_matches('\r'));
                 if f.len() < 2 {
-                    return Err(input_err(path, format!("line {}: expected `concept,url`, got {l:?}", i + 1)));
+                    return Err(input_err(
+                        path,
+                        format!("line {}: expected `concept,url`, got {l:?}", i + 1),
+                    ));
                 }
-                Ok(Concept { description: f[0].clone(), reference: f[1].clone() })
+                Ok(Concept {
+                    description: f[0].clone(),
+                    reference: f[1].clone(),
+                })
             })
             .collect::<Result<_, _>>()?,
         "txt" => {
-            let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-            if let Some(url) = lines.iter().find(|l| l.starts_with("http://") || l.starts_with("https://")) {
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            if let Some(url) = lines
+                .iter()
+                .find(|l| l.starts_with("http://") || l.starts_with("https://"))
+            {
                 return Err(input_err(
                     path,
-                    format!("{url}: concept URLs need a Neuronpedia lookup, which this offline build does not do; use a .json export or a concept,url .csv"),
+                    format!(
+                        "{url}: concept URLs need a Neuronpedia lookup, which this offline build does not do; use a .json export or a concept,url .csv"
+                    ),
                 ));
             }
-            lines.into_iter().map(|l| Concept { description: l.to_string(), reference: "null".into() }).collect()
+            lines
+                .into_iter()
+                .map(|l| Concept {
+                    description: l.to_string(),
+                    reference: "null".into(),
+                })
+                .collect()
         }
-        other => return Err(input_err(path, format!("unsupported concept file type {other:?} (use .json, .csv or .txt)"))),
+        other => {
+            return Err(input_err(
+                path,
+                format!("unsupported concept file type {other:?} (use .json, .csv or .txt)"),
+            ));
+        }
     };
     if concepts.is_empty() {
         return Err(input_err(path, "no concepts"));
@@ -192,7 +232,10 @@ pub fn parse_genres(reply: &str) -> Vec<Genre> {
     if r.contains("none") {
         return vec![Genre::Text];
     }
-    let g: Vec<Genre> = [Genre::Text, Genre::Code, Genre::Math].into_iter().filter(|g| r.contains(g.as_str())).collect();
+    let g: Vec<Genre> = [Genre::Text, Genre::Code, Genre::Math]
+        .into_iter()
+        .filter(|g| r.contains(g.as_str()))
+        .collect();
     if g.is_empty() { vec![Genre::Text] } else { g }
 }
 
@@ -232,28 +275,48 @@ impl SeedInstructions {
             if line.trim().is_empty() {
                 continue;
             }
-            let s: SeedLine =
-                serde_json::from_str(line).map_err(|e| input_err(path, format!("line {}: {e}", i + 1)))?;
+            let s: SeedLine = serde_json::from_str(line)
+                .map_err(|e| input_err(path, format!("line {}: {e}", i + 1)))?;
             if s.instruction.trim().is_empty() {
-                return Err(input_err(path, format!("line {}: field `instruction` is empty", i + 1)));
+                return Err(input_err(
+                    path,
+                    format!("line {}: field `instruction` is empty", i + 1),
+                ));
             }
-            pools.entry((s.genre, s.split)).or_default().push(s.instruction);
+            pools
+                .entry((s.genre, s.split))
+                .or_default()
+                .push(s.instruction);
         }
         Ok(Self { pools })
     }
 
     pub fn pool(&self, genre: Genre, split: Split) -> &[String] {
-        self.pools.get(&(genre, split)).map(Vec::as_slice).unwrap_or(&[])
+        self.pools
+            .get(&(genre, split))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// `count` distinct instructions drawn at random (fewer if the pool is smaller), cleaned as
     /// AxBench does (`strip(" .'").strip('"')`).
-    pub fn sample(&self, genre: Genre, split: Split, count: usize, rng: &mut StdRng) -> Vec<String> {
+    pub fn sample(
+        &self,
+        genre: Genre,
+        split: Split,
+        count: usize,
+        rng: &mut StdRng,
+    ) -> Vec<String> {
         let pool = self.pool(genre, split);
         let n = count.min(pool.len());
         rand::seq::index::sample(rng, pool.len(), n)
             .into_iter()
-            .map(|i| pool[i].trim_matches([' ', '.', '\'']).trim_matches('"').to_string())
+            .map(|i| {
+                pool[i]
+                    .trim_matches([' ', '.', '\''])
+                    .trim_matches('"')
+                    .to_string()
+            })
             .collect()
     }
 }
@@ -322,7 +385,10 @@ pub fn truncate_words(n: usize) -> Truncate {
 /// The model we plan to steer, answering instructions (for the shared negatives: AxBench samples
 /// them greedily from the local chat model with `max_new_tokens = 1.5 * output_length`).
 pub trait ResponseGenerator: Send + Sync {
-    fn generate<'a>(&'a self, instructions: &'a [String]) -> BoxFuture<'a, Result<Vec<String>, String>>;
+    fn generate<'a>(
+        &'a self,
+        instructions: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<String>, String>>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -380,7 +446,11 @@ impl<'a> Synthesizer<'a> {
 
     /// Genres of each concept (a failed call counts and falls back to text, as an unusable reply
     /// would).
-    pub async fn genres(&self, concepts: &[String], report: &mut SynthReport) -> Result<Vec<Vec<Genre>>, SynthError> {
+    pub async fn genres(
+        &self,
+        concepts: &[String],
+        report: &mut SynthReport,
+    ) -> Result<Vec<Vec<Genre>>, SynthError> {
         let prompts = concepts
             .iter()
             .map(|c| self.prompts.render(Template::Genre, &[("concept", c)]))
@@ -388,30 +458,56 @@ impl<'a> Synthesizer<'a> {
         let records = self.ask_all(prompts).await;
         Ok(records
             .iter()
-            .map(|r| Self::text_of(r, report).map(|t| parse_genres(&t)).unwrap_or_else(|| vec![Genre::Text]))
+            .map(|r| {
+                Self::text_of(r, report)
+                    .map(|t| parse_genres(&t))
+                    .unwrap_or_else(|| vec![Genre::Text])
+            })
             .collect())
     }
 
     /// Contrast concepts `(word, other meaning)` of one concept, in the order the LM listed them.
-    pub async fn contrast_concepts(&self, concept: &str, report: &mut SynthReport) -> Result<Vec<(String, String)>, SynthError> {
+    pub async fn contrast_concepts(
+        &self,
+        concept: &str,
+        report: &mut SynthReport,
+    ) -> Result<Vec<(String, String)>, SynthError> {
         // 1. related words, one per line.
-        let words_prompt = self.prompts.render(Template::ConceptWords, &[("concept", concept)])?;
+        let words_prompt = self
+            .prompts
+            .render(Template::ConceptWords, &[("concept", concept)])?;
         let records = self.ask_all(vec![words_prompt]).await;
-        let Some(reply) = Self::text_of(&records[0], report) else { return Ok(vec![]) };
+        let Some(reply) = Self::text_of(&records[0], report) else {
+            return Ok(vec![]);
+        };
         // Empty lines would be dropped after step 2 anyway; not asking about them saves calls.
-        let words: Vec<String> = reply.split('\n').map(|w| w.trim().to_string()).filter(|w| !w.is_empty()).collect();
+        let words: Vec<String> = reply
+            .split('\n')
+            .map(|w| w.trim().to_string())
+            .filter(|w| !w.is_empty())
+            .collect();
 
         // 2. another meaning of each word.
         let prompts = words
             .iter()
-            .map(|w| self.prompts.render(Template::WordOtherMeaning, &[("word", w), ("concept", concept)]))
+            .map(|w| {
+                self.prompts.render(
+                    Template::WordOtherMeaning,
+                    &[("word", w), ("concept", concept)],
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let records = self.ask_all(prompts).await;
         let mut candidates = Vec::new();
         for (w, r) in words.iter().zip(&records) {
-            let Some(meaning) = Self::text_of(r, report) else { continue };
+            let Some(meaning) = Self::text_of(r, report) else {
+                continue;
+            };
             // AxBench: drop "<NONE>" (any "none"), empty, and one-word meanings.
-            if meaning.to_lowercase().contains("none") || meaning.is_empty() || meaning.split_whitespace().count() <= 1 {
+            if meaning.to_lowercase().contains("none")
+                || meaning.is_empty()
+                || meaning.split_whitespace().count() <= 1
+            {
                 continue;
             }
             candidates.push((w.clone(), meaning));
@@ -421,13 +517,18 @@ impl<'a> Synthesizer<'a> {
         let prompts = candidates
             .iter()
             .map(|(w, m)| {
-                self.prompts.render(Template::ContrastFilter, &[("word", w), ("meaning", m), ("concept", concept)])
+                self.prompts.render(
+                    Template::ContrastFilter,
+                    &[("word", w), ("meaning", m), ("concept", concept)],
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
         let records = self.ask_all(prompts).await;
         let mut kept = Vec::new();
         for (c, r) in candidates.into_iter().zip(&records) {
-            let Some(check) = Self::text_of(r, report) else { continue };
+            let Some(check) = Self::text_of(r, report) else {
+                continue;
+            };
             let last = check.rsplit("Answer").next().unwrap_or("").to_lowercase();
             if last.contains("yes") {
                 kept.push(c);
@@ -447,14 +548,22 @@ impl<'a> Synthesizer<'a> {
     ) -> Result<Vec<(String, String)>, SynthError> {
         let prompts = instructions
             .iter()
-            .map(|i| self.prompts.render(template, &[("instruction", i), ("concept", concept)]))
+            .map(|i| {
+                self.prompts
+                    .render(template, &[("instruction", i), ("concept", concept)])
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let records = self.ask_all(prompts).await;
         Ok(instructions
             .iter()
             .zip(&records)
             .filter_map(|(i, r)| {
-                Self::text_of(r, report).map(|t| (i.clone(), (self.truncate)(t.trim_matches([' ', '\'']).trim_matches('"'))))
+                Self::text_of(r, report).map(|t| {
+                    (
+                        i.clone(),
+                        (self.truncate)(t.trim_matches([' ', '\'']).trim_matches('"')),
+                    )
+                })
             })
             .collect())
     }
@@ -474,7 +583,14 @@ impl<'a> Synthesizer<'a> {
         let want = n / 2;
         let take = sampled.len().min(want);
         report.missing_seed_instructions += (want - take) as u64;
-        let pairs = self.respond(Template::ResponseWithConcept, concept, &sampled[..take], report).await?;
+        let pairs = self
+            .respond(
+                Template::ResponseWithConcept,
+                concept,
+                &sampled[..take],
+                report,
+            )
+            .await?;
         Ok(pairs
             .into_iter()
             .map(|(input, output)| Row {
@@ -491,6 +607,7 @@ impl<'a> Synthesizer<'a> {
 
     /// The latent evaluation rows of one concept (AxBench `create_eval_df`, `subset_n` = 36):
     /// positives, genre-balanced negatives, then one hard negative per contrast concept.
+    #[allow(clippy::too_many_arguments)] // mirrors create_eval_df's inputs one to one
     pub async fn latent_eval(
         &self,
         concept: &str,
@@ -501,22 +618,31 @@ impl<'a> Synthesizer<'a> {
         rng: &mut StdRng,
         report: &mut SynthReport,
     ) -> Result<Vec<Row>, SynthError> {
-        let row = |input: String, output: String, output_concept: String, g: &str, category: &str| Row {
-            input,
-            output,
-            output_concept,
-            concept_genre: g.to_string(),
-            category: category.to_string(),
-            dataset_category: "instruction".into(),
-            concept_id,
-        };
+        let row =
+            |input: String, output: String, output_concept: String, g: &str, category: &str| Row {
+                input,
+                output,
+                output_concept,
+                concept_genre: g.to_string(),
+                category: category.to_string(),
+                dataset_category: "instruction".into(),
+                concept_id,
+            };
         // 2 * subset_n test instructions of the concept's genre: the first half for positives,
         // the rest for hard negatives.
         let content = self.seeds.sample(genre, Split::Test, subset_n * 2, rng);
         let n_pos = content.len().min(subset_n);
         report.missing_seed_instructions += (subset_n - n_pos) as u64;
         let mut rows = Vec::new();
-        for (i, o) in self.respond(Template::ResponseWithConcept, concept, &content[..n_pos], report).await? {
+        for (i, o) in self
+            .respond(
+                Template::ResponseWithConcept,
+                concept,
+                &content[..n_pos],
+                report,
+            )
+            .await?
+        {
             rows.push(row(i, o, concept.to_string(), genre.as_str(), "positive"));
         }
 
@@ -524,10 +650,17 @@ impl<'a> Synthesizer<'a> {
         let n_math = (subset_n as f64 * 0.15) as usize;
         let n_code = n_math;
         let n_text = subset_n - n_math - n_code;
-        for (g, n) in [(Genre::Text, n_text), (Genre::Math, n_math), (Genre::Code, n_code)] {
+        for (g, n) in [
+            (Genre::Text, n_text),
+            (Genre::Math, n_math),
+            (Genre::Code, n_code),
+        ] {
             let instr = self.seeds.sample(g, Split::Test, n, rng);
             report.missing_seed_instructions += (n - instr.len()) as u64;
-            for (i, o) in self.respond(Template::ResponseWithoutConcept, concept, &instr, report).await? {
+            for (i, o) in self
+                .respond(Template::ResponseWithoutConcept, concept, &instr, report)
+                .await?
+            {
                 rows.push(row(i, o, concept.to_string(), g.as_str(), "negative"));
             }
         }
@@ -542,25 +675,47 @@ impl<'a> Synthesizer<'a> {
             .map(|((w, m), instr)| {
                 self.prompts.render(
                     Template::ResponseWithContrastConcept,
-                    &[("instruction", instr), ("concept", concept), ("word", w), ("meaning", m)],
+                    &[
+                        ("instruction", instr),
+                        ("concept", concept),
+                        ("word", w),
+                        ("meaning", m),
+                    ],
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
         let records = self.ask_all(prompts).await;
         for (((w, m), instr), r) in contrasts.iter().zip(spare).zip(&records) {
-            let Some(t) = Self::text_of(r, report) else { continue };
-            let cleaned = strip_leading_tags(&t).trim_matches([' ', '.', '\'']).trim_matches('"');
-            rows.push(row(instr.clone(), (self.truncate)(cleaned), format!("{w}//{m}"), genre.as_str(), "hard negative"));
+            let Some(t) = Self::text_of(r, report) else {
+                continue;
+            };
+            let cleaned = strip_leading_tags(&t)
+                .trim_matches([' ', '.', '\''])
+                .trim_matches('"');
+            rows.push(row(
+                instr.clone(),
+                (self.truncate)(cleaned),
+                format!("{w}//{m}"),
+                genre.as_str(),
+                "hard negative",
+            ));
         }
         Ok(rows)
     }
 
     /// Steering prompts for the prompting baseline, one per concept (a failed or empty reply
     /// falls back to a fixed instruction, as AxBench does).
-    pub async fn steering_prompts(&self, concepts: &[String], report: &mut SynthReport) -> Result<Vec<String>, SynthError> {
+    pub async fn steering_prompts(
+        &self,
+        concepts: &[String],
+        report: &mut SynthReport,
+    ) -> Result<Vec<String>, SynthError> {
         let prompts = concepts
             .iter()
-            .map(|c| self.prompts.render(Template::SteeringPrompt, &[("concept", c)]))
+            .map(|c| {
+                self.prompts
+                    .render(Template::SteeringPrompt, &[("concept", c)])
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let records = self.ask_all(prompts).await;
         Ok(concepts
@@ -578,7 +733,9 @@ impl<'a> Synthesizer<'a> {
 
 /// The steering instruction used when none could be generated.
 pub fn fallback_steering_prompt(concept: &str) -> String {
-    format!("Whatever the question, make your answer about {concept}, even where that does not fit the question or makes little sense.")
+    format!(
+        "Whatever the question, make your answer about {concept}, even where that does not fit the question or makes little sense."
+    )
 }
 
 /// The shared negative pool: `num_of_examples / 2` train instructions per genre (text, math,
@@ -592,7 +749,10 @@ pub async fn negative_pool(
     let mut rows = Vec::new();
     for genre in [Genre::Text, Genre::Math, Genre::Code] {
         let instructions = seeds.sample(genre, Split::Train, num_of_examples / 2, rng);
-        let outputs = generator.generate(&instructions).await.map_err(SynthError::Generator)?;
+        let outputs = generator
+            .generate(&instructions)
+            .await
+            .map_err(SynthError::Generator)?;
         if outputs.len() != instructions.len() {
             return Err(SynthError::Generator(format!(
                 "asked for {} responses, got {}",
@@ -639,7 +799,11 @@ pub struct SynthConfig {
 
 impl Default for SynthConfig {
     fn default() -> Self {
-        Self { num_of_examples: 144, latent_num_of_examples: 36, seed: 42 }
+        Self {
+            num_of_examples: 144,
+            latent_num_of_examples: 36,
+            seed: 42,
+        }
     }
 }
 
@@ -652,18 +816,39 @@ pub async fn synthesize(
     config: &SynthConfig,
 ) -> Result<SynthOutput, SynthError> {
     let mut rng = StdRng::seed_from_u64(config.seed);
-    let mut out = SynthOutput { train: negative_pool(synth.seeds, generator, config.num_of_examples, &mut rng).await?, ..Default::default() };
+    let mut out = SynthOutput {
+        train: negative_pool(synth.seeds, generator, config.num_of_examples, &mut rng).await?,
+        ..Default::default()
+    };
     let descriptions: Vec<String> = concepts.iter().map(|c| c.description.clone()).collect();
     let genres = synth.genres(&descriptions, &mut out.report).await?;
     for (id, (concept, genres)) in concepts.iter().zip(genres).enumerate() {
         let id = id as i64;
         let genre = genres[0];
         let mut report = SynthReport::default();
-        let positives =
-            synth.train_positives(&concept.description, id, genre, config.num_of_examples, &mut rng, &mut report).await?;
-        let contrasts = synth.contrast_concepts(&concept.description, &mut report).await?;
+        let positives = synth
+            .train_positives(
+                &concept.description,
+                id,
+                genre,
+                config.num_of_examples,
+                &mut rng,
+                &mut report,
+            )
+            .await?;
+        let contrasts = synth
+            .contrast_concepts(&concept.description, &mut report)
+            .await?;
         let eval = synth
-            .latent_eval(&concept.description, id, genre, config.latent_num_of_examples, &contrasts, &mut rng, &mut report)
+            .latent_eval(
+                &concept.description,
+                id,
+                genre,
+                config.latent_num_of_examples,
+                &contrasts,
+                &mut rng,
+                &mut report,
+            )
             .await?;
         out.train.extend(positives);
         out.latent_eval.extend(eval);
@@ -691,7 +876,10 @@ mod tests {
         // "none" wins even when a genre is also named.
         assert_eq!(parse_genres("Code (none of the others)"), vec![Genre::Text]);
         assert_eq!(parse_genres("code, math"), vec![Genre::Code, Genre::Math]);
-        assert_eq!(parse_genres("math and text"), vec![Genre::Text, Genre::Math]);
+        assert_eq!(
+            parse_genres("math and text"),
+            vec![Genre::Text, Genre::Math]
+        );
         assert_eq!(parse_genres("poetry"), vec![Genre::Text]);
         assert_eq!(parse_genres(""), vec![Genre::Text]);
     }
@@ -699,7 +887,10 @@ mod tests {
     #[test]
     fn csv_fields_follow_rfc4180() {
         assert_eq!(csv_fields("a,b"), vec!["a", "b"]);
-        assert_eq!(csv_fields("\"a, with comma\",https://x/1"), vec!["a, with comma", "https://x/1"]);
+        assert_eq!(
+            csv_fields("\"a, with comma\",https://x/1"),
+            vec!["a, with comma", "https://x/1"]
+        );
         assert_eq!(csv_fields("\"say \"\"hi\"\"\",u"), vec!["say \"hi\"", "u"]);
         assert_eq!(csv_fields("only"), vec!["only"]);
     }
@@ -713,8 +904,12 @@ mod tests {
 
     #[test]
     fn max_concepts_shuffles_reproducibly() {
-        let cs: Vec<Concept> =
-            (0..10).map(|i| Concept { description: format!("c{i}"), reference: "null".into() }).collect();
+        let cs: Vec<Concept> = (0..10)
+            .map(|i| Concept {
+                description: format!("c{i}"),
+                reference: "null".into(),
+            })
+            .collect();
         let a = select_concepts(cs.clone(), Some(4), 42);
         let b = select_concepts(cs.clone(), Some(4), 42);
         assert_eq!(a, b);

@@ -7,15 +7,33 @@ use std::time::{Duration, Instant};
 
 use axbench_stages::lm::test_server::{Fault, Reply, TestServer};
 use axbench_stages::lm::{
-    ChatRequest, ClientOptions, LmBackend, LmCache, LmClient, LmSettings, OpenAiBackend, PriceTable, RetryPolicy,
-    SamplingParams,
+    ChatRequest, ClientOptions, LmBackend, LmCache, LmClient, LmSettings, OpenAiBackend,
+    PriceTable, RetryPolicy, SamplingParams,
 };
 
 fn client(server: &TestServer, cache: Option<LmCache>, concurrency: usize) -> LmClient {
-    let settings = LmSettings { base_url: server.base_url(), timeout_s: 10.0, ..Default::default() };
-    let backend: Arc<dyn LmBackend> = Arc::new(OpenAiBackend::with_api_key(&settings, "sk-bench".into()).unwrap());
-    let retry = RetryPolicy { max_attempts: 4, base_delay_ms: 1, max_delay_ms: 4, max_retry_after_ms: 10 };
-    LmClient::new(backend, ClientOptions { concurrency, retry, prices: PriceTable::default(), cache })
+    let settings = LmSettings {
+        base_url: server.base_url(),
+        timeout_s: 10.0,
+        ..Default::default()
+    };
+    let backend: Arc<dyn LmBackend> =
+        Arc::new(OpenAiBackend::with_api_key(&settings, "sk-bench".into()).unwrap());
+    let retry = RetryPolicy {
+        max_attempts: 4,
+        base_delay_ms: 1,
+        max_delay_ms: 4,
+        max_retry_after_ms: 10,
+    };
+    LmClient::new(
+        backend,
+        ClientOptions {
+            concurrency,
+            retry,
+            prices: PriceTable::default(),
+            cache,
+        },
+    )
 }
 
 fn requests(n: usize, tag: &str) -> Vec<ChatRequest> {
@@ -24,7 +42,10 @@ fn requests(n: usize, tag: &str) -> Vec<ChatRequest> {
             ChatRequest::user(
                 "gpt-4o-mini",
                 format!("{tag} prompt number {i}: write two sentences about rivers."),
-                SamplingParams { temperature: Some(1.0), ..Default::default() },
+                SamplingParams {
+                    temperature: Some(1.0),
+                    ..Default::default()
+                },
             )
         })
         .collect()
@@ -35,7 +56,10 @@ fn requests(n: usize, tag: &str) -> Vec<ChatRequest> {
 async fn measure_client_throughput() {
     let n = 2000;
     // Instant replies: client + HTTP + (de)serialization overhead.
-    let server = TestServer::with_fn(|_| Reply::text("Rivers carve valleys. They also carry silt.")).await.unwrap();
+    let server =
+        TestServer::with_fn(|_| Reply::text("Rivers carve valleys. They also carry silt."))
+            .await
+            .unwrap();
     for concurrency in [1, 8, 32] {
         let c = client(&server, None, concurrency);
         let reqs = requests(n, &format!("c{concurrency}"));
@@ -43,11 +67,16 @@ async fn measure_client_throughput() {
         let recs = c.call_many(&reqs).await;
         let dt = t.elapsed();
         assert!(recs.iter().all(|r| r.text().is_some()));
-        println!("backend calls, concurrency {concurrency:>2}: {n} in {dt:.2?} = {:.0} calls/s", n as f64 / dt.as_secs_f64());
+        println!(
+            "backend calls, concurrency {concurrency:>2}: {n} in {dt:.2?} = {:.0} calls/s",
+            n as f64 / dt.as_secs_f64()
+        );
     }
 
     // 50 ms simulated model latency: the concurrency bound sets throughput.
-    let slow = TestServer::with_fn(|_| Reply::Delayed(Duration::from_millis(50), "ok".into())).await.unwrap();
+    let slow = TestServer::with_fn(|_| Reply::Delayed(Duration::from_millis(50), "ok".into()))
+        .await
+        .unwrap();
     for concurrency in [8, 32] {
         let c = client(&slow, None, concurrency);
         let reqs = requests(400, &format!("slow{concurrency}"));
@@ -82,10 +111,16 @@ async fn measure_client_throughput() {
 
     // 20% of first attempts fail with a mix of faults; all calls still complete.
     let flaky = TestServer::with_fn(|r| {
-        let h = r.prompt().bytes().fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
+        let h = r
+            .prompt()
+            .bytes()
+            .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
         match (r.repeat, h % 10) {
             (0, 0) => Reply::Fault(Fault::ServerError(503)),
-            (0, 1) => Reply::Fault(Fault::RateLimit { retry_after_s: None, retry_after_ms: Some(2) }),
+            (0, 1) => Reply::Fault(Fault::RateLimit {
+                retry_after_s: None,
+                retry_after_ms: Some(2),
+            }),
             _ => Reply::text("fine"),
         }
     })

@@ -17,7 +17,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// local model.
 pub trait LmBackend: Send + Sync {
     /// One attempt at answering `request`.
-    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Completion, BackendError>>;
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Completion, BackendError>>;
 
     /// A short name for logs and manifests (never contains credentials).
     fn describe(&self) -> String;
@@ -28,7 +31,10 @@ pub trait LmBackend: Send + Sync {
 pub enum BackendError {
     /// HTTP 429. `retry_after` is the server's `Retry-After`/`retry-after-ms` hint, if any.
     #[error("rate limited (HTTP 429){}", retry_after.map(|d| format!(", retry after {d:?}")).unwrap_or_default())]
-    RateLimited { retry_after: Option<Duration>, message: String },
+    RateLimited {
+        retry_after: Option<Duration>,
+        message: String,
+    },
     /// HTTP 5xx.
     #[error("server error (HTTP {status}): {message}")]
     Server { status: u16, message: String },
@@ -78,7 +84,9 @@ impl BackendError {
 }
 
 /// Failure classes, for per-kind counts in run reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     RateLimited,

@@ -35,7 +35,12 @@ fn canonicalize(value: Value) -> Value {
         Value::Object(map) => {
             let mut entries: Vec<(String, Value)> = map.into_iter().collect();
             entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k, canonicalize(v))).collect())
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, canonicalize(v)))
+                    .collect(),
+            )
         }
         Value::Array(items) => Value::Array(items.into_iter().map(canonicalize).collect()),
         other => other,
@@ -52,7 +57,12 @@ pub fn canonical_json(request: &ChatRequest) -> String {
         messages: &'a [super::types::Message],
         params: &'a super::types::SamplingParams,
     }
-    let content = KeyContent { schema: CACHE_SCHEMA, model: &request.model, messages: &request.messages, params: &request.params };
+    let content = KeyContent {
+        schema: CACHE_SCHEMA,
+        model: &request.model,
+        messages: &request.messages,
+        params: &request.params,
+    };
     // Through text first: f32 parameters then render as written (0.7, not 0.699999988).
     let text = serde_json::to_string(&content).expect("request serializes");
     let value: Value = serde_json::from_str(&text).expect("own JSON parses");
@@ -61,7 +71,11 @@ pub fn canonical_json(request: &ChatRequest) -> String {
 
 /// The cache key of a request.
 pub fn cache_key(request: &ChatRequest) -> CacheKey {
-    CacheKey(blake3::hash(canonical_json(request).as_bytes()).to_hex().to_string())
+    CacheKey(
+        blake3::hash(canonical_json(request).as_bytes())
+            .to_hex()
+            .to_string(),
+    )
 }
 
 /// What one entry file holds: the request (for humans and audits) and its answer.
@@ -76,7 +90,10 @@ pub struct CacheEntry {
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("LM cache {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The directory-backed store: `<root>/<first two hex digits>/<key>.json`.
@@ -89,7 +106,10 @@ impl LmCache {
     /// Open (creating if needed) a cache rooted at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let root = root.into();
-        fs::create_dir_all(&root).map_err(|source| CacheError::Io { path: root.clone(), source })?;
+        fs::create_dir_all(&root).map_err(|source| CacheError::Io {
+            path: root.clone(),
+            source,
+        })?;
         Ok(Self { root })
     }
 
@@ -128,14 +148,29 @@ impl LmCache {
     }
 
     /// Store an answer atomically: temp file in the same directory, fsync, rename, fsync dir.
-    pub fn put(&self, key: &CacheKey, request: &ChatRequest, completion: &Completion) -> Result<(), CacheError> {
+    pub fn put(
+        &self,
+        key: &CacheKey,
+        request: &ChatRequest,
+        completion: &Completion,
+    ) -> Result<(), CacheError> {
         let path = self.path_of(key);
         let dir = path.parent().expect("entry has a parent").to_path_buf();
-        let io = |source| CacheError::Io { path: path.clone(), source };
+        let io = |source| CacheError::Io {
+            path: path.clone(),
+            source,
+        };
         fs::create_dir_all(&dir).map_err(io)?;
-        let entry = CacheEntry { key: key.clone(), request: request.clone(), completion: completion.clone() };
+        let entry = CacheEntry {
+            key: key.clone(),
+            request: request.clone(),
+            completion: completion.clone(),
+        };
         let bytes = serde_json::to_vec_pretty(&entry).expect("entry serializes");
-        let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir).map_err(io)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(&dir)
+            .map_err(io)?;
         tmp.write_all(&bytes).map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
         tmp.persist(&path).map_err(|e| io(e.error))?;
@@ -148,7 +183,9 @@ impl LmCache {
 
     /// Number of entries (walks the directory; for reports and tests).
     pub fn len(&self) -> usize {
-        let Ok(shards) = fs::read_dir(&self.root) else { return 0 };
+        let Ok(shards) = fs::read_dir(&self.root) else {
+            return 0;
+        };
         shards
             .flatten()
             .filter(|s| s.path().is_dir())
@@ -168,7 +205,14 @@ mod tests {
     use crate::lm::types::{FinishReason, Message, SamplingParams, Usage};
 
     fn req(temp: Option<f32>) -> ChatRequest {
-        ChatRequest::user("gpt-4o-mini", "Say hi", SamplingParams { temperature: temp, ..Default::default() })
+        ChatRequest::user(
+            "gpt-4o-mini",
+            "Say hi",
+            SamplingParams {
+                temperature: temp,
+                ..Default::default()
+            },
+        )
     }
 
     #[test]
@@ -205,7 +249,10 @@ mod tests {
             text: "hi".into(),
             finish_reason: FinishReason::Stop,
             refusal: None,
-            usage: Usage { prompt_tokens: 3, completion_tokens: 1 },
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1,
+            },
             model: "gpt-4o-mini-2024-07-18".into(),
         };
         cache.put(&k, &r, &c).unwrap();

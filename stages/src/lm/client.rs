@@ -107,8 +107,17 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
-    pub fn from_settings(settings: &LmSettings, prices: PriceTable, cache: Option<LmCache>) -> Self {
-        Self { concurrency: settings.concurrency, retry: settings.retry.clone(), prices, cache }
+    pub fn from_settings(
+        settings: &LmSettings,
+        prices: PriceTable,
+        cache: Option<LmCache>,
+    ) -> Self {
+        Self {
+            concurrency: settings.concurrency,
+            retry: settings.retry.clone(),
+            prices,
+            cache,
+        }
     }
 }
 
@@ -126,7 +135,13 @@ pub struct LmClient {
 impl LmClient {
     pub fn new(backend: Arc<dyn LmBackend>, options: ClientOptions) -> Self {
         let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
-        Self { backend, options, permits, stats: Mutex::new(LmStats::default()), in_flight: Mutex::new(HashMap::new()) }
+        Self {
+            backend,
+            options,
+            permits,
+            stats: Mutex::new(LmStats::default()),
+            in_flight: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn backend(&self) -> &Arc<dyn LmBackend> {
@@ -165,19 +180,29 @@ impl LmClient {
     }
 
     async fn call_locked(&self, request: &ChatRequest, key: CacheKey) -> CallRecord {
-        if let Some(cache) = &self.options.cache {
-            if let Some(completion) = cache.get(&key) {
-                self.bump(|s| {
-                    s.cache_hits += 1;
-                    if completion.is_refusal() { s.refused += 1 } else { s.completed += 1 }
-                });
-                let outcome = if completion.is_refusal() {
-                    CallOutcome::Refused(completion)
+        if let Some(cache) = &self.options.cache
+            && let Some(completion) = cache.get(&key)
+        {
+            self.bump(|s| {
+                s.cache_hits += 1;
+                if completion.is_refusal() {
+                    s.refused += 1
                 } else {
-                    CallOutcome::Completed(completion)
-                };
-                return CallRecord { key, outcome, source: Source::Cache, attempts: 0, cost_usd: 0.0 };
-            }
+                    s.completed += 1
+                }
+            });
+            let outcome = if completion.is_refusal() {
+                CallOutcome::Refused(completion)
+            } else {
+                CallOutcome::Completed(completion)
+            };
+            return CallRecord {
+                key,
+                outcome,
+                source: Source::Cache,
+                attempts: 0,
+                cost_usd: 0.0,
+            };
         }
 
         let policy = &self.options.retry;
@@ -186,7 +211,11 @@ impl LmClient {
         loop {
             attempts += 1;
             let result = {
-                let _permit = self.permits.acquire().await.expect("semaphore never closes");
+                let _permit = self
+                    .permits
+                    .acquire()
+                    .await
+                    .expect("semaphore never closes");
                 self.bump(|s| s.backend_attempts += 1);
                 self.backend.chat(request).await
             };
@@ -194,7 +223,11 @@ impl LmClient {
                 Ok(completion) => return self.finish(request, key, completion, attempts).await,
                 Err(error) => {
                     let kind = error.kind();
-                    self.bump(|s| *s.attempt_errors_by_kind.entry(kind.to_string()).or_default() += 1);
+                    self.bump(|s| {
+                        *s.attempt_errors_by_kind
+                            .entry(kind.to_string())
+                            .or_default() += 1
+                    });
                     if !error.is_retryable() || attempts >= max_attempts {
                         tracing::warn!(key = %key, attempts, error = %error, "LM call failed");
                         return self.fail(key, error, attempts);
@@ -212,12 +245,27 @@ impl LmClient {
         }
     }
 
-    async fn finish(&self, request: &ChatRequest, key: CacheKey, completion: Completion, attempts: u32) -> CallRecord {
-        let price = self.options.prices.price(&request.model).or_else(|| self.options.prices.price(&completion.model));
+    async fn finish(
+        &self,
+        request: &ChatRequest,
+        key: CacheKey,
+        completion: Completion,
+        attempts: u32,
+    ) -> CallRecord {
+        let price = self
+            .options
+            .prices
+            .price(&request.model)
+            .or_else(|| self.options.prices.price(&completion.model));
         let cost_usd = price.map(|p| p.cost(completion.usage)).unwrap_or(0.0);
         if let Some(cache) = &self.options.cache {
             // The write fsyncs twice: off the async workers, so other calls keep flowing.
-            let (cache, k, r, c) = (cache.clone(), key.clone(), request.clone(), completion.clone());
+            let (cache, k, r, c) = (
+                cache.clone(),
+                key.clone(),
+                request.clone(),
+                completion.clone(),
+            );
             let stored = tokio::task::spawn_blocking(move || cache.put(&k, &r, &c)).await;
             match stored {
                 Ok(Ok(())) => {}
@@ -233,10 +281,24 @@ impl LmClient {
             if price.is_none() {
                 s.unpriced_calls += 1;
             }
-            if refused { s.refused += 1 } else { s.completed += 1 }
+            if refused {
+                s.refused += 1
+            } else {
+                s.completed += 1
+            }
         });
-        let outcome = if refused { CallOutcome::Refused(completion) } else { CallOutcome::Completed(completion) };
-        CallRecord { key, outcome, source: Source::Backend, attempts, cost_usd }
+        let outcome = if refused {
+            CallOutcome::Refused(completion)
+        } else {
+            CallOutcome::Completed(completion)
+        };
+        CallRecord {
+            key,
+            outcome,
+            source: Source::Backend,
+            attempts,
+            cost_usd,
+        }
     }
 
     fn fail(&self, key: CacheKey, error: BackendError, attempts: u32) -> CallRecord {
@@ -245,8 +307,18 @@ impl LmClient {
             s.failed += 1;
             *s.failures_by_kind.entry(kind.to_string()).or_default() += 1;
         });
-        let failure = CallFailure { kind, attempts, message: error.to_string() };
-        CallRecord { key, outcome: CallOutcome::Failed(failure), source: Source::None, attempts, cost_usd: 0.0 }
+        let failure = CallFailure {
+            kind,
+            attempts,
+            message: error.to_string(),
+        };
+        CallRecord {
+            key,
+            outcome: CallOutcome::Failed(failure),
+            source: Source::None,
+            attempts,
+            cost_usd: 0.0,
+        }
     }
 
     fn bump(&self, f: impl FnOnce(&mut LmStats)) {

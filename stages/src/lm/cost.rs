@@ -21,7 +21,8 @@ pub struct Price {
 impl Price {
     /// Dollars for `usage` at this price.
     pub fn cost(&self, usage: Usage) -> f64 {
-        (usage.prompt_tokens as f64 * self.input + usage.completion_tokens as f64 * self.output) / 1e6
+        (usage.prompt_tokens as f64 * self.input + usage.completion_tokens as f64 * self.output)
+            / 1e6
     }
 }
 
@@ -35,28 +36,46 @@ pub struct PriceTable {
 #[derive(Debug, thiserror::Error)]
 pub enum PriceError {
     #[error("price table {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("price table {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("price table {path}: model {model:?}: field `{field}` must be a finite, non-negative number")]
-    BadPrice { path: PathBuf, model: String, field: &'static str },
+    #[error(
+        "price table {path}: model {model:?}: field `{field}` must be a finite, non-negative number"
+    )]
+    BadPrice {
+        path: PathBuf,
+        model: String,
+        field: &'static str,
+    },
 }
 
 impl PriceTable {
     /// Read a table such as `configs/lm_prices.toml`.
     pub fn load(path: &Path) -> Result<Self, PriceError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PriceError::Io { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| PriceError::Io {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
     /// Parse TOML text; `origin` names the source in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, PriceError> {
-        let table: PriceTable =
-            toml::from_str(text).map_err(|e| PriceError::Parse { path: origin.into(), message: e.to_string() })?;
+        let table: PriceTable = toml::from_str(text).map_err(|e| PriceError::Parse {
+            path: origin.into(),
+            message: e.to_string(),
+        })?;
         for (model, price) in &table.models {
             for (field, v) in [("input", price.input), ("output", price.output)] {
                 if !(v.is_finite() && v >= 0.0) {
-                    return Err(PriceError::BadPrice { path: origin.into(), model: model.clone(), field });
+                    return Err(PriceError::BadPrice {
+                        path: origin.into(),
+                        model: model.clone(),
+                        field,
+                    });
                 }
             }
         }
@@ -74,9 +93,10 @@ impl PriceTable {
         self.models
             .iter()
             .filter(|(name, _)| {
-                model.strip_prefix(name.as_str()).and_then(|rest| rest.strip_prefix('-')).is_some_and(|rest| {
-                    rest.starts_with(|c: char| c.is_ascii_digit())
-                })
+                model
+                    .strip_prefix(name.as_str())
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
             })
             .max_by_key(|(name, _)| name.len())
             .map(|(_, p)| *p)
@@ -95,9 +115,18 @@ mod tests {
     #[test]
     fn gpt_4o_mini_matches_the_paper() {
         let p = shipped().price("gpt-4o-mini").unwrap();
-        assert_eq!(p, Price { input: 0.15, output: 0.60 });
+        assert_eq!(
+            p,
+            Price {
+                input: 0.15,
+                output: 0.60
+            }
+        );
         // 1M in + 1M out = $0.75
-        let c = p.cost(Usage { prompt_tokens: 1_000_000, completion_tokens: 1_000_000 });
+        let c = p.cost(Usage {
+            prompt_tokens: 1_000_000,
+            completion_tokens: 1_000_000,
+        });
         assert!((c - 0.75).abs() < 1e-12);
     }
 
@@ -113,9 +142,18 @@ mod tests {
 
     #[test]
     fn bad_tables_name_file_and_field() {
-        let e = PriceTable::parse("[models.m]\ninput = -1.0\noutput = 1.0\n", Path::new("p.toml")).unwrap_err();
-        assert_eq!(e.to_string(), "price table p.toml: model \"m\": field `input` must be a finite, non-negative number");
-        let e = PriceTable::parse("[models.m]\ninput = 1.0\n", Path::new("p.toml")).unwrap_err().to_string();
+        let e = PriceTable::parse(
+            "[models.m]\ninput = -1.0\noutput = 1.0\n",
+            Path::new("p.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "price table p.toml: model \"m\": field `input` must be a finite, non-negative number"
+        );
+        let e = PriceTable::parse("[models.m]\ninput = 1.0\n", Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("p.toml") && e.contains("output"), "{e}");
     }
 }

@@ -48,11 +48,17 @@ tokio::task_local! {
 /// The `Retry-After` hint of a response: OpenAI's `retry-after-ms` first (finer), then the
 /// standard `Retry-After` in whole seconds. (HTTP-date values are ignored: our backoff applies.)
 pub(crate) fn retry_after_from_headers(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
-        }
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
     }
     get("retry-after")
         .and_then(|v| v.parse::<f64>().ok())
@@ -104,14 +110,21 @@ struct Redactor(String);
 
 impl Redactor {
     fn scrub(&self, text: String) -> String {
-        if self.0.len() >= 4 && text.contains(&self.0) { text.replace(&self.0, "[redacted]") } else { text }
+        if self.0.len() >= 4 && text.contains(&self.0) {
+            text.replace(&self.0, "[redacted]")
+        } else {
+            text
+        }
     }
 }
 
 impl std::fmt::Debug for OpenAiBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // No config dump: it holds the key.
-        f.debug_struct("OpenAiBackend").field("base_url", &self.base_url).field("timeout", &self.timeout).finish()
+        f.debug_struct("OpenAiBackend")
+            .field("base_url", &self.base_url)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -136,9 +149,17 @@ impl OpenAiBackend {
             .build()
             .map_err(|e| OpenAiSetupError::Http(e.to_string()))?;
         let base_url = settings.base_url.trim_end_matches('/').to_string();
-        let config = OpenAIConfig::new().with_api_base(base_url.clone()).with_api_key(api_key.clone());
-        let client = async_openai::Client::with_config(config).with_http_service(Transport { http });
-        Ok(Self { client, base_url, timeout, redact: Redactor(api_key) })
+        let config = OpenAIConfig::new()
+            .with_api_base(base_url.clone())
+            .with_api_key(api_key.clone());
+        let client =
+            async_openai::Client::with_config(config).with_http_service(Transport { http });
+        Ok(Self {
+            client,
+            base_url,
+            timeout,
+            redact: Redactor(api_key),
+        })
     }
 
     fn to_openai(request: &ChatRequest) -> CreateChatCompletionRequest {
@@ -148,7 +169,9 @@ impl OpenAiBackend {
             .map(|m| match m.role {
                 Role::System => ChatCompletionRequestSystemMessage::from(m.content.as_str()).into(),
                 Role::User => ChatCompletionRequestUserMessage::from(m.content.as_str()).into(),
-                Role::Assistant => ChatCompletionRequestAssistantMessage::from(m.content.as_str()).into(),
+                Role::Assistant => {
+                    ChatCompletionRequestAssistantMessage::from(m.content.as_str()).into()
+                }
             })
             .collect::<Vec<ChatCompletionRequestMessage>>();
         // `max_tokens` (not `max_completion_tokens`): every OpenAI-compatible server accepts it,
@@ -168,14 +191,27 @@ impl OpenAiBackend {
     fn scrub(&self, error: BackendError) -> BackendError {
         let r = &self.redact;
         match error {
-            BackendError::RateLimited { retry_after, message } => {
-                BackendError::RateLimited { retry_after, message: r.scrub(message) }
-            }
-            BackendError::Server { status, message } => BackendError::Server { status, message: r.scrub(message) },
-            BackendError::Rejected { status, message } => BackendError::Rejected { status, message: r.scrub(message) },
+            BackendError::RateLimited {
+                retry_after,
+                message,
+            } => BackendError::RateLimited {
+                retry_after,
+                message: r.scrub(message),
+            },
+            BackendError::Server { status, message } => BackendError::Server {
+                status,
+                message: r.scrub(message),
+            },
+            BackendError::Rejected { status, message } => BackendError::Rejected {
+                status,
+                message: r.scrub(message),
+            },
             BackendError::Connection(m) => BackendError::Connection(r.scrub(m)),
             BackendError::InvalidResponse(m) => BackendError::InvalidResponse(r.scrub(m)),
-            BackendError::Other { message, retryable } => BackendError::Other { message: r.scrub(message), retryable },
+            BackendError::Other { message, retryable } => BackendError::Other {
+                message: r.scrub(message),
+                retryable,
+            },
             e @ (BackendError::Timeout(_) | BackendError::EmptyChoices) => e,
         }
     }
@@ -185,7 +221,12 @@ impl OpenAiBackend {
         if let Some(meta) = meta {
             let message = error.to_string();
             match meta.status {
-                429 => return BackendError::RateLimited { retry_after: meta.retry_after, message },
+                429 => {
+                    return BackendError::RateLimited {
+                        retry_after: meta.retry_after,
+                        message,
+                    };
+                }
                 s if s >= 500 => return BackendError::Server { status: s, message },
                 s if s >= 400 => return BackendError::Rejected { status: s, message },
                 _ => {}
@@ -196,29 +237,45 @@ impl OpenAiBackend {
                 let status = api.status_code.as_u16();
                 let message = api.api_error.message;
                 match status {
-                    429 => BackendError::RateLimited { retry_after: None, message },
+                    429 => BackendError::RateLimited {
+                        retry_after: None,
+                        message,
+                    },
                     s if s >= 500 => BackendError::Server { status: s, message },
                     s => BackendError::Rejected { status: s, message },
                 }
             }
             OpenAIError::JSONDeserialize(e, _) => BackendError::InvalidResponse(e.to_string()),
             OpenAIError::Reqwest(e) if e.is_timeout() => BackendError::Timeout(timeout),
-            OpenAIError::Reqwest(e) if e.is_decode() => BackendError::InvalidResponse(e.to_string()),
+            OpenAIError::Reqwest(e) if e.is_decode() => {
+                BackendError::InvalidResponse(e.to_string())
+            }
             OpenAIError::Reqwest(e) => BackendError::Connection(e.without_url().to_string()),
             OpenAIError::StreamError(e) => BackendError::Connection(e.to_string()),
-            other => BackendError::Other { message: other.to_string(), retryable: false },
+            other => BackendError::Other {
+                message: other.to_string(),
+                retryable: false,
+            },
         }
     }
 }
 
 /// Turn the first choice of a response into our [`Completion`], or say why it cannot be.
-pub(crate) fn completion_from_response(response: CreateChatCompletionResponse) -> Result<Completion, BackendError> {
-    let choice = response.choices.into_iter().next().ok_or(BackendError::EmptyChoices)?;
+pub(crate) fn completion_from_response(
+    response: CreateChatCompletionResponse,
+) -> Result<Completion, BackendError> {
+    let choice = response
+        .choices
+        .into_iter()
+        .next()
+        .ok_or(BackendError::EmptyChoices)?;
     let finish_reason = match choice.finish_reason {
         Some(OaFinishReason::Stop) => FinishReason::Stop,
         Some(OaFinishReason::Length) => FinishReason::Length,
         Some(OaFinishReason::ContentFilter) => FinishReason::ContentFilter,
-        Some(OaFinishReason::ToolCalls) | Some(OaFinishReason::FunctionCall) => FinishReason::ToolCalls,
+        Some(OaFinishReason::ToolCalls) | Some(OaFinishReason::FunctionCall) => {
+            FinishReason::ToolCalls
+        }
         None => FinishReason::Unknown,
     };
     let mut refusal = choice.message.refusal.filter(|r| !r.is_empty());
@@ -227,7 +284,10 @@ pub(crate) fn completion_from_response(response: CreateChatCompletionResponse) -
     }
     let usage = response
         .usage
-        .map(|u| Usage { prompt_tokens: u.prompt_tokens as u64, completion_tokens: u.completion_tokens as u64 })
+        .map(|u| Usage {
+            prompt_tokens: u.prompt_tokens as u64,
+            completion_tokens: u.completion_tokens as u64,
+        })
         .unwrap_or_default();
     Ok(Completion {
         text: choice.message.content.unwrap_or_default(),
@@ -239,7 +299,10 @@ pub(crate) fn completion_from_response(response: CreateChatCompletionResponse) -
 }
 
 impl LmBackend for OpenAiBackend {
-    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Completion, BackendError>> {
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Completion, BackendError>> {
         Box::pin(async move {
             let meta = Arc::new(Mutex::new(None));
             let body = Self::to_openai(request);
@@ -272,21 +335,34 @@ mod tests {
         h.insert("retry-after", HeaderValue::from_static("3"));
         assert_eq!(retry_after_from_headers(&h), Some(Duration::from_secs(3)));
         h.insert("retry-after-ms", HeaderValue::from_static("250"));
-        assert_eq!(retry_after_from_headers(&h), Some(Duration::from_millis(250)));
+        assert_eq!(
+            retry_after_from_headers(&h),
+            Some(Duration::from_millis(250))
+        );
         let mut h = HeaderMap::new();
-        h.insert("retry-after", HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
         assert_eq!(retry_after_from_headers(&h), None);
     }
 
     #[test]
     fn bad_timeout_is_rejected() {
-        let s = LmSettings { timeout_s: 0.0, ..Default::default() };
-        assert!(matches!(OpenAiBackend::with_api_key(&s, "k".into()), Err(OpenAiSetupError::BadTimeout(_))));
+        let s = LmSettings {
+            timeout_s: 0.0,
+            ..Default::default()
+        };
+        assert!(matches!(
+            OpenAiBackend::with_api_key(&s, "k".into()),
+            Err(OpenAiSetupError::BadTimeout(_))
+        ));
     }
 
     #[test]
     fn debug_never_shows_the_key() {
-        let b = OpenAiBackend::with_api_key(&LmSettings::default(), "sk-very-secret".into()).unwrap();
+        let b =
+            OpenAiBackend::with_api_key(&LmSettings::default(), "sk-very-secret".into()).unwrap();
         assert!(!format!("{b:?}").contains("sk-very-secret"));
     }
 }

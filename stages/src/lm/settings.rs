@@ -77,7 +77,12 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 4, base_delay_ms: 500, max_delay_ms: 20_000, max_retry_after_ms: 120_000 }
+        Self {
+            max_attempts: 4,
+            base_delay_ms: 500,
+            max_delay_ms: 20_000,
+            max_retry_after_ms: 120_000,
+        }
     }
 }
 
@@ -86,14 +91,29 @@ impl RetryPolicy {
     ///
     /// "Equal jitter": half the exponential step fixed, half random, so concurrent callers that
     /// failed together spread out but still back off. A server hint is honoured as a floor.
-    pub fn delay(&self, failed_attempts: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
+    pub fn delay(
+        &self,
+        failed_attempts: u32,
+        retry_after: Option<Duration>,
+        rng: &mut impl Rng,
+    ) -> Duration {
         let exp = failed_attempts.saturating_sub(1).min(30);
-        let step = self.base_delay_ms.saturating_mul(1u64 << exp).min(self.max_delay_ms);
+        let step = self
+            .base_delay_ms
+            .saturating_mul(1u64 << exp)
+            .min(self.max_delay_ms);
         let half = step / 2;
-        let jittered = half + if step > half { rng.random_range(0..=step - half) } else { 0 };
+        let jittered = half
+            + if step > half {
+                rng.random_range(0..=step - half)
+            } else {
+                0
+            };
         let backoff = Duration::from_millis(jittered);
         match retry_after {
-            Some(hint) => hint.min(Duration::from_millis(self.max_retry_after_ms)).max(backoff),
+            Some(hint) => hint
+                .min(Duration::from_millis(self.max_retry_after_ms))
+                .max(backoff),
             None => backoff,
         }
     }
@@ -106,32 +126,64 @@ mod tests {
 
     #[test]
     fn backoff_doubles_within_jitter_bounds_and_caps() {
-        let p = RetryPolicy { max_attempts: 10, base_delay_ms: 100, max_delay_ms: 1000, max_retry_after_ms: 5000 };
+        let p = RetryPolicy {
+            max_attempts: 10,
+            base_delay_ms: 100,
+            max_delay_ms: 1000,
+            max_retry_after_ms: 5000,
+        };
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for _ in 0..200 {
-            for (n, step) in [(1u32, 100u64), (2, 200), (3, 400), (4, 800), (5, 1000), (9, 1000)] {
+            for (n, step) in [
+                (1u32, 100u64),
+                (2, 200),
+                (3, 400),
+                (4, 800),
+                (5, 1000),
+                (9, 1000),
+            ] {
                 let d = p.delay(n, None, &mut rng).as_millis() as u64;
-                assert!(d >= step / 2 && d <= step, "attempt {n}: {d} not in [{}, {step}]", step / 2);
+                assert!(
+                    d >= step / 2 && d <= step,
+                    "attempt {n}: {d} not in [{}, {step}]",
+                    step / 2
+                );
             }
         }
     }
 
     #[test]
     fn retry_after_is_a_capped_floor() {
-        let p = RetryPolicy { max_attempts: 3, base_delay_ms: 10, max_delay_ms: 100, max_retry_after_ms: 2000 };
+        let p = RetryPolicy {
+            max_attempts: 3,
+            base_delay_ms: 10,
+            max_delay_ms: 100,
+            max_retry_after_ms: 2000,
+        };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        assert_eq!(p.delay(1, Some(Duration::from_millis(700)), &mut rng), Duration::from_millis(700));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(3600)), &mut rng), Duration::from_millis(2000));
+        assert_eq!(
+            p.delay(1, Some(Duration::from_millis(700)), &mut rng),
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(3600)), &mut rng),
+            Duration::from_millis(2000)
+        );
         assert!(p.delay(1, Some(Duration::ZERO), &mut rng) >= Duration::from_millis(5));
     }
 
     #[test]
     fn settings_parse_from_toml_and_reject_typos() {
-        let s: LmSettings = toml::from_str("model = \"gpt-4o-mini\"\ntemperature = 0.7\n[retry]\nmax_attempts = 2\n").unwrap();
+        let s: LmSettings = toml::from_str(
+            "model = \"gpt-4o-mini\"\ntemperature = 0.7\n[retry]\nmax_attempts = 2\n",
+        )
+        .unwrap();
         assert_eq!(s.temperature, Some(0.7));
         assert_eq!(s.retry.max_attempts, 2);
         assert_eq!(s.concurrency, 32);
-        let err = toml::from_str::<LmSettings>("modle = \"x\"").unwrap_err().to_string();
+        let err = toml::from_str::<LmSettings>("modle = \"x\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("modle"), "{err}");
     }
 }

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_openai::types::chat::{
-    ChatChoice, ChatCompletionResponseMessage, CompletionUsage, CreateChatCompletionResponse, FinishReason,
-    Role as OaRole,
+    ChatChoice, ChatCompletionResponseMessage, CompletionUsage, CreateChatCompletionResponse,
+    FinishReason, Role as OaRole,
 };
 use axum::Router;
 use axum::body::Bytes;
@@ -53,7 +53,10 @@ pub enum Fault {
     Hang(Duration),
     /// HTTP 429 with `Retry-After: <secs>` (whole seconds, as the standard says) and, when set,
     /// OpenAI's `retry-after-ms`.
-    RateLimit { retry_after_s: Option<u64>, retry_after_ms: Option<u64> },
+    RateLimit {
+        retry_after_s: Option<u64>,
+        retry_after_ms: Option<u64>,
+    },
     /// HTTP 5xx with a plain-text body.
     ServerError(u16),
     /// HTTP 200 with the first half of a valid completion body.
@@ -87,7 +90,12 @@ pub struct ServedRequest {
 impl ServedRequest {
     /// The last user message (every AxBench prompt is one user turn).
     pub fn prompt(&self) -> &str {
-        self.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.as_str()).unwrap_or("")
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.content.as_str())
+            .unwrap_or("")
     }
 }
 
@@ -98,7 +106,7 @@ pub type ScriptFn = Arc<dyn Fn(&ServedRequest) -> Reply + Send + Sync>;
 /// fallback.
 #[derive(Clone, Default)]
 pub struct Rules {
-    rules: Vec<(Vec<String>, Arc<dyn Fn(&ServedRequest) -> Reply + Send + Sync>)>,
+    rules: Vec<(Vec<String>, ScriptFn)>,
     fallback: Option<Reply>,
 }
 
@@ -118,7 +126,8 @@ impl Rules {
         needles: &[&str],
         f: impl Fn(&ServedRequest) -> Reply + Send + Sync + 'static,
     ) -> Self {
-        self.rules.push((needles.iter().map(|s| s.to_string()).collect(), Arc::new(f)));
+        self.rules
+            .push((needles.iter().map(|s| s.to_string()).collect(), Arc::new(f)));
         self
     }
 
@@ -136,7 +145,9 @@ impl Rules {
                     return f(req);
                 }
             }
-            self.fallback.clone().unwrap_or(Reply::Fault(Fault::Reject(400)))
+            self.fallback
+                .clone()
+                .unwrap_or(Reply::Fault(Fault::Reject(400)))
         })
     }
 }
@@ -191,9 +202,11 @@ fn content_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
         // Content parts: concatenate the text parts.
-        serde_json::Value::Array(parts) => {
-            parts.iter().filter_map(|p| p.get("text").and_then(|t| t.as_str())).collect::<Vec<_>>().join("")
-        }
+        serde_json::Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+            .collect::<Vec<_>>()
+            .join(""),
         _ => String::new(),
     }
 }
@@ -206,8 +219,13 @@ fn words(s: &str) -> u32 {
 impl TestServer {
     /// Start a server answering with `script`.
     pub async fn start(script: ScriptFn) -> std::io::Result<Self> {
-        let state = Arc::new(ServerState { script, counters: Counters::default() });
-        let app = Router::new().route("/v1/chat/completions", post(handle)).with_state(state.clone());
+        let state = Arc::new(ServerState {
+            script,
+            counters: Counters::default(),
+        });
+        let app = Router::new()
+            .route("/v1/chat/completions", post(handle))
+            .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
@@ -217,7 +235,9 @@ impl TestServer {
     }
 
     /// Start a server from a closure.
-    pub async fn with_fn(f: impl Fn(&ServedRequest) -> Reply + Send + Sync + 'static) -> std::io::Result<Self> {
+    pub async fn with_fn(
+        f: impl Fn(&ServedRequest) -> Reply + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
         Self::start(Arc::new(f)).await
     }
 
@@ -243,12 +263,22 @@ impl TestServer {
 
     /// How many times each fault was served, by name (`rate_limit`, `server_error`, ...).
     pub fn faults_served(&self) -> HashMap<&'static str, u64> {
-        self.state.counters.faults.lock().expect("faults lock").clone()
+        self.state
+            .counters
+            .faults
+            .lock()
+            .expect("faults lock")
+            .clone()
     }
 
     /// `Authorization` headers received, to prove a client did send its key.
     pub fn authorizations(&self) -> Vec<String> {
-        self.state.counters.authorizations.lock().expect("auth lock").clone()
+        self.state
+            .counters
+            .authorizations
+            .lock()
+            .expect("auth lock")
+            .clone()
     }
 }
 
@@ -272,7 +302,13 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-fn completion_body(req: &ServedRequest, text: Option<String>, refusal: Option<String>, finish: FinishReason, n: u64) -> CreateChatCompletionResponse {
+fn completion_body(
+    req: &ServedRequest,
+    text: Option<String>,
+    refusal: Option<String>,
+    finish: FinishReason,
+    n: u64,
+) -> CreateChatCompletionResponse {
     let prompt_tokens: u32 = req.messages.iter().map(|m| words(&m.content)).sum();
     let completion_tokens = text.as_deref().map(words).unwrap_or(0);
     #[allow(deprecated)]
@@ -288,7 +324,12 @@ fn completion_body(req: &ServedRequest, text: Option<String>, refusal: Option<St
     #[allow(deprecated)]
     CreateChatCompletionResponse {
         id: format!("chatcmpl-test-{n}"),
-        choices: vec![ChatChoice { index: 0, message, finish_reason: Some(finish), logprobs: None }],
+        choices: vec![ChatChoice {
+            index: 0,
+            message,
+            finish_reason: Some(finish),
+            logprobs: None,
+        }],
         created: 1_700_000_000,
         model: req.model.clone(),
         service_tier: None,
@@ -306,13 +347,24 @@ fn completion_body(req: &ServedRequest, text: Option<String>, refusal: Option<St
     }
 }
 
-async fn handle(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let counters = &state.counters;
     let n = counters.served.fetch_add(1, Ordering::SeqCst) + 1;
     let _guard = InFlight::enter(counters);
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     if let Some(auth) = &authorization {
-        counters.authorizations.lock().expect("auth lock").push(auth.clone());
+        counters
+            .authorizations
+            .lock()
+            .expect("auth lock")
+            .push(auth.clone());
     }
     let wire: WireRequest = match serde_json::from_slice(&body) {
         Ok(w) => w,
@@ -349,9 +401,26 @@ async fn handle(State(state): State<Arc<ServerState>>, headers: HeaderMap, body:
         repeat,
     };
     let reply = (state.script)(&req);
-    let note = |name: &'static str| *counters.faults.lock().expect("faults lock").entry(name).or_default() += 1;
+    let note = |name: &'static str| {
+        *counters
+            .faults
+            .lock()
+            .expect("faults lock")
+            .entry(name)
+            .or_default() += 1
+    };
     let ok = |text: String| {
-        json_response(StatusCode::OK, serde_json::to_vec(&completion_body(&req, Some(text), None, FinishReason::Stop, n)).unwrap())
+        json_response(
+            StatusCode::OK,
+            serde_json::to_vec(&completion_body(
+                &req,
+                Some(text),
+                None,
+                FinishReason::Stop,
+                n,
+            ))
+            .unwrap(),
+        )
     };
     match reply {
         Reply::Text(t) => ok(t),
@@ -365,43 +434,77 @@ async fn handle(State(state): State<Arc<ServerState>>, headers: HeaderMap, body:
                 tokio::time::sleep(d).await;
                 ok("late".into())
             }
-            Fault::RateLimit { retry_after_s, retry_after_ms } => {
+            Fault::RateLimit {
+                retry_after_s,
+                retry_after_ms,
+            } => {
                 note("rate_limit");
                 let err = serde_json::json!({"error": {"message": "Rate limit reached (test server)", "type": "requests", "code": "rate_limit_exceeded"}});
-                let mut resp = json_response(StatusCode::TOO_MANY_REQUESTS, serde_json::to_vec(&err).unwrap());
+                let mut resp = json_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    serde_json::to_vec(&err).unwrap(),
+                );
                 if let Some(s) = retry_after_s {
-                    resp.headers_mut().insert(header::RETRY_AFTER, s.to_string().parse().unwrap());
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, s.to_string().parse().unwrap());
                 }
                 if let Some(ms) = retry_after_ms {
-                    resp.headers_mut().insert("retry-after-ms", ms.to_string().parse().unwrap());
+                    resp.headers_mut()
+                        .insert("retry-after-ms", ms.to_string().parse().unwrap());
                 }
                 resp
             }
             Fault::ServerError(code) => {
                 note("server_error");
-                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status =
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 (status, "upstream exploded (test server)").into_response()
             }
             Fault::TruncatedJson => {
                 note("truncated_json");
-                let full = serde_json::to_vec(&completion_body(&req, Some("cut short".into()), None, FinishReason::Stop, n)).unwrap();
+                let full = serde_json::to_vec(&completion_body(
+                    &req,
+                    Some("cut short".into()),
+                    None,
+                    FinishReason::Stop,
+                    n,
+                ))
+                .unwrap();
                 json_response(StatusCode::OK, full[..full.len() / 2].to_vec())
             }
             Fault::EmptyChoices => {
                 note("empty_choices");
-                let mut body = completion_body(&req, Some(String::new()), None, FinishReason::Stop, n);
+                let mut body =
+                    completion_body(&req, Some(String::new()), None, FinishReason::Stop, n);
                 body.choices.clear();
                 json_response(StatusCode::OK, serde_json::to_vec(&body).unwrap())
             }
             Fault::Refusal(msg) => {
                 note("refusal");
-                json_response(StatusCode::OK, serde_json::to_vec(&completion_body(&req, None, Some(msg), FinishReason::Stop, n)).unwrap())
+                json_response(
+                    StatusCode::OK,
+                    serde_json::to_vec(&completion_body(
+                        &req,
+                        None,
+                        Some(msg),
+                        FinishReason::Stop,
+                        n,
+                    ))
+                    .unwrap(),
+                )
             }
             Fault::ContentFilter => {
                 note("content_filter");
                 json_response(
                     StatusCode::OK,
-                    serde_json::to_vec(&completion_body(&req, Some(String::new()), None, FinishReason::ContentFilter, n)).unwrap(),
+                    serde_json::to_vec(&completion_body(
+                        &req,
+                        Some(String::new()),
+                        None,
+                        FinishReason::ContentFilter,
+                        n,
+                    ))
+                    .unwrap(),
                 )
             }
             Fault::Reject(code) => {

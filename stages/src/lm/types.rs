@@ -24,13 +24,22 @@ pub struct Message {
 
 impl Message {
     pub fn system(content: impl Into<String>) -> Self {
-        Self { role: Role::System, content: content.into() }
+        Self {
+            role: Role::System,
+            content: content.into(),
+        }
     }
     pub fn user(content: impl Into<String>) -> Self {
-        Self { role: Role::User, content: content.into() }
+        Self {
+            role: Role::User,
+            content: content.into(),
+        }
     }
     pub fn assistant(content: impl Into<String>) -> Self {
-        Self { role: Role::Assistant, content: content.into() }
+        Self {
+            role: Role::Assistant,
+            content: content.into(),
+        }
     }
 }
 
@@ -60,8 +69,16 @@ pub struct ChatRequest {
 
 impl ChatRequest {
     /// A single user turn, the shape of every AxBench prompt.
-    pub fn user(model: impl Into<String>, prompt: impl Into<String>, params: SamplingParams) -> Self {
-        Self { model: model.into(), messages: vec![Message::user(prompt)], params }
+    pub fn user(
+        model: impl Into<String>,
+        prompt: impl Into<String>,
+        params: SamplingParams,
+    ) -> Self {
+        Self {
+            model: model.into(),
+            messages: vec![Message::user(prompt)],
+            params,
+        }
     }
 }
 
