@@ -119,7 +119,7 @@ pub fn train(
             opt.set_lr(config.lr * (total - step as f64).max(0.0) / total.max(1.0));
             opt.zero_grad();
             let latent = h.matmul(&w.tr()).squeeze_dim(1);
-            let mut loss = match loss_kind {
+            let loss = match loss_kind {
                 ProbeLoss::SigmoidBce => latent
                     .sigmoid()
                     .binary_cross_entropy::<Tensor>(&y, None, Reduction::Mean),
@@ -127,9 +127,11 @@ pub fn train(
                     latent.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, Reduction::Mean)
                 }
             };
-            if config.coeff_l1_loss != 0.0 {
-                loss = loss + w.abs().sum(Kind::Float) * config.coeff_l1_loss;
-            }
+            let loss = if config.coeff_l1_loss != 0.0 {
+                loss + w.abs().sum(Kind::Float) * config.coeff_l1_loss
+            } else {
+                loss
+            };
             loss.backward();
             tch::no_grad(|| {
                 // set_decoder_norm_to_unit_norm, then remove_gradient_parallel_to_decoder_directions.
