@@ -160,6 +160,8 @@ pub struct Model {
 }
 
 /// Loads the per-layer weights common to Gemma-2 and Gemma-3 (`q_norm`/`k_norm` only when asked).
+/// The arguments are the config numbers both architectures name identically.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn load_gemma_layer(
     w: &Weights,
     i: usize,

@@ -112,7 +112,7 @@ impl Rotary {
                 "default" => {}
                 "linear" => {
                     let f = s.factor.ok_or("rope_scaling `linear` needs `factor`")?;
-                    inv = inv / f;
+                    inv /= f;
                 }
                 "llama3" => {
                     let f = s.factor.ok_or("rope_scaling `llama3` needs `factor`")?;
@@ -484,6 +484,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::needless_range_loop)] // indices are the point of a mask test
     fn causal_mask_sees_only_the_past_and_real_tokens() {
         // Row 0 left-padded by two, row 1 full.
         let a = allowed(&[0, 0, 1, 1, 1, 1, 1, 1, 1, 1], 2, 0, 5, None);
@@ -498,6 +499,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::needless_range_loop)]
     fn sliding_window_limits_lookback() {
         let a = allowed(&[1; 6], 1, 0, 6, Some(3));
         for i in 0..6 {

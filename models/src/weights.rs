@@ -262,7 +262,7 @@ impl Weights {
                     msg: format!("tensor `{g}` (HF `{name}`): {e}"),
                 })?;
                 match arch {
-                    Arch::Gemma2 | Arch::Gemma3 if g.ends_with("norm.weight") => t = t - 1.0,
+                    Arch::Gemma2 | Arch::Gemma3 if g.ends_with("norm.weight") => t -= 1.0,
                     Arch::Llama if g.ends_with("attn_q.weight") => t = unpermute_qk(&t, *num_heads),
                     Arch::Llama if g.ends_with("attn_k.weight") => {
                         t = unpermute_qk(&t, *num_kv_heads)
