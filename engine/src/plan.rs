@@ -191,8 +191,11 @@ fn plan_nodes(graph: &NodeGraph, registry: &Registry, store: &Store, reader: Opt
             }
         }
         let mut p = PlannedNode { state: NodeState::Missing, reason: String::new(), static_key: sk, key: None, outputs: None, manifest_params };
-        let latest = store.latest(reader, &node.id);
+        // The node's previous key is only needed to explain a change, so fresh nodes (the
+        // whole of a no-op plan) skip that lookup.
+        let latest_of = || store.latest(reader, &node.id);
         if let Some((iname, up)) = unready {
+            let latest = latest_of();
             p.state = if latest.is_some() { NodeState::Stale } else { NodeState::Missing };
             p.reason = if latest.is_some() { format!("input `{iname}` ({up}) will be recomputed") } else { "never computed".to_string() };
             planned.push(p);
@@ -209,10 +212,6 @@ fn plan_nodes(graph: &NodeGraph, registry: &Registry, store: &Store, reader: Opt
                     p.state = NodeState::Fresh;
                     // Only needed to build jobs and explain changes: not for fresh nodes.
                     p.manifest_params = serde_json::Value::Null;
-                    if latest != Some(key) {
-                        // Reverting a change makes an older key current again.
-                        store.note_latest(&node.id, &key);
-                    }
                     out_digests.push(Some(e.outputs.iter().map(|(n, o)| (n.clone(), o.digest)).collect()));
                     p.outputs = Some(e.outputs);
                 } else {
@@ -222,7 +221,7 @@ fn plan_nodes(graph: &NodeGraph, registry: &Registry, store: &Store, reader: Opt
                 }
             }
             None => {
-                match latest {
+                match latest_of() {
                     Some(prev) => {
                         p.state = NodeState::Stale;
                         p.reason = explain(store, &prev, node, &p.manifest_params, &key_inputs, graph);
