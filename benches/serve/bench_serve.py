@@ -11,16 +11,15 @@ Usage (from the repository root, after `cargo build --release`):
 Writes benches/out/serve.json and prints a Markdown table.
 """
 import argparse
-import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = {"default": "gemma-3-270m-q4_k_m.gguf", "default-instruct": "smollm2-135m-instruct-q4_1.gguf"}
@@ -33,61 +32,51 @@ def free_port():
         return s.getsockname()[1]
 
 
-async def wait_ready(base, proc, timeout=300):
-    async with httpx.AsyncClient() as c:
-        t0 = time.time()
-        while time.time() - t0 < timeout:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            try:
-                r = await c.get(f"{base}/v1/models", timeout=2)
-                if r.status_code == 200:
+def wait_ready(base, proc, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base}/v1/models", timeout=2) as r:
+                if r.status == 200:
                     return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.5)
+        except OSError:
+            pass
+        time.sleep(0.5)
     raise RuntimeError("server did not start")
 
 
-async def run_level(base, clients, n_requests, max_tokens):
-    queue = asyncio.Queue()
-    for i in range(n_requests):
-        queue.put_nowait(i)
-    tokens = 0
-    latencies = []
+def complete(base, max_tokens):
+    body = json.dumps({"model": "m", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0}).encode()
+    req = urllib.request.Request(f"{base}/v1/completions", data=body, headers={"Content-Type": "application/json"})
+    t = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=600) as r:
+        out = json.load(r)
+    return out["usage"]["completion_tokens"], time.perf_counter() - t
 
-    async def worker(c):
-        nonlocal tokens
-        while True:
-            try:
-                queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            t = time.perf_counter()
-            r = await c.post(f"{base}/v1/completions", json={
-                "model": "m", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0})
-            r.raise_for_status()
-            tokens += r.json()["usage"]["completion_tokens"]
-            latencies.append(time.perf_counter() - t)
 
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients)) as c:
+def run_level(base, clients, n_requests, max_tokens):
+    """`clients` threads each send requests back to back until `n_requests` have been sent."""
+    with ThreadPoolExecutor(clients) as pool:
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(c) for _ in range(clients)))
+        results = list(pool.map(lambda _: complete(base, max_tokens), range(n_requests)))
         wall = time.perf_counter() - t0
-    latencies.sort()
+    tokens = sum(t for t, _ in results)
+    latencies = sorted(l for _, l in results)
     return {"clients": clients, "requests": n_requests, "wall_s": wall, "req_per_s": n_requests / wall,
             "tok_per_s": tokens / wall, "tokens": tokens, "p50_latency_s": latencies[len(latencies) // 2]}
 
 
-async def bench(name, cmd, port, levels, max_tokens, env):
+def bench(name, cmd, port, levels, max_tokens, env):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        await wait_ready(base, proc)
-        await run_level(base, 1, 1, max_tokens)  # warm-up
+        wait_ready(base, proc)
+        run_level(base, 1, 1, max_tokens)  # warm-up
         out = []
         for clients, n in levels:
-            r = await run_level(base, clients, n, max_tokens)
+            r = run_level(base, clients, n, max_tokens)
             r["server"] = name
             print(json.dumps(r), file=sys.stderr)
             out.append(r)
@@ -111,11 +100,11 @@ def main():
     binary = ROOT / "target/release/axbench"
     results = []
     port = free_port()
-    results += asyncio.run(bench("axbench serve", [str(binary), "serve", "--model", str(gguf), "--port", str(port),
+    results += (bench("axbench serve", [str(binary), "serve", "--model", str(gguf), "--port", str(port),
                                                    "--device", "cpu", "--threads", "2"], port, levels, a.max_tokens, env))
     if not a.skip_llama_cpp:
         port = free_port()
-        results += asyncio.run(bench("llama-cpp-python server", [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
+        results += (bench("llama-cpp-python server", [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
                                                                 "--port", str(port), "--n_threads", "2", "--n_ctx", "2048"],
                                      port, levels, a.max_tokens, env))
     out = ROOT / "benches/out/serve.json"
