@@ -18,6 +18,26 @@
 //! - [`settings`]: [`LmSettings`] and the [`RetryPolicy`].
 //! - [`client`]: [`LmClient`], tying them together.
 //! - [`test_server`]: a fault-injecting OpenAI-compatible server for tests and benchmarks.
+//!
+//! A stage builds one client and sends it every call:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use axbench_stages::lm::{ChatRequest, ClientOptions, LmCache, LmClient, LmSettings, OpenAiBackend, PriceTable};
+//!
+//! let settings: LmSettings = toml::from_str("model = \"gpt-4o-mini\"\ntemperature = 1.0")?;
+//! let backend = Arc::new(OpenAiBackend::from_env(&settings)?); // key from $OPENAI_API_KEY
+//! let prices = PriceTable::load("configs/lm_prices.toml".as_ref())?;
+//! let cache = LmCache::open("lm-cache")?;
+//! let client = LmClient::new(backend, ClientOptions::from_settings(&settings, prices, Some(cache)));
+//! let records = client.call_many(&[ChatRequest::user(&settings.model, "Say hi", settings.params())]).await;
+//! for r in &records {
+//!     println!("{:?}", r.text()); // None for a refusal or a call that failed after retries
+//! }
+//! println!("{:?}", client.stats()); // calls, cache hits, retries, failures by kind, tokens, dollars
+//! # Ok(()) }
+//! ```
 
 pub mod backend;
 pub mod cache;
