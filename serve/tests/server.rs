@@ -511,3 +511,23 @@ async fn stop_strings_cut_the_text_streamed_or_not() {
     assert_eq!(streamed, cut);
     assert_eq!(finish, "stop");
 }
+
+/// `--model default` (Gemma 3 270M base GGUF, no chat template in the file): Gemma's turn format
+/// for chat, and llama.cpp's tokenization (ids from llama-cpp-python 0.3.36 on the same file).
+#[tokio::test]
+async fn gemma_default_model_chats_and_tokenizes_like_llama_cpp() {
+    let model = axbench_serve::resolve_model("default").expect("run scripts/setup.sh to fetch the default models");
+    let mut cfg = ServerConfig::new(model);
+    cfg.load = LoadOptions { device: axbench_models::device::DeviceSpec::Cpu, ..Default::default() };
+    let server = axbench_serve::start(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (status, r) = post(server.addr, "/tokenize", &json!({"content": "The capital of France is", "add_special": true})).await;
+    assert_eq!(status, 200);
+    assert_eq!(r["tokens"], json!([2, 818, 5279, 529, 7001, 563]));
+    let body = json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a fruit."}],
+                      "max_tokens": 4, "temperature": 0});
+    let (status, r) = post(server.addr, "/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{r}");
+    // Gemma's template: <bos><start_of_turn>user\nBe brief.\n\nName a fruit.<end_of_turn>\n<start_of_turn>model\n
+    assert_eq!(r["usage"]["prompt_tokens"], 17);
+    server.shutdown().await;
+}
