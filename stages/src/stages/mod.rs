@@ -23,6 +23,7 @@ pub mod concepts;
 pub mod evaluate;
 pub mod fit;
 pub mod infer;
+pub mod steer;
 
 use axbench_engine::{Registry, StageError};
 
@@ -33,6 +34,7 @@ pub fn register(reg: Registry) -> Registry {
         .register(Box::new(fit::Fit))
         .register(Box::new(infer::Infer))
         .register(Box::new(evaluate::Evaluate))
+        .register(Box::new(steer::Steer))
 }
 
 /// Wraps any displayable error as a stage failure.
