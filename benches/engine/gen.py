@@ -100,14 +100,17 @@ with open(os.path.join(d, "dvc.yaml"), "w") as f:
     matrix:
       c: {concepts}
     cmd: mkdir -p out/synth && echo ${{item.c}} > out/synth/${{item.c}}
-    outs: [out/synth/${{item.c}}]
+    outs:
+      - out/synth/${{item.c}}
   acts:
     matrix:
       c: {concepts}
       s: {settings}
     cmd: mkdir -p out/acts && cat out/synth/${{item.c}} > out/acts/${{item.c}}-${{item.s}}
-    deps: [out/synth/${{item.c}}]
-    outs: [out/acts/${{item.c}}-${{item.s}}]
+    deps:
+      - out/synth/${{item.c}}
+    outs:
+      - out/acts/${{item.c}}-${{item.s}}
 """)
     for st, dep in [("fit", "acts/${item.c}-${item.s}"), ("infer", "fit/${item.c}-${item.s}-${item.m}"), ("steer", "fit/${item.c}-${item.s}-${item.m}"), ("judge", "steer/${item.c}-${item.s}-${item.m}")]:
         f.write(f"""  {st}:
@@ -116,16 +119,19 @@ with open(os.path.join(d, "dvc.yaml"), "w") as f:
       s: {settings}
       m: {methods}
     cmd: mkdir -p out/{st} && cat out/{dep} > out/{st}/${{item.c}}-${{item.s}}-${{item.m}}
-    deps: [out/{dep}]
-    outs: [out/{st}/${{item.c}}-${{item.s}}-${{item.m}}]
+    deps:
+      - out/{dep}
+    outs:
+      - out/{st}/${{item.c}}-${{item.s}}-${{item.m}}
 """)
     f.write(f"""  agg:
     matrix:
       s: {settings}
       m: {methods}
     cmd: mkdir -p out/agg && cat out/judge/*-${{item.s}}-${{item.m}} > out/agg/${{item.s}}-${{item.m}}
-    deps: [{", ".join(f"out/judge/{c}-${{item.s}}-${{item.m}}" for c in concepts)}]
-    outs: [out/agg/${{item.s}}-${{item.m}}]
+    deps:
+{"".join(f"      - out/judge/{c}-${{item.s}}-${{item.m}}" + chr(10) for c in concepts)}    outs:
+      - out/agg/${{item.s}}-${{item.m}}
 """)
 
 # Snakemake: wildcard rules; `all` asks for every agg and infer output.
