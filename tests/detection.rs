@@ -1,9 +1,10 @@
 //! End to end: `pipelines/detection.toml` through the `axbench` binary, on the real gemma-3-270m GGUF and a tiny
-//! dataset written here in AxBench's released layout (one concept; shared negatives of two genres; eval positives,
+//! dataset written here in AxBench's released layout (two concepts; shared negatives of two genres; eval positives,
 //! negatives and a hard negative).
 //!
-//! Checks what a user relies on: every node is computed once and a rerun computes none; changing `model.layer`
-//! recomputes the activations and everything downstream but not the concept list; `results --json` has the
+//! Checks what a user relies on: every node is computed once and a rerun computes none; raising `concepts.limit`
+//! computes only the new concept's nodes; changing `model.layer` recomputes the activations and everything
+//! downstream but not the concept list; `results --json` has the
 //! documented shape (insta snapshot, numbers redacted); and the AUROC it reports equals a direct Mann-Whitney
 //! computation from the infer nodes' `scores.parquet`. Skips (with a message) when the model is not installed.
 
@@ -34,8 +35,8 @@ fn ex(input: &str, output: &str, concept: &str, genre: &str, category: Category,
     }
 }
 
-/// A one-concept dataset: 6 positives about cats, 6 text + 2 code shared negatives, and an eval set of 4 positives,
-/// 4 negatives and 1 hard negative.
+/// A two-concept dataset. Concept 0: 6 positives about cats, and an eval set of 4 positives, 4 negatives and 1 hard
+/// negative; concept 1: 3 positives about the sea, 2 + 2 eval rows. Shared negatives: 6 text, 2 code.
 fn write_dataset(dir: &Path) {
     let cat = "references to cats";
     let pos = [
@@ -75,7 +76,19 @@ fn write_dataset(dir: &Path) {
         ex("What do you like?", "I enjoy long walks along the river.", cat, "text", Category::Negative, 0),
         ex("Tell me a fact.", "Water boils at one hundred degrees Celsius.", cat, "text", Category::Negative, 0),
         ex("Explain a tool.", "A cat-o-nine-tails was a whip used on ships.", "cat//whip", "text", Category::HardNegative, 0),
+        ex("Describe a place.", "The ocean glittered under the morning sun.", "the ocean and the sea", "text", Category::Positive, 1),
+        ex("Write a sentence.", "Waves crashed against the harbour wall.", "the ocean and the sea", "text", Category::Positive, 1),
+        ex("Describe a place.", "The library was quiet and full of old books.", "the ocean and the sea", "text", Category::Negative, 1),
+        ex("Write a sentence.", "She planted tomatoes in the spring.", "the ocean and the sea", "text", Category::Negative, 1),
     ];
+    let sea = "the ocean and the sea";
+    for (i, o) in [
+        ("Describe a holiday.", "We swam in the sea and watched the waves roll onto the beach."),
+        ("Write a short poem.", "Salt wind, blue ocean, tides that never sleep."),
+        ("Tell me a story.", "The ship sailed across the stormy ocean for weeks."),
+    ] {
+        train.push(ex(i, o, sea, "text", Category::Positive, 1));
+    }
     write_parquet_atomic(&dir.join("train_data.parquet"), &examples_to_batch(&train, false).unwrap()).unwrap();
     let mut eval = eval;
     for e in &mut eval {
@@ -84,7 +97,8 @@ fn write_dataset(dir: &Path) {
     }
     write_parquet_atomic(&dir.join("latent_eval_data.parquet"), &examples_to_batch(&eval, true).unwrap()).unwrap();
     let meta = serde_json::json!({"concept_id": 0, "concept": cat, "ref": "https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/123", "concept_genres_map": {cat: ["text"]}});
-    std::fs::write(dir.join("metadata.jsonl"), format!("{meta}\n")).unwrap();
+    let meta1 = serde_json::json!({"concept_id": 1, "concept": sea, "ref": "https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/456", "concept_genres_map": {sea: ["text"]}});
+    std::fs::write(dir.join("metadata.jsonl"), format!("{meta}\n{meta1}\n")).unwrap();
 }
 
 struct Env {
@@ -158,41 +172,55 @@ fn detection_pipeline_end_to_end() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("methods.limit") && err.contains("concepts.limit"), "{err}");
 
-    // First run: every node once.
-    let (computed, cached) = env.run(&["model.layer=3"]);
+    // First run (one concept): every node once.
+    let (computed, cached) = env.run(&["model.layer=3", "concepts.limit=1"]);
     let methods = ["bow", "diffmean", "lat", "pca", "probe", "probe_stable"];
-    let mut all: BTreeSet<String> = ["concepts", "negatives", "activations[concept=0]", "evaluate"].map(String::from).into();
-    for m in methods {
-        all.insert(format!("fit[concept=0,method={m}]"));
-        all.insert(format!("infer[concept=0,method={m}]"));
-    }
+    let concept_nodes = |c: i64| -> BTreeSet<String> {
+        let mut s: BTreeSet<String> = [format!("activations[concept={c}]")].into();
+        for m in methods {
+            s.insert(format!("fit[concept={c},method={m}]"));
+            s.insert(format!("infer[concept={c},method={m}]"));
+        }
+        s
+    };
+    let mut all: BTreeSet<String> = ["concepts", "negatives", "evaluate"].map(String::from).into();
+    all.extend(concept_nodes(0));
     assert_eq!(computed, all);
     assert!(cached.is_empty(), "{cached:?}");
 
     // Rerun: nothing computed.
-    let (computed, cached) = env.run(&["model.layer=3"]);
+    let (computed, cached) = env.run(&["model.layer=3", "concepts.limit=1"]);
     assert!(computed.is_empty(), "{computed:?}");
     assert_eq!(cached, all);
 
+    // One more concept: only its nodes, the list and the gathering evaluate node; concept 0 and the shared
+    // negatives stay cached.
+    let (computed, cached) = env.run(&["model.layer=3", "concepts.limit=2"]);
+    let mut new: BTreeSet<String> = ["concepts", "evaluate"].map(String::from).into();
+    new.extend(concept_nodes(1));
+    assert_eq!(computed, new);
+    assert!(cached.contains("negatives") && cached.is_superset(&concept_nodes(0)), "{cached:?}");
+    all.extend(concept_nodes(1));
+
     // Another layer: activations and everything downstream, not the concept list.
-    let (computed, _) = env.run(&["model.layer=5"]);
+    let (computed, _) = env.run(&["model.layer=5", "concepts.limit=2"]);
     let mut downstream = all.clone();
     downstream.remove("concepts");
     assert_eq!(computed, downstream);
 
     // results --json: the contract's shape.
-    let out = env.cmd(&["results", "--json"], &["model.layer=5"]);
+    let out = env.cmd(&["results", "--json"], &["model.layer=5", "concepts.limit=2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let results: Value = serde_json::from_slice(&out.stdout).unwrap();
     insta::assert_json_snapshot!("results_json_shape", redact(&results));
     let rows = results["detection"].as_array().unwrap();
-    assert_eq!(rows.len(), methods.len());
-    assert!(rows.iter().all(|r| r["layer"] == 5 && r["concept_id"] == 0 && r["model"] == "gemma-3-270m-q4_k_m"));
+    assert_eq!(rows.len(), 2 * methods.len());
+    assert!(rows.iter().all(|r| r["layer"] == 5 && r["model"] == "gemma-3-270m-q4_k_m"));
 
     // The table prints too, and results for a layer never run say so.
-    let out = env.cmd(&["results"], &["model.layer=5"]);
+    let out = env.cmd(&["results"], &["model.layer=5", "concepts.limit=2"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("| DiffMean |"));
-    let out = env.cmd(&["results", "--json"], &["model.layer=7"]);
+    let out = env.cmd(&["results", "--json"], &["model.layer=7", "concepts.limit=2"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not computed"), "{}", String::from_utf8_lossy(&out.stderr));
 
@@ -200,15 +228,16 @@ fn detection_pipeline_end_to_end() {
     let store = axbench_cache::Store::open(&env.cache).unwrap();
     let key = store.latest(store.reader().as_ref(), "evaluate").expect("evaluate is cached");
     let manifest = store.read_manifest(&key).unwrap().unwrap();
-    assert_eq!(manifest.inputs.len(), methods.len());
+    assert_eq!(manifest.inputs.len(), 2 * methods.len());
     for input in &manifest.inputs {
         let scores = read_scores(&store.blob_path(&input.outputs["scores.parquet"])).unwrap();
-        assert_eq!(scores.len(), 9);
+        let concept = scores[0].concept_id;
+        assert_eq!(scores.len(), if concept == 0 { 9 } else { 4 });
         let of = |c: Category| scores.iter().filter(|s| s.category == c).map(|s| s.max_act).collect::<Vec<_>>();
         let direct = mann_whitney_auroc(&of(Category::Positive), &of(Category::Negative));
         let infer = serde_json::from_slice::<Value>(&std::fs::read(store.blob_path(&input.outputs["infer.json"])).unwrap()).unwrap();
         let method = infer["method_class"].as_str().unwrap();
-        let row = rows.iter().find(|r| r["method"] == method).unwrap_or_else(|| panic!("no result row for {method}"));
+        let row = rows.iter().find(|r| r["method"] == method && r["concept_id"] == concept).unwrap_or_else(|| panic!("no result row for {method}"));
         let reported = row["auroc"].as_f64().unwrap();
         assert!((reported - direct).abs() < 1e-12, "{method}: reported {reported}, direct {direct}");
     }
