@@ -252,7 +252,7 @@ fn check_activations(name: &str) {
     let shape: Vec<u64> = a["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
     assert_eq!(t.shape().iter().map(|&x| x as u64).collect::<Vec<_>>(), shape);
     let vals: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-    let json_vals: Vec<f32> = rows.iter().flat_map(|r| floats(r)).map(|x| x as f32).collect();
+    let json_vals: Vec<f32> = rows.iter().flat_map(floats).map(|x| x as f32).collect();
     assert_eq!(vals, json_vals, "{name}: --out and --json hold the same values");
 }
 
