@@ -42,6 +42,7 @@
 pub mod backend;
 pub mod cache;
 pub mod client;
+pub mod local;
 pub mod cost;
 pub mod openai;
 pub mod settings;
@@ -50,6 +51,7 @@ pub mod types;
 
 pub use backend::{BackendError, BoxFuture, FailureKind, LmBackend};
 pub use cache::{CacheKey, LmCache, cache_key, canonical_json};
+pub use local::{LocalBackend, LocalSetupError};
 pub use client::{CallFailure, CallOutcome, CallRecord, ClientOptions, LmClient, LmStats, Source};
 pub use cost::{Price, PriceTable};
 pub use openai::{OpenAiBackend, OpenAiSetupError};
