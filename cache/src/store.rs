@@ -244,13 +244,11 @@ impl Store {
     pub fn check_blob_with(&self, reader: Option<&IndexReader>, digest: &Digest) -> bool {
         let path = self.blob_path(digest);
         let Ok(stat) = FileStat::of(&path) else { return false };
-        if let Some(r) = reader {
-            if let Ok(Some(known)) = r.blob_stat(digest) {
-                if known == stat {
+        if let Some(r) = reader
+            && let Ok(Some(known)) = r.blob_stat(digest)
+                && known == stat {
                     return true;
                 }
-            }
-        }
         {
             let pending = self.pending.lock().unwrap();
             if pending.blob_stats.iter().any(|(d, s)| d == digest && *s == stat) {
@@ -284,11 +282,10 @@ impl Store {
 
     /// Looks a node key up: index first, then the manifest on disk (repairing the index).
     pub fn lookup(&self, reader: Option<&IndexReader>, key: &Digest) -> Result<Option<NodeEntry>, StoreError> {
-        if let Some(r) = reader {
-            if let Some(e) = r.node(key)? {
+        if let Some(r) = reader
+            && let Some(e) = r.node(key)? {
                 return Ok(Some(e));
             }
-        }
         match self.read_manifest(key)? {
             Some(m) => {
                 let entry = NodeEntry { node: m.node.clone(), outputs: m.outputs.clone() };
@@ -353,13 +350,11 @@ impl Store {
         let stat = FileStat::from_metadata(&meta);
         let abs = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let abs_s = abs.to_string_lossy().to_string();
-        if let Some(r) = reader {
-            if let Ok(Some((known, digest))) = r.file_stat(&abs_s) {
-                if known == stat {
+        if let Some(r) = reader
+            && let Ok(Some((known, digest))) = r.file_stat(&abs_s)
+                && known == stat {
                     return Ok(digest);
                 }
-            }
-        }
         let digest = hash_file(path).map_err(io_err(path))?;
         self.pending.lock().unwrap().file_stats.push((abs_s, stat, digest));
         Ok(digest)
@@ -391,11 +386,10 @@ impl Store {
             let Ok(files) = fs::read_dir(shard.path()) else { continue };
             for f in files.flatten() {
                 let name = f.file_name().to_string_lossy().to_string();
-                if let Some(hex) = name.strip_suffix(".json") {
-                    if let Ok(d) = hex.parse() {
+                if let Some(hex) = name.strip_suffix(".json")
+                    && let Ok(d) = hex.parse() {
                         out.push((d, f.path()));
                     }
-                }
             }
         }
         out

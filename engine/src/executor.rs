@@ -94,11 +94,10 @@ impl Executor for LocalExecutor {
         let store = &self.store;
         // Only one process computes a key; the others wait here and then find it cached.
         let _lock = store.lock_node(&job.key)?;
-        if let Some(e) = store.lookup(store.reader().as_ref(), &job.key)? {
-            if e.outputs.values().all(|o| store.check_blob(&o.digest)) {
+        if let Some(e) = store.lookup(store.reader().as_ref(), &job.key)?
+            && e.outputs.values().all(|o| store.check_blob(&o.digest)) {
                 return Ok(ExecOutcome::Cached { outputs: e.outputs });
             }
-        }
         if cancel.is_cancelled() {
             return Err(ExecError::Cancelled);
         }

@@ -12,7 +12,7 @@
 //! reading it) *pending*: it is expanded in a later wave of the same run.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use crate::graph::StageGraph;
@@ -54,6 +54,10 @@ pub struct NodeGraph {
     pub nodes: Vec<Node>,
     pub pending: Vec<Pending>,
 }
+
+/// One input of a stage: its name, the dims it shares with the upstream stage, and the
+/// upstream nodes grouped by their values on those dims.
+type InputTable = (String, Vec<String>, HashMap<String, Vec<usize>>);
 
 /// Whether any param value of a stage refers to one of its fan-out dimensions.
 fn params_use_dims(values: &[&Value], dims: &[&String]) -> bool {
@@ -169,7 +173,7 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
         check_size(spec, &out, coords.len(), &s.loc, &format!("stages.{sname}"))?;
 
         // Input matching tables: for each input, upstream nodes grouped by the shared dims.
-        let mut input_tables: Vec<(String, Vec<String>, HashMap<String, Vec<usize>>)> = Vec::new();
+        let mut input_tables: Vec<InputTable> = Vec::new();
         for (iname, up) in &s.inputs {
             let up_stage = &spec.stages[&up.value];
             let shared: Vec<String> = up_stage.foreach.keys().filter(|d| s.foreach.contains_key(*d)).cloned().collect();
@@ -259,9 +263,9 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
             }
             let id = node_id(sname, &coord);
             let idx = out.nodes.len();
-            let mut h = id_hasher.build_hasher();
-            id.hash(&mut h);
-            let prev = seen_ids.insert(h.finish(), idx);
+            
+            
+            let prev = seen_ids.insert(id_hasher.hash_one(&id), idx);
             if prev.is_some_and(|p| out.nodes[p].id == id) {
                 return Err(SpecError::new(&s.loc, format!("stages.{sname}.foreach"), format!("two fan-out elements give the same node id `{id}`; give table elements distinct `name`s")));
             }

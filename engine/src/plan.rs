@@ -110,12 +110,11 @@ pub fn plan(spec: &PipelineSpec, registry: &Registry, store: &Store, project_dir
         let mut learned = false;
         if !graph.pending.is_empty() {
             for (n, p) in graph.nodes.iter().zip(&nodes) {
-                if n.list_output && p.state == NodeState::Fresh && !lists.contains_key(&n.id) {
-                    if let Some(items) = read_list(store, p.outputs.as_ref().unwrap()) {
+                if n.list_output && p.state == NodeState::Fresh && !lists.contains_key(&n.id)
+                    && let Some(items) = read_list(store, p.outputs.as_ref().unwrap()) {
                         lists.insert(n.id.clone(), items);
                         learned = true;
                     }
-                }
             }
         }
         if !learned {

@@ -197,13 +197,12 @@ async fn run_wave(
             let key = node_key(&p.nodes[i].static_key, &key_inputs);
             // Early cutoff: the key may already be in the cache.
             let reader = store.reader();
-            if let Some(e) = store.lookup(reader.as_ref(), &key)? {
-                if e.outputs.values().all(|o| store.check_blob_with(reader.as_ref(), &o.digest)) {
+            if let Some(e) = store.lookup(reader.as_ref(), &key)?
+                && e.outputs.values().all(|o| store.check_blob_with(reader.as_ref(), &o.digest)) {
                     store.note_latest(&node.id, &key);
                     finish(i, key, e.outputs, false, nodes, &mut outputs, &mut keys, &mut remaining, &dependents, &mut ready, report, done_ids, reporter, lists, store, &mut learned);
                     continue;
                 }
-            }
             let mut inputs: BTreeMap<String, Vec<JobInput>> = BTreeMap::new();
             let mut di = 0;
             for (iname, ups) in &node.inputs {
@@ -312,12 +311,11 @@ fn finish(
     learned: &mut bool,
 ) {
     let node = &nodes[i];
-    if node.list_output && !lists.contains_key(&node.id) {
-        if let Some(items) = read_list(store, &outs) {
+    if node.list_output && !lists.contains_key(&node.id)
+        && let Some(items) = read_list(store, &outs) {
             lists.insert(node.id.clone(), items);
             *learned = true;
         }
-    }
     outputs[i] = Some(outs);
     keys[i] = Some(key);
     report.keys.push(key);
