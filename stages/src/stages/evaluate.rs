@@ -71,6 +71,9 @@ pub fn evaluate_concept(model: &str, layer: i64, method: &str, concept_id: i64, 
     crate::metrics::evaluate_concept(max_acts, categories, None).to_row(model, layer, method, concept_id)
 }
 
+/// Each method's rows, for one (model, layer).
+type MethodRows<'a> = Vec<(String, Vec<&'a ResultRow>)>;
+
 fn fmt(x: Option<f64>) -> String {
     x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into())
 }
@@ -84,7 +87,7 @@ pub fn markdown(results: &Results) -> String {
     }
     let concepts: std::collections::BTreeSet<i64> = results.detection.iter().map(|r| r.concept_id).collect();
     let per_concept = concepts.len() <= 12;
-    let mut by_model: BTreeMap<(String, i64), Vec<(String, Vec<&ResultRow>)>> = BTreeMap::new();
+    let mut by_model: BTreeMap<(String, i64), MethodRows> = BTreeMap::new();
     for ((model, layer, method), rows) in groups {
         by_model.entry((model, layer)).or_default().push((method, rows));
     }
