@@ -23,6 +23,7 @@ pub mod concepts;
 pub mod evaluate;
 pub mod fit;
 pub mod infer;
+pub mod judge;
 pub mod steer;
 
 use axbench_engine::{Registry, StageError};
@@ -35,6 +36,7 @@ pub fn register(reg: Registry) -> Registry {
         .register(Box::new(infer::Infer))
         .register(Box::new(evaluate::Evaluate))
         .register(Box::new(steer::Steer))
+        .register(Box::new(judge::Judge))
 }
 
 /// Wraps any displayable error as a stage failure.

@@ -1,0 +1,286 @@
+//! `axbench.judge`: AxBench's LM judge (evaluate.py steering, `LMJudgeEvaluator`) over one steer node's
+//! generations: three calls per generation (concept, instruction, fluency; templates in `configs/prompts/`), each
+//! rating read from `Rating: [[n]]` and the score the harmonic mean of the three ([`crate::judge`]).
+//!
+//! The judge is an [`LmBackend`](crate::lm::LmBackend) behind the cached [`LmClient`]: `backend = "local"` runs
+//! `model` (default `default-instruct`, SmolLM2-135M-Instruct) in process; `backend = "openai"` calls `base_url`
+//! with the key from `$OPENAI_API_KEY` (AxBench: gpt-4o-mini, temperature 0.7). Answers are cached under
+//! `cache_dir` (relative to the project), keyed by the full request, so a rerun or another pipeline asking the same
+//! question pays nothing.
+//!
+//! Outputs `judged.parquet` (one row per generation: keys, the three ratings, the score, and how many of the three
+//! ratings were unreadable) and `judge.json` ([`JudgeMeta`]: rating status counts and client stats).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use axbench_engine::{ParamSpec, ParamType, Stage, StageContext, StageError};
+use axbench_models::device::DeviceSpec;
+use serde::{Deserialize, Serialize};
+
+use super::steer::{SteerMeta, read_generations};
+use super::{fail, read_json, write_json};
+use crate::judge::{JudgeItem, JudgeStats, RatingStatus, judge_all};
+use crate::lm::{ClientOptions, LmBackend, LmCache, LmClient, LmSettings, LmStats, LocalBackend, OpenAiBackend, PriceTable, SamplingParams};
+use crate::prompts::PromptSet;
+use crate::tables;
+
+pub struct Judge;
+
+/// One judged generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JudgedRow {
+    pub concept_id: i64,
+    pub method: String,
+    pub factor: f64,
+    pub input_id: i64,
+    pub concept_rating: f64,
+    pub instruction_rating: f64,
+    pub fluency_rating: f64,
+    /// Harmonic mean of the three ratings (0 if any is 0).
+    pub score: f64,
+    /// Ratings (of 3) that were missing, unparsable, out of range or had no reply.
+    pub unparsable: i64,
+}
+
+pub fn judged_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("concept_id", DataType::Int64, false),
+        Field::new("method", DataType::Utf8, false),
+        Field::new("factor", DataType::Float64, false),
+        Field::new("input_id", DataType::Int64, false),
+        Field::new("concept_rating", DataType::Float64, false),
+        Field::new("instruction_rating", DataType::Float64, false),
+        Field::new("fluency_rating", DataType::Float64, false),
+        Field::new("score", DataType::Float64, false),
+        Field::new("unparsable", DataType::Int64, false),
+    ]))
+}
+
+pub fn judged_batch(rows: &[JudgedRow]) -> Result<RecordBatch, StageError> {
+    let f = |g: fn(&JudgedRow) -> f64| -> ArrayRef { Arc::new(Float64Array::from_iter_values(rows.iter().map(g))) };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.concept_id))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.method.as_str()))),
+        f(|r| r.factor),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.input_id))),
+        f(|r| r.concept_rating),
+        f(|r| r.instruction_rating),
+        f(|r| r.fluency_rating),
+        f(|r| r.score),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.unparsable))),
+    ];
+    RecordBatch::try_new(judged_schema(), columns).map_err(|e| fail("judged", e))
+}
+
+/// Reads `judged.parquet`; errors name the file and column.
+pub fn read_judged(path: &Path) -> Result<Vec<JudgedRow>, StageError> {
+    let batch = tables::read_parquet(path).map_err(|e| fail("judged", e))?;
+    let f = |name: &str| -> Result<Float64Array, StageError> {
+        let schema = batch.schema();
+        let i = schema.index_of(name).map_err(|_| fail(path.display(), format!("no column `{name}`")))?;
+        batch.column(i).as_any().downcast_ref::<Float64Array>().cloned().ok_or_else(|| fail(path.display(), format!("column `{name}` is not float64")))
+    };
+    let i = |name| tables::int64_column(&batch, path, name).map_err(|e| fail("judged", e));
+    let method = tables::string_column(&batch, path, "method").map_err(|e| fail("judged", e))?;
+    let (cid, factor, input, c, ins, flu, score, unp) = (i("concept_id")?, f("factor")?, i("input_id")?, f("concept_rating")?, f("instruction_rating")?, f("fluency_rating")?, f("score")?, i("unparsable")?);
+    Ok((0..batch.num_rows())
+        .map(|k| JudgedRow {
+            concept_id: cid.value(k),
+            method: method.value(k).to_owned(),
+            factor: factor.value(k),
+            input_id: input.value(k),
+            concept_rating: c.value(k),
+            instruction_rating: ins.value(k),
+            fluency_rating: flu.value(k),
+            score: score.value(k),
+            unparsable: unp.value(k),
+        })
+        .collect())
+}
+
+/// `judge.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JudgeMeta {
+    pub concept_id: i64,
+    pub concept: String,
+    pub method: String,
+    pub judge: String,
+    pub stats: JudgeStats,
+    pub calls: LmStats,
+}
+
+impl Stage for Judge {
+    fn kind(&self) -> &str {
+        "axbench.judge"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::required("dataset", ParamType::Path, "AxBench data directory (metadata.jsonl names the concept)"),
+            ParamSpec::optional("backend", ParamType::Str, "local", "local (our runtime) or openai (an OpenAI-compatible API)"),
+            ParamSpec::optional("model", ParamType::Str, "default-instruct", "local: default-instruct, default or a .gguf path; openai: the model name (gpt-4o-mini)"),
+            ParamSpec::optional("base_url", ParamType::Str, "https://api.openai.com/v1", "openai backend: API base URL up to /v1"),
+            ParamSpec::optional("temperature", ParamType::Float, 0.7, "judge temperature (AxBench: 0.7)"),
+            ParamSpec::optional("max_tokens", ParamType::Int, 64, "judge reply length limit (0: none)"),
+            ParamSpec::optional("seed", ParamType::Int, 0, "judge sampling seed"),
+            ParamSpec::optional("prompts", ParamType::Path, "configs/prompts", "prompt template directory"),
+            ParamSpec::optional("cache_dir", ParamType::Str, ".axbench/lm_cache", "LM answer cache, relative to the project (not hashed)"),
+            ParamSpec::optional("concurrency", ParamType::Int, 8, "judge calls in flight"),
+        ]
+    }
+    fn doc(&self) -> &str {
+        "LM-judge ratings (concept, instruction, fluency) and their harmonic mean per steered generation"
+    }
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        let gen_art = ctx.input("generations")?;
+        let steer: SteerMeta = read_json(gen_art.file("steer.json")?)?;
+        let gens = read_generations(gen_art.file("generations.parquet")?)?;
+        let metadata = ctx.param_path("dataset")?.join("metadata.jsonl");
+        let concepts = crate::data::read_metadata(&metadata).map_err(|e| fail("dataset", e))?;
+        let concept = concepts.iter().find(|c| c.id == steer.concept_id).ok_or_else(|| fail(metadata.display(), format!("no concept {}", steer.concept_id)))?.concept.clone();
+        let prompts = PromptSet::load(&ctx.param_path("prompts")?).map_err(|e| fail("prompts", e))?;
+
+        let backend_kind = ctx.param_str("backend")?.to_owned();
+        let model_spec = ctx.param_str("model")?.to_owned();
+        let mut settings = LmSettings { model: model_spec.clone(), base_url: ctx.param_str("base_url")?.to_owned(), concurrency: ctx.param_i64("concurrency")?.max(1) as usize, ..Default::default() };
+        let max_tokens = ctx.param_i64("max_tokens")?;
+        let params = SamplingParams {
+            temperature: Some(ctx.param_f64("temperature")? as f32),
+            max_tokens: (max_tokens > 0).then_some(max_tokens as u32),
+            seed: Some(ctx.param_i64("seed")?),
+            ..Default::default()
+        };
+        let (backend, model_id): (Arc<dyn LmBackend>, String) = match backend_kind.as_str() {
+            "local" => {
+                let b = LocalBackend::from_spec(&model_spec, DeviceSpec::Cpu).map_err(|e| StageError::Param { name: "model".into(), message: e.to_string() })?;
+                let id = b.model_id().to_owned();
+                (Arc::new(b), id)
+            }
+            "openai" => {
+                settings.temperature = params.temperature;
+                let b = OpenAiBackend::from_env(&settings).map_err(|e| StageError::Param { name: "backend".into(), message: e.to_string() })?;
+                (Arc::new(b), model_spec.clone())
+            }
+            other => return Err(StageError::Param { name: "backend".into(), message: format!("unknown backend {other:?}: local or openai") }),
+        };
+        let judge_name = backend.describe();
+        let cache_dir = ctx.project_dir().join(ctx.param_str("cache_dir")?);
+        let cache = LmCache::open(&cache_dir).map_err(|e| fail(cache_dir.display(), e))?;
+        let client = LmClient::new(backend, ClientOptions::from_settings(&settings, PriceTable::default(), Some(cache)));
+        let items: Vec<JudgeItem> = gens.iter().map(|g| JudgeItem { concept: concept.clone(), instruction: g.instruction.clone(), generation: g.generation.clone() }).collect();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| fail("tokio runtime", e))?;
+        let (judged, stats) = rt.block_on(judge_all(&client, &prompts, &model_id, &params, &items)).map_err(|e| fail("judge prompts", e))?;
+        let rows: Vec<JudgedRow> = gens
+            .iter()
+            .zip(&judged)
+            .map(|(g, j)| JudgedRow {
+                concept_id: g.concept_id,
+                method: g.method.clone(),
+                factor: g.factor,
+                input_id: g.input_id,
+                concept_rating: j.concept.value,
+                instruction_rating: j.instruction.value,
+                fluency_rating: j.fluency.value,
+                score: j.score,
+                unparsable: j.ratings().iter().filter(|r| r.status != RatingStatus::Parsed).count() as i64,
+            })
+            .collect();
+        let calls = client.stats();
+        ctx.log(format!("{} generations judged by {judge_name}: {} unreadable ratings, {} failed calls", rows.len(), stats.unparsable, stats.no_reply));
+        tables::write_parquet_atomic(&ctx.output_path("judged.parquet")?, &judged_batch(&rows)?).map_err(|e| fail("judged", e))?;
+        write_json(ctx, "judge.json", &JudgeMeta { concept_id: steer.concept_id, concept, method: steer.method_class, judge: judge_name, stats, calls })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use axbench_engine::{Coord, InputArtifact, Value};
+
+    use super::*;
+    use crate::lm::test_server::{Reply, Rules, TestServer};
+    use crate::stages::steer::{GenerationRow, SteerMeta, generations_batch};
+
+    fn gen_row(input_id: i64, factor: f64, text: &str) -> GenerationRow {
+        GenerationRow { concept_id: 0, method: "DiffMean".into(), factor, input_id, instruction: format!("instruction {input_id}"), generation: text.into(), strength: factor * 10.0 }
+    }
+
+    /// Scripted judge: ratings depend on the aspect (template wording) and the generation text.
+    fn rules() -> Rules {
+        let r = |n: &str| Reply::text(format!("The text is as described. Rating: [[{n}]]"));
+        Rules::new()
+            .when_all(&["presence of the concept", "GOOD"], move |_| r("2"))
+            .when_all(&["topical relatedness", "GOOD"], {
+                let r = Reply::text("Rating: [[1]]");
+                move |_| r.clone()
+            })
+            .when_all(&["how fluent", "GOOD"], |_| Reply::text("Rating: [[2]]"))
+            .when_all(&["presence of the concept", "BAD"], |_| Reply::text("I cannot decide."))
+            .when_all(&["topical relatedness", "BAD"], |_| Reply::text("Rating: [[2]]"))
+            .when_all(&["how fluent", "BAD"], |_| Reply::text("Rating: [[7]]"))
+    }
+
+    #[test]
+    fn judge_stage_rates_through_the_lm_client_with_scripted_ratings() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let server = rt.block_on(TestServer::with_rules(rules())).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("metadata.jsonl"), r#"{"concept_id": 0, "concept": "references to cats", "ref": "x", "concept_genres_map": {"references to cats": ["text"]}}"#).unwrap();
+        let gens = [gen_row(0, 0.5, "a GOOD text"), gen_row(1, 0.5, "a BAD text")];
+        let gp = tmp.path().join("generations.parquet");
+        tables::write_parquet_atomic(&gp, &generations_batch(&gens).unwrap()).unwrap();
+        let meta = SteerMeta { model: "m".into(), layer: 9, concept_id: 0, method: "diffmean".into(), method_class: "DiffMean".into(), max_act: 10.0, factors: vec![0.5], n_instructions: 2, n_generations: 2, generated_tokens: 0, seconds: 0.0, skipped: None };
+        let sp = tmp.path().join("steer.json");
+        std::fs::write(&sp, serde_json::to_vec(&meta).unwrap()).unwrap();
+        let art = InputArtifact { node: "steer".into(), coord: Coord::new(), files: [("generations.parquet".to_string(), gp), ("steer.json".to_string(), sp)].into_iter().collect() };
+        let out = tmp.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let params: BTreeMap<String, Value> = [
+            ("dataset", Value::Str(data.display().to_string())),
+            ("backend", Value::Str("openai".into())),
+            ("model", Value::Str("gpt-4o-mini".into())),
+            ("base_url", Value::Str(server.base_url())),
+            ("temperature", Value::Float(0.7)),
+            ("max_tokens", Value::Int(0)),
+            ("seed", Value::Int(0)),
+            ("prompts", Value::Str(PromptSet::default_dir().display().to_string())),
+            ("cache_dir", Value::Str("lm_cache".into())),
+            ("concurrency", Value::Int(4)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        // SAFETY: set before any thread of this test reads it; other tests do not read this variable.
+        unsafe { std::env::set_var("OPENAI_API_KEY", "test-key") };
+        let run = |out: &Path| {
+            let mut ctx = StageContext::new("judge", Coord::new(), params.clone(), [("generations".to_string(), vec![art.clone()])].into_iter().collect(), out.to_path_buf(), tmp.path().to_path_buf());
+            Judge.run(&mut ctx).unwrap();
+            read_judged(&out.join("judged.parquet")).unwrap()
+        };
+        let rows = run(&out);
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].concept_rating, rows[0].instruction_rating, rows[0].fluency_rating), (2.0, 1.0, 2.0));
+        assert!((rows[0].score - 1.5).abs() < 1e-12, "harmonic mean of 2, 1, 2 = 1.5, got {}", rows[0].score);
+        assert_eq!(rows[0].unparsable, 0);
+        // Missing rating and an out-of-range 7 both count as 0 and as unreadable; any 0 makes the score 0.
+        assert_eq!((rows[1].concept_rating, rows[1].instruction_rating, rows[1].fluency_rating, rows[1].score, rows[1].unparsable), (0.0, 2.0, 0.0, 0.0, 2));
+        assert_eq!(server.requests(), 6);
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("judge.json")).unwrap()).unwrap();
+        assert_eq!(meta["concept"], "references to cats");
+        assert_eq!(meta["stats"]["unparsable"], 2);
+
+        // A rerun is answered from the LM cache: same rows, no new requests.
+        let out2 = tmp.path().join("out2");
+        std::fs::create_dir(&out2).unwrap();
+        assert_eq!(run(&out2), rows);
+        assert_eq!(server.requests(), 6);
+    }
+}
