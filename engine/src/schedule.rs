@@ -150,6 +150,7 @@ async fn run_wave(
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut dead: Vec<bool> = vec![false; n];
     let mut learned = false;
+    let reader = store.reader();
     for (i, node) in nodes.iter().enumerate() {
         let mut ups: Vec<usize> = node.inputs.iter().flat_map(|(_, u)| u.iter().copied()).collect();
         ups.sort_unstable();
@@ -159,6 +160,14 @@ async fn run_wave(
         }
         let planned = &p.nodes[i];
         if planned.state == NodeState::Fresh {
+            // A fresh node may resolve to a key other than the one last recorded for its id
+            // (a reverted change, or a run killed after its manifest was written but before its
+            // index batch was): record it, so `show` and the next `plan` see the current key.
+            if let Some(key) = planned.key
+                && store.latest(reader.as_ref(), &node.id) != Some(key)
+            {
+                store.note_latest(&node.id, &key);
+            }
             outputs[i] = planned.outputs.clone();
             keys[i] = planned.key;
             report.keys.push(planned.key.unwrap());
