@@ -339,7 +339,7 @@ impl Rng {
 
 /// The cache's manifests (named by node key) and blobs (named by content digest), sorted: two
 /// caches holding the same keys and the same bytes list the same names. (Not via `axbench show`:
-/// after a kill -9, `show <id>` loses nodes the killed run computed; see RELIABILITY.md.)
+/// `show <id>` lost nodes a killed run computed until engine commit 0ee15e7; see RELIABILITY.md.)
 fn cache_listing(p: &Project) -> (Vec<String>, Vec<String>) {
     let names = |sub: &str| {
         let mut v = Vec::new();
@@ -409,8 +409,8 @@ fn kill_9_at_random_points_then_rerun_is_byte_identical() {
 ///
 /// The LM client's own guarantees (the key is sent, yet never cached, never in a record, and
 /// scrubbed when a server echoes it) are in stages/tests/lm_client.rs
-/// (`api_key_never_reaches_the_cache`, `echoed_keys_are_scrubbed_from_failure_messages`). No
-/// pipeline stage calls the LM client yet, so this test cannot drive it through the binary.
+/// (`api_key_never_reaches_the_cache`, `echoed_keys_are_scrubbed_from_failure_messages`). The
+/// `axbench.judge` stage, which calls the LM client, is not driven here yet (a gap in RELIABILITY.md).
 #[test]
 fn an_api_key_in_the_environment_reaches_no_cache_file_report_or_log() {
     let marker = format!("sk-reliability-marker-{}", std::process::id());
