@@ -14,6 +14,7 @@ use crate::gemma2::{embed_scale, gemma_layer_forward, load_gemma_layer};
 use crate::layers::{
     Activation, Attention, LayerCache, Mlp, NormStyle, RmsNorm, Rotary, project_vocab,
 };
+use crate::hooks::LinearAdapter;
 use crate::model::{Decoder, ModelError, check_divisible};
 use crate::weights::Weights;
 
@@ -314,6 +315,7 @@ impl Decoder for Model {
         mask: &Tensor,
         cache: Option<&mut LayerCache>,
         past: i64,
+        o_adapter: Option<&dyn LinearAdapter>,
     ) -> Tensor {
         let l = &self.layers[i];
         let [a, b, c, d] = &l.norms;
@@ -327,6 +329,7 @@ impl Decoder for Model {
             mask,
             cache,
             past,
+            o_adapter,
         )
     }
     fn head(&self, h: &Tensor) -> Tensor {
@@ -337,6 +340,32 @@ impl Decoder for Model {
         }
     }
 }
+
+// --- training support (crate::train) ---
+impl Model {
+    /// Every weight by HF name (norms as `.scale`, see [`RmsNorm`]), sharing storage with the
+    /// model: full finetuning sets `requires_grad` on these and updates them in place.
+    pub(crate) fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        out.push(("model.embed_tokens.weight".into(), self.embed.shallow_clone()));
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            l.attn.push_named(&format!("{p}.self_attn"), &mut out);
+            l.mlp.push_named(&format!("{p}.mlp"), &mut out);
+            let names = ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"];
+            for (n, norm) in names.iter().zip(&l.norms) {
+                norm.push_named(&format!("{p}.{n}"), &mut out);
+            }
+        }
+        self.norm.push_named("model.norm", &mut out);
+        // Tied embeddings share one tensor: list it once so it is updated once.
+        if self.lm_head.data_ptr() != self.embed.data_ptr() {
+            out.push(("lm_head.weight".into(), self.lm_head.shallow_clone()));
+        }
+        out
+    }
+}
+// --- end training support ---
 
 #[cfg(test)]
 mod tests {

@@ -68,6 +68,16 @@ impl Intervention for AddVectors {
     }
 }
 
+// --- trainable adapters (LoRA); see crate::lora and crate::train ---
+/// A low-rank (or any) additive change to a linear map inside a layer: the layer computes
+/// `linear(x) + adapter.delta(x)`. LoRA on the attention output projection is the one user; the
+/// adapter's tensors may require grad, the base weight never does.
+pub trait LinearAdapter {
+    /// `x: [B, T, in] -> [B, T, out]`, added to the base projection's output.
+    fn delta(&self, x: &Tensor) -> Tensor;
+}
+// --- end trainable adapters ---
+
 /// What to read, where to stop and what to change during a forward pass or a generation.
 #[derive(Default)]
 pub struct Hooks<'a> {
@@ -76,6 +86,8 @@ pub struct Hooks<'a> {
     pub(crate) interventions: Vec<(usize, &'a dyn Intervention)>,
     pub(crate) prompt_positions: Option<Tensor>,
     pub(crate) skip_generated: bool,
+    /// Adapters on the attention output projection (`self_attn.o_proj`), by layer.
+    pub(crate) o_proj: Vec<(usize, &'a dyn LinearAdapter)>,
 }
 
 impl std::fmt::Debug for Hooks<'_> {
@@ -96,6 +108,10 @@ impl std::fmt::Debug for Hooks<'_> {
                 &self.prompt_positions.as_ref().map(|t| t.size()),
             )
             .field("skip_generated", &self.skip_generated)
+            .field(
+                "o_proj_adapters_at",
+                &self.o_proj.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -126,6 +142,18 @@ impl<'a> Hooks<'a> {
         self
     }
 
+    /// Adds `adapter.delta(x)` to the attention output projection of layer `layer` (LoRA on
+    /// `o_proj`), for every position of every forward call that sees these hooks.
+    pub fn adapt_o_proj(mut self, layer: usize, adapter: &'a dyn LinearAdapter) -> Self {
+        self.o_proj.push((layer, adapter));
+        self
+    }
+
+    /// The `o_proj` adapter of `layer`, if any (the first one given).
+    pub(crate) fn o_proj_adapter(&self, layer: usize) -> Option<&'a dyn LinearAdapter> {
+        self.o_proj.iter().find(|(l, _)| *l == layer).map(|(_, a)| *a)
+    }
+
     /// Restricts interventions in the prompt chunk to `mask` (`[B, T]`, nonzero = intervene), laid
     /// out like the padded `input_ids`. Without it, every position is intervened on (pyvene's
     /// `unit_locations=None`).
@@ -149,11 +177,15 @@ impl<'a> Hooks<'a> {
             interventions: self.interventions.clone(),
             prompt_positions: mask,
             skip_generated: self.skip_generated,
+            o_proj: self.o_proj.clone(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.capture.is_empty() && self.stop_after.is_none() && self.interventions.is_empty()
+        self.capture.is_empty()
+            && self.stop_after.is_none()
+            && self.interventions.is_empty()
+            && self.o_proj.is_empty()
     }
 
     /// The `[B, T]` bool mask of positions to intervene on for a chunk of `t` tokens after `past`.

@@ -231,6 +231,7 @@ impl Attention {
         mask: &Tensor,
         cache: Option<&mut LayerCache>,
         past_len: i64,
+        o_adapter: Option<&dyn crate::hooks::LinearAdapter>,
     ) -> Tensor {
         let (b, t, _) = x.size3().expect("attention input must be [B, T, hidden]");
         let q = self
@@ -274,7 +275,11 @@ impl Attention {
         let out = out
             .transpose(1, 2)
             .reshape([b, t, self.num_heads * self.head_dim]);
-        self.o.forward(&out)
+        match o_adapter {
+            // LoRA on o_proj (crate::lora): base projection plus the adapter's delta.
+            Some(a) => self.o.forward(&out) + a.delta(&out),
+            None => self.o.forward(&out),
+        }
     }
 
     /// Scores, soft-cap, mask, f32 softmax, weighted sum: HF's eager path. Query heads sharing a KV
@@ -300,6 +305,51 @@ impl Attention {
             .view([b, h, t, d])
     }
 }
+
+// --- training support (crate::train): the tensors each block holds, by name ---
+/// Appends `(name, tensor)` pairs sharing storage with the block (for full finetuning).
+pub(crate) type Named = Vec<(String, Tensor)>;
+
+impl Linear {
+    pub(crate) fn push_named(&self, prefix: &str, out: &mut Named) {
+        out.push((format!("{prefix}.weight"), self.weight.shallow_clone()));
+        if let Some(b) = &self.bias {
+            out.push((format!("{prefix}.bias"), b.shallow_clone()));
+        }
+    }
+}
+
+impl RmsNorm {
+    /// Named `{prefix}.scale`: the multiplier this norm applies (`1 + w` in f32 for Gemma, `w`
+    /// for Llama), which is what training changes.
+    pub(crate) fn push_named(&self, prefix: &str, out: &mut Named) {
+        out.push((format!("{prefix}.scale"), self.scale.shallow_clone()));
+    }
+}
+
+impl Attention {
+    pub(crate) fn push_named(&self, prefix: &str, out: &mut Named) {
+        self.q.push_named(&format!("{prefix}.q_proj"), out);
+        self.k.push_named(&format!("{prefix}.k_proj"), out);
+        self.v.push_named(&format!("{prefix}.v_proj"), out);
+        self.o.push_named(&format!("{prefix}.o_proj"), out);
+        if let Some(n) = &self.q_norm {
+            n.push_named(&format!("{prefix}.q_norm"), out);
+        }
+        if let Some(n) = &self.k_norm {
+            n.push_named(&format!("{prefix}.k_norm"), out);
+        }
+    }
+}
+
+impl Mlp {
+    pub(crate) fn push_named(&self, prefix: &str, out: &mut Named) {
+        self.gate.push_named(&format!("{prefix}.gate_proj"), out);
+        self.up.push_named(&format!("{prefix}.up_proj"), out);
+        self.down.push_named(&format!("{prefix}.down_proj"), out);
+    }
+}
+// --- end training support ---
 
 /// Keys and values of one layer, preallocated along the sequence axis so decoding appends in place
 /// instead of re-concatenating the whole history every step.

@@ -15,9 +15,11 @@ pub mod gguf;
 pub mod hooks;
 pub mod layers;
 pub mod llama;
+pub mod lora;
 pub mod model;
 pub mod quant;
 pub mod tokenizer;
+pub mod train;
 pub mod vectors;
 pub mod weights;
 

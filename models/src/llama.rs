@@ -9,6 +9,7 @@ use crate::config::{LayerType, ModelInfo, RopeScaling, TokenIds};
 use crate::layers::{
     Activation, Attention, LayerCache, Linear, Mlp, NormStyle, RmsNorm, Rotary, project_vocab,
 };
+use crate::hooks::LinearAdapter;
 use crate::model::{Decoder, ModelError, check_divisible};
 use crate::weights::Weights;
 
@@ -263,11 +264,18 @@ impl Decoder for Model {
         mask: &Tensor,
         cache: Option<&mut LayerCache>,
         past: i64,
+        o_adapter: Option<&dyn LinearAdapter>,
     ) -> Tensor {
         let l = &self.layers[i];
-        let a = l
-            .attn
-            .forward(&l.input_layernorm.forward(h), cos, sin, mask, cache, past);
+        let a = l.attn.forward(
+            &l.input_layernorm.forward(h),
+            cos,
+            sin,
+            mask,
+            cache,
+            past,
+            o_adapter,
+        );
         let h = h + a;
         let m = l.mlp.forward(&l.post_attention_layernorm.forward(&h));
         h + m
@@ -276,6 +284,30 @@ impl Decoder for Model {
         project_vocab(&self.norm.forward(h), &self.lm_head)
     }
 }
+
+// --- training support (crate::train) ---
+impl Model {
+    /// Every weight by HF name (norms as `.scale`, see [`RmsNorm`]), sharing storage with the
+    /// model: full finetuning sets `requires_grad` on these and updates them in place.
+    pub(crate) fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        out.push(("model.embed_tokens.weight".into(), self.embed.shallow_clone()));
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            l.attn.push_named(&format!("{p}.self_attn"), &mut out);
+            l.mlp.push_named(&format!("{p}.mlp"), &mut out);
+            l.input_layernorm.push_named(&format!("{p}.input_layernorm"), &mut out);
+            l.post_attention_layernorm.push_named(&format!("{p}.post_attention_layernorm"), &mut out);
+        }
+        self.norm.push_named("model.norm", &mut out);
+        // Tied embeddings share one tensor: list it once so it is updated once.
+        if self.lm_head.data_ptr() != self.embed.data_ptr() {
+            out.push(("lm_head.weight".into(), self.lm_head.shallow_clone()));
+        }
+        out
+    }
+}
+// --- end training support ---
 
 #[cfg(test)]
 mod tests {

@@ -94,6 +94,7 @@ pub(crate) trait Decoder {
         mask: &Tensor,
         cache: Option<&mut LayerCache>,
         past: i64,
+        o_adapter: Option<&dyn crate::hooks::LinearAdapter>,
     ) -> Tensor;
     /// Final norm, vocabulary projection and any logit soft-cap.
     fn head(&self, h: &Tensor) -> Tensor;
@@ -314,6 +315,7 @@ impl Model {
             .iter()
             .chain(hooks.stop_after.iter())
             .chain(hooks.interventions.iter().map(|(l, _)| l))
+            .chain(hooks.o_proj.iter().map(|(l, _)| l))
         {
             if l >= n {
                 return Err(ModelError::Input(format!(
@@ -384,7 +386,7 @@ impl Model {
                 LayerType::SlidingAttention => sliding_mask.as_ref().unwrap(),
             };
             let lc = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            h = d.layer(i, &h, cos, sin, m, lc, past);
+            h = d.layer(i, &h, cos, sin, m, lc, past, hooks.o_proj_adapter(i));
             for (l, iv) in &hooks.interventions {
                 if *l == i {
                     let ctx = InterventionCtx {
@@ -467,6 +469,29 @@ impl Model {
             .expect("captured layer"))
     }
 }
+
+// --- training support (crate::train) ---
+impl Model {
+    /// Final norm, vocabulary projection and any soft-cap applied to hidden states `[..., D]` from
+    /// the last layer. A training loss needs logits only at response positions: capturing the last
+    /// layer and projecting just those rows avoids a `[B, T, vocab]` tensor (262k columns for Gemma).
+    pub fn head(&self, h: &Tensor) -> Tensor {
+        self.decoder().head(h)
+    }
+
+    /// Every weight tensor by HF name, sharing storage with the model (RMSNorm multipliers are
+    /// named `.scale`; tied embeddings appear once). Full finetuning sets `requires_grad` on
+    /// these; loading a finetuned checkpoint copies into them. Call it on a model of your own, not
+    /// one shared with other users.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        match self {
+            Model::Gemma2(m) => m.named_parameters(),
+            Model::Gemma3(m) => m.named_parameters(),
+            Model::Llama(m) => m.named_parameters(),
+        }
+    }
+}
+// --- end training support ---
 
 /// Checks a divisibility the config must satisfy (heads into key/value groups).
 pub(crate) fn check_divisible(path: &Path, what: &str, a: i64, b: i64) -> Result<(), ModelError> {
