@@ -75,6 +75,14 @@ pub enum ExecError {
 /// Runs nodes. Blocking: the scheduler calls it from `spawn_blocking`.
 pub trait Executor: Send + Sync {
     fn execute(&self, job: &NodeJob, cancel: &CancelFlag, progress: Arc<dyn ProgressSink>) -> Result<ExecOutcome, ExecError>;
+
+    /// Whether the scheduler should hold resource-class semaphores (`gpu = 1`) around
+    /// [`Executor::execute`]. True for executors that run on this machine; a cluster executor
+    /// (Slurm) returns false because the cluster's own scheduler allocates GPUs, and holding a
+    /// local `gpu = 1` permit would submit one GPU node at a time instead of a job array.
+    fn uses_local_resources(&self) -> bool {
+        true
+    }
 }
 
 /// Runs stages in-process.

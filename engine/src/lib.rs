@@ -62,6 +62,7 @@ pub mod key;
 pub mod plan;
 pub mod report;
 pub mod schedule;
+pub mod slurm;
 pub mod spec;
 pub mod stage;
 pub mod toy;

@@ -181,6 +181,7 @@ async fn run_wave(
     ready.reverse();
     let mut running: JoinSet<Done> = JoinSet::new();
     let mut last_flush = Instant::now();
+    let no_resources: BTreeMap<String, u32> = BTreeMap::new();
 
     loop {
         while let Some(i) = ready.pop() {
@@ -234,8 +235,8 @@ async fn run_wave(
                 project_dir: p.project_dir.clone(),
                 list_output: node.list_output,
             };
-            let needs: Vec<(Arc<Semaphore>, u32)> = node
-                .resources
+            let local_resources = if executor.uses_local_resources() { &node.resources } else { &no_resources };
+            let needs: Vec<(Arc<Semaphore>, u32)> = local_resources
                 .iter()
                 .map(|(c, k)| (classes.entry(c.clone()).or_insert_with(|| Arc::new(Semaphore::new(1))).clone(), *k))
                 .collect();

@@ -139,6 +139,8 @@ pub struct StageSpec {
     pub foreach: BTreeMap<String, Located<Dim>>,
     /// Resource needs beyond what the stage kind declares (`gpu = 1`).
     pub resources: BTreeMap<String, Located<u32>>,
+    /// `[stages.x.slurm]`: partition, gres, time… for `--executor slurm`. Never part of a key.
+    pub slurm: crate::slurm::SlurmOptions,
     pub loc: Loc,
 }
 
@@ -187,6 +189,8 @@ struct RawStage {
     foreach: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
     #[serde(default)]
     resources: BTreeMap<Spanned<String>, Spanned<i64>>,
+    /// `[stages.x.slurm]`: what the Slurm executor asks for (see [`crate::slurm::SlurmOptions`]).
+    slurm: Option<Spanned<crate::slurm::SlurmOptions>>,
 }
 
 #[derive(Deserialize)]
@@ -398,6 +402,7 @@ impl PipelineSpec {
                 inputs: BTreeMap::new(),
                 foreach: BTreeMap::new(),
                 resources: BTreeMap::new(),
+                slurm: Default::default(),
                 loc,
             };
             merge_stage(src, &mut s, stage)?;
@@ -457,6 +462,7 @@ impl PipelineSpec {
                         inputs: BTreeMap::new(),
                         foreach: BTreeMap::new(),
                         resources: BTreeMap::new(),
+                        slurm: Default::default(),
                         loc,
                     };
                     merge_stage(src, &mut s, patch)?;
@@ -583,6 +589,12 @@ fn merge_stage(src: &Source, s: &mut StageSpec, raw: RawStage) -> Result<(), Spe
         let key = format!("stages.{name}.resources.{}", k.get_ref());
         let n = positive(src, key, &v)?;
         s.resources.insert(k.into_inner(), Located { value: n, loc: src.loc_of(v.span()) });
+    }
+    if let Some(slurm) = raw.slurm {
+        let loc = src.loc_of(slurm.span());
+        let slurm = slurm.into_inner();
+        slurm.check().map_err(|(field, message)| SpecError::new(&loc, format!("stages.{name}.slurm{field}"), message))?;
+        s.slurm.merge(slurm);
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ pub fn register(reg: Registry) -> Registry {
         .register(Box::new(Fail))
         .register(Box::new(List))
         .register(Box::new(FileSize))
+        .register(Box::new(Tally))
 }
 
 fn read_value(path: &std::path::Path) -> Result<Value, StageError> {
@@ -215,5 +216,43 @@ impl Stage for FileSize {
         let p = ctx.param_path("path")?;
         let n = size(&p).map_err(|source| StageError::Io { context: p.display().to_string(), source })?;
         write_value(ctx, &Value::Int(n as i64))
+    }
+}
+
+/// `test.tally`: appends its node id to the file `tally` names (a side effect outside the
+/// cache), sleeps `ms`, then outputs `value`. Counting the lines tells how many times each node
+/// really ran — what the Slurm and kill-and-rerun tests check ("nothing runs twice"). `tally` is
+/// a string, not a path param, so the file growing does not change the node's key.
+pub struct Tally;
+impl Stage for Tally {
+    fn kind(&self) -> &str {
+        "test.tally"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::required("tally", ParamType::Str, "file to append this node's id to, once per run of the stage"),
+            ParamSpec::optional("ms", ParamType::Int, 0, "milliseconds to sleep after appending"),
+            ParamSpec::optional("value", ParamType::Any, 0, "the value to output"),
+        ]
+    }
+    fn doc(&self) -> &str {
+        "Appends its node id to a file, sleeps, outputs a value (counts real executions in tests)"
+    }
+    fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
+        use std::io::Write;
+        let path = std::path::PathBuf::from(ctx.param_str("tally")?);
+        let line = format!("{}\n", ctx.node());
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|source| StageError::Io { context: path.display().to_string(), source })?;
+        f.write_all(line.as_bytes()).and_then(|_| f.sync_all()).map_err(|source| StageError::Io { context: path.display().to_string(), source })?;
+        let ms = ctx.param_i64("ms")?.max(0) as u64;
+        for _ in 0..ms.div_ceil(10) {
+            ctx.check_cancelled()?;
+            std::thread::sleep(Duration::from_millis(ms.min(10)));
+        }
+        let v = ctx.param("value")?.clone();
+        write_value(ctx, &v)
     }
 }

@@ -1,0 +1,1058 @@
+//! The Slurm executor: runs each node as a Slurm array task of `axbench exec-node KEY`, against
+//! a cache directory every compute node sees (a shared filesystem).
+//!
+//! # How a node runs
+//!
+//! ```text
+//!  scheduler ──execute(job)──▶ SlurmExecutor
+//!                               1. write the NodeJob to <cache>/jobs/<key>.json
+//!                               2. queue it; after a short window the manager thread submits
+//!                                  every queued node of one stage as ONE job array:
+//!                                  <cache>/slurm/batches/<batch>/{keys, job.sh, submit.json}
+//!                                  sbatch --array=0-(n-1)%limit job.sh
+//!                               3. each array task runs `axbench exec-node <key>`, which runs
+//!                                  the stage exactly like the local executor (staging dir in
+//!                                  the cache, hash, rename into blobs/, manifest last) and
+//!                                  writes <batch>/<task>.exit (`job.sh` writes it if
+//!                                  exec-node itself crashed)
+//!                               4. the manager polls the .exit files (never sacct), and asks
+//!                                  squeue now and then whether tasks without one still exist
+//!                               5. exit 0: the engine re-hashes every output blob the manifest
+//!                                  names (verification on the engine host) and reports the node
+//! ```
+//!
+//! Promotion happens in `exec-node` on the compute node, through the same code as a local run:
+//! outputs are renamed into the blob store one by one and the manifest — the atomic "this node
+//! is done" record — is written only after all of them are in place. The engine then verifies
+//! the digests before any dependent is scheduled. Two jobs of one key (a resubmission racing a
+//! job the engine lost track of) serialize on the node's file lock, and the second finds the
+//! first one's manifest: a node is never computed twice.
+//!
+//! # Restarts and Ctrl-C
+//!
+//! Every submitted task is recorded in `<cache>/slurm/keys/<key>.json` (job id, batch, task
+//! index). A restarted engine that needs such a key re-attaches: it waits for the task's exit
+//! file as long as squeue still lists the task, and resubmits only when the task is gone without
+//! one. Ctrl-C `scancel`s every job this engine submitted or re-attached to.
+//!
+//! # Resources
+//!
+//! GPU stages (those holding a resource class in [`SlurmConfig::gpu_classes`], `gpu` or `model`)
+//! get the run's `--gres`; CPU stages do not. A stage's `[stages.x.slurm]` table overrides the
+//! run's options for that stage ([`SlurmOptions`]). The scheduler's local resource semaphores
+//! are off ([`crate::Executor::uses_local_resources`]): Slurm allocates the GPUs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use axbench_cache::{Digest, Store, StoreError, write_atomic};
+use serde::{Deserialize, Serialize};
+
+use crate::executor::{ExecError, ExecOutcome, Executor, NodeJob};
+use crate::spec::PipelineSpec;
+use crate::stage::{CancelFlag, ProgressSink, Registry};
+
+// ---- options ----------------------------------------------------------------------------------
+
+/// What a stage asks Slurm for: `[stages.x.slurm]` in a pipeline, and the run-wide defaults from
+/// `axbench run --executor slurm --partition … --gres … --time … --slurm-opt K=V`. Unset fields
+/// fall back to the run's defaults; none of this enters a node key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmOptions {
+    /// `--partition`.
+    pub partition: Option<String>,
+    /// `--gres`, e.g. `gpu:1` or `gpu:a100:1`. Set on a stage, it applies even to a CPU stage;
+    /// the run-wide value applies to GPU stages only.
+    pub gres: Option<String>,
+    /// `--time`, e.g. `2:00:00` or `1-00:00:00`.
+    pub time: Option<String>,
+    /// `--cpus-per-task`.
+    pub cpus_per_task: Option<u32>,
+    /// `--mem`, e.g. `16G`.
+    pub mem: Option<String>,
+    /// The `%` limit of this stage's job arrays: at most this many of its tasks run at once.
+    pub array_limit: Option<u32>,
+    /// Any other sbatch option, `name = "value"` → `--name=value` (`""` → `--name`),
+    /// e.g. `{ account = "proj1", qos = "long", constraint = "a100" }`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl SlurmOptions {
+    /// Fields set in `other` win; `options` are merged key by key.
+    pub fn merge(&mut self, other: SlurmOptions) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(partition, gres, time, cpus_per_task, mem, array_limit);
+        self.options.extend(other.options);
+    }
+
+    /// Rejects values that cannot be passed to sbatch safely. `Err((".field", message))`.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let strings = [("partition", &self.partition), ("gres", &self.gres), ("time", &self.time), ("mem", &self.mem)];
+        for (field, v) in strings {
+            if let Some(v) = v {
+                check_value(v).map_err(|m| (format!(".{field}"), m))?;
+            }
+        }
+        if self.cpus_per_task == Some(0) {
+            return Err((".cpus_per_task".into(), "must be at least 1".into()));
+        }
+        if self.array_limit == Some(0) {
+            return Err((".array_limit".into(), "must be at least 1".into()));
+        }
+        for (k, v) in &self.options {
+            check_option_name(k).map_err(|m| (format!(".options.{k}"), m))?;
+            check_value(v).map_err(|m| (format!(".options.{k}"), m))?;
+        }
+        Ok(())
+    }
+
+    /// Parses one `--slurm-opt K=V` (or `K` for a flag without value).
+    pub fn parse_opt(&mut self, kv: &str) -> Result<(), String> {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let k = k.trim_start_matches("--");
+        check_option_name(k)?;
+        check_value(v)?;
+        self.options.insert(k.to_string(), v.to_string());
+        Ok(())
+    }
+}
+
+fn check_value(v: &str) -> Result<(), String> {
+    if v.chars().any(|c| c.is_control()) {
+        return Err(format!("{v:?} contains a control character"));
+    }
+    Ok(())
+}
+
+fn check_option_name(k: &str) -> Result<(), String> {
+    let ok = !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') && k.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+    if !ok {
+        return Err(format!("`{k}` is not an sbatch option name (letters, digits, `-`)"));
+    }
+    // These are how the executor itself runs a batch: changing them would break it.
+    const OURS: &[&str] = &["array", "output", "error", "parsable", "chdir", "wrap", "job-name", "export"];
+    if OURS.contains(&k) {
+        return Err(format!("`--{k}` is set by the Slurm executor itself"));
+    }
+    Ok(())
+}
+
+/// Run-wide settings of the Slurm executor.
+#[derive(Clone, Debug)]
+pub struct SlurmConfig {
+    /// Defaults for every stage (`--partition`, `--gres` (GPU stages only), `--time`,
+    /// `--slurm-opt`).
+    pub defaults: SlurmOptions,
+    /// The `%` limit of job arrays whose stage sets no `array_limit`.
+    pub array_limit: u32,
+    /// The `axbench` binary the array tasks run; it must be reachable at this path on the
+    /// compute nodes (a shared filesystem).
+    pub axbench: PathBuf,
+    /// Resource classes that mark a GPU stage (it gets `--gres`).
+    pub gpu_classes: Vec<String>,
+    /// Nodes that become ready within this window are submitted as one array.
+    pub batch_window: Duration,
+    /// How often exit files are checked.
+    pub poll: Duration,
+    /// How often squeue is asked about tasks without an exit file.
+    pub squeue_every: Duration,
+    /// How long a task may be gone from squeue without an exit file before it counts as dead
+    /// (covers attribute caching on network filesystems).
+    pub gone_grace: Duration,
+    /// Largest array submitted at once (Slurm's MaxArraySize defaults to 1001).
+    pub max_array: usize,
+}
+
+impl SlurmConfig {
+    pub fn new(axbench: PathBuf) -> SlurmConfig {
+        SlurmConfig {
+            defaults: SlurmOptions::default(),
+            array_limit: 100,
+            axbench,
+            gpu_classes: vec!["gpu".into(), "model".into()],
+            batch_window: Duration::from_millis(500),
+            poll: Duration::from_millis(500),
+            squeue_every: Duration::from_secs(10),
+            gone_grace: Duration::from_secs(20),
+            max_array: 1000,
+        }
+    }
+}
+
+/// What one stage's arrays ask for, after merging the run's defaults and the stage's table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageRequest {
+    pub opts: SlurmOptions,
+    pub gpu: bool,
+    pub array_limit: u32,
+}
+
+impl StageRequest {
+    /// Resolves the request of a stage that holds `resources` and sets `stage` in its TOML.
+    pub fn resolve(cfg: &SlurmConfig, stage: &SlurmOptions, resources: &BTreeMap<String, u32>) -> StageRequest {
+        let gpu = resources.keys().any(|c| cfg.gpu_classes.contains(c));
+        let mut opts = cfg.defaults.clone();
+        if !gpu {
+            opts.gres = None;
+        }
+        opts.merge(stage.clone());
+        let array_limit = opts.array_limit.unwrap_or(cfg.array_limit);
+        StageRequest { opts, gpu, array_limit }
+    }
+
+    /// The sbatch arguments of an array of `n` tasks whose files live in `batch_dir`.
+    pub fn sbatch_args(&self, job_name: &str, n: usize, batch_dir: &Path) -> Vec<String> {
+        let mut a = vec![
+            "--parsable".to_string(),
+            format!("--job-name={job_name}"),
+            format!("--array=0-{}%{}", n.saturating_sub(1), self.array_limit),
+            format!("--output={}/%a.log", batch_dir.display()),
+            format!("--chdir={}", batch_dir.display()),
+        ];
+        let o = &self.opts;
+        if let Some(v) = &o.partition {
+            a.push(format!("--partition={v}"));
+        }
+        if let Some(v) = &o.gres {
+            a.push(format!("--gres={v}"));
+        }
+        if let Some(v) = &o.time {
+            a.push(format!("--time={v}"));
+        }
+        if let Some(v) = o.cpus_per_task {
+            a.push(format!("--cpus-per-task={v}"));
+        }
+        if let Some(v) = &o.mem {
+            a.push(format!("--mem={v}"));
+        }
+        for (k, v) in &o.options {
+            a.push(if v.is_empty() { format!("--{k}") } else { format!("--{k}={v}") });
+        }
+        a.push(batch_dir.join("job.sh").display().to_string());
+        a
+    }
+}
+
+// ---- job specs in the cache (shared with `axbench exec-node`) ---------------------------------
+
+/// Where the serialized [`NodeJob`] of `key` is kept: `<cache>/jobs/<key>.json`.
+pub fn job_spec_path(store: &Store, key: &Digest) -> PathBuf {
+    store.root().join("jobs").join(format!("{}.json", key.to_hex()))
+}
+
+/// Writes a node's job spec into the cache (atomically), for `axbench exec-node` to replay.
+pub fn write_job_spec(store: &Store, job: &NodeJob) -> Result<PathBuf, StoreError> {
+    let path = job_spec_path(store, &job.key);
+    let bytes = serde_json::to_vec_pretty(job).map_err(|source| StoreError::Manifest { path: path.clone(), source })?;
+    write_atomic(&path, &bytes).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+    Ok(path)
+}
+
+/// A job spec that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JobSpecError {
+    #[error("{path}: no job spec for this key (was it submitted against another --cache-dir?)")]
+    Missing { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a job spec: {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: field `key` is {found}, but the file is named after {expected}")]
+    KeyMismatch { path: PathBuf, found: Digest, expected: Digest },
+}
+
+/// Reads the job spec of `key` back.
+pub fn read_job_spec(store: &Store, key: &Digest) -> Result<NodeJob, JobSpecError> {
+    let path = job_spec_path(store, key);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(JobSpecError::Missing { path }),
+        Err(source) => return Err(JobSpecError::Io { path, source }),
+    };
+    let job: NodeJob = serde_json::from_slice(&bytes).map_err(|source| JobSpecError::Parse { path: path.clone(), source })?;
+    if job.key != *key {
+        return Err(JobSpecError::KeyMismatch { path, found: job.key, expected: *key });
+    }
+    Ok(job)
+}
+
+/// Writes an exit-code file: the code on the first line, a word on the second (`computed`,
+/// `cached`, `failed`, `cancelled`, `crashed`). Atomic, so a reader never sees half of it.
+pub fn write_exit_file(path: &Path, code: i32, status: &str) -> std::io::Result<()> {
+    write_atomic(path, format!("{code}\n{status}\n").as_bytes())
+}
+
+/// Reads an exit-code file: `None` if absent or not written completely.
+pub fn read_exit_file(path: &Path) -> Option<(i32, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    let code = lines.next()?.trim().parse().ok()?;
+    Some((code, lines.next().unwrap_or("").trim().to_string()))
+}
+
+// ---- squeue -----------------------------------------------------------------------------------
+
+/// A task's state as squeue reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    /// Pending, running, completing, suspended, requeued…: an exit file is still to come.
+    Alive(String),
+    /// Completed, failed, cancelled, timed out…: its exit file is written or never will be.
+    Ended(String),
+}
+
+/// Parses `squeue -h -r -t all -o %i|%T` output into `"job_task"` (or `"job"`) → state.
+pub fn parse_squeue(out: &str) -> HashMap<String, TaskState> {
+    const ENDED: &[&str] = &["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED", "SPECIAL_EXIT", "REVOKED"];
+    out.lines()
+        .filter_map(|l| {
+            let (id, state) = l.trim().split_once('|')?;
+            let state = state.trim().split_whitespace().next().unwrap_or("").to_string();
+            let st = if ENDED.contains(&state.as_str()) { TaskState::Ended(state) } else { TaskState::Alive(state) };
+            Some((id.trim().to_string(), st))
+        })
+        .collect()
+}
+
+/// Asks squeue about `job_ids` (including finished jobs it still remembers). `Ok(empty)` when
+/// Slurm knows none of them; `Err` when squeue cannot be run or slurmctld does not answer.
+fn squeue(job_ids: &[String]) -> Result<HashMap<String, TaskState>, String> {
+    if job_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let out = Command::new("squeue")
+        .args(["-h", "-r", "-t", "all", "-o", "%i|%T", "-j", &job_ids.join(",")])
+        .output()
+        .map_err(|e| format!("cannot run squeue: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("Invalid job id") {
+            return Ok(HashMap::new());
+        }
+        return Err(format!("squeue failed: {}", err.trim()));
+    }
+    Ok(parse_squeue(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Whether a Slurm cluster answers here (`sinfo` works): the tests' skip condition.
+pub fn cluster_reachable() -> Result<(), String> {
+    let out = Command::new("sinfo").args(["-h", "-o", "%T"]).output().map_err(|e| format!("sinfo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("sinfo failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+// ---- the executor -----------------------------------------------------------------------------
+
+/// Counts of what the executor did, for the run report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SlurmStats {
+    /// Job arrays submitted.
+    pub arrays: usize,
+    /// Array tasks submitted (one per node).
+    pub tasks: usize,
+    /// Nodes whose job, submitted by an earlier engine, was still queued or running.
+    pub reattached: usize,
+    /// Job ids this engine submitted, in order.
+    pub job_ids: Vec<String>,
+}
+
+/// The record of one submitted task: `<cache>/slurm/keys/<key>.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TaskRecord {
+    job_id: String,
+    batch: String,
+    index: usize,
+    node: String,
+}
+
+/// The record of one array: `<batch>/submit.json`.
+#[derive(Serialize)]
+struct SubmitRecord<'a> {
+    job_id: &'a str,
+    stage: &'a str,
+    nodes: Vec<&'a str>,
+    keys: Vec<String>,
+    sbatch: &'a [String],
+    submitted_unix_ms: u64,
+    host: String,
+}
+
+/// How an array task ended, as the manager tells the waiting `execute` call.
+enum TaskEnd {
+    /// The exit file says `code`.
+    Exit { code: i32, status: String, log: PathBuf },
+    /// squeue no longer lists it and it left no exit file.
+    Lost { state: String, log: PathBuf },
+    /// sbatch failed.
+    NotSubmitted { message: String, log: PathBuf },
+    Cancelled,
+}
+
+struct Queued {
+    job: NodeJob,
+    tx: mpsc::Sender<TaskEnd>,
+}
+
+struct InFlight {
+    job_id: String,
+    batch_dir: PathBuf,
+    index: usize,
+    tx: mpsc::Sender<TaskEnd>,
+    /// Submitted by an earlier engine: resubmit (rather than fail) if it turns out gone.
+    reattached: Option<NodeJob>,
+    /// When squeue first stopped listing it as alive, and the last state it showed.
+    gone: Option<(Instant, String)>,
+}
+
+impl InFlight {
+    fn task_id(&self) -> String {
+        format!("{}_{}", self.job_id, self.index)
+    }
+    fn exit_path(&self) -> PathBuf {
+        self.batch_dir.join(format!("{}.exit", self.index))
+    }
+    fn log_path(&self) -> PathBuf {
+        self.batch_dir.join(format!("{}.log", self.index))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Stage → nodes waiting to be submitted.
+    queue: BTreeMap<String, Vec<Queued>>,
+    queued_since: Option<Instant>,
+    inflight: HashMap<Digest, InFlight>,
+    /// Batches this engine submitted: tasks not yet finished, and whether one failed.
+    batches: HashMap<PathBuf, (usize, bool)>,
+    squeue_due: bool,
+    cancelled: bool,
+    shutdown: bool,
+    stats: SlurmStats,
+}
+
+struct Inner {
+    cfg: SlurmConfig,
+    store: Arc<Store>,
+    /// Pipeline stage name → what its arrays ask for.
+    stages: HashMap<String, StageRequest>,
+    state: Mutex<State>,
+    wake: Condvar,
+    batch_counter: AtomicU64,
+}
+
+/// Runs nodes as Slurm array tasks. See the module docs.
+pub struct SlurmExecutor {
+    inner: Arc<Inner>,
+    manager: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SlurmExecutor {
+    /// An executor for the stages of `spec`, whose resources and `[stages.x.slurm]` tables decide
+    /// what each stage's arrays ask for.
+    pub fn new(cfg: SlurmConfig, store: Arc<Store>, spec: &PipelineSpec, registry: &Registry) -> SlurmExecutor {
+        let mut stages = HashMap::new();
+        for (name, s) in &spec.stages {
+            let mut resources: BTreeMap<String, u32> = registry.get(&s.kind.value).map(|k| k.resources().into_iter().map(|(c, n)| (c.to_string(), n)).collect()).unwrap_or_default();
+            resources.extend(s.resources.iter().map(|(c, n)| (c.clone(), n.value)));
+            stages.insert(name.clone(), StageRequest::resolve(&cfg, &s.slurm, &resources));
+        }
+        let inner = Arc::new(Inner { cfg, store, stages, state: Mutex::new(State::default()), wake: Condvar::new(), batch_counter: AtomicU64::new(0) });
+        let i2 = inner.clone();
+        let manager = std::thread::Builder::new().name("slurm-manager".into()).spawn(move || i2.manage()).expect("spawn the slurm manager thread");
+        SlurmExecutor { inner, manager: Some(manager) }
+    }
+
+    /// What was submitted and re-attached so far.
+    pub fn stats(&self) -> SlurmStats {
+        self.inner.state.lock().unwrap().stats.clone()
+    }
+
+    /// What stage `stage`'s arrays ask for (None for a stage not in the pipeline).
+    pub fn request(&self, stage: &str) -> Option<&StageRequest> {
+        self.inner.stages.get(stage)
+    }
+
+    /// Cancels every job this engine submitted or re-attached to (`scancel`) and fails every
+    /// waiting node with `Cancelled`. Idempotent; what Ctrl-C ends in.
+    pub fn cancel_all(&self) {
+        self.inner.cancel_all();
+    }
+}
+
+impl Drop for SlurmExecutor {
+    fn drop(&mut self) {
+        self.inner.state.lock().unwrap().shutdown = true;
+        self.inner.wake.notify_all();
+        if let Some(h) = self.manager.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Executor for SlurmExecutor {
+    fn execute(&self, job: &NodeJob, cancel: &CancelFlag, _progress: Arc<dyn ProgressSink>) -> Result<ExecOutcome, ExecError> {
+        let inner = &self.inner;
+        let store = &inner.store;
+        // Computed since the plan (by a job an earlier engine submitted)?
+        if let Some(outputs) = inner.cached(&job.key)? {
+            return Ok(ExecOutcome::Cached { outputs });
+        }
+        if cancel.is_cancelled() || inner.state.lock().unwrap().cancelled {
+            return Err(ExecError::Cancelled);
+        }
+        let (tx, rx) = mpsc::channel();
+        match inner.reattach(job, tx.clone()) {
+            Reattach::Finished(end) => return inner.collect(job, end),
+            Reattach::Waiting => {}
+            Reattach::No => {
+                write_job_spec(store, job)?;
+                let mut st = inner.state.lock().unwrap();
+                if st.cancelled {
+                    return Err(ExecError::Cancelled);
+                }
+                st.queue.entry(job.stage.clone()).or_default().push(Queued { job: job.clone(), tx });
+                st.queued_since.get_or_insert_with(Instant::now);
+                inner.wake.notify_all();
+            }
+        }
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(end) => return inner.collect(job, end),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if cancel.is_cancelled() {
+                        inner.cancel_all();
+                        return Err(ExecError::Cancelled);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(ExecError::Cancelled),
+            }
+        }
+    }
+
+    fn uses_local_resources(&self) -> bool {
+        false
+    }
+}
+
+enum Reattach {
+    /// No earlier task to wait for: submit.
+    No,
+    /// Registered with the manager; the result comes through the channel.
+    Waiting,
+    /// The earlier task already finished successfully.
+    Finished(TaskEnd),
+}
+
+impl Inner {
+    fn slurm_dir(&self) -> PathBuf {
+        self.store.root().join("slurm")
+    }
+
+    fn record_path(&self, key: &Digest) -> PathBuf {
+        self.slurm_dir().join("keys").join(format!("{}.json", key.to_hex()))
+    }
+
+    /// The node's outputs if its manifest exists and every blob is intact.
+    fn cached(&self, key: &Digest) -> Result<Option<BTreeMap<String, axbench_cache::OutputEntry>>, ExecError> {
+        let store = &self.store;
+        let reader = store.reader();
+        if let Some(e) = store.lookup(reader.as_ref(), key)?
+            && e.outputs.values().all(|o| store.check_blob_with(reader.as_ref(), &o.digest))
+        {
+            return Ok(Some(e.outputs));
+        }
+        Ok(None)
+    }
+
+    /// Looks for a task an earlier engine submitted for this key.
+    fn reattach(&self, job: &NodeJob, tx: mpsc::Sender<TaskEnd>) -> Reattach {
+        let path = self.record_path(&job.key);
+        let Ok(bytes) = std::fs::read(&path) else { return Reattach::No };
+        let Ok(rec) = serde_json::from_slice::<TaskRecord>(&bytes) else { return Reattach::No };
+        let batch_dir = self.slurm_dir().join("batches").join(&rec.batch);
+        let mut st = self.state.lock().unwrap();
+        if st.inflight.contains_key(&job.key) {
+            // Submitted by this engine in an earlier wave: not expected, but never twice.
+            return Reattach::No;
+        }
+        let task = InFlight { job_id: rec.job_id, batch_dir, index: rec.index, tx, reattached: Some(job.clone()), gone: None };
+        if let Some((code, status)) = read_exit_file(&task.exit_path()) {
+            // It finished. A success is collected (and verified); a failure is retried.
+            if code == 0 {
+                return Reattach::Finished(TaskEnd::Exit { code, status, log: task.log_path() });
+            }
+            return Reattach::No;
+        }
+        tracing::info!(node = %job.node, "re-attaching to Slurm task {}", task.task_id());
+        st.stats.reattached += 1;
+        st.squeue_due = true;
+        st.inflight.insert(job.key, task);
+        self.wake.notify_all();
+        Reattach::Waiting
+    }
+
+    /// Turns a task's end into the node's outcome, verifying the outputs of a success.
+    fn collect(&self, job: &NodeJob, end: TaskEnd) -> Result<ExecOutcome, ExecError> {
+        match end {
+            TaskEnd::Cancelled => Err(ExecError::Cancelled),
+            TaskEnd::NotSubmitted { message, log } => Err(ExecError::Failed { message, log }),
+            TaskEnd::Lost { state, log } => Err(ExecError::Failed {
+                message: format!("the Slurm task ended ({state}) without an exit code: a time or memory limit, scancel or a node failure"),
+                log,
+            }),
+            TaskEnd::Exit { code, log, .. } if code != 0 => {
+                let why = last_error_line(&log).unwrap_or_else(|| describe_code(code));
+                Err(ExecError::Failed { message: format!("exec-node exited with code {code}: {why}"), log })
+            }
+            TaskEnd::Exit { status, log, .. } => {
+                let store = &self.store;
+                let m = store.read_manifest(&job.key)?.ok_or_else(|| ExecError::Failed {
+                    message: format!("exec-node exited 0 but wrote no manifest for key {} (is the cache at {} shared with the compute nodes?)", job.key.short(), store.root().display()),
+                    log: log.clone(),
+                })?;
+                // Verification: every output re-hashed here, on the engine's view of the files.
+                for (name, o) in &m.outputs {
+                    if !store.check_blob(&o.digest) {
+                        return Err(ExecError::Failed { message: format!("output `{name}` ({}) is missing or does not match its digest", o.digest.short()), log });
+                    }
+                }
+                let _ = store.lookup(None, &job.key);
+                store.note_latest(&job.node, &job.key);
+                let _ = std::fs::remove_file(self.record_path(&job.key));
+                if status == "cached" {
+                    Ok(ExecOutcome::Cached { outputs: m.outputs })
+                } else {
+                    Ok(ExecOutcome::Computed { outputs: m.outputs, duration_ms: m.duration_ms })
+                }
+            }
+        }
+    }
+
+    fn cancel_all(&self) {
+        let (ids, waiting) = {
+            let mut st = self.state.lock().unwrap();
+            if st.cancelled {
+                return;
+            }
+            st.cancelled = true;
+            let mut ids: Vec<String> = st.inflight.values().map(|t| t.job_id.clone()).collect();
+            ids.sort();
+            ids.dedup();
+            let mut waiting: Vec<mpsc::Sender<TaskEnd>> = st.queue.values_mut().flat_map(|q| q.drain(..).map(|q| q.tx)).collect();
+            for (key, t) in st.inflight.drain() {
+                let _ = std::fs::remove_file(self.record_path(&key));
+                waiting.push(t.tx);
+            }
+            (ids, waiting)
+        };
+        if !ids.is_empty() {
+            tracing::warn!("cancelling Slurm jobs {}", ids.join(","));
+            match Command::new("scancel").args(&ids).output() {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => tracing::error!("scancel {}: {}", ids.join(" "), String::from_utf8_lossy(&o.stderr).trim()),
+                Err(e) => tracing::error!("cannot run scancel: {e}"),
+            }
+        }
+        for tx in waiting {
+            let _ = tx.send(TaskEnd::Cancelled);
+        }
+        self.wake.notify_all();
+    }
+
+    /// The manager thread: submits queued nodes as arrays, polls exit files, asks squeue.
+    fn manage(&self) {
+        let mut last_squeue = Instant::now();
+        loop {
+            let batches = {
+                let mut st = self.state.lock().unwrap();
+                let timeout = self.cfg.poll.min(self.cfg.batch_window);
+                st = self.wake.wait_timeout(st, timeout).unwrap().0;
+                if st.shutdown {
+                    return;
+                }
+                if st.cancelled {
+                    continue;
+                }
+                match st.queued_since {
+                    Some(t) if t.elapsed() >= self.cfg.batch_window => {
+                        st.queued_since = None;
+                        std::mem::take(&mut st.queue)
+                    }
+                    _ => BTreeMap::new(),
+                }
+            };
+            for (stage, mut items) in batches {
+                while !items.is_empty() {
+                    let rest = items.split_off(items.len().min(self.cfg.max_array));
+                    self.submit(&stage, items);
+                    items = rest;
+                }
+            }
+            self.poll_exit_files();
+            let due = {
+                let mut st = self.state.lock().unwrap();
+                let due = st.squeue_due || last_squeue.elapsed() >= self.cfg.squeue_every || st.inflight.values().any(|t| t.gone.is_some());
+                st.squeue_due = false;
+                due && !st.inflight.is_empty()
+            };
+            if due && last_squeue.elapsed() >= Duration::from_millis(200) {
+                last_squeue = Instant::now();
+                self.check_squeue();
+            }
+        }
+    }
+
+    fn poll_exit_files(&self) {
+        let mut st = self.state.lock().unwrap();
+        let done: Vec<Digest> = st.inflight.iter().filter(|(_, t)| t.exit_path().exists()).map(|(k, _)| *k).collect();
+        for key in done {
+            let t = st.inflight.get(&key).expect("listed above");
+            // Written atomically, but a network filesystem may show it before its bytes.
+            let Some((code, status)) = read_exit_file(&t.exit_path()) else { continue };
+            let t = st.inflight.remove(&key).expect("listed above");
+            if let Some(b) = st.batches.get_mut(&t.batch_dir) {
+                b.0 -= 1;
+                b.1 |= code != 0;
+            }
+            let _ = t.tx.send(TaskEnd::Exit { code, status, log: t.log_path() });
+        }
+        // A batch whose every task succeeded leaves nothing worth keeping (the node logs are
+        // in logs/); a batch with a failure keeps its Slurm logs, which the report points at.
+        let finished: Vec<PathBuf> = st.batches.iter().filter(|(_, (left, failed))| *left == 0 && !failed).map(|(d, _)| d.clone()).collect();
+        for d in finished {
+            st.batches.remove(&d);
+            let _ = std::fs::remove_dir_all(&d);
+        }
+        st.batches.retain(|_, (left, _)| *left > 0);
+    }
+
+    fn check_squeue(&self) {
+        let ids: Vec<String> = {
+            let st = self.state.lock().unwrap();
+            let mut ids: Vec<String> = st.inflight.values().map(|t| t.job_id.clone()).collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        let states = match squeue(&ids) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("{e}; will ask again");
+                return;
+            }
+        };
+        let mut resubmit = Vec::new();
+        let mut st = self.state.lock().unwrap();
+        let mut lost = Vec::new();
+        for (key, t) in st.inflight.iter_mut() {
+            let state = states.get(&t.task_id()).or_else(|| states.get(&t.job_id));
+            match state {
+                Some(TaskState::Alive(_)) => t.gone = None,
+                Some(TaskState::Ended(s)) => {
+                    t.gone.get_or_insert_with(|| (Instant::now(), s.clone()));
+                }
+                None => {
+                    t.gone.get_or_insert_with(|| (Instant::now(), "no longer known to Slurm".into()));
+                }
+            }
+            if let Some((since, _)) = &t.gone
+                && since.elapsed() >= self.cfg.gone_grace
+                && !t.exit_path().exists()
+            {
+                lost.push(*key);
+            }
+        }
+        for key in lost {
+            let t = st.inflight.remove(&key).expect("listed above");
+            let state = t.gone.as_ref().map(|g| g.1.clone()).unwrap_or_default();
+            if let Some(b) = st.batches.get_mut(&t.batch_dir) {
+                b.0 -= 1;
+                b.1 = true;
+            }
+            let _ = std::fs::remove_file(self.record_path(&key));
+            let task_id = t.task_id();
+            match t.reattached {
+                // Died while no engine watched it: run it again.
+                Some(job) => {
+                    tracing::warn!(node = %job.node, "Slurm task {} ended ({state}) without an exit code; resubmitting", task_id);
+                    resubmit.push(Queued { job, tx: t.tx });
+                }
+                None => {
+                    let log = t.log_path();
+                    let _ = t.tx.send(TaskEnd::Lost { state, log });
+                }
+            }
+        }
+        if !resubmit.is_empty() {
+            for q in resubmit {
+                st.queue.entry(q.job.stage.clone()).or_default().push(q);
+            }
+            st.queued_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Submits `items` (nodes of one stage) as one job array.
+    fn submit(&self, stage: &str, items: Vec<Queued>) {
+        let n = self.batch_counter.fetch_add(1, Ordering::Relaxed);
+        let batch = format!("{}-{}-{n}", axbench_cache_unix_ms(), std::process::id());
+        let batch_dir = self.slurm_dir().join("batches").join(&batch);
+        let fail_all = |items: Vec<Queued>, message: String, log: PathBuf| {
+            tracing::error!("{message}");
+            for q in items {
+                let _ = q.tx.send(TaskEnd::NotSubmitted { message: message.clone(), log: log.clone() });
+            }
+        };
+        let default_req;
+        let req = match self.stages.get(stage) {
+            Some(r) => r,
+            None => {
+                default_req = StageRequest::resolve(&self.cfg, &SlurmOptions::default(), &BTreeMap::new());
+                &default_req
+            }
+        };
+        let args = req.sbatch_args(&format!("axb-{stage}"), items.len(), &batch_dir);
+        if let Err(e) = self.write_batch(&batch_dir, stage, &items) {
+            return fail_all(items, format!("cannot write Slurm batch {}: {e}", batch_dir.display()), batch_dir);
+        }
+        let out = Command::new("sbatch").args(&args).output();
+        let job_id = match out {
+            Ok(o) if o.status.success() => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                // `--parsable` prints `id` or `id;cluster`.
+                text.trim().split(';').next().unwrap_or("").to_string()
+            }
+            Ok(o) => {
+                let log = batch_dir.join("sbatch.err");
+                let _ = std::fs::write(&log, &o.stderr);
+                let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+                return fail_all(items, format!("sbatch {} failed: {err}", args.join(" ")), log);
+            }
+            Err(e) => return fail_all(items, format!("cannot run sbatch (is Slurm installed here?): {e}"), batch_dir),
+        };
+        if job_id.is_empty() || !job_id.chars().all(|c| c.is_ascii_digit()) {
+            return fail_all(items, format!("sbatch printed no job id ({job_id:?})"), batch_dir);
+        }
+        tracing::info!("submitted {} node(s) of stage {stage} as Slurm job {job_id}", items.len());
+        let rec = SubmitRecord {
+            job_id: &job_id,
+            stage,
+            nodes: items.iter().map(|q| q.job.node.as_str()).collect(),
+            keys: items.iter().map(|q| q.job.key.to_hex()).collect(),
+            sbatch: &args,
+            submitted_unix_ms: axbench_cache_unix_ms(),
+            host: crate::executor::hostname(),
+        };
+        let _ = write_atomic(&batch_dir.join("submit.json"), &serde_json::to_vec_pretty(&rec).expect("serializes"));
+        let mut st = self.state.lock().unwrap();
+        st.stats.arrays += 1;
+        st.stats.tasks += items.len();
+        st.stats.job_ids.push(job_id.clone());
+        st.batches.insert(batch_dir.clone(), (items.len(), false));
+        let cancelled = st.cancelled;
+        for (index, q) in items.into_iter().enumerate() {
+            let rec = TaskRecord { job_id: job_id.clone(), batch: batch.clone(), index, node: q.job.node.clone() };
+            let _ = write_atomic(&self.record_path(&q.job.key), &serde_json::to_vec(&rec).expect("serializes"));
+            st.inflight.insert(q.job.key, InFlight { job_id: job_id.clone(), batch_dir: batch_dir.clone(), index, tx: q.tx, reattached: None, gone: None });
+        }
+        drop(st);
+        if cancelled {
+            // Ctrl-C came while sbatch ran: cancel this one too.
+            let _ = Command::new("scancel").arg(&job_id).output();
+        }
+    }
+
+    fn write_batch(&self, dir: &Path, stage: &str, items: &[Queued]) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(self.slurm_dir().join("keys"))?;
+        let keys: String = items.iter().map(|q| format!("{}\n", q.job.key.to_hex())).collect();
+        write_atomic(&dir.join("keys"), keys.as_bytes())?;
+        let cache = std::fs::canonicalize(self.store.root())?;
+        let script = job_script(&self.cfg.axbench, &cache, dir, stage);
+        let path = dir.join("job.sh");
+        let mut f = std::fs::File::create(&path)?;
+        f.write_all(script.as_bytes())?;
+        f.sync_all()?;
+        Ok(())
+    }
+}
+
+/// The batch script of one array: task `i` runs `axbench exec-node` for line `i + 1` of `keys`
+/// and makes sure an exit file exists afterwards (exec-node writes it; this covers a crash).
+pub fn job_script(axbench: &Path, cache: &Path, batch_dir: &Path, stage: &str) -> String {
+    let q = |p: &Path| shell_quote(&p.display().to_string());
+    format!(
+        r#"#!/bin/sh
+# axbench: one Slurm array task per node of stage `{stage}`; their keys are in ./keys.
+dir={dir}
+i=${{SLURM_ARRAY_TASK_ID:?axbench: job.sh runs as a Slurm array task}}
+key=$(sed -n "$((i + 1))p" "$dir/keys")
+{axbench} exec-node "$key" --cache-dir {cache} --exit-file "$dir/$i.exit"
+code=$?
+if [ ! -e "$dir/$i.exit" ]; then
+  printf '%s\ncrashed\n' "$code" > "$dir/$i.exit.tmp" && mv "$dir/$i.exit.tmp" "$dir/$i.exit"
+fi
+exit $code
+"#,
+        dir = q(batch_dir),
+        axbench = q(axbench),
+        cache = q(cache),
+    )
+}
+
+/// Single-quotes a string for /bin/sh.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn last_error_line(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().rev().find_map(|l| l.trim().strip_prefix("error:").map(|m| m.trim().to_string()))
+}
+
+fn describe_code(code: i32) -> String {
+    match code {
+        c if c > 128 => format!("killed by signal {} (out of memory, or a limit?)", c - 128),
+        c => format!("exit code {c}; see the log"),
+    }
+}
+
+fn axbench_cache_unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn f<T: Send + Sync>() {}
+    f::<SlurmExecutor>();
+}
+
+/// The batch dirs under `<cache>/slurm/batches/`, oldest first (what is left of submitted
+/// arrays: batches whose every task succeeded are removed).
+pub fn submitted_batches(store: &Store) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(store.root().join("slurm").join("batches")).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    v.sort();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> SlurmConfig {
+        let mut c = SlurmConfig::new("/opt/axbench".into());
+        c.defaults.partition = Some("main".into());
+        c.defaults.gres = Some("gpu:1".into());
+        c.defaults.time = Some("1:00:00".into());
+        c.defaults.parse_opt("account=proj1").unwrap();
+        c
+    }
+
+    #[test]
+    fn gpu_stages_get_the_run_gres_cpu_stages_do_not() {
+        let c = cfg();
+        let gpu: BTreeMap<String, u32> = [("model".to_string(), 1)].into();
+        let cpu = BTreeMap::new();
+        let g = StageRequest::resolve(&c, &SlurmOptions::default(), &gpu);
+        let p = StageRequest::resolve(&c, &SlurmOptions::default(), &cpu);
+        assert!(g.gpu && !p.gpu);
+        let dir = Path::new("/c/slurm/batches/b1");
+        let ga = g.sbatch_args("axb-acts", 3, dir);
+        let pa = p.sbatch_args("axb-fit", 3, dir);
+        assert!(ga.contains(&"--gres=gpu:1".to_string()), "{ga:?}");
+        assert!(!pa.iter().any(|a| a.starts_with("--gres")), "{pa:?}");
+        for a in [&ga, &pa] {
+            assert!(a.contains(&"--array=0-2%100".to_string()), "{a:?}");
+            assert!(a.contains(&"--partition=main".to_string()));
+            assert!(a.contains(&"--time=1:00:00".to_string()));
+            assert!(a.contains(&"--account=proj1".to_string()));
+            assert!(a.contains(&"--output=/c/slurm/batches/b1/%a.log".to_string()));
+            assert_eq!(a.last().unwrap(), "/c/slurm/batches/b1/job.sh");
+        }
+    }
+
+    #[test]
+    fn a_stage_table_overrides_the_run_defaults() {
+        let c = cfg();
+        let stage = SlurmOptions { gres: Some("gpu:a100:2".into()), time: Some("2:00:00".into()), array_limit: Some(4), cpus_per_task: Some(8), options: [("account".into(), "proj2".into()), ("exclusive".into(), String::new())].into(), ..Default::default() };
+        // A gres set on the stage applies even though the stage holds no GPU class.
+        let r = StageRequest::resolve(&c, &stage, &BTreeMap::new());
+        let a = r.sbatch_args("x", 10, Path::new("/b"));
+        for want in ["--gres=gpu:a100:2", "--time=2:00:00", "--array=0-9%4", "--cpus-per-task=8", "--account=proj2", "--exclusive", "--partition=main"] {
+            assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
+        }
+        assert!(!a.contains(&"--account=proj1".to_string()));
+    }
+
+    #[test]
+    fn options_that_would_break_the_executor_are_refused() {
+        let mut o = SlurmOptions::default();
+        assert!(o.parse_opt("array=0-3").unwrap_err().contains("set by the Slurm executor"));
+        assert!(o.parse_opt("--output=x").is_err());
+        assert!(o.parse_opt("qos=a\nb").unwrap_err().contains("control character"));
+        assert!(o.parse_opt("bad name=1").is_err());
+        o.parse_opt("--qos=long").unwrap();
+        assert_eq!(o.options["qos"], "long");
+        let bad = SlurmOptions { array_limit: Some(0), ..Default::default() };
+        assert_eq!(bad.check().unwrap_err().0, ".array_limit");
+    }
+
+    #[test]
+    fn pipeline_stage_tables_parse_and_unknown_fields_name_file_and_key() {
+        let spec = PipelineSpec::parse(
+            "p.toml",
+            "[stages.a]\nkind = \"test.const\"\nparams = { value = 1 }\n[stages.a.slurm]\ngres = \"gpu:1\"\ntime = \"2:00:00\"\noptions = { qos = \"long\" }\n",
+        )
+        .unwrap();
+        let s = &spec.stages["a"].slurm;
+        assert_eq!(s.gres.as_deref(), Some("gpu:1"));
+        assert_eq!(s.time.as_deref(), Some("2:00:00"));
+        assert_eq!(s.options["qos"], "long");
+        let err = PipelineSpec::parse("p.toml", "[stages.a]\nkind = \"test.const\"\n[stages.a.slurm]\ngpus = 1\n").unwrap_err().to_string();
+        assert!(err.contains("p.toml:") && err.contains("gpus"), "{err}");
+        let err = PipelineSpec::parse("p.toml", "[stages.a]\nkind = \"test.const\"\n[stages.a.slurm]\noptions = { array = \"1\" }\n").unwrap_err().to_string();
+        assert!(err.contains("stages.a.slurm.options.array"), "{err}");
+    }
+
+    #[test]
+    fn squeue_output_maps_tasks_to_alive_or_ended() {
+        let s = parse_squeue("12_0|RUNNING\n12_1|PENDING\n12_2|COMPLETED\n13|TIMEOUT\n12_3|COMPLETING\n");
+        assert_eq!(s["12_0"], TaskState::Alive("RUNNING".into()));
+        assert_eq!(s["12_1"], TaskState::Alive("PENDING".into()));
+        assert_eq!(s["12_2"], TaskState::Ended("COMPLETED".into()));
+        assert_eq!(s["13"], TaskState::Ended("TIMEOUT".into()));
+        assert_eq!(s["12_3"], TaskState::Alive("COMPLETING".into()));
+    }
+
+    #[test]
+    fn job_script_quotes_paths_and_always_leaves_an_exit_file() {
+        let s = job_script(Path::new("/opt/ax bench/axbench"), Path::new("/shared/it's/cache"), Path::new("/shared/c/slurm/batches/b"), "fit");
+        assert!(s.contains("'/opt/ax bench/axbench' exec-node \"$key\" --cache-dir '/shared/it'\\''s/cache'"), "{s}");
+        assert!(s.contains("mv \"$dir/$i.exit.tmp\" \"$dir/$i.exit\""));
+        // The script is valid sh.
+        let out = Command::new("sh").args(["-n", "-c", &s]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
+    fn exit_files_round_trip_and_half_written_ones_are_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("0.exit");
+        assert_eq!(read_exit_file(&p), None);
+        write_exit_file(&p, 3, "failed").unwrap();
+        assert_eq!(read_exit_file(&p), Some((3, "failed".into())));
+        std::fs::write(&p, "").unwrap();
+        assert_eq!(read_exit_file(&p), None);
+    }
+}
