@@ -7,6 +7,7 @@ pub mod lm;
 pub mod methods;
 pub mod metrics;
 pub mod prompts;
+pub mod report;
 pub mod synth;
 pub mod stages;
 pub mod tables;

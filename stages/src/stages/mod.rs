@@ -7,6 +7,7 @@
 //! | `axbench.fit`         | fit.rs          | concept × method        | activations → `detector.json`, `direction.safetensors` |
 //! | `axbench.infer`       | infer.rs        | concept × method        | detector + activations → `scores.parquet`        |
 //! | `axbench.evaluate`    | evaluate.rs     | once (gathers)          | scores → `results.{parquet,json,md}`             |
+//! | `axbench.aggregate`   | aggregate.rs    | once (gathers)          | judged + detection → `steering.parquet`, `report.{md,html}`, plots |
 //!
 //! The shape follows AxBench's scripts (train.py `prepare_df`, inference.py latent, evaluate.py latent) with one
 //! change that the engine makes natural: the model runs **once** per example. `axbench.activations` stores every
@@ -19,6 +20,7 @@
 //! node's inputs.
 
 pub mod activations;
+pub mod aggregate;
 pub mod concepts;
 pub mod evaluate;
 pub mod fit;
@@ -37,6 +39,7 @@ pub fn register(reg: Registry) -> Registry {
         .register(Box::new(evaluate::Evaluate))
         .register(Box::new(steer::Steer))
         .register(Box::new(judge::Judge))
+        .register(Box::new(aggregate::Aggregate))
 }
 
 /// Wraps any displayable error as a stage failure.
