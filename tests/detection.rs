@@ -242,3 +242,92 @@ fn detection_pipeline_end_to_end() {
         assert!((reported - direct).abs() < 1e-12, "{method}: reported {reported}, direct {direct}");
     }
 }
+
+// ------------------------------------------------------------------------------------------------------------------
+// Stage-level checks (no model needed): SAE wiring, plan-time method validation.
+
+use axbench_engine::{Coord, InputArtifact, Stage, StageContext, Value as PValue};
+use std::collections::BTreeMap;
+
+/// Every declared param of `stage` at its default, with `set` over them.
+fn params_for(stage: &dyn Stage, set: &[(&str, PValue)]) -> BTreeMap<String, PValue> {
+    let mut p: BTreeMap<String, PValue> = stage.params().into_iter().filter_map(|s| s.default.map(|d| (s.name.to_string(), d))).collect();
+    for (k, v) in set {
+        p.insert(k.to_string(), v.clone());
+    }
+    p
+}
+
+/// The files of directory `dir` as an upstream node's outputs.
+fn artifact(node: &str, dir: &Path) -> InputArtifact {
+    let files = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), p)).collect();
+    InputArtifact { node: node.into(), coord: Coord::new(), files }
+}
+
+/// Runs `stage` with `params` and `inputs` into a fresh directory under `tmp`; returns it.
+fn run_stage(stage: &dyn Stage, tmp: &Path, name: &str, params: BTreeMap<String, PValue>, inputs: Vec<(&str, Vec<InputArtifact>)>) -> Result<PathBuf, String> {
+    let out = tmp.join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    let inputs = inputs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let mut ctx = StageContext::new(name, Coord::new(), params, inputs, out.clone(), root());
+    stage.run(&mut ctx).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// `sae` and `sae_a` through `axbench.fit` and `axbench.infer` on the synthetic SAE and activations of
+/// tests/golden/detection/make_sae_golden.py: the chosen features, the per-row scores (numpy's JumpReLU, rounded and
+/// max-pooled as AxBench does), the steering direction `W_dec[f]`; infer needs only the fit's output, not the SAE.
+#[test]
+fn sae_stages_match_numpy() {
+    use axbench_stages::stages::{fit::Fit, infer::Infer};
+    let g = root().join("tests/golden/detection/sae");
+    let want: Value = serde_json::from_str(&std::fs::read_to_string(g.join("expected.json")).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let acts = artifact("activations", &g.join("concept"));
+    let negs = artifact("negatives", &g.join("negatives"));
+    for (method, key) in [("sae", "sae"), ("sae_a", "sae_a"), ("SAE-A", "sae_a")] {
+        let params = params_for(&Fit, &[("method", PValue::Str(method.into())), ("sae", PValue::Str(g.join("sae.npz").display().to_string()))]);
+        let fit = run_stage(&Fit, tmp.path(), &format!("fit-{method}"), params, vec![("acts", vec![acts.clone()]), ("negatives", vec![negs.clone()])]).unwrap();
+        let detector: Value = serde_json::from_slice(&std::fs::read(fit.join("detector.json")).unwrap()).unwrap();
+        assert_eq!(detector["kind"], "sae_feature");
+        assert_eq!(detector["feature"], want[key]["feature"], "{method}");
+        let infer = run_stage(&Infer, tmp.path(), &format!("infer-{method}"), BTreeMap::new(), vec![("fit", vec![artifact("fit", &fit)]), ("acts", vec![acts.clone()])]).unwrap();
+        let scores = read_scores(&infer.join("scores.parquet")).unwrap();
+        let expected: Vec<f64> = want[key]["eval_max_act"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(scores.len(), expected.len());
+        for (s, (e, cat)) in scores.iter().zip(expected.iter().zip(want["categories"].as_array().unwrap())) {
+            assert_eq!(s.category.as_str(), cat.as_str().unwrap());
+            // Both sides round float32 sums to 3 decimals; summation order may move a value across a rounding edge.
+            assert!((s.max_act - e).abs() <= 1.0001e-3, "{method}: {} vs numpy {e}", s.max_act);
+        }
+        let exact = scores.iter().zip(&expected).filter(|(s, e)| s.max_act == **e).count();
+        assert!(exact + 1 >= expected.len(), "{method}: only {exact} of {} scores equal numpy's", expected.len());
+    }
+    // The plain SAE steers along the concept feature's decoder row.
+    let params = params_for(&Fit, &[("method", PValue::Str("sae".into())), ("sae", PValue::Str(g.join("sae.npz").display().to_string()))]);
+    let fit = run_stage(&Fit, tmp.path(), "fit-dir", params, vec![("acts", vec![acts.clone()]), ("negatives", vec![negs.clone()])]).unwrap();
+    let dir = tch::Tensor::read_safetensors(fit.join("direction.safetensors")).unwrap();
+    let w: Vec<f32> = Vec::try_from(&dir.iter().find(|(n, _)| n == "w").unwrap().1).unwrap();
+    let w_dec: Vec<f32> = want["sae"]["w_dec"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    assert_eq!(w, w_dec);
+    // Without the SAE file the error names the param.
+    let params = params_for(&Fit, &[("method", PValue::Str("sae".into()))]);
+    let err = run_stage(&Fit, tmp.path(), "fit-nosae", params, vec![("acts", vec![acts.clone()]), ("negatives", vec![negs])]).unwrap_err();
+    assert!(err.contains("sae") && err.contains("needs a JumpReLU SAE"), "{err}");
+}
+
+/// An unknown name in `methods` fails `axbench plan` (exit 2) naming the method and the valid ones, before any
+/// node runs; the SAE methods plan without an SAE file set (an empty path param reads nothing).
+#[test]
+fn unknown_method_fails_at_plan_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = Env { cache: tmp.path().join("cache"), data: tmp.path().join("data") };
+    std::fs::create_dir_all(&env.data).unwrap();
+    write_dataset(&env.data);
+    let out = env.cmd(&["plan"], &[r#"methods=["diffmean","difmean"]"#]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("\"difmean\"") && err.contains("methods") && err.contains("diffmean, pca"), "{err}");
+    let out = env.cmd(&["plan"], &[r#"methods=["diffmean","sae_a"]"#]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -75,6 +75,33 @@ fn params_use_dims(values: &[&Value], dims: &[&String]) -> bool {
     values.iter().any(|v| walk(v, dims))
 }
 
+/// [`Stage::validate_param`](crate::Stage::validate_param) for a stage left pending (its fan-out waits on an upstream
+/// list), so a bad value fails the plan on a cold cache too: each param whose value resolves from the pipeline params
+/// alone, or from them and one literal or list-param dim, is checked for every value of that dim. Params that need a
+/// pending dim are checked once their nodes expand.
+fn validate_pending(spec: &PipelineSpec, sname: &str, stage: &dyn crate::Stage, declared: &[crate::ParamSpec], params: &HashMap<&str, &Value>) -> Result<(), SpecError> {
+    let s = &spec.stages[sname];
+    let mut scopes: Vec<Coord> = vec![Coord::new()];
+    for (dim, d) in &s.foreach {
+        let vals = match &d.value {
+            Dim::Values(v) => v.clone(),
+            Dim::Param(p) => params[p.as_str()].as_list().unwrap_or_default().to_vec(),
+            Dim::From(_) => continue,
+        };
+        scopes.extend(vals.into_iter().map(|v| Coord::from([(dim.clone(), v)])));
+    }
+    for p in declared {
+        let Some(raw) = s.params.get(p.name) else { continue };
+        for scope in &scopes {
+            let lookup = |name: &str| -> Option<Value> { scope.get(name).cloned().or_else(|| params.get(name).map(|v| (*v).clone())) };
+            let Ok(v) = substitute(&raw.value, &lookup) else { continue };
+            let Some(v) = p.ty.coerce(&v) else { continue };
+            stage.validate_param(p.name, &v).map_err(|m| SpecError::new(&raw.loc, format!("stages.{sname}.params.{}", p.name), m))?;
+        }
+    }
+    Ok(())
+}
+
 /// Expands `spec`. `lists` holds the known list outputs (node id → items) of list stages.
 pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, lists: &HashMap<String, Vec<Value>>) -> Result<NodeGraph, SpecError> {
     let mut out = NodeGraph::default();
@@ -103,6 +130,7 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
             }))
             .find(|u| stage_pending.get(u).copied().unwrap_or(false));
         if let Some(u) = waits_on {
+            validate_pending(spec, sname, stage.as_ref(), &declared, &params)?;
             out.pending.push(Pending { id: format!("{sname}[*]"), stage: sname.clone(), reason: format!("waits for `{u}` to be expanded") });
             stage_pending.insert(sname, true);
             continue;
@@ -165,6 +193,7 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
             coords = next;
         }
         if pending_here {
+            validate_pending(spec, sname, stage.as_ref(), &declared, &params)?;
             let from: Vec<String> = s.foreach.values().filter_map(|d| if let Dim::From(u) = &d.value { Some(u.clone()) } else { None }).collect();
             out.pending.push(Pending { id: format!("{sname}[*]"), stage: sname.clone(), reason: format!("fan-out waits for the list of `{}`", from.join("`, `")) });
             stage_pending.insert(sname, true);
@@ -228,6 +257,7 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
                     SpecError::new(&loc, key.clone(), format!("unknown reference `${{{missing}}}`; valid params: {}{}", spec.param_list(), dims_hint(&dims)))
                 })?;
                 let v = p.ty.coerce(&v).ok_or_else(|| SpecError::new(&loc, key.clone(), format!("expected {}, got {} {}", p.ty.name(), v.type_name(), v.to_json())))?;
+                stage.validate_param(p.name, &v).map_err(|m| SpecError::new(&loc, key.clone(), m))?;
                 resolved.insert(p.name.to_string(), v);
             }
                     let resolved = Arc::new(resolved);

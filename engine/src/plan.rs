@@ -148,7 +148,9 @@ pub fn node_static_key(
     let mut shown = serde_json::Map::new();
     for p in stage.params() {
         let v = &node.params[p.name];
-        if p.ty == ParamType::Path {
+        // An empty `Path` param means "not set" (an optional file, e.g. an SAE only some methods read): it is keyed
+        // as the empty string and nothing is read — resolving "" would hash the whole project directory.
+        if p.ty == ParamType::Path && !v.as_str().unwrap_or_default().is_empty() {
             let s = v.as_str().unwrap_or_default();
             let abs = resolve_path(project_dir, s);
             let d = match path_memo.get(&abs) {

@@ -21,7 +21,8 @@ pub enum ParamType {
     List,
     /// Any value (tables included), hashed canonically.
     Any,
-    /// A file or directory, relative to the project dir (or absolute). Hashed by content.
+    /// A file or directory, relative to the project dir (or absolute). Hashed by content; the empty string means
+    /// "not set" (keyed as the string, nothing read).
     Path,
 }
 
@@ -130,6 +131,12 @@ pub trait Stage: Send + Sync {
     /// One-line description, shown by `axbench plan --params` and `--help`.
     fn doc(&self) -> &str {
         ""
+    }
+    /// Checks one param's value at plan time, beyond its type (e.g. a method name against the methods a stage
+    /// knows), so a typo fails `plan` with exit 2 at the param's location instead of a node failing mid-run.
+    /// `Err` holds the message (say what is valid). Default: every value of the declared type is fine.
+    fn validate_param(&self, _name: &str, _value: &Value) -> Result<(), String> {
+        Ok(())
     }
     /// Computes one node. Blocking code is fine: the scheduler runs it on a blocking thread.
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError>;

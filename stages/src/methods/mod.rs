@@ -269,20 +269,29 @@ pub fn pool_max(
 pub enum FittedArtifact {
     /// `score = h·w + bias` (DiffMean, PCA, LAT, probes); `w` is also the steering direction.
     Linear { method: String, w: Vec<f32>, bias: f32 },
-    /// A JumpReLU SAE feature (needs the SAE in [`MethodResources`]).
-    SaeFeature { method: String, feature: usize },
+    /// A JumpReLU SAE feature: its index in the SAE and, when saved by a fit, its own parameters (without them the
+    /// SAE must be in [`MethodResources`]).
+    SaeFeature {
+        method: String,
+        feature: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        params: Option<sae::PrunedFeature>,
+    },
     /// Bag-of-words logistic regression.
     Bow(bow::BowModel),
 }
 
 impl FittedArtifact {
-    /// Rebuilds the detector; SAE features need `resources.sae`.
+    /// Rebuilds the detector; SAE features saved without their parameters need `resources.sae`.
     pub fn into_detector(self, resources: &MethodResources) -> Result<Box<dyn Detector>, MethodError> {
         Ok(match self {
             FittedArtifact::Linear { method, w, bias } => {
                 Box::new(LinearDetector::new(leak_name(&method), Tensor::from_slice(&w), bias))
             }
-            FittedArtifact::SaeFeature { method, feature } => {
+            FittedArtifact::SaeFeature { method, feature, params: Some(p) } => {
+                Box::new(sae::SaeFeatureDetector::from_pruned(leak_name(&method), feature, &p)?)
+            }
+            FittedArtifact::SaeFeature { method, feature, params: None } => {
                 let name = leak_name(&method);
                 let sae = resources.sae.clone().ok_or(MethodError::MissingInput {
                     method: name,

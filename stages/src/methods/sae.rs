@@ -7,7 +7,8 @@
 //!   concept's training set (first maximum on ties), among `candidates` or all features.
 //!
 //! Params load from GemmaScope's `params.npz` or a safetensors file with the same names
-//! (`W_enc [d, F], b_enc [F], threshold [F], W_dec [F, d], b_dec [d]`).
+//! (`W_enc [d, F], b_enc [F], threshold [F], W_dec [F, d], b_dec [d]`). A fitted detector saves the chosen feature's
+//! parameters ([`PrunedFeature`], AxBench's `save_pruned_sae`), so scoring and steering need only the fit's output.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -119,10 +120,63 @@ impl Sae {
     }
 }
 
+/// One feature's parameters cut out of a JumpReLU SAE (AxBench's `save_pruned_sae`, which keeps only the concepts'
+/// features): everything detection (`w_enc`, `b_enc`, `threshold`) and additive steering (`w_dec`) read, so a saved
+/// detector scores and steers without the full SAE file (16k features × d × 2 matrices for GemmaScope).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PrunedFeature {
+    /// `W_enc[:, f]`, length d.
+    pub w_enc: Vec<f32>,
+    pub b_enc: f32,
+    pub threshold: f32,
+    /// `W_dec[f]`, length d.
+    pub w_dec: Vec<f32>,
+    /// `b_dec`, length d (kept so the pruned SAE is a complete one-feature SAE).
+    pub b_dec: Vec<f32>,
+}
+
+impl PrunedFeature {
+    /// A one-feature SAE from these params; errors when the lengths disagree.
+    pub fn to_sae(&self, method: &'static str) -> Result<Sae, MethodError> {
+        let d = self.w_enc.len();
+        if self.w_dec.len() != d || self.b_dec.len() != d {
+            return Err(MethodError::invalid(
+                method,
+                format!("pruned SAE feature: w_enc has {d} values, w_dec {}, b_dec {}", self.w_dec.len(), self.b_dec.len()),
+            ));
+        }
+        let d = d as i64;
+        Ok(Sae {
+            w_enc: Tensor::from_slice(&self.w_enc).reshape([d, 1]),
+            b_enc: Tensor::from_slice(&[self.b_enc]),
+            threshold: Tensor::from_slice(&[self.threshold]),
+            w_dec: Tensor::from_slice(&self.w_dec).reshape([1, d]),
+            b_dec: Tensor::from_slice(&self.b_dec),
+        })
+    }
+}
+
+impl Sae {
+    /// Feature `f`'s parameters (see [`PrunedFeature`]).
+    pub fn prune(&self, f: usize) -> PrunedFeature {
+        let v = |t: Tensor| Vec::<f32>::try_from(&t.contiguous()).expect("1-d float");
+        PrunedFeature {
+            w_enc: v(self.w_enc.select(1, f as i64)),
+            b_enc: self.b_enc.double_value(&[f as i64]) as f32,
+            threshold: self.threshold.double_value(&[f as i64]) as f32,
+            w_dec: v(self.w_dec.get(f as i64)),
+            b_dec: v(self.b_dec.shallow_clone()),
+        }
+    }
+}
+
 /// One SAE feature as a detector.
 pub struct SaeFeatureDetector {
     method: &'static str,
     sae: Arc<Sae>,
+    /// Column of `sae` that holds the feature.
+    column: usize,
+    /// The feature's index in the full SAE (what artifacts and reports name).
     feature: usize,
 }
 
@@ -134,7 +188,12 @@ impl SaeFeatureDetector {
                 format!("feature {feature} beyond SAE width {}", sae.width()),
             ));
         }
-        Ok(Self { method, sae, feature })
+        Ok(Self { method, sae, column: feature, feature })
+    }
+
+    /// Feature `feature` of a full SAE, from its saved parameters alone.
+    pub fn from_pruned(method: &'static str, feature: usize, params: &PrunedFeature) -> Result<Self, MethodError> {
+        Ok(Self { method, sae: Arc::new(params.to_sae(method)?), column: 0, feature })
     }
 
     pub fn feature(&self) -> usize {
@@ -152,8 +211,8 @@ impl Detector for SaeFeatureDetector {
             method: self.method,
             what: "per-token activations",
         })?;
-        self.sae.check(acts, self.feature, self.method)?;
-        let s = self.sae.encode(&acts.acts, &[self.feature]).reshape([-1]);
+        self.sae.check(acts, self.column, self.method)?;
+        let s = self.sae.encode(&acts.acts, &[self.column]).reshape([-1]);
         let s = Vec::<f32>::try_from(&s).map_err(|source| MethodError::Torch {
             method: self.method,
             source,
@@ -162,17 +221,18 @@ impl Detector for SaeFeatureDetector {
     }
 
     fn detection_direction(&self) -> Option<Tensor> {
-        Some(self.sae.w_enc.select(1, self.feature as i64))
+        Some(self.sae.w_enc.select(1, self.column as i64))
     }
 
     fn steering_direction(&self) -> Option<Tensor> {
-        Some(self.sae.w_dec.get(self.feature as i64))
+        Some(self.sae.w_dec.get(self.column as i64))
     }
 
     fn artifact(&self) -> FittedArtifact {
         FittedArtifact::SaeFeature {
             method: self.method.to_owned(),
             feature: self.feature,
+            params: Some(self.sae.prune(self.column)),
         }
     }
 }

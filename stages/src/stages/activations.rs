@@ -43,7 +43,7 @@ use axbench_models::{LoadOptions, Model};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::concepts::check_dataset_dir;
+use super::concepts::open_dataset;
 use super::{fail, read_json, write_json};
 use crate::data::{AxBenchData, Category, EMPTY_CONCEPT, Example, eval_set, training_set};
 use crate::methods::{MethodError, TokenActivations};
@@ -86,6 +86,10 @@ pub struct Meta {
     /// `-1` for the shared negatives.
     pub concept_id: i64,
     pub concept: Option<String>,
+    /// The concept's `ref` (Neuronpedia feature URL; the SAE method reads its feature from it). Absent in files
+    /// written before it was recorded.
+    #[serde(default)]
+    pub reference: Option<String>,
     /// `concept_genres_map[concept][0]`: picks the training negatives.
     pub genre: Option<String>,
     /// Leading chat-template tokens AxBench excludes from statistics and scores.
@@ -264,7 +268,7 @@ impl Stage for Activations {
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec::required("dataset", ParamType::Path, "AxBench data directory"),
+            ParamSpec::optional("dataset", ParamType::Path, "", "AxBench data directory (unset when the `dataset` input is bound)"),
             ParamSpec::optional("concept", ParamType::Int, SHARED_NEGATIVES, "concept id, or -1 for the shared negatives"),
             ParamSpec::required("model", ParamType::Path, "model: a .gguf file or an HF directory (hashed by content)"),
             ParamSpec::required("layer", ParamType::Int, "layer whose output (residual stream) is stored"),
@@ -280,8 +284,8 @@ impl Stage for Activations {
         "Layer-L residual-stream activations of every token of a concept's rows (or the shared negatives)"
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
-        let dir = ctx.param_path("dataset")?;
-        check_dataset_dir(&dir)?;
+        let data = open_dataset(ctx)?;
+        let dir = data.dir.clone();
         let concept_id = ctx.param_i64("concept")?;
         let model_path = ctx.param_path("model")?;
         if !model_path.exists() {
@@ -292,7 +296,6 @@ impl Stage for Activations {
         let dtype: DType = ctx.param_str("dtype")?.parse().map_err(|e| StageError::Param { name: "dtype".into(), message: format!("{e}") })?;
         let batch_tokens = ctx.param_i64("batch_tokens")?.max(1) as usize;
 
-        let data = AxBenchData::open(&dir).map_err(|e| fail("dataset", e))?;
         let (examples, concept): (Vec<(&Example, Split)>, Option<&crate::data::Concept>) = if concept_id == SHARED_NEGATIVES {
             let neg = data.train.iter().filter(|e| e.output_concept == EMPTY_CONCEPT && e.category == Category::Negative).map(|e| (e, Split::Train)).collect();
             (neg, None)
@@ -341,6 +344,7 @@ impl Stage for Activations {
             layer,
             concept_id,
             concept: concept.map(|c| c.concept.clone()),
+            reference: concept.map(|c| c.reference.clone()),
             genre: concept.map(|c| c.genre().to_owned()),
             prefix_length,
             hidden_size: hidden,

@@ -5,6 +5,10 @@
 //! * max F1 over the PR curve, positives vs negatives (LatentStatsEvaluator). The 1:100 imbalanced F1 needs every
 //!   concept's detector scored on a shared pool of 3600 negatives, which this pipeline does not build: left null.
 //!
+//! Every input is a gathered set of score nodes, each with `scores.parquet` and `infer.json`: `axbench.infer` nodes
+//! and `axbench.prompt_detect` nodes alike, under any input names (`inputs = { scores = "infer", prompt_scores =
+//! "prompt_detect" }`).
+//!
 //! Outputs `results.parquet` ([`detection_results_schema`](crate::tables::detection_results_schema), readable by
 //! pandas and polars), `results.json` (`{"detection": [...]}`, the same rows) and `results.md` (the AUROC table per
 //! method: mean over concepts and per concept), which `axbench run` and `axbench results` print.
@@ -143,7 +147,12 @@ impl Stage for Evaluate {
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let mut rows = Vec::new();
-        for art in ctx.inputs("scores")? {
+        let names: Vec<String> = ctx.input_names().into_iter().map(str::to_owned).collect();
+        if names.is_empty() {
+            return Err(StageError::Input { name: "scores".into(), message: "not bound: gather infer (and prompt_detect) nodes, e.g. inputs = { scores = \"infer\" }".into() });
+        }
+        let arts: Vec<&axbench_engine::InputArtifact> = names.iter().map(|n| ctx.inputs(n)).collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect();
+        for art in arts {
             let meta: InferMeta = read_json(art.file("infer.json")?)?;
             let scores = read_scores(art.file("scores.parquet")?)?;
             let max_acts: Vec<f64> = scores.iter().map(|s| s.max_act).collect();

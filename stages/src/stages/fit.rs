@@ -6,11 +6,22 @@
 //! the train-form sequence; the probe reads every token after BOS (its data module keeps the default prefix of 1);
 //! BoW reads the train-form texts.
 //!
+//! SAE and SAE-A (`sae`, `sae_a`) read the JumpReLU SAE named by param `sae` (GemmaScope `params.npz` or a
+//! safetensors file with the same tensor names; loaded once per process). SAE takes the concept's own feature from
+//! its Neuronpedia `ref`; SAE-A the feature with the best training AUROC. Their `detector.json` carries the chosen
+//! feature's parameters (AxBench's pruned SAE), so `axbench.infer` scores without the SAE file, and
+//! `direction.safetensors` holds `W_dec[f]` for steering. Wiring: `params = { method = "${method}", sae = "${sae.path}" }`.
+//!
+//! Method names are checked at plan time ([`Stage::validate_param`]): a typo in `methods` fails `axbench plan` with
+//! exit 2, naming the valid methods.
+//!
 //! Hyperparameters: `configs/methods.toml` (param `config`, hashed by content), with `overrides` (a table like
 //! `{ LinearProbe = { lr = 1e-3 } }`) merged over it. Outputs `detector.json` (the fitted
 //! [`FittedArtifact`](crate::methods::FittedArtifact)), `direction.safetensors` (`w` and `bias` for linear methods:
 //! the detection and steering direction) and `fit.json`.
 
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axbench_engine::{ParamSpec, ParamType, Stage, StageContext, StageError, Value};
@@ -20,7 +31,7 @@ use tch::Tensor;
 use super::activations::{ActivationSet, End, Split};
 use super::{METHOD_NAMES, fail, method_class, write_json};
 use crate::data::Category;
-use crate::methods::{FitInput, FittedArtifact, MethodResources, MethodsConfig, Registry};
+use crate::methods::{FitInput, FittedArtifact, MethodResources, MethodsConfig, Registry, sae};
 
 pub struct Fit;
 
@@ -63,19 +74,49 @@ pub fn methods_config(path: &std::path::Path, overrides: &Value) -> Result<Metho
     MethodsConfig::from_toml_str(&table.to_string(), &format!("{} (with overrides)", path.display())).map_err(|e| StageError::Param { name: "config".into(), message: e.to_string() })
 }
 
+/// The SAE last loaded in this process, reused by the next fit that names the same file (a GemmaScope SAE is
+/// hundreds of MB; every concept's SAE/SAE-A fit reads it).
+static SAE: Mutex<Option<(PathBuf, Arc<sae::Sae>)>> = Mutex::new(None);
+
+/// Loads the JumpReLU SAE at `path` (`.npz` or `.safetensors`), or returns the one already loaded.
+pub fn load_sae(path: &Path) -> Result<Arc<sae::Sae>, StageError> {
+    let mut guard = SAE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((p, s)) = guard.as_ref()
+        && p == path
+    {
+        return Ok(s.clone());
+    }
+    *guard = None;
+    let s = Arc::new(sae::Sae::load(path).map_err(|e| StageError::Param { name: "sae".into(), message: e.to_string() })?);
+    *guard = Some((path.to_path_buf(), s.clone()));
+    Ok(s)
+}
+
+/// Whether AxBench class `class` reads an SAE.
+fn uses_sae(class: &str) -> bool {
+    class == sae::NAME || class == sae::MAX_AUC_NAME
+}
+
 impl Stage for Fit {
     fn kind(&self) -> &str {
         "axbench.fit"
     }
     fn version(&self) -> u32 {
-        1
+        2 // 2: SAE methods (sae.path), direction.safetensors from any method's steering direction
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec::required("method", ParamType::Str, "detection method: diffmean, pca, lat, probe, probe_stable, bow"),
+            ParamSpec::required("method", ParamType::Str, "detection method: diffmean, pca, lat, probe, probe_stable, bow, sae, sae_a"),
             ParamSpec::optional("config", ParamType::Path, "configs/methods.toml", "method hyperparameters (TOML)"),
             ParamSpec::optional("overrides", ParamType::Any, Value::Table(Default::default()), "tables merged over the config, e.g. { LinearProbe = { lr = 1e-3 } }"),
+            ParamSpec::optional("sae", ParamType::Path, "", "JumpReLU SAE of the model and layer (GemmaScope params.npz or .safetensors: W_enc, b_enc, threshold, W_dec, b_dec); read by sae and sae_a only"),
         ]
+    }
+    fn validate_param(&self, name: &str, value: &Value) -> Result<(), String> {
+        match (name, value.as_str()) {
+            ("method", Some(m)) if method_class(m).is_none() => Err(format!("unknown method {m:?} (from the `methods` list); valid: {METHOD_NAMES}")),
+            _ => Ok(()),
+        }
     }
     fn doc(&self) -> &str {
         "Fits a detection method on one concept (detector.json, direction.safetensors)"
@@ -100,8 +141,25 @@ impl Stage for Fit {
         }
         let labels: Vec<bool> = std::iter::repeat_n(true, pos.len()).chain(std::iter::repeat_n(false, neg.len())).collect();
 
+        let mut resources = MethodResources::default();
+        if uses_sae(class) {
+            if ctx.param_str("sae")?.is_empty() {
+                return Err(StageError::Param { name: "sae".into(), message: format!("method {method} needs a JumpReLU SAE file (GemmaScope params.npz or .safetensors)") });
+            }
+            resources.sae = Some(load_sae(&ctx.param_path("sae")?)?);
+        }
+        // The concept as metadata.jsonl has it (the SAE method reads its feature from `ref`).
+        let concept_meta = crate::data::Concept {
+            id: concept.meta.concept_id,
+            concept: concept.meta.concept.clone().unwrap_or_default(),
+            reference: concept.meta.reference.clone().unwrap_or_default(),
+            genres: vec![genre.clone()],
+        };
+        if class == sae::NAME && concept.meta.reference.is_none() {
+            return Err(StageError::Input { name: "acts".into(), message: "was computed before activations recorded the concept's ref (needed for its SAE feature): recompute it".into() });
+        }
         let registry = Registry::builtin();
-        let m = registry.build(class, &config, &MethodResources::default()).map_err(|e| fail(&method, e))?;
+        let m = registry.build(class, &config, &resources).map_err(|e| fail(&method, e))?;
         let needs = m.needs();
         let start = if class.starts_with("LinearProbe") { 1 } else { concept.meta.prefix_length };
         let acts = if needs.activations {
@@ -115,14 +173,20 @@ impl Stage for Fit {
         let texts: Option<Vec<String>> = needs.texts.then(|| {
             pos.iter().map(|&i| concept.rows[i].train_text.clone()).chain(neg.iter().map(|&i| negatives.rows[i].train_text.clone())).collect()
         });
-        let input = FitInput { labels: &labels, activations: acts.as_ref(), texts: texts.as_deref(), model: None, concept: None };
+        let input = FitInput { labels: &labels, activations: acts.as_ref(), texts: texts.as_deref(), model: None, concept: Some(&concept_meta) };
         let t0 = Instant::now();
         let detector = m.fit(&input).map_err(|e| fail(&method, e))?;
         let seconds = t0.elapsed().as_secs_f64();
         let artifact = detector.artifact();
-        if let FittedArtifact::Linear { w, bias, .. } = &artifact {
+        // The steering direction (`w` for linear methods, `W_dec[f]` for SAE features), for the steer stage.
+        if let Some(w) = detector.steering_direction() {
+            let bias = if let FittedArtifact::Linear { bias, .. } = &artifact { *bias } else { 0.0 };
             let p = ctx.output_path("direction.safetensors")?;
-            Tensor::write_safetensors(&[("w", Tensor::from_slice(w)), ("bias", Tensor::from_slice(&[*bias]))], &p).map_err(|e| fail(p.display(), e))?;
+            let w = w.to_kind(tch::Kind::Float).contiguous();
+            Tensor::write_safetensors(&[("w", w), ("bias", Tensor::from_slice(&[bias]))], &p).map_err(|e| fail(p.display(), e))?;
+        }
+        if let FittedArtifact::SaeFeature { feature, .. } = &artifact {
+            ctx.log(format!("{class}: SAE feature {feature}"));
         }
         write_json(ctx, "detector.json", &artifact)?;
         ctx.log(format!("{class} on concept {}: {} pos / {} neg in {seconds:.2}s", concept.meta.concept_id, pos.len(), neg.len()));

@@ -2,10 +2,12 @@
 //!
 //! | kind                  | file            | per node                | reads → writes                                   |
 //! |-----------------------|-----------------|-------------------------|--------------------------------------------------|
+//! | `axbench.synthesize`  | synthesize.rs   | once                    | concept list + LM + target model → AxBench data  |
 //! | `axbench.concepts`    | concepts.rs     | once                    | `metadata.jsonl` → `list.json` (concept ids)     |
 //! | `axbench.activations` | activations.rs  | shared negatives; each concept | data + model → layer-L token activations  |
 //! | `axbench.fit`         | fit.rs          | concept × method        | activations → `detector.json`, `direction.safetensors` |
 //! | `axbench.infer`       | infer.rs        | concept × method        | detector + activations → `scores.parquet`        |
+//! | `axbench.prompt_detect` | prompt_detect.rs | concept              | LM ratings 0–2 of eval rows → `scores.parquet`   |
 //! | `axbench.evaluate`    | evaluate.rs     | once (gathers)          | scores → `results.{parquet,json,md}`             |
 //! | `axbench.aggregate`   | aggregate.rs    | once (gathers)          | judged + detection → `steering.parquet`, `report.{md,html}`, plots |
 //!
@@ -26,7 +28,10 @@ pub mod evaluate;
 pub mod fit;
 pub mod infer;
 pub mod judge;
+pub mod lm_stage;
+pub mod prompt_detect;
 pub mod steer;
+pub mod synthesize;
 
 use axbench_engine::{Registry, StageError};
 
@@ -39,6 +44,8 @@ pub fn register(reg: Registry) -> Registry {
         .register(Box::new(evaluate::Evaluate))
         .register(Box::new(steer::Steer))
         .register(Box::new(judge::Judge))
+        .register(Box::new(synthesize::Synthesize))
+        .register(Box::new(prompt_detect::PromptDetect))
         .register(Box::new(aggregate::Aggregate))
 }
 
@@ -81,4 +88,4 @@ pub fn method_class(name: &str) -> Option<&'static str> {
 }
 
 /// The short names [`method_class`] knows, for error messages.
-pub const METHOD_NAMES: &str = "diffmean, pca, lat, probe, probe_stable, bow (or AxBench class names: DiffMean, PCA, LAT, LinearProbe, LinearProbeStable, BoW)";
+pub const METHOD_NAMES: &str = "diffmean, pca, lat, probe, probe_stable, bow, sae, sae_a (or AxBench class names: DiffMean, PCA, LAT, LinearProbe, LinearProbeStable, BoW, GemmaScopeSAE, GemmaScopeSAEMaxAUC)";
