@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// Print the run report as JSON on stdout (computed, cached, failed, skipped nodes)
     #[arg(long)]
     pub json: bool,
+    /// Refuse pipelines that expand to more nodes than this [default: the pipeline's
+    /// `[pipeline] max_nodes`, or 1,000,000]
+    #[arg(long, value_name = "N")]
+    pub max_nodes: Option<usize>,
 }
 
 /// `axbench plan`
@@ -74,6 +78,10 @@ pub struct PlanArgs {
     /// Show at most this many not-fresh nodes in the human listing
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// Refuse pipelines that expand to more nodes than this [default: the pipeline's
+    /// `[pipeline] max_nodes`, or 1,000,000]
+    #[arg(long, value_name = "N")]
+    pub max_nodes: Option<usize>,
 }
 
 /// `axbench show`
@@ -180,8 +188,16 @@ fn load(pipeline: &Path, sets: &[String]) -> Result<PipelineSpec> {
     Ok(spec)
 }
 
+/// `--max-nodes` overrides the pipeline's own limit.
+fn with_max_nodes(mut spec: PipelineSpec, max_nodes: Option<usize>) -> PipelineSpec {
+    if let Some(n) = max_nodes {
+        spec.max_nodes = n.max(1);
+    }
+    spec
+}
+
 pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
-    let spec = load(&a.pipeline, &a.sets)?;
+    let spec = with_max_nodes(load(&a.pipeline, &a.sets)?, a.max_nodes);
     let registry = registry();
     StageGraph::build(&spec, &registry).map_err(|e| BadInput(e.to_string()))?;
     let store = Arc::new(open_store(g)?);
@@ -201,7 +217,7 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
             }
         });
         let opts = RunOptions { jobs: a.jobs, project_dir: project };
-        axbench_engine::run(&spec, &registry, store.clone(), exec, &opts, Arc::new(BarReporter::new()), cancel.clone()).await
+        axbench_engine::run(&spec, &registry, store.clone(), exec, &opts, Arc::new(reporter()), cancel.clone()).await
     });
     let report = report.map_err(engine)?;
     let _ = store.flush_index();
@@ -234,7 +250,8 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
             report.skipped.len(),
             if report.cancelled { ", cancelled" } else { "" }
         );
-        if report.ok() {
+        // Results tables plan the pipeline again: only for pipelines that have results.
+        if report.ok() && spec.stages.values().any(|s| s.kind.value == crate::results_cmd::EVALUATE_KIND) {
             crate::results_cmd::print_tables(&spec, &registry, &store, &project_dir(g)?);
         }
     }
@@ -247,8 +264,17 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// Bars on a terminal; otherwise plain progress lines every `AXBENCH_PROGRESS_EVERY` seconds
+/// (default 10) per running node.
+fn reporter() -> BarReporter {
+    use std::io::IsTerminal;
+    let every = std::env::var("AXBENCH_PROGRESS_EVERY").ok().and_then(|s| s.parse::<f64>().ok()).filter(|s| s.is_finite() && *s >= 0.0);
+    let every = every.map(std::time::Duration::from_secs_f64).unwrap_or(axbench_engine::report::DEFAULT_PLAIN_INTERVAL);
+    BarReporter::with_mode(std::io::stderr().is_terminal(), every)
+}
+
 pub fn plan(g: &GlobalArgs, a: PlanArgs) -> Result<()> {
-    let spec = load(&a.pipeline, &a.sets)?;
+    let spec = with_max_nodes(load(&a.pipeline, &a.sets)?, a.max_nodes);
     if a.params {
         if a.json {
             let params: Vec<_> = spec
@@ -272,6 +298,16 @@ pub fn plan(g: &GlobalArgs, a: PlanArgs) -> Result<()> {
     let registry = registry();
     let store = open_store(g)?;
     let project = project_dir(g)?;
+    // Unchanged since the last complete run (the common case for a no-op): no full plan.
+    if let Some(fresh) = axbench_engine::fresh_plan(&spec, &registry, &store, &project) {
+        if a.json {
+            println!("{}", serde_json::to_string(&fresh.to_json())?);
+        } else {
+            let n = fresh.nodes.len();
+            println!("{}: {n} nodes: {n} fresh, 0 stale, 0 missing; 0 to run", spec.name);
+        }
+        return Ok(());
+    }
     let mut lists = Default::default();
     let p = axbench_engine::plan(&spec, &registry, &store, &project, &mut lists).map_err(engine)?;
     let _ = store.flush_index();
@@ -347,11 +383,12 @@ pub fn gc(g: &GlobalArgs, a: GcArgs) -> Result<()> {
     let mut store = open_store(g)?;
     let r = store.gc(a.keep_runs)?;
     println!(
-        "kept {} nodes; removed {} nodes and {} blobs ({})",
+        "kept {} nodes; removed {} nodes and {} blobs ({}){}",
         r.kept_manifests,
         r.removed_manifests,
         r.removed_blobs,
-        human_bytes(r.freed_bytes)
+        human_bytes(r.freed_bytes),
+        if r.removed_temp > 0 { format!(", and {} temp file(s) a killed write left", r.removed_temp) } else { String::new() }
     );
     Ok(())
 }

@@ -254,3 +254,159 @@ fn status_show_gc_dot() {
     let dot = text(&p.run(&["dot", TOY]).stdout);
     assert!(dot.contains("\"concepts\" -> \"square\" [label=\"foreach concept\", style=dashed]"), "{dot}");
 }
+
+const FILES: &str = "tests/fixtures/engine/files.toml";
+
+/// `plan --json` from the full planner (the no-op records removed first).
+fn full_plan(p: &Project, args: &[&str]) -> serde_json::Value {
+    let _ = std::fs::remove_dir_all(p.cache().join("fingerprints"));
+    p.plan_json(args)
+}
+
+/// Whether a `run` or `plan` took the no-op record (its debug line says so).
+fn took_the_record(p: &Project, args: &[&str]) -> bool {
+    let out = p.command(args).env("RUST_LOG", "axbench_engine=debug").output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    text(&out.stderr).contains("(no-op record")
+}
+
+#[test]
+fn the_no_op_record_agrees_with_the_full_plan_and_every_change_falls_back_to_it() {
+    let p = Project::new();
+    let data = p.path().join("data.txt");
+    std::fs::write(&data, "hello").unwrap();
+    let first = p.run_json(&[FILES], 0);
+    assert_computed!(first, ["size", "plus"]);
+    // The complete run left a record: the next plan and run take it, and agree with the
+    // full planner node by node.
+    assert!(took_the_record(&p, &["plan", FILES]));
+    let fast = p.plan_json(&[FILES]);
+    let again = p.run_json(&[FILES], 0);
+    assert_computed!(again, []);
+    assert_eq!(ids(&again, "cached"), ["plus", "size"]);
+    assert_eq!(fast, full_plan(&p, &[FILES]));
+    assert_eq!(fast["to_run"], 0);
+    p.run_json(&[FILES], 0); // rewrites the record the full plan above removed
+
+    // The file a `Path` param names changes: the record no longer holds.
+    std::fs::write(&data, "hello, world").unwrap();
+    assert!(!took_the_record(&p, &["plan", FILES]));
+    let changed = p.plan_json(&[FILES]);
+    assert_eq!(changed, full_plan(&p, &[FILES]));
+    assert_eq!(changed["to_run"], 2, "{changed}");
+    let r = p.run_json(&[FILES], 0);
+    assert_computed!(r, ["size", "plus"]);
+    assert!(took_the_record(&p, &["run", FILES]));
+
+    // A `--set` gets its own record; going back to the old value takes the old record.
+    assert!(!took_the_record(&p, &["plan", FILES, "--set", "offset=2"]));
+    let r = p.run_json(&[FILES, "--set", "offset=2"], 0);
+    assert_computed!(r, ["plus"]);
+    assert!(took_the_record(&p, &["plan", FILES, "--set", "offset=2"]));
+    assert!(took_the_record(&p, &["plan", FILES]));
+
+    // An output blob disappears: the full planner finds it stale, with the reason.
+    std::fs::remove_file(p.blob_of("size", "value.json")).unwrap();
+    assert!(!took_the_record(&p, &["plan", FILES]));
+    let broken = p.plan_json(&[FILES]);
+    assert_eq!(broken, full_plan(&p, &[FILES]));
+    assert!(broken.to_string().contains("output `value.json` is missing or corrupted"), "{broken}");
+    p.run_json(&[FILES], 0);
+
+    // gc drops every record (it removes nodes a record may list).
+    assert!(p.cache().join("fingerprints").exists());
+    assert!(p.run(&["gc"]).status.success());
+    assert!(!p.cache().join("fingerprints").exists());
+    assert_eq!(p.plan_json(&[FILES])["to_run"], 0);
+}
+
+#[test]
+fn a_damaged_manifest_is_reported_by_verify_and_its_node_recomputed() {
+    let p = Project::new();
+    p.run_json(&[STATIC], 0);
+    let manifest = |node: &str| {
+        let key = p.show(node)["key"].as_str().unwrap().to_string();
+        p.cache().join("manifests").join(&key[..2]).join(format!("{key}.json"))
+    };
+    let path = manifest("sum");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let v = p.run(&["verify"]);
+    assert_eq!(v.status.code(), Some(1));
+    assert!(text(&v.stdout).contains("unreadable manifest") && text(&v.stdout).contains("will be recomputed"), "{}", text(&v.stdout));
+    let r = p.run_json(&[STATIC], 0);
+    assert_computed!(r, ["sum"]);
+    assert!(p.run(&["verify"]).status.success());
+    assert_eq!(p.show("sum")["node"], "sum");
+
+    // Without verify, with the index gone as well: the lookup falls back to the damaged
+    // manifest, and the run recomputes its node instead of failing (early cutoff keeps `sum`).
+    let path = manifest("shifted[x=a]");
+    std::fs::write(&path, b"{\"key\": tru").unwrap();
+    std::fs::remove_file(p.cache().join("index.redb")).unwrap();
+    std::fs::remove_dir_all(p.cache().join("fingerprints")).unwrap();
+    let r = p.run_json(&[STATIC], 0);
+    assert_computed!(r, ["shifted[x=a]"]);
+    assert!(p.run(&["verify"]).status.success());
+}
+
+#[test]
+fn gc_removes_temp_files_a_killed_write_left_once_they_are_a_minute_old() {
+    let p = Project::new();
+    p.run_json(&[STATIC], 0);
+    let old = std::time::SystemTime::now() - Duration::from_secs(120);
+    let shard = std::fs::read_dir(p.cache().join("manifests")).unwrap().next().unwrap().unwrap().path();
+    let litter = [shard.join(".tmpKiLLed"), p.cache().join("runs").join(".tmpAbCdEf")];
+    for l in &litter {
+        std::fs::write(l, b"half a manifest").unwrap();
+        std::fs::File::options().write(true).open(l).unwrap().set_modified(old).unwrap();
+    }
+    // A temp file younger than a minute may be a write in progress: kept.
+    let young = shard.join(".tmpInFlight");
+    std::fs::write(&young, b"being written").unwrap();
+    let gc = p.run(&["gc"]);
+    assert!(gc.status.success());
+    assert!(text(&gc.stdout).contains("2 temp file(s) a killed write left"), "{}", text(&gc.stdout));
+    assert!(litter.iter().all(|l| !l.exists()));
+    assert!(young.exists());
+    assert_eq!(p.plan_json(&[STATIC])["to_run"], 0);
+    assert!(p.run(&["verify"]).status.success());
+}
+
+#[test]
+fn a_node_failing_before_a_second_wave_is_run_and_listed_once() {
+    let p = Project::new();
+    let r = p.run_json(&["tests/fixtures/engine/fail_waves.toml"], 1);
+    let failed: Vec<&str> = r["failed"].as_array().unwrap().iter().map(|f| f["node"].as_str().unwrap()).collect();
+    assert_eq!(failed, ["bad"], "{r}");
+    assert_eq!(ids(&r, "skipped"), ["after_bad"]);
+    assert_computed!(r, ["concepts", "use[c=0]", "use[c=1]"]);
+}
+
+#[test]
+fn max_nodes_flag_refuses_a_pipeline_over_it_with_exit_2() {
+    let p = Project::new();
+    let out = p.run(&["plan", STATIC, "--max-nodes", "5"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("stages.") && err.contains("over the limit of 5"), "{err}");
+    assert!(p.run(&["plan", STATIC, "--max-nodes", "13"]).status.success());
+}
+
+#[test]
+fn running_nodes_print_progress_lines_when_stderr_is_not_a_terminal() {
+    let p = Project::new();
+    // Every update printed (interval 0): `test.sleep` reports 10 steps of 10 ms.
+    let out = p.command(&["run", SLOW, "--set", "ms=100", "-j", "2"]).env("AXBENCH_PROGRESS_EVERY", "0").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    for i in 1..=12 {
+        assert!(err.contains(&format!("nap[i={i}]: 10/10 (100%)")), "no final progress line of nap[i={i}]:\n{err}");
+    }
+    assert!(err.contains("nap[i=1]: 5/10 (50%)"), "{err}");
+    // The default interval (10 s): nodes shorter than that print nothing.
+    let p = Project::new();
+    let out = p.command(&["run", SLOW, "--set", "ms=100", "-j", "2"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(!text(&out.stderr).contains("nap[i="), "{}", text(&out.stderr));
+}

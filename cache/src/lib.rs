@@ -39,4 +39,4 @@ pub use index::{Index, IndexBatch, IndexError, IndexReader, NodeEntry};
 pub use lock::NodeLock;
 pub use manifest::{Manifest, ManifestInput, OutputEntry};
 pub use stat::FileStat;
-pub use store::{GcReport, Store, StoreError, VerifyProblem, VerifyReport};
+pub use store::{GcReport, Store, StoreError, TEMP_LITTER_AGE, VerifyProblem, VerifyReport};

@@ -28,7 +28,8 @@ impl FileStat {
         }
     }
 
-    pub(crate) fn to_bytes(self) -> [u8; 24] {
+    /// 24 bytes: size, mtime (ns), inode, little-endian.
+    pub fn to_bytes(self) -> [u8; 24] {
         let mut b = [0u8; 24];
         b[..8].copy_from_slice(&self.size.to_le_bytes());
         b[8..16].copy_from_slice(&self.mtime_ns.to_le_bytes());
@@ -36,7 +37,8 @@ impl FileStat {
         b
     }
 
-    pub(crate) fn from_bytes(b: &[u8]) -> Option<FileStat> {
+    /// The inverse of [`FileStat::to_bytes`]; `None` if `b` is shorter than 24 bytes.
+    pub fn from_bytes(b: &[u8]) -> Option<FileStat> {
         if b.len() < 24 {
             return None;
         }

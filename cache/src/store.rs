@@ -34,7 +34,8 @@ pub enum VerifyProblem {
     CorruptBlob { digest: Digest, node: String },
     /// A manifest names a blob that is not in the store.
     MissingBlob { digest: Digest, node: String },
-    /// A manifest file that does not parse.
+    /// A manifest file that does not parse (truncated, bit-flipped). It was moved to
+    /// `quarantine/` and dropped from the index, so the next run recomputes the node.
     BadManifest { path: PathBuf, error: String },
 }
 
@@ -47,7 +48,7 @@ impl std::fmt::Display for VerifyProblem {
             VerifyProblem::MissingBlob { digest, node } => {
                 write!(f, "missing blob {} (output of {node}); it will be recomputed", digest.short())
             }
-            VerifyProblem::BadManifest { path, error } => write!(f, "unreadable manifest {}: {error}", path.display()),
+            VerifyProblem::BadManifest { path, error } => write!(f, "unreadable manifest {}: {error}; quarantined, its node will be recomputed", path.display()),
         }
     }
 }
@@ -70,7 +71,13 @@ pub struct GcReport {
     pub removed_manifests: usize,
     pub removed_blobs: usize,
     pub freed_bytes: u64,
+    /// `.tmp*` files that a write killed between create and rename left behind.
+    pub removed_temp: usize,
 }
+
+/// Temp files younger than this are left alone by `gc`: they may belong to a write in
+/// progress in another process.
+pub const TEMP_LITTER_AGE: Duration = Duration::from_secs(60);
 
 /// A content-addressed store in one directory. Cheap to share across threads (`&Store`).
 pub struct Store {
@@ -177,7 +184,9 @@ impl Store {
     /// Named after this process so a later run can tell abandoned ones apart.
     pub fn staging_dir(&self, key: &Digest) -> Result<PathBuf, StoreError> {
         let n = self.staging_counter.fetch_add(1, Ordering::Relaxed);
-        let p = self.root.join("tmp").join(format!("{}-{}-{n}", key.short(), std::process::id()));
+        // `<key>-<pid>-<n>@<host>`: on a cache shared by cluster nodes, the pid only means
+        // something on the host that made the dir.
+        let p = self.root.join("tmp").join(format!("{}-{}-{n}@{}", key.short(), std::process::id(), this_host()));
         if p.exists() {
             fs::remove_dir_all(&p).map_err(io_err(&p))?;
         }
@@ -191,6 +200,16 @@ impl Store {
         let Ok(entries) = fs::read_dir(&tmp) else { return };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
+            // Made on another host (a Slurm task on a shared cache): its process cannot be seen
+            // from here, so leave it unless it is a day old.
+            if let Some((_, host)) = name.split_once('@')
+                && host != this_host()
+            {
+                let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                if age.is_none_or(|a| a < Duration::from_secs(24 * 3600)) {
+                    continue;
+                }
+            }
             let pid = name.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
             let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
             if !alive {
@@ -273,6 +292,69 @@ impl Store {
         let q = self.root.join("quarantine");
         let _ = fs::create_dir_all(&q);
         let _ = fs::rename(self.blob_path(digest), q.join(format!("{}-{}", digest.to_hex(), unix_ms())));
+        self.clear_fingerprints();
+    }
+
+    /// Moves a damaged manifest out of the way and forgets its key in the index, so the node
+    /// it recorded is missing (and recomputed) rather than trusted with unreadable provenance.
+    fn quarantine_manifest(&self, path: &Path) {
+        let q = self.root.join("quarantine");
+        let _ = fs::create_dir_all(&q);
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let _ = fs::rename(path, q.join(format!("manifest-{name}-{}", unix_ms())));
+        if let Some(key) = name.strip_suffix(".json").and_then(|h| h.parse::<Digest>().ok())
+            && let Some(index) = &self.index
+            && let Err(e) = index.remove_nodes(&[key])
+        {
+            tracing::warn!("could not drop {} from the index: {e}", key.short());
+        }
+        self.clear_fingerprints();
+    }
+
+    /// Where the up-to-date record of a pipeline fingerprint lives:
+    /// `fingerprints/<hex>.bin`. The engine decides what a fingerprint hashes and what the
+    /// record holds; the store only keeps the bytes and throws them away whenever it removes
+    /// anything (`gc`, `verify`, a quarantined blob), so a record never outlives what it lists.
+    pub fn fingerprint_path(&self, fp: &Digest) -> PathBuf {
+        self.root.join("fingerprints").join(format!("{}.bin", fp.to_hex()))
+    }
+
+    /// The record stored under fingerprint `fp`, if any.
+    pub fn read_fingerprint(&self, fp: &Digest) -> Option<Vec<u8>> {
+        fs::read(self.fingerprint_path(fp)).ok()
+    }
+
+    /// Stores the record of fingerprint `fp` (atomically) and keeps only the
+    /// [`Store::KEEP_FINGERPRINTS`] newest records, so switching back and forth between a few
+    /// `--set` variants stays fast without the directory growing forever.
+    pub fn write_fingerprint(&self, fp: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.fingerprint_path(fp);
+        write_atomic(&path, bytes).map_err(io_err(&path))?;
+        let dir = self.root.join("fingerprints");
+        let mut records: Vec<(SystemTime, PathBuf)> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".bin"))
+            .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH), e.path()))
+            .collect();
+        if records.len() > Self::KEEP_FINGERPRINTS {
+            records.sort();
+            for (_, p) in &records[..records.len() - Self::KEEP_FINGERPRINTS] {
+                if *p != path {
+                    let _ = fs::remove_file(p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How many fingerprint records [`Store::write_fingerprint`] keeps.
+    pub const KEEP_FINGERPRINTS: usize = 8;
+
+    /// Drops every fingerprint record (the next plan of every pipeline takes the full path).
+    pub fn clear_fingerprints(&self) {
+        let _ = fs::remove_dir_all(self.root.join("fingerprints"));
     }
 
     /// A read snapshot of the index, if the index is available.
@@ -286,7 +368,17 @@ impl Store {
             && let Some(e) = r.node(key)? {
                 return Ok(Some(e));
             }
-        match self.read_manifest(key)? {
+        let manifest = match self.read_manifest(key) {
+            Ok(m) => m,
+            // Damaged provenance: treat the node as not computed; the run recomputes it and
+            // writes a good manifest over this one.
+            Err(e @ StoreError::Manifest { .. }) => {
+                tracing::warn!("{e}; the node will be recomputed");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        match manifest {
             Some(m) => {
                 let entry = NodeEntry { node: m.node.clone(), outputs: m.outputs.clone() };
                 self.pending.lock().unwrap().nodes.push((*key, entry.clone()));
@@ -436,6 +528,7 @@ impl Store {
             let m: Manifest = match fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
                 Ok(m) => m,
                 Err(error) => {
+                    self.quarantine_manifest(&path);
                     report.problems.push(VerifyProblem::BadManifest { path, error });
                     continue;
                 }
@@ -461,6 +554,9 @@ impl Store {
                 }
             }
         }
+        if !report.problems.is_empty() {
+            self.clear_fingerprints();
+        }
         self.flush_index()?;
         Ok(report)
     }
@@ -480,6 +576,7 @@ impl Store {
     /// log and blob; then rebuilds the index.
     pub fn gc(&mut self, keep_runs: usize) -> Result<GcReport, StoreError> {
         let mut report = GcReport::default();
+        self.clear_fingerprints();
         let runs_dir = self.root.join("runs");
         let mut runs: Vec<PathBuf> = fs::read_dir(&runs_dir).map_err(io_err(&runs_dir))?.flatten().map(|e| e.path()).collect();
         runs.sort();
@@ -522,10 +619,37 @@ impl Store {
         }
         let _ = fs::remove_dir_all(self.root.join("quarantine"));
         self.clean_stale_staging();
+        report.removed_temp = self.remove_temp_litter(TEMP_LITTER_AGE);
         if let Some(index) = &self.index {
             index.remove_nodes(&removed_keys)?;
         }
         Ok(report)
+    }
+
+    /// Removes `.tmp*` files (from [`write_atomic`]: a temp file beside its target, renamed
+    /// over it once complete) older than `min_age` anywhere in the cache. Such a file exists
+    /// only while a write is in flight, or forever after a process was killed mid-write; it is
+    /// never read (readers open `<key>.json`, never a temp name). Returns how many it removed.
+    pub fn remove_temp_litter(&self, min_age: Duration) -> usize {
+        fn walk_tmp(dir: &Path, min_age: Duration, removed: &mut usize) {
+            let Ok(entries) = fs::read_dir(dir) else { return };
+            for e in entries.flatten() {
+                let Ok(ty) = e.file_type() else { continue };
+                if ty.is_dir() {
+                    walk_tmp(&e.path(), min_age, removed);
+                } else if e.file_name().to_string_lossy().starts_with(".tmp")
+                    && e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default() >= min_age)
+                    && fs::remove_file(e.path()).is_ok()
+                {
+                    *removed += 1;
+                }
+            }
+        }
+        let mut removed = 0;
+        for d in ["manifests", "runs", "fingerprints", "blobs", "logs"] {
+            walk_tmp(&self.root.join(d), min_age, &mut removed);
+        }
+        removed
     }
 
     /// Summary numbers for `axbench status`.
@@ -602,6 +726,11 @@ fn set_readonly(path: &Path) -> io::Result<()> {
     let mut perms = fs::metadata(path)?.permissions();
     perms.set_readonly(true);
     fs::set_permissions(path, perms)
+}
+
+/// This machine's name, as staging dirs record it.
+fn this_host() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// Milliseconds since the Unix epoch.

@@ -112,6 +112,7 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
     let mut stage_nodes: HashMap<&str, Vec<usize>> = HashMap::new();
     let mut stage_pending: HashMap<&str, bool> = HashMap::new();
     let params: HashMap<&str, &Value> = spec.params.iter().map(|(k, d)| (k.as_str(), &d.value)).collect();
+    check_static_size(spec, graph, &params)?;
 
     for sname in &graph.order {
         let s = &spec.stages[sname];
@@ -324,14 +325,50 @@ fn project(coord: &Coord, dims: &[String]) -> String {
     s
 }
 
+/// Refuses an enormous fan-out before any node exists: the node count of every stage whose
+/// dimensions are all static (literal lists and list params) is a product of list lengths,
+/// known from the spec alone. Counting them in topological order, the first dimension that
+/// takes the running total over `max_nodes` is the error (the same one the expansion would
+/// report, without first building millions of coordinates). Stages that fan out over an
+/// upstream list count as zero here (the list may be empty); their size is checked while
+/// expanding, once the list exists.
+fn check_static_size(spec: &PipelineSpec, graph: &StageGraph, params: &HashMap<&str, &Value>) -> Result<(), SpecError> {
+    let mut total: usize = 0;
+    for sname in &graph.order {
+        let s = &spec.stages[sname];
+        if s.foreach.values().any(|d| matches!(d.value, Dim::From(_))) {
+            continue;
+        }
+        let mut product: usize = 1;
+        for (dim, d) in &s.foreach {
+            let len = match &d.value {
+                Dim::Values(v) => v.len(),
+                Dim::Param(p) => params.get(p.as_str()).and_then(|v| v.as_list()).map_or(0, |l| l.len()),
+                Dim::From(_) => unreachable!(),
+            };
+            product = product.saturating_mul(len);
+            let would = total.saturating_add(product);
+            if would > spec.max_nodes {
+                return Err(size_error(spec, would, &d.loc, &format!("stages.{sname}.foreach.{dim}")));
+            }
+        }
+        total = total.saturating_add(product);
+    }
+    Ok(())
+}
+
+fn size_error(spec: &PipelineSpec, total: usize, loc: &Loc, key: &str) -> SpecError {
+    SpecError::new(
+        loc,
+        key,
+        format!("fan-out would create {} nodes in all, over the limit of {} (raise [pipeline] max_nodes, or pass --max-nodes, if this is intended)", if total == usize::MAX { "too many".to_string() } else { total.to_string() }, spec.max_nodes),
+    )
+}
+
 fn check_size(spec: &PipelineSpec, out: &NodeGraph, adding: usize, loc: &Loc, key: &str) -> Result<(), SpecError> {
     let total = out.nodes.len().saturating_add(adding);
     if total > spec.max_nodes {
-        return Err(SpecError::new(
-            loc,
-            key,
-            format!("fan-out would create {} nodes in all, over the limit of {} (raise [pipeline] max_nodes if this is intended)", if adding == usize::MAX { "too many".to_string() } else { total.to_string() }, spec.max_nodes),
-        ));
+        return Err(size_error(spec, total, loc, key));
     }
     Ok(())
 }

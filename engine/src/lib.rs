@@ -57,6 +57,7 @@
 pub mod error;
 pub mod executor;
 pub mod expand;
+pub mod fingerprint;
 pub mod graph;
 pub mod key;
 pub mod plan;
@@ -71,6 +72,7 @@ pub mod value;
 pub use error::EngineError;
 pub use executor::{ExecError, ExecOutcome, Executor, LocalExecutor, NodeJob};
 pub use expand::{Node, NodeGraph};
+pub use fingerprint::{FreshNode, FreshPlan, fresh_plan};
 pub use graph::StageGraph;
 pub use key::{CacheKey, KeyHasher};
 pub use plan::{NodeState, Plan, PlanJson, plan};

@@ -56,6 +56,9 @@ pub struct Plan {
     pub graph: NodeGraph,
     pub nodes: Vec<PlannedNode>,
     pub project_dir: PathBuf,
+    /// Every `Path` param read (absolute path, content digest): part of what a no-op record
+    /// has to re-check ([`crate::fingerprint`]).
+    pub paths: Vec<(PathBuf, Digest)>,
 }
 
 /// The `plan --json` contract.
@@ -118,7 +121,9 @@ pub fn plan(spec: &PipelineSpec, registry: &Registry, store: &Store, project_dir
             }
         }
         if !learned {
-            return Ok(Plan { graph, nodes, project_dir: project_dir.to_path_buf() });
+            let mut paths: Vec<(PathBuf, Digest)> = path_memo.into_iter().collect();
+            paths.sort();
+            return Ok(Plan { graph, nodes, project_dir: project_dir.to_path_buf(), paths });
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use crate::error::EngineError;
 use crate::executor::{ExecError, ExecOutcome, Executor, JobInput, NodeJob};
 use crate::expand::Node;
+use crate::fingerprint::FreshNode;
 use crate::key::{KeyInput, node_key};
 use crate::plan::{NodeState, Plan, plan, read_list};
 use crate::spec::PipelineSpec;
@@ -100,6 +101,13 @@ pub async fn run(
 ) -> Result<RunReport, EngineError> {
     store.clean_stale_staging();
     let mut report = RunReport::default();
+    // Nothing changed since the last complete run: every node is fresh, skip planning.
+    if let Some(fresh) = crate::fingerprint::fresh_plan(spec, registry, &store, &opts.project_dir) {
+        report.cached = fresh.nodes.iter().map(|n| n.id.clone()).collect();
+        report.keys = fresh.keys();
+        store.record_run(&report.keys)?;
+        return Ok(report);
+    }
     let mut lists: HashMap<String, Vec<Value>> = HashMap::new();
     let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
     let mut classes: BTreeMap<String, Arc<Semaphore>> = BTreeMap::new();
@@ -107,10 +115,12 @@ pub async fn run(
         classes.insert(k.clone(), Arc::new(Semaphore::new(*v as usize)));
     }
     let mut done_ids: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut failed_ids: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut record = None;
     loop {
         let p = plan(spec, registry, &store, &opts.project_dir, &mut lists)?;
         reporter.wave(&p);
-        let learned = run_wave(&p, &store, &executor, &jobs, &mut classes, &reporter, &cancel, &mut report, &mut lists, &mut done_ids).await?;
+        let (learned, complete) = run_wave(&p, &store, &executor, &jobs, &mut classes, &reporter, &cancel, &mut report, &mut lists, &mut done_ids, &mut failed_ids).await?;
         let _ = store.flush_index();
         if cancel.is_cancelled() {
             report.cancelled = true;
@@ -118,13 +128,26 @@ pub async fn run(
         }
         if p.graph.pending.is_empty() || !learned {
             report.pending = p.graph.pending.iter().map(|x| x.id.clone()).collect();
+            if p.graph.pending.is_empty() {
+                record = complete.map(|nodes| (nodes, p.paths.clone()));
+            }
             break;
         }
     }
     report.keys.sort();
     report.keys.dedup();
+    // A node skipped in one wave is skipped again in the next: list it once.
+    let mut seen = std::collections::HashSet::new();
+    report.skipped.retain(|id| seen.insert(id.clone()));
     if !report.cancelled {
         store.record_run(&report.keys)?;
+    }
+    // Every node reached: the next run with an unchanged pipeline can skip planning.
+    if report.ok()
+        && let Some((nodes, paths)) = record
+        && let Some(fresh) = crate::fingerprint::FreshPlan::from_nodes(nodes, paths, &store)
+    {
+        crate::fingerprint::save(spec, registry, &store, &opts.project_dir, &fresh);
     }
     Ok(report)
 }
@@ -141,7 +164,8 @@ async fn run_wave(
     report: &mut RunReport,
     lists: &mut HashMap<String, Vec<Value>>,
     done_ids: &mut std::collections::HashSet<String>,
-) -> Result<bool, EngineError> {
+    failed_ids: &mut std::collections::HashSet<String>,
+) -> Result<(bool, Option<Vec<FreshNode>>), EngineError> {
     let nodes = &p.graph.nodes;
     let n = nodes.len();
     let mut outputs: Vec<Option<BTreeMap<String, OutputEntry>>> = vec![None; n];
@@ -190,6 +214,12 @@ async fn run_wave(
                 break;
             }
             let node = &nodes[i];
+            // A node that failed in an earlier wave of this run is not tried again (a later
+            // wave re-plans the whole pipeline and would find it stale once more).
+            if failed_ids.contains(&node.id) {
+                skip_dependents(i, &dependents, &mut dead, nodes, report);
+                continue;
+            }
             // Finish the key from the inputs' actual digests.
             let digests: Vec<BTreeMap<String, Digest>> = node
                 .inputs
@@ -283,11 +313,13 @@ async fn run_wave(
                 ExecError::Failed { message, log } => {
                     reporter.finished(&nodes[idx], "failed");
                     tracing::error!(node = %nodes[idx].id, "failed: {message}");
+                    failed_ids.insert(nodes[idx].id.clone());
                     report.failed.push(Failure { node: nodes[idx].id.clone(), error: message, log: (!log.as_os_str().is_empty()).then_some(log) });
                     skip_dependents(idx, &dependents, &mut dead, nodes, report);
                 }
                 ExecError::Store(e) => {
                     reporter.finished(&nodes[idx], "failed");
+                    failed_ids.insert(nodes[idx].id.clone());
                     report.failed.push(Failure { node: nodes[idx].id.clone(), error: e.to_string(), log: None });
                     skip_dependents(idx, &dependents, &mut dead, nodes, report);
                 }
@@ -298,7 +330,16 @@ async fn run_wave(
             last_flush = Instant::now();
         }
     }
-    Ok(learned)
+    // Every node of this wave done: what a no-op record lists.
+    let mut names: HashMap<String, Arc<str>> = HashMap::new();
+    let complete = (0..n)
+        .map(|i| {
+            let outs = outputs[i].as_ref()?;
+            let outputs = outs.iter().map(|(name, e)| (names.entry(name.clone()).or_insert_with(|| Arc::from(name.as_str())).clone(), e.clone())).collect();
+            Some(FreshNode { id: nodes[i].id.clone(), stage: nodes[i].stage.clone(), key: keys[i]?, outputs })
+        })
+        .collect::<Option<Vec<FreshNode>>>();
+    Ok((learned, complete))
 }
 
 #[allow(clippy::too_many_arguments)]
