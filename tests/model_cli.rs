@@ -1,6 +1,6 @@
 //! `axbench model` end to end: the built binary on the two embedded GGUF models, against
-//! tests/golden/cli/*.json (made by tests/golden/make_cli_golden.py): token ids from the model's
-//! reference tokenizer (transformers for Gemma, llama.cpp for SmolLM2), next-token top-5 and
+//! tests/golden/cli/*.json (made by tests/golden/make_cli_golden.py): token ids from the
+//! reference tokenizer, llama.cpp (through llama-cpp-python), next-token top-5 and
 //! greedy 20-token continuations from HF transformers loading the same GGUF in float32, and the
 //! layer-L residual stream within 1e-3 relative. The `--json` shapes are insta snapshots
 //! (tests/snapshots/), with numbers that depend on floating point replaced by placeholders.
@@ -131,7 +131,7 @@ fn check_tokenize(name: &str) {
 }
 
 #[test]
-fn tokenize_matches_transformers_gemma() {
+fn tokenize_matches_llama_cpp_gemma() {
     check_tokenize(GEMMA);
 }
 

@@ -3,33 +3,29 @@
 //!
 //! A GGUF file does not carry a tokenizer pipeline, only its parts (`tokenizer.ggml.model`,
 //! `.tokens`, `.scores`, `.token_type`, `.merges`, `.pre`, special ids and flags). Which pipeline
-//! those parts mean is decided by a reference implementation, and the two references disagree, so
-//! we follow one per vocabulary type, chosen to match the model's original HF tokenizer:
+//! those parts mean is decided by a reference implementation. We follow **llama.cpp** for both
+//! vocabulary types, because llama.cpp reproduces the tokenizer the models were trained with:
 //!
-//! - `tokenizer.ggml.model = "llama"` (SentencePiece) with a Gemma architecture: the pipeline HF
-//!   transformers builds when loading the GGUF (`GGUFGemmaConverter`): a Unigram model over the
-//!   scores with byte fallback, spaces normalized to `▁`, no prefix space, `<bos>` prepended by the
-//!   post-processor, and only `<pad> <eos> <bos> <unk>` as added special tokens (the turn markers
-//!   `<start_of_turn>`/`<end_of_turn>` still come out as single ids because the Unigram lattice
-//!   prefers the whole piece).
-//! - `tokenizer.ggml.model = "gpt2"` (byte-level BPE): llama.cpp's tokenizer, because HF's GGUF
-//!   conversion drops the pre-tokenizer that llama.cpp selects by `tokenizer.ggml.pre` (for
-//!   SmolLM2, `smollm`: every digit is its own pre-token, as in the original SmolLM2
-//!   `tokenizer.json`). Control and user-defined tokens are matched in text (llama.cpp's
-//!   `parse_special = true`), BOS/EOS are added only as `add_bos_token`/`add_eos_token` say.
+//! - `tokenizer.ggml.model = "llama"` (SentencePiece): llama.cpp's `llm_tokenizer_spm`, i.e.
+//!   SentencePiece BPE (the adjacent pair whose merge is the highest-scoring piece merges first),
+//!   with byte fallback, spaces as `▁`, and every control and user-defined token (whitespace runs
+//!   like `▁▁`, `<start_of_turn>`, ...) cut out of the text first (`parse_special = true`).
+//! - `tokenizer.ggml.model = "gpt2"` (byte-level BPE): llama.cpp's pre-tokenizer selected by
+//!   `tokenizer.ggml.pre` (for SmolLM2, `smollm`: every digit is its own pre-token, as in the
+//!   original SmolLM2 `tokenizer.json`); BOS/EOS are added only as `add_bos_token`/`add_eos_token`
+//!   say.
 //!
-//! Tests in `models/tests/tokenizer_golden.rs` compare both against ids produced by those
-//! references on `tests/golden/tokenizer/texts.jsonl`.
+//! Why not HF transformers for Gemma: its GGUF conversion (`GGUFGemmaConverter`) runs Gemma's
+//! SentencePiece *BPE* vocabulary as a *Unigram* model, which splits ordinary words differently
+//! (`"The quick brown fox jumps over the lazy dog."` is 20 tokens there and 11 under llama.cpp).
+//! On the golden texts SentencePiece itself, run by the golden script over the same vocabulary,
+//! agrees with llama.cpp everywhere except whitespace runs and special tokens written in text,
+//! which SentencePiece alone does not parse; it agrees with transformers on few texts. That
+//! pipeline stays selectable as [`SpmFlavor::Transformers`] for comparisons against a Python
+//! reference that loads the GGUF through transformers.
 //!
-//! Caveat for Gemma: transformers' GGUF conversion is *not* Gemma's own tokenization. Gemma's
-//! vocabulary is a SentencePiece BPE model; transformers runs it as a Unigram model, which splits
-//! ordinary words differently (`"Hello, world!"` already differs). On the 59 golden texts,
-//! SentencePiece itself (run over the same vocabulary by the golden script) agrees with llama.cpp
-//! on 48 and with transformers on 13; the 11 where it disagrees with llama.cpp are whitespace runs
-//! and special tokens written in text, which SentencePiece alone does not parse. The
-//! [`SpmFlavor::LlamaCpp`] option reproduces llama.cpp exactly (golden-tested) and is the better
-//! choice for generation quality; the default stays [`SpmFlavor::Transformers`] because the Python
-//! reference pipeline (HF transformers loading the GGUF) tokenizes that way.
+//! Tests in `models/tests/tokenizer_golden.rs` compare both flavors against ids produced by their
+//! references (llama-cpp-python, transformers) on `tests/golden/tokenizer/texts.jsonl`.
 
 use std::path::{Path, PathBuf};
 
@@ -63,13 +59,16 @@ pub mod token_type {
 }
 
 /// Token texts llama.cpp treats as end-of-generation when present in a vocabulary, in addition to
-/// the `eos`/`eot`/`eom` ids (`llama_vocab::impl::load`).
+/// the `eos`/`eot`/`eom` ids (`llama_vocab::impl::load`). llama.cpp also marks them as control
+/// tokens whatever the GGUF says (Gemma stores `</s>` as user-defined), so decoding with
+/// `skip_special` drops them.
 const EOG_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
     "<end_of_turn>",
     "<|endoftext|>",
+    "</s>",
     "<|eom_id|>",
     "<EOT>",
     "_<EOT>",
@@ -117,7 +116,7 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 /// Which implementation a SentencePiece (`tokenizer.ggml.model = "llama"`) GGUF vocabulary is
-/// made to agree with. They differ on most texts: transformers' GGUF conversion runs a Unigram
+/// made to agree with (byte-level BPE vocabularies always follow llama.cpp). They differ on most texts: transformers' GGUF conversion runs a Unigram
 /// model over the scores, while the vocabulary comes from a SentencePiece *BPE* model, which
 /// llama.cpp (like SentencePiece itself) runs by merging the highest-scoring adjacent pair first;
 /// llama.cpp also cuts every control and user-defined token (whitespace runs, `<start_of_turn>`,
@@ -125,12 +124,13 @@ impl std::fmt::Debug for Tokenizer {
 /// `Transformers` and 3 (`trailing`, `▁spaces`, `▁▁▁`) under `LlamaCpp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SpmFlavor {
-    /// HF transformers `AutoTokenizer.from_pretrained(dir, gguf_file=...)` (`GGUFGemmaConverter`).
-    #[default]
-    Transformers,
     /// llama.cpp's `llm_tokenizer_spm` (SentencePiece BPE), as a HF BPE model whose merges are
-    /// ranked by the merged piece's score.
+    /// ranked by the merged piece's score. The default: it is the model's own tokenization.
+    #[default]
     LlamaCpp,
+    /// HF transformers `AutoTokenizer.from_pretrained(dir, gguf_file=...)` (`GGUFGemmaConverter`):
+    /// only for comparing against Python code that loads the GGUF through transformers.
+    Transformers,
 }
 
 /// Options for [`Tokenizer::from_gguf_with`].
@@ -545,7 +545,8 @@ impl<'a> GgufVocab<'a> {
     fn add_typed_tokens(&self, inner: &mut tokenizers::Tokenizer) {
         let (mut special, mut user) = (Vec::new(), Vec::new());
         for (i, t) in self.tokens.iter().enumerate() {
-            match self.token_type(i) {
+            let ty = if EOG_TEXTS.contains(&t.as_str()) { token_type::CONTROL } else { self.token_type(i) };
+            match ty {
                 token_type::CONTROL | token_type::UNKNOWN => special.push(AddedToken::from(t.clone(), true).normalized(false)),
                 token_type::USER_DEFINED => user.push(AddedToken::from(t.clone(), false).normalized(false)),
                 _ => {}

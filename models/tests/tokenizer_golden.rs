@@ -1,8 +1,10 @@
-//! Tokenizers built from the GGUF vocabularies against their references, and chat templates
-//! against HF's Jinja rendering (tests/golden/make_tokenizer_golden.py):
-//! Gemma 3 270M = HF transformers loading the GGUF; SmolLM2-135M-Instruct = llama.cpp.
-//! Every text of tests/golden/tokenizer/texts.jsonl must give identical ids, with and without
-//! special tokens, and decode to the reference's text.
+//! Tokenizers built from the GGUF vocabularies against their reference, llama.cpp (through
+//! llama-cpp-python), and chat templates against HF's Jinja rendering
+//! (tests/golden/make_tokenizer_golden.py), for Gemma 3 270M and SmolLM2-135M-Instruct.
+//! Every text of tests/golden/tokenizer/texts.jsonl (unicode, whitespace runs, code, digits,
+//! special tokens in text) must give identical ids, with and without special tokens, and decode
+//! to the reference's text. Gemma's non-default `SpmFlavor::Transformers` is checked the same way
+//! against HF transformers loading the GGUF.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -77,8 +79,9 @@ fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
-fn check_texts(file: &'static str, golden_name: &str, check_skip_decode: bool) {
-    let Some(l) = load(file) else { return };
+/// Compares `tok` with the golden rows; `reference` picks the object holding the reference's
+/// results in a row (the row itself, or its `"transformers"` member).
+fn check_texts(tok: &Tokenizer, golden_name: &str, reference: impl Fn(&Value) -> &Value, check_skip_decode: bool) {
     let g = golden(golden_name);
     let texts = texts();
     let rows = g["texts"].as_array().unwrap();
@@ -86,22 +89,23 @@ fn check_texts(file: &'static str, golden_name: &str, check_skip_decode: bool) {
     let mut failures = Vec::new();
     for ((id, text), row) in texts.iter().zip(rows) {
         assert_eq!(row["id"].as_str().unwrap(), id);
-        let with = l.tok.encode(text, true).unwrap();
-        if with != ids(&row["ids"]) {
-            failures.push(format!("{id}: encode(add_special=true)\n  got  {with:?}\n  want {:?}", ids(&row["ids"])));
+        let r = reference(row);
+        let with = tok.encode(text, true).unwrap();
+        if with != ids(&r["ids"]) {
+            failures.push(format!("{id}: encode(add_special=true)\n  got  {with:?}\n  want {:?}", ids(&r["ids"])));
         }
-        let plain = l.tok.encode(text, false).unwrap();
-        let want_plain = ids(&row["ids_no_special"]);
+        let plain = tok.encode(text, false).unwrap();
+        let want_plain = ids(&r["ids_no_special"]);
         if plain != want_plain {
             failures.push(format!("{id}: encode(add_special=false)\n  got  {plain:?}\n  want {want_plain:?}"));
         }
-        let dec = l.tok.decode(&want_plain, false).unwrap();
-        if dec != row["decode"].as_str().unwrap() {
-            failures.push(format!("{id}: decode\n  got  {dec:?}\n  want {:?}", row["decode"].as_str().unwrap()));
+        let dec = tok.decode(&want_plain, false).unwrap();
+        if dec != r["decode"].as_str().unwrap() {
+            failures.push(format!("{id}: decode\n  got  {dec:?}\n  want {:?}", r["decode"].as_str().unwrap()));
         }
         if check_skip_decode {
-            let dec = l.tok.decode(&ids(&row["ids"]), true).unwrap();
-            let want = row["decode_skip_special"].as_str().unwrap();
+            let dec = tok.decode(&ids(&r["ids"]), true).unwrap();
+            let want = r["decode_skip_special"].as_str().unwrap();
             if dec != want {
                 failures.push(format!("{id}: decode(skip_special)\n  got  {dec:?}\n  want {want:?}"));
             }
@@ -138,13 +142,15 @@ fn check_chats(file: &'static str, golden_name: &str, expected: ChatTemplate) {
 }
 
 #[test]
-fn gemma3_texts_match_transformers() {
-    check_texts(GEMMA, "gemma-3-270m.json", true);
+fn gemma3_texts_match_llama_cpp() {
+    let Some(l) = load(GEMMA) else { return };
+    check_texts(&l.tok, "gemma-3-270m.json", |row| row, true);
 }
 
 #[test]
 fn smollm2_texts_match_llama_cpp() {
-    check_texts(SMOL, "smollm2-135m.json", false);
+    let Some(l) = load(SMOL) else { return };
+    check_texts(&l.tok, "smollm2-135m.json", |row| row, true);
 }
 
 #[test]
@@ -157,24 +163,31 @@ fn smollm2_chats_match_hf_template() {
     check_chats(SMOL, "smollm2-135m.json", ChatTemplate::smollm2());
 }
 
-/// The llama.cpp flavor of the Gemma vocabulary against llama.cpp itself (the golden file keeps
-/// llama.cpp's ids as `alt_ids` where they differ from transformers').
+/// The selectable transformers flavor of the Gemma vocabulary against HF transformers loading
+/// the GGUF (kept for comparisons with Python code that tokenizes that way).
 #[test]
-fn gemma3_llama_cpp_flavor_matches_llama_cpp() {
+fn gemma3_transformers_flavor_matches_transformers() {
     let Some(l) = load(GEMMA) else { return };
     let t0 = Instant::now();
-    let tok = Tokenizer::from_gguf_with(&l.file, GgufTokenizerOptions { spm: SpmFlavor::LlamaCpp }).unwrap();
-    eprintln!("gemma llama.cpp-flavor tokenizer build {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
-    let g = golden("gemma-3-270m.json");
-    let mut failures = Vec::new();
-    for ((id, text), row) in texts().iter().zip(g["texts"].as_array().unwrap()) {
-        let want = ids(row.get("alt_ids").unwrap_or(&row["ids"]));
-        let got = tok.encode(text, true).unwrap();
-        if got != want {
-            failures.push(format!("{id}:\n  got  {got:?}\n  want {want:?}"));
-        }
+    let tok = Tokenizer::from_gguf_with(&l.file, GgufTokenizerOptions { spm: SpmFlavor::Transformers }).unwrap();
+    eprintln!("gemma transformers-flavor tokenizer build {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
+    check_texts(&tok, "gemma-3-270m.json", |row| &row["transformers"], true);
+    for c in golden("gemma-3-270m.json")["chats"].as_array().unwrap() {
+        let text = c["text"].as_str().unwrap();
+        // The rendered text carries `<bos>` itself.
+        assert_eq!(tok.encode(text, false).unwrap(), ids(&c["transformers_ids"]), "{text:?}");
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The two flavors really differ on ordinary English (the reason the default changed).
+#[test]
+fn gemma3_flavors_differ_on_plain_text() {
+    let Some(l) = load(GEMMA) else { return };
+    let hf = Tokenizer::from_gguf_with(&l.file, GgufTokenizerOptions { spm: SpmFlavor::Transformers }).unwrap();
+    let text = "The quick brown fox jumps over the lazy dog.";
+    let ours = l.tok.encode(text, true).unwrap();
+    assert_eq!(ours.len(), 11, "{ours:?}"); // <bos> + 10 words/punctuation, as llama.cpp
+    assert!(hf.encode(text, true).unwrap().len() > ours.len());
 }
 
 #[test]
@@ -183,7 +196,7 @@ fn special_ids() {
         let t = &l.tok;
         assert_eq!(t.bos_id(), Some(2));
         assert!(t.adds_bos());
-        assert_eq!(t.eos_ids(), [1, 106]); // <eos>, <end_of_turn>
+        assert_eq!(t.eos_ids(), [1, 106, 212]); // <eos>, <end_of_turn>, </s> (llama.cpp's end-of-generation texts)
         assert_eq!(t.vocab_size(), 262144);
         assert_eq!(t.id_to_token(106).as_deref(), Some("<end_of_turn>"));
         assert_eq!(t.token_to_id("<start_of_turn>"), Some(105));

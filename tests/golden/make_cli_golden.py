@@ -4,13 +4,12 @@
 For each model and each text of TEXTS (unicode, whitespace runs, code, chat turns written with the
 model's special tokens) and one `--chat` prompt:
 
-  ids      token ids with the tokenizer's default special tokens (BOS where the model adds it).
-           gemma-3-270m: HF transformers loading the GGUF (AutoTokenizer.from_pretrained(gguf_file=)).
-           smollm2-135m: llama.cpp through llama-cpp-python (tokenize(add_bos=True, special=True);
-           llama.cpp only adds BOS where the vocabulary says so, SmolLM2's does not), because HF's
-           GGUF conversion drops the `smollm` pre-tokenizer that splits digits (see
+  ids      token ids with the tokenizer's default special tokens (BOS where the model adds it),
+           from llama.cpp through llama-cpp-python (tokenize(add_bos=True, special=True); llama.cpp
+           only adds BOS where the vocabulary says so: Gemma's does, SmolLM2's does not). llama.cpp,
+           not HF's GGUF conversion, because it reproduces the models' own tokenizers (see
            models/src/tokenizer.rs and tests/golden/tokenizer/).
-  tokens   the token strings of those ids (HF convert_ids_to_tokens; same vocabulary strings).
+  tokens   the GGUF vocabulary strings of those ids (llama_vocab_get_text).
   top5     next-token top-5 ids and raw logits after the text, from transformers' model loaded from
            the same GGUF in float32 (`from_pretrained(dir, gguf_file=...)`), run on `ids`.
   greedy   transformers' greedy 20-token continuation of `ids` (eos_token_id=None: never stops).
@@ -69,29 +68,26 @@ def main():
         tok = AutoTokenizer.from_pretrained(DEPS, gguf_file=fname)
         model = AutoModelForCausalLM.from_pretrained(DEPS, gguf_file=fname, torch_dtype=torch.float32).eval()
         model.config._attn_implementation = "eager"
+        from llama_cpp import Llama, llama_vocab_get_text
+
+        lc = Llama(model_path=os.path.join(DEPS, fname), vocab_only=True, verbose=False)
+
+        def encode(text):
+            return lc.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+        def tokens(ids):
+            return [llama_vocab_get_text(lc._model.vocab, i).decode("utf-8") for i in ids]
+
         if style == "chatml":
-            from llama_cpp import Llama
             import gguf
 
-            lc = Llama(model_path=os.path.join(DEPS, fname), vocab_only=True, verbose=False)
             template = gguf.GGUFReader(os.path.join(DEPS, fname)).fields["tokenizer.chat_template"].contents()
-
-            def encode(text):
-                return lc.tokenize(text.encode("utf-8"), add_bos=True, special=True)
-
-            chat_text = tok.apply_chat_template([{"role": "user", "content": CHAT_USER}], chat_template=template,
-                                                tokenize=False, add_generation_prompt=True)
-            chat_ids = lc.tokenize(chat_text.encode("utf-8"), add_bos=False, special=True)
         else:
-            def encode(text):
-                return tok(text).input_ids
-
-            chat_text = tok.apply_chat_template([{"role": "user", "content": CHAT_USER}],
-                                                chat_template=GEMMA3_CHAT_TEMPLATE, tokenize=False,
-                                                add_generation_prompt=True)
-            chat_ids = list(tok.apply_chat_template([{"role": "user", "content": CHAT_USER}],
-                                                    chat_template=GEMMA3_CHAT_TEMPLATE, tokenize=True,
-                                                    add_generation_prompt=True))
+            template = GEMMA3_CHAT_TEMPLATE
+        # The rendered text carries Gemma's "<bos>" itself (ChatML has none).
+        chat_text = tok.apply_chat_template([{"role": "user", "content": CHAT_USER}], chat_template=template,
+                                            tokenize=False, add_generation_prompt=True)
+        chat_ids = lc.tokenize(chat_text.encode("utf-8"), add_bos=False, special=True)
 
         def run(ids):
             x = torch.tensor([ids])
@@ -109,7 +105,7 @@ def main():
         for key, text in texts.items():
             ids = encode(text)
             _, res = run(ids)
-            cases.append(dict({"id": key, "text": text, "ids": ids, "tokens": tok.convert_ids_to_tokens(ids)}, **res))
+            cases.append(dict({"id": key, "text": text, "ids": ids, "tokens": tokens(ids)}, **res))
             print(name, key, len(ids), "tokens; greedy:", repr(tok.decode(res["greedy"])))
         _, res = run(chat_ids)
         chat = dict({"user": CHAT_USER, "text": chat_text, "ids": chat_ids}, **res)
@@ -118,12 +114,11 @@ def main():
         act_ids = encode(ACT_TEXT)
         o, _ = run(act_ids)
         h = o.hidden_states[layer + 1][0]
-        act = {"text": ACT_TEXT, "layer": layer, "ids": act_ids, "tokens": tok.convert_ids_to_tokens(act_ids),
+        act = {"text": ACT_TEXT, "layer": layer, "ids": act_ids, "tokens": tokens(act_ids),
                "shape": list(h.shape), "values": [r(row) for row in h]}
         meta = {
             "file": fname,
-            "tokenizer_reference": "llama.cpp (llama-cpp-python) tokenize(add_bos=True, special=True)"
-            if style == "chatml" else f"transformers AutoTokenizer.from_pretrained(gguf_file={fname!r})",
+            "tokenizer_reference": "llama.cpp (llama-cpp-python) tokenize(add_bos=True, special=True)",
             "model_reference": f"transformers AutoModelForCausalLM.from_pretrained(gguf_file={fname!r}), float32, eager",
             "num_layers": model.config.num_hidden_layers,
             "hidden_size": model.config.hidden_size,

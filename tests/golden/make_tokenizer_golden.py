@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Golden token ids and chat renderings for models/src/tokenizer.rs and models/src/chat.rs.
 
-References (see the module docs of tokenizer.rs for why each):
-  gemma-3-270m   HF transformers loading the GGUF: AutoTokenizer.from_pretrained(dir, gguf_file=...)
-  smollm2-135m   llama.cpp through llama-cpp-python: Llama(path, vocab_only=True).tokenize(..., special=True)
-For information each file also records the other implementation's ids where they differ
-("alt_ids": llama.cpp for Gemma, transformers for SmolLM2); the tests do not assert those.
+Reference for both models (see the module docs of tokenizer.rs for why): llama.cpp through
+llama-cpp-python, Llama(path, vocab_only=True).tokenize(..., special=True) and .detokenize.
+  gemma-3-270m   each row also keeps HF transformers loading the GGUF
+                 (AutoTokenizer.from_pretrained(dir, gguf_file=...)) under "transformers": the
+                 tests check SpmFlavor::Transformers against it; and SentencePiece's own ids over
+                 the same vocabulary ("spm_ids", informational).
+  smollm2-135m   transformers' ids where they differ ("alt_ids", informational, not asserted).
 
 Chats are rendered with HF's Jinja chat templates through apply_chat_template: Gemma 3's official
 template (google/gemma-3-*-it tokenizer_config.json; the base GGUF has none) and the
@@ -96,6 +98,19 @@ def lc_tokenize(llm, text, add_bos):
     return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
 
+def lc_detokenize(llm, ids, skip_special):
+    """llama.cpp's own llama_detokenize (Llama.detokenize adds a Python-side hack that drops a
+    leading space after BOS). skip_special: remove_special=True, unparse_special=False (control
+    tokens vanish); otherwise every token is written out."""
+    import ctypes
+    import llama_cpp
+    arr = (llama_cpp.llama_token * max(len(ids), 1))(*ids)
+    buf = ctypes.create_string_buffer(len(ids) * 256 + 16)
+    n = llama_cpp.llama_detokenize(llm._model.vocab, arr, len(ids), buf, len(buf), skip_special, not skip_special)
+    assert n >= 0, n
+    return buf.raw[:n].decode("utf-8", errors="replace")
+
+
 def sentencepiece_from_gguf(path):
     """SentencePiece itself running the GGUF's vocabulary as the BPE model it came from (identity
     normalizer, no dummy prefix, byte fallback). Informational: it shows which GGUF conversion
@@ -125,42 +140,41 @@ def sentencepiece_from_gguf(path):
 def gemma():
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=GEMMA)
-    try:
-        lc = llama_vocab(MODELS / GEMMA)
-    except Exception as e:  # llama.cpp is only informational here
-        print("llama.cpp unavailable for Gemma comparison:", e)
-        lc = None
+    lc = llama_vocab(MODELS / GEMMA)
     sp = sentencepiece_from_gguf(MODELS / GEMMA)
     rows, n_diff, n_spm_hf, n_spm_lc = [], 0, 0, 0
     for t in texts():
-        ids = tok(t["text"]).input_ids
-        plain = tok(t["text"], add_special_tokens=False).input_ids
+        ids = lc_tokenize(lc, t["text"], True)
+        plain = lc_tokenize(lc, t["text"], False)
         row = {"id": t["id"], "ids": ids, "ids_no_special": plain,
-               "decode": tok.decode(plain), "decode_skip_special": tok.decode(ids, skip_special_tokens=True)}
-        if lc is not None:
-            alt = lc_tokenize(lc, t["text"], True)
-            if alt != ids:
-                row["alt_ids"] = alt
-                n_diff += 1
+               "decode": lc_detokenize(lc, plain, False), "decode_skip_special": lc_detokenize(lc, ids, True)}
+        hf_ids = tok(t["text"]).input_ids
+        hf_plain = tok(t["text"], add_special_tokens=False).input_ids
+        row["transformers"] = {"ids": hf_ids, "ids_no_special": hf_plain, "decode": tok.decode(hf_plain),
+                               "decode_skip_special": tok.decode(hf_ids, skip_special_tokens=True)}
+        n_diff += hf_ids != ids
         row["spm_ids"] = [tok.bos_token_id] + sp.encode(t["text"])
-        n_spm_hf += row["spm_ids"] == ids
-        n_spm_lc += row["spm_ids"] == row.get("alt_ids", ids)
+        n_spm_hf += row["spm_ids"] == hf_ids
+        n_spm_lc += row["spm_ids"] == ids
         rows.append(row)
     chats = []
     for c in CHATS:
         for gen in (False, True):
             text = tok.apply_chat_template(c, chat_template=GEMMA3_CHAT_TEMPLATE, tokenize=False,
                                            add_generation_prompt=gen)
-            ids = tok.apply_chat_template(c, chat_template=GEMMA3_CHAT_TEMPLATE, tokenize=True,
-                                          add_generation_prompt=gen)
-            chats.append({"messages": c, "add_generation_prompt": gen, "text": text, "ids": list(ids)})
-    meta = {"reference": f"transformers AutoTokenizer.from_pretrained(gguf_file={GEMMA!r})",
-            "alt": "llama.cpp (llama-cpp-python) tokenize(add_bos=True, special=True)",
-            "n_alt_differ": n_diff,
+            hf_ids = tok.apply_chat_template(c, chat_template=GEMMA3_CHAT_TEMPLATE, tokenize=True,
+                                             add_generation_prompt=gen)
+            # The rendered text starts with "<bos>", which llama.cpp parses as the BOS token.
+            chats.append({"messages": c, "add_generation_prompt": gen, "text": text,
+                          "ids": lc_tokenize(lc, text, False), "transformers_ids": list(hf_ids)})
+    meta = {"reference": "llama.cpp (llama-cpp-python) Llama(vocab_only=True).tokenize(special=True)",
+            "transformers": f"AutoTokenizer.from_pretrained(gguf_file={GEMMA!r})",
+            "n_transformers_differ": int(n_diff),
             "spm": "sentencepiece BPE over the GGUF vocabulary (spm_ids), informational",
-            "n_spm_equal_reference": n_spm_hf, "n_spm_equal_alt": n_spm_lc, "n_texts": len(rows),
-            "bos_id": tok.bos_token_id, "vocab_size": len(tok),
-            "clean_up_tokenization_spaces": tok.clean_up_tokenization_spaces}
+            "n_spm_equal_reference": int(n_spm_lc), "n_spm_equal_transformers": int(n_spm_hf), "n_texts": len(rows),
+            "bos_id": lc.token_bos(), "vocab_size": lc.n_vocab(),
+            "llama_cpp_python": __import__("llama_cpp").__version__,
+            "transformers_version": __import__("transformers").__version__}
     print("gemma:", meta)
     return {"meta": meta, "texts": rows, "chats": chats}
 
@@ -176,7 +190,7 @@ def smollm2():
         ids = lc_tokenize(lc, t["text"], True)
         plain = lc_tokenize(lc, t["text"], False)
         row = {"id": t["id"], "ids": ids, "ids_no_special": plain,
-               "decode": lc.detokenize(plain, special=True).decode("utf-8", errors="replace")}
+               "decode": lc_detokenize(lc, plain, False), "decode_skip_special": lc_detokenize(lc, ids, True)}
         alt = tok(t["text"], add_special_tokens=False).input_ids
         if alt != plain:
             row["alt_ids"] = alt

@@ -264,7 +264,7 @@ impl Stage for Activations {
         "axbench.activations"
     }
     fn version(&self) -> u32 {
-        1
+        2 // 2: GGUF SentencePiece vocabularies tokenize like llama.cpp (was transformers)
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![

@@ -1,5 +1,6 @@
-//! `axbench.judge`: AxBench's LM judge (evaluate.py steering, `LMJudgeEvaluator`) over one steer node's
-//! generations: three calls per generation (concept, instruction, fluency; templates in `configs/prompts/`), each
+//! `axbench.judge`: AxBench's LM judge (evaluate.py steering, `LMJudgeEvaluator`) over the generations of every
+//! steer node bound to it (any input name: `axbench.steer` and `axbench.prompt_steer` nodes alike; a pipeline gathers
+//! one concept's methods into one judge node): three calls per generation (concept, instruction, fluency; templates in `configs/prompts/`), each
 //! rating read from `Rating: [[n]]` and the score the harmonic mean of the three ([`crate::judge`]).
 //!
 //! The judge is an [`LmBackend`](crate::lm::LmBackend) behind the cached [`LmClient`]: `backend = "local"` runs
@@ -8,8 +9,10 @@
 //! `cache_dir` (relative to the project), keyed by the full request, so a rerun or another pipeline asking the same
 //! question pays nothing.
 //!
-//! Outputs `judged.parquet` (one row per generation: keys, the three ratings, the score, and how many of the three
-//! ratings were unreadable) and `judge.json` ([`JudgeMeta`]: rating status counts and client stats).
+//! Outputs `judged.parquet` (one row per generation: keys, the three ratings, the score, how many of the three
+//! ratings were unreadable, and the generation's perplexity carried over from the steer node) and `judge.json`
+//! ([`JudgeMeta`]: rating status counts and client stats).
+
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,13 +20,13 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use axbench_engine::{ParamSpec, ParamType, Stage, StageContext, StageError};
-use axbench_models::device::DeviceSpec;
 use serde::{Deserialize, Serialize};
 
+use super::lm_stage::{LmDefaults, build_lm, lm_params, runtime};
 use super::steer::{SteerMeta, read_generations};
 use super::{fail, read_json, write_json};
 use crate::judge::{JudgeItem, JudgeStats, RatingStatus, judge_all};
-use crate::lm::{ClientOptions, LmBackend, LmCache, LmClient, LmSettings, LmStats, LocalBackend, OpenAiBackend, PriceTable, SamplingParams};
+use crate::lm::LmStats;
 use crate::prompts::PromptSet;
 use crate::tables;
 
@@ -56,10 +59,22 @@ pub fn judged_schema() -> SchemaRef {
         Field::new("fluency_rating", DataType::Float64, false),
         Field::new("score", DataType::Float64, false),
         Field::new("unparsable", DataType::Int64, false),
+        // The generation's perplexity under the unsteered model, carried from `generations.parquet` (null when
+        // the table was written without it, see [`judged_batch`]).
+        Field::new("perplexity", DataType::Float64, true),
     ]))
 }
 
+/// `judged.parquet` without perplexities (the column is null).
 pub fn judged_batch(rows: &[JudgedRow]) -> Result<RecordBatch, StageError> {
+    judged_batch_with_perplexity(rows, &vec![None; rows.len()])
+}
+
+/// `judged.parquet` with each row's perplexity (`perplexity[k]` belongs to `rows[k]`).
+pub fn judged_batch_with_perplexity(rows: &[JudgedRow], perplexity: &[Option<f64>]) -> Result<RecordBatch, StageError> {
+    if perplexity.len() != rows.len() {
+        return Err(fail("judged", format!("{} rows but {} perplexities", rows.len(), perplexity.len())));
+    }
     let f = |g: fn(&JudgedRow) -> f64| -> ArrayRef { Arc::new(Float64Array::from_iter_values(rows.iter().map(g))) };
     let columns: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.concept_id))),
@@ -71,6 +86,7 @@ pub fn judged_batch(rows: &[JudgedRow]) -> Result<RecordBatch, StageError> {
         f(|r| r.fluency_rating),
         f(|r| r.score),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.unparsable))),
+        Arc::new(Float64Array::from(perplexity.to_vec())),
     ];
     RecordBatch::try_new(judged_schema(), columns).map_err(|e| fail("judged", e))
 }
@@ -106,7 +122,13 @@ pub fn read_judged(path: &Path) -> Result<Vec<JudgedRow>, StageError> {
 pub struct JudgeMeta {
     pub concept_id: i64,
     pub concept: String,
+    /// The judged methods' AxBench class names, comma-separated in input order (one name for one steer node).
     pub method: String,
+    /// The steered model (as the steer nodes name it).
+    pub model: String,
+    /// The setting's layer: the largest layer of the steer nodes (the prompting baseline, which does not
+    /// intervene, records -1 and takes its setting's layer from the others).
+    pub layer: i64,
     pub judge: String,
     pub stats: JudgeStats,
     pub calls: LmStats,
@@ -117,64 +139,39 @@ impl Stage for Judge {
         "axbench.judge"
     }
     fn version(&self) -> u32 {
-        1
+        2 // 2: gathers every bound steer node; perplexity column
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::required("dataset", ParamType::Path, "AxBench data directory (metadata.jsonl names the concept)"),
-            ParamSpec::optional("backend", ParamType::Str, "local", "local (our runtime) or openai (an OpenAI-compatible API)"),
-            ParamSpec::optional("model", ParamType::Str, "default-instruct", "local: default-instruct, default or a .gguf path; openai: the model name (gpt-4o-mini)"),
-            ParamSpec::optional("base_url", ParamType::Str, "https://api.openai.com/v1", "openai backend: API base URL up to /v1"),
-            ParamSpec::optional("temperature", ParamType::Float, 0.7, "judge temperature (AxBench: 0.7)"),
-            ParamSpec::optional("max_tokens", ParamType::Int, 64, "judge reply length limit (0: none)"),
-            ParamSpec::optional("seed", ParamType::Int, 0, "judge sampling seed"),
-            ParamSpec::optional("prompts", ParamType::Path, "configs/prompts", "prompt template directory"),
-            ParamSpec::optional("cache_dir", ParamType::Str, ".axbench/lm_cache", "LM answer cache, relative to the project (not hashed)"),
-            ParamSpec::optional("concurrency", ParamType::Int, 8, "judge calls in flight"),
-        ]
+        let mut p = vec![ParamSpec::required("dataset", ParamType::Path, "AxBench data directory (metadata.jsonl names the concept)")];
+        p.extend(lm_params(LmDefaults { model: "default-instruct", temperature: 0.7, max_tokens: 64, role: "judge temperature (AxBench: 0.7)" }));
+        p.push(ParamSpec::optional("prompts", ParamType::Path, "configs/prompts", "prompt template directory"));
+        p
     }
     fn doc(&self) -> &str {
         "LM-judge ratings (concept, instruction, fluency) and their harmonic mean per steered generation"
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
-        let gen_art = ctx.input("generations")?;
-        let steer: SteerMeta = read_json(gen_art.file("steer.json")?)?;
-        let gens = read_generations(gen_art.file("generations.parquet")?)?;
+        // Every bound artifact of every input, in input-name order: each is a steer node of one concept.
+        let mut metas: Vec<SteerMeta> = Vec::new();
+        let mut gens = Vec::new();
+        for name in ctx.input_names() {
+            for art in ctx.inputs(name)? {
+                metas.push(read_json(art.file("steer.json")?)?);
+                gens.extend(read_generations(art.file("generations.parquet")?)?);
+            }
+        }
+        let Some(first) = metas.first() else { return Err(StageError::msg("judge: no steer node is bound to any input")) };
+        let concept_id = first.concept_id;
+        if let Some(other) = metas.iter().find(|m| m.concept_id != concept_id) {
+            return Err(StageError::msg(format!("judge: inputs mix concepts {concept_id} and {} (fan the judge out over concept)", other.concept_id)));
+        }
         let metadata = ctx.param_path("dataset")?.join("metadata.jsonl");
         let concepts = crate::data::read_metadata(&metadata).map_err(|e| fail("dataset", e))?;
-        let concept = concepts.iter().find(|c| c.id == steer.concept_id).ok_or_else(|| fail(metadata.display(), format!("no concept {}", steer.concept_id)))?.concept.clone();
+        let concept = concepts.iter().find(|c| c.id == concept_id).ok_or_else(|| fail(metadata.display(), format!("no concept {concept_id}")))?.concept.clone();
         let prompts = PromptSet::load(&ctx.param_path("prompts")?).map_err(|e| fail("prompts", e))?;
-
-        let backend_kind = ctx.param_str("backend")?.to_owned();
-        let model_spec = ctx.param_str("model")?.to_owned();
-        let mut settings = LmSettings { model: model_spec.clone(), base_url: ctx.param_str("base_url")?.to_owned(), concurrency: ctx.param_i64("concurrency")?.max(1) as usize, ..Default::default() };
-        let max_tokens = ctx.param_i64("max_tokens")?;
-        let params = SamplingParams {
-            temperature: Some(ctx.param_f64("temperature")? as f32),
-            max_tokens: (max_tokens > 0).then_some(max_tokens as u32),
-            seed: Some(ctx.param_i64("seed")?),
-            ..Default::default()
-        };
-        let (backend, model_id): (Arc<dyn LmBackend>, String) = match backend_kind.as_str() {
-            "local" => {
-                let b = LocalBackend::from_spec(&model_spec, DeviceSpec::Cpu).map_err(|e| StageError::Param { name: "model".into(), message: e.to_string() })?;
-                let id = b.model_id().to_owned();
-                (Arc::new(b), id)
-            }
-            "openai" => {
-                settings.temperature = params.temperature;
-                let b = OpenAiBackend::from_env(&settings).map_err(|e| StageError::Param { name: "backend".into(), message: e.to_string() })?;
-                (Arc::new(b), model_spec.clone())
-            }
-            other => return Err(StageError::Param { name: "backend".into(), message: format!("unknown backend {other:?}: local or openai") }),
-        };
-        let judge_name = backend.describe();
-        let cache_dir = ctx.project_dir().join(ctx.param_str("cache_dir")?);
-        let cache = LmCache::open(&cache_dir).map_err(|e| fail(cache_dir.display(), e))?;
-        let client = LmClient::new(backend, ClientOptions::from_settings(&settings, PriceTable::default(), Some(cache)));
+        let lm = build_lm(ctx)?;
         let items: Vec<JudgeItem> = gens.iter().map(|g| JudgeItem { concept: concept.clone(), instruction: g.instruction.clone(), generation: g.generation.clone() }).collect();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| fail("tokio runtime", e))?;
-        let (judged, stats) = rt.block_on(judge_all(&client, &prompts, &model_id, &params, &items)).map_err(|e| fail("judge prompts", e))?;
+        let (judged, stats) = runtime()?.block_on(judge_all(&lm.client, &prompts, &lm.model_id, &lm.params, &items)).map_err(|e| fail("judge prompts", e))?;
         let rows: Vec<JudgedRow> = gens
             .iter()
             .zip(&judged)
@@ -190,10 +187,13 @@ impl Stage for Judge {
                 unparsable: j.ratings().iter().filter(|r| r.status != RatingStatus::Parsed).count() as i64,
             })
             .collect();
-        let calls = client.stats();
-        ctx.log(format!("{} generations judged by {judge_name}: {} unreadable ratings, {} failed calls", rows.len(), stats.unparsable, stats.no_reply));
-        tables::write_parquet_atomic(&ctx.output_path("judged.parquet")?, &judged_batch(&rows)?).map_err(|e| fail("judged", e))?;
-        write_json(ctx, "judge.json", &JudgeMeta { concept_id: steer.concept_id, concept, method: steer.method_class, judge: judge_name, stats, calls })
+        let calls = lm.client.stats();
+        ctx.log(format!("{} generations judged by {}: {} unreadable ratings, {} failed calls", rows.len(), lm.describe, stats.unparsable, stats.no_reply));
+        let perplexity: Vec<Option<f64>> = gens.iter().map(|g| Some(g.perplexity)).collect();
+        tables::write_parquet_atomic(&ctx.output_path("judged.parquet")?, &judged_batch_with_perplexity(&rows, &perplexity)?).map_err(|e| fail("judged", e))?;
+        let method = metas.iter().map(|m| m.method_class.as_str()).collect::<Vec<_>>().join(",");
+        let layer = metas.iter().map(|m| m.layer).max().unwrap_or(-1);
+        write_json(ctx, "judge.json", &JudgeMeta { concept_id, concept, method, model: first.model.clone(), layer, judge: lm.describe, stats, calls })
     }
 }
 
@@ -208,7 +208,7 @@ mod tests {
     use crate::stages::steer::{GenerationRow, SteerMeta, generations_batch};
 
     fn gen_row(input_id: i64, factor: f64, text: &str) -> GenerationRow {
-        GenerationRow { concept_id: 0, method: "DiffMean".into(), factor, input_id, instruction: format!("instruction {input_id}"), generation: text.into(), strength: factor * 10.0 }
+        GenerationRow { concept_id: 0, method: "DiffMean".into(), factor, input_id, instruction: format!("instruction {input_id}"), generation: text.into(), strength: factor * 10.0, perplexity: 3.5 + input_id as f64 }
     }
 
     /// Scripted judge: ratings depend on the aspect (template wording) and the generation text.
@@ -273,8 +273,13 @@ mod tests {
         // Missing rating and an out-of-range 7 both count as 0 and as unreadable; any 0 makes the score 0.
         assert_eq!((rows[1].concept_rating, rows[1].instruction_rating, rows[1].fluency_rating, rows[1].score, rows[1].unparsable), (0.0, 2.0, 0.0, 0.0, 2));
         assert_eq!(server.requests(), 6);
+        // Each row carries its generation's perplexity from generations.parquet.
+        let batch = tables::read_parquet(&out.join("judged.parquet")).unwrap();
+        let ppl = batch.column(batch.schema().index_of("perplexity").unwrap()).as_any().downcast_ref::<Float64Array>().unwrap().clone();
+        assert_eq!((ppl.value(0), ppl.value(1)), (3.5, 4.5));
         let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("judge.json")).unwrap()).unwrap();
         assert_eq!(meta["concept"], "references to cats");
+        assert_eq!((meta["method"].as_str(), meta["model"].as_str(), meta["layer"].as_i64()), (Some("DiffMean"), Some("m"), Some(9)));
         assert_eq!(meta["stats"]["unparsable"], 2);
 
         // A rerun is answered from the LM cache: same rows, no new requests.

@@ -9,6 +9,10 @@
 //! | `axbench.infer`       | infer.rs        | concept × method        | detector + activations → `scores.parquet`        |
 //! | `axbench.prompt_detect` | prompt_detect.rs | concept              | LM ratings 0–2 of eval rows → `scores.parquet`   |
 //! | `axbench.evaluate`    | evaluate.rs     | once (gathers)          | scores → `results.{parquet,json,md}`             |
+//! | `axbench.steer`       | steer.rs        | concept × method        | direction + max act → steered `generations.parquet` |
+//! | `axbench.steering_prompt` | prompt_steer.rs | concept             | LM writes a steering prompt → `steering_prompt.json` |
+//! | `axbench.prompt_steer`| prompt_steer.rs | concept                 | steering prompt + instructions → `generations.parquet` |
+//! | `axbench.judge`       | judge.rs        | concept (gathers methods) | generations → `judged.parquet` (LM ratings)    |
 //! | `axbench.aggregate`   | aggregate.rs    | once (gathers)          | judged + detection → `steering.parquet`, `report.{md,html}`, plots |
 //!
 //! The shape follows AxBench's scripts (train.py `prepare_df`, inference.py latent, evaluate.py latent) with one
@@ -30,6 +34,7 @@ pub mod infer;
 pub mod judge;
 pub mod lm_stage;
 pub mod prompt_detect;
+pub mod prompt_steer;
 pub mod steer;
 pub mod synthesize;
 
@@ -46,6 +51,8 @@ pub fn register(reg: Registry) -> Registry {
         .register(Box::new(judge::Judge))
         .register(Box::new(synthesize::Synthesize))
         .register(Box::new(prompt_detect::PromptDetect))
+        .register(Box::new(prompt_steer::SteeringPrompt))
+        .register(Box::new(prompt_steer::PromptSteer))
         .register(Box::new(aggregate::Aggregate))
 }
 

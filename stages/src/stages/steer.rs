@@ -16,6 +16,11 @@
 //!   gets the same random stream at every factor: factor 0 reproduces the unsteered model exactly, and differences
 //!   between factors come from steering, not from sampling noise.
 //!
+//! * **Perplexity**: each generation's perplexity under the *unsteered* model, as AxBench's `predict_steer` computes
+//!   it ([`perplexities`]): prompt and generation decoded without special tokens, re-tokenized (with BOS), mean
+//!   next-token cross-entropy over every token after the first, exponentiated. The prompting baseline
+//!   ([`super::prompt_steer`]) scores the generation alone, as AxBench's `PromptSteering` does.
+//!
 //! Methods without a linear direction (BoW) write an empty table and say so in `steer.json`.
 //!
 //! Outputs `generations.parquet` ([`generations_schema`]) and `steer.json` ([`SteerMeta`]).
@@ -30,7 +35,7 @@ use axbench_engine::{ParamSpec, ParamType, Stage, StageContext, StageError, Valu
 use axbench_models::chat::Message;
 use axbench_models::device::{DType, DeviceSpec};
 use axbench_models::generate::{GenerateConfig, Prompt, Sampling, generate};
-use axbench_models::hooks::{AddVectors, Hooks};
+use axbench_models::hooks::{AddVectors, Hooks, Logits};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
@@ -59,6 +64,7 @@ pub mod col {
     pub const INSTRUCTION: &str = "instruction";
     pub const GENERATION: &str = "generation";
     pub const STRENGTH: &str = "strength";
+    pub const PERPLEXITY: &str = "perplexity";
 }
 
 /// Schema of `generations.parquet`: one row per (factor, instruction).
@@ -71,6 +77,7 @@ pub fn generations_schema() -> SchemaRef {
         Field::new(col::INSTRUCTION, DataType::Utf8, false),
         Field::new(col::GENERATION, DataType::Utf8, false),
         Field::new(col::STRENGTH, DataType::Float64, false),
+        Field::new(col::PERPLEXITY, DataType::Float64, false),
     ]))
 }
 
@@ -86,6 +93,8 @@ pub struct GenerationRow {
     pub generation: String,
     /// `factor * max_act`: the norm of the added vector.
     pub strength: f64,
+    /// Perplexity under the unsteered model ([`perplexities`]); NaN when the text has fewer than two tokens.
+    pub perplexity: f64,
 }
 
 pub fn generations_batch(rows: &[GenerationRow]) -> Result<RecordBatch, StageError> {
@@ -97,6 +106,7 @@ pub fn generations_batch(rows: &[GenerationRow]) -> Result<RecordBatch, StageErr
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.instruction.as_str()))),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.generation.as_str()))),
         Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.strength))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.perplexity))),
     ];
     RecordBatch::try_new(generations_schema(), columns).map_err(|e| fail("generations", e))
 }
@@ -111,7 +121,7 @@ pub fn read_generations(path: &Path) -> Result<Vec<GenerationRow>, StageError> {
     };
     let s = |name| tables::string_column(&batch, path, name).map_err(|e| fail("generations", e));
     let i = |name| tables::int64_column(&batch, path, name).map_err(|e| fail("generations", e));
-    let (concept, method, factor, input, instr, gen_, strength) = (i(col::CONCEPT_ID)?, s(col::METHOD)?, f64col(col::FACTOR)?, i(col::INPUT_ID)?, s(col::INSTRUCTION)?, s(col::GENERATION)?, f64col(col::STRENGTH)?);
+    let (concept, method, factor, input, instr, gen_, strength, ppl) = (i(col::CONCEPT_ID)?, s(col::METHOD)?, f64col(col::FACTOR)?, i(col::INPUT_ID)?, s(col::INSTRUCTION)?, s(col::GENERATION)?, f64col(col::STRENGTH)?, f64col(col::PERPLEXITY)?);
     Ok((0..batch.num_rows())
         .map(|k| GenerationRow {
             concept_id: concept.value(k),
@@ -121,6 +131,7 @@ pub fn read_generations(path: &Path) -> Result<Vec<GenerationRow>, StageError> {
             instruction: instr.value(k).to_owned(),
             generation: gen_.value(k).to_owned(),
             strength: strength.value(k),
+            perplexity: ppl.value(k),
         })
         .collect())
 }
@@ -226,16 +237,36 @@ pub fn stop_tokens(m: &LoadedModel) -> Vec<i64> {
     stops
 }
 
-/// Generates for `instructions` with `direction * strength` added at `settings.layer` (every position, prompt and
-/// generated tokens), in chunks of `batch_size`. `direction: None` runs the unsteered model. Returns the decoded
-/// generations (special tokens dropped) and the number of generated tokens.
-pub fn steered_generations(m: &LoadedModel, instructions: &[String], direction: Option<&[f32]>, strength: f64, s: &SteerSettings) -> Result<(Vec<String>, usize), StageError> {
+/// One generation with what its perplexity is computed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// The new tokens decoded, special tokens dropped.
+    pub text: String,
+    /// The prompt's token ids.
+    pub prompt_ids: Vec<i64>,
+    /// The new tokens, stop tokens removed.
+    pub tokens: Vec<i64>,
+}
+
+impl Generated {
+    /// AxBench's perplexity text for steered generations: prompt and generation decoded together without special
+    /// tokens (`decode(generation, skip_special_tokens=True)` over the whole output sequence).
+    pub fn full_text(&self, m: &LoadedModel) -> Result<String, StageError> {
+        let ids: Vec<u32> = self.prompt_ids.iter().chain(&self.tokens).map(|&t| t as u32).collect();
+        m.tokenizer.decode(&ids, true).map_err(|e| fail("decode", e))
+    }
+}
+
+/// Generates from token-id `prompts` with `direction * strength` added at `settings.layer` (every position, prompt
+/// and generated tokens), in chunks of `batch_size`. `direction: None` runs the unsteered model. Returns the
+/// generations and the number of generated tokens (stop tokens included).
+pub fn generate_steered(m: &LoadedModel, prompts: &[Vec<i64>], direction: Option<&[f32]>, strength: f64, s: &SteerSettings) -> Result<(Vec<Generated>, usize), StageError> {
     let stops = stop_tokens(m);
     let sampling = if s.temperature > 0.0 { Sampling::Sample { temperature: s.temperature, top_p: 1.0 } } else { Sampling::Greedy };
-    let mut out = Vec::with_capacity(instructions.len());
+    let mut out = Vec::with_capacity(prompts.len());
     let mut n_tokens = 0;
-    for (chunk_index, chunk) in instructions.chunks(s.batch_size.max(1)).enumerate() {
-        let prompts: Vec<Prompt> = chunk.iter().map(|i| chat_prompt(m, i).map(Prompt::from)).collect::<Result<_, _>>()?;
+    for (chunk_index, chunk) in prompts.chunks(s.batch_size.max(1)).enumerate() {
+        let batch: Vec<Prompt> = chunk.iter().cloned().map(Prompt::from).collect();
         let cfg = GenerateConfig {
             max_new_tokens: s.max_new_tokens,
             sampling,
@@ -249,14 +280,49 @@ pub fn steered_generations(m: &LoadedModel, instructions: &[String], direction: 
             Some(iv) => Hooks::none().intervene(s.layer, iv),
             None => Hooks::none(),
         };
-        let gens = generate(&m.model, &prompts, &cfg, &hooks).map_err(|e| fail("generate", e))?;
-        for g in gens {
+        let gens = generate(&m.model, &batch, &cfg, &hooks).map_err(|e| fail("generate", e))?;
+        for (g, prompt_ids) in gens.into_iter().zip(chunk) {
             n_tokens += g.tokens.len();
-            let ids: Vec<u32> = g.tokens.iter().filter(|t| !stops.contains(t)).map(|&t| t as u32).collect();
-            out.push(m.tokenizer.decode(&ids, true).map_err(|e| fail("decode", e))?);
+            let tokens: Vec<i64> = g.tokens.into_iter().filter(|t| !stops.contains(t)).collect();
+            let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
+            let text = m.tokenizer.decode(&ids, true).map_err(|e| fail("decode", e))?;
+            out.push(Generated { text, prompt_ids: prompt_ids.clone(), tokens });
         }
     }
     Ok((out, n_tokens))
+}
+
+/// [`generate_steered`] on `instructions`, each as a one-turn chat prompt; returns the texts.
+pub fn steered_generations(m: &LoadedModel, instructions: &[String], direction: Option<&[f32]>, strength: f64, s: &SteerSettings) -> Result<(Vec<String>, usize), StageError> {
+    let prompts: Vec<Vec<i64>> = instructions.iter().map(|i| chat_prompt(m, i)).collect::<Result<_, _>>()?;
+    let (gens, n) = generate_steered(m, &prompts, direction, strength, s)?;
+    Ok((gens.into_iter().map(|g| g.text).collect(), n))
+}
+
+/// Perplexity of each text under the unsteered model, as AxBench computes it after steering (`Model.predict_steer`,
+/// `PromptSteering.predict_steer`): the text is tokenized with the tokenizer's special tokens (Gemma: BOS first), and
+/// the perplexity is `exp(mean cross-entropy of tokens 1.. given the tokens before them)`. AxBench runs a left-padded
+/// batch through a plain forward pass, which shifts the positions of every row but the longest; we run each text
+/// alone, which is what AxBench computes for the longest row. NaN for a text of fewer than two tokens (AxBench: 0/0).
+pub fn perplexities(m: &LoadedModel, texts: &[String]) -> Result<Vec<f64>, StageError> {
+    let _guard = tch::no_grad_guard();
+    let mut out = Vec::with_capacity(texts.len());
+    for text in texts {
+        let ids: Vec<i64> = m.tokenizer.encode(text, true).map_err(|e| fail("perplexity: tokenize", e))?.into_iter().map(i64::from).collect();
+        if ids.len() < 2 {
+            out.push(f64::NAN);
+            continue;
+        }
+        let n = ids.len() as i64;
+        let input = Tensor::from_slice(&ids).view([1, n]);
+        let fwd = m.model.forward(&input, None, &Hooks::none(), Logits::All, None).map_err(|e| fail("perplexity: forward", e))?;
+        let logits = fwd.logits.ok_or_else(|| fail("perplexity", "the forward pass returned no logits"))?;
+        let logp = logits.get(0).narrow(0, 0, n - 1).to_kind(tch::Kind::Float).log_softmax(-1, tch::Kind::Float);
+        let targets = Tensor::from_slice(&ids[1..]).to_device(logp.device()).view([n - 1, 1]);
+        let nll = -logp.gather(1, &targets, false).mean(tch::Kind::Double);
+        out.push(nll.exp().double_value(&[]));
+    }
+    Ok(out)
 }
 
 /// The `factors` param as numbers.
@@ -275,7 +341,7 @@ impl Stage for Steer {
         "axbench.steer"
     }
     fn version(&self) -> u32 {
-        1
+        3 // 2: GGUF SentencePiece vocabularies tokenize like llama.cpp (was transformers); 3: perplexity column
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
@@ -361,21 +427,24 @@ impl Stage for Steer {
                     if settings.layer >= n_layers {
                         return Err(StageError::Param { name: "layer".into(), message: format!("{layer} is out of range: {} has layers 0..={}", m.name, n_layers - 1) });
                     }
-                    let mut all_gens = Vec::new();
+                    let prompts: Vec<Vec<i64>> = instructions.iter().map(|i| chat_prompt(m, i)).collect::<Result<_, _>>()?;
+                    let mut all = Vec::new();
                     let mut tokens = 0;
                     for &f in &factors {
                         ctx.check_cancelled()?;
-                        let (g, t) = steered_generations(m, &instructions, Some(&dir), f * max_act, &settings)?;
+                        let (g, t) = generate_steered(m, &prompts, Some(&dir), f * max_act, &settings)?;
+                        let texts: Vec<String> = g.iter().map(|g| g.full_text(m)).collect::<Result<_, _>>()?;
+                        let ppl = perplexities(m, &texts)?;
                         ctx.progress().inc(g.len() as u64);
                         tokens += t;
-                        all_gens.push(g);
+                        all.push(g.into_iter().zip(ppl).collect::<Vec<_>>());
                     }
-                    Ok((all_gens, tokens, m.name.clone()))
+                    Ok((all, tokens, m.name.clone()))
                 })?;
                 meta.model = name;
                 for (&f, g) in factors.iter().zip(gens) {
-                    for (k, (instr, text)) in instructions.iter().zip(g).enumerate() {
-                        rows.push(GenerationRow { concept_id: fit.concept_id, method: fit.method_class.clone(), factor: f, input_id: k as i64, instruction: instr.clone(), generation: text, strength: f * max_act });
+                    for (k, (instr, (g, perplexity))) in instructions.iter().zip(g).enumerate() {
+                        rows.push(GenerationRow { concept_id: fit.concept_id, method: fit.method_class.clone(), factor: f, input_id: k as i64, instruction: instr.clone(), generation: g.text, strength: f * max_act, perplexity });
                     }
                 }
                 meta.generated_tokens = tokens;
@@ -430,7 +499,7 @@ mod tests {
 
     #[test]
     fn generations_table_round_trips() {
-        let rows = vec![GenerationRow { concept_id: 2, method: "DiffMean".into(), factor: 0.5, input_id: 3, instruction: "hi".into(), generation: "hello".into(), strength: 7.5 }];
+        let rows = vec![GenerationRow { concept_id: 2, method: "DiffMean".into(), factor: 0.5, input_id: 3, instruction: "hi".into(), generation: "hello".into(), strength: 7.5, perplexity: 12.25 }];
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.parquet");
         tables::write_parquet_atomic(&p, &generations_batch(&rows).unwrap()).unwrap();
