@@ -310,6 +310,24 @@ fn sae_stages_match_numpy() {
     let w: Vec<f32> = Vec::try_from(&dir.iter().find(|(n, _)| n == "w").unwrap().1).unwrap();
     let w_dec: Vec<f32> = want["sae"]["w_dec"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
     assert_eq!(w, w_dec);
+    // The imbalanced setting: infer scores the 600-row pool too (1 positive : 100 negatives), evaluate takes the max F1
+    // of the positives against it, as scikit-learn's precision_recall_curve gives it.
+    let pool = artifact("pool", &g.join("pool"));
+    let infer = run_stage(&Infer, tmp.path(), "infer-pool", BTreeMap::new(), vec![("fit", vec![artifact("fit", &fit)]), ("acts", vec![acts.clone()]), ("pool", vec![pool])]).unwrap();
+    let pool_scores = read_scores(&infer.join("pool_scores.parquet")).unwrap();
+    let want_pool: Vec<f64> = want["imbalanced"]["pool_max_act"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(pool_scores.len(), 600);
+    for (s, e) in pool_scores.iter().zip(&want_pool) {
+        assert!((s.max_act - e).abs() <= 1.0001e-3, "pool: {} vs numpy {e}", s.max_act);
+    }
+    let ev = run_stage(&axbench_stages::stages::evaluate::Evaluate, tmp.path(), "evaluate-pool", BTreeMap::new(), vec![("scores", vec![artifact("infer", &infer)])]).unwrap();
+    let results: Value = serde_json::from_slice(&std::fs::read(ev.join("results.json")).unwrap()).unwrap();
+    let f1 = results["detection"][0]["f1_imbalanced"].as_f64().unwrap();
+    let want_f1 = want["imbalanced"]["f1"].as_f64().unwrap();
+    assert!((f1 - want_f1).abs() < 1e-12, "imbalanced max-F1 {f1} vs sklearn {want_f1}");
+    let md = std::fs::read_to_string(ev.join("results.md")).unwrap();
+    assert!(md.contains("mean max-F1 (pool)"), "{md}");
+
     // Without the SAE file the error names the param.
     let params = params_for(&Fit, &[("method", PValue::Str("sae".into()))]);
     let err = run_stage(&Fit, tmp.path(), "fit-nosae", params, vec![("acts", vec![acts.clone()]), ("negatives", vec![negs])]).unwrap_err();
@@ -330,4 +348,151 @@ fn unknown_method_fails_at_plan_time() {
     assert!(err.contains("\"difmean\"") && err.contains("methods") && err.contains("diffmean, pca"), "{err}");
     let out = env.cmd(&["plan"], &[r#"methods=["diffmean","sae_a"]"#]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Synthesis and prompt detection through the scripted OpenAI-compatible test server.
+
+use axbench_stages::lm::test_server::{Reply, Rules, TestServer};
+
+const GEMMA: &str = ".deps/models/gemma-3-270m-q4_k_m.gguf";
+
+/// The data-generation LM: every concept is text; "union" and "wage" are related words, only "union" has another,
+/// unrelated meaning; positives carry a marker and are longer than `output_length`; negatives and the hard negative
+/// are plain. As the rating LM: positives get 2, negatives 0, the hard negative an unreadable reply.
+fn synth_rules() -> Rules {
+    Rules::new()
+        .when("Which single kind of writing", Reply::text("Text"))
+        .when("List up to 10 common English words", Reply::text("union\nwage"))
+        .when("Here is a word:\n\nunion\n", Reply::text("the act of joining two things together"))
+        .when("Here is a word:\n\nwage\n", Reply::text("a sum of money paid for work"))
+        .when_all(&["truly separate", "joining two things"], |_| Reply::text("Nothing in common.\nAnswer: yes"))
+        .when_all(&["truly separate", "money"], |_| Reply::text("Answer: no"))
+        .when("brings in elements of the following concept", Reply::text("POS workers and their employer sign a contract about wages, shifts, holidays and the many duties of every employee"))
+        .when("Stay completely away", Reply::text("NEG a plain answer"))
+        .when("in the sense of: the act of joining", Reply::text("<FINAL> The union of two rivers forms a delta."))
+        .when_all(&["Rating: [[score]]", "POS workers"], |_| Reply::text("Clearly present. Rating: [[2]]"))
+        .when_all(&["Rating: [[score]]", "NEG a plain"], |_| Reply::text("Absent. Rating: [[0]]"))
+        .when("Rating: [[score]]", Reply::text("I cannot say."))
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// `axbench.synthesize` writes AxBench's layout (columns, row counts, the 26/5/5 negative split, hard negatives from
+/// the contrast concepts, responses cut to `output_length` target tokens, negatives answered by the target model);
+/// `axbench.concepts` and `axbench.prompt_detect` read it through their `dataset` input; `axbench.evaluate` gathers
+/// prompt-detection scores under a second input name; a rerun is answered from the LM cache.
+#[test]
+fn synthesize_then_prompt_detect() {
+    use axbench_stages::data::{AxBenchData, read_examples, read_metadata};
+    use axbench_stages::stages::{concepts::Concepts, evaluate::Evaluate, prompt_detect::PromptDetect, synthesize::Synthesize};
+    if !root().join(GEMMA).exists() {
+        eprintln!("skipping: {GEMMA} not installed (scripts/setup.sh)");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let server = rt.block_on(TestServer::with_rules(synth_rules())).unwrap();
+    // SAFETY: set before the stages read it; no other test of this binary reads this variable.
+    unsafe { std::env::set_var("OPENAI_API_KEY", "test-key") };
+    let tmp = tempfile::tempdir().unwrap();
+    let concepts_csv = tmp.path().join("concepts.csv");
+    std::fs::write(&concepts_csv, "terms related to employment and employees,https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/7490\nphrases about the sea,null\n").unwrap();
+    let lm = |extra: &[(&str, PValue)]| -> Vec<(String, PValue)> {
+        let mut v = vec![
+            ("backend".to_string(), PValue::Str("openai".into())),
+            ("model".to_string(), PValue::Str("gpt-4o-mini".into())),
+            ("base_url".to_string(), PValue::Str(server.base_url())),
+            ("cache_dir".to_string(), PValue::Str(tmp.path().join("lm_cache").display().to_string())),
+        ];
+        v.extend(extra.iter().map(|(k, x)| (k.to_string(), x.clone())));
+        v
+    };
+    let synth_params = {
+        let set: Vec<(String, PValue)> = lm(&[
+            ("concepts", PValue::Str(concepts_csv.display().to_string())),
+            ("target", PValue::Str(GEMMA.into())),
+            ("num_of_examples", PValue::Int(4)),
+            ("output_length", PValue::Int(8)),
+        ]);
+        let set: Vec<(&str, PValue)> = set.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        params_for(&Synthesize, &set)
+    };
+    let t0 = std::time::Instant::now();
+    let out = run_stage(&Synthesize, tmp.path(), "synthesize", synth_params.clone(), vec![]).unwrap();
+    eprintln!("synthesize: {:.1}s, {} LM requests", t0.elapsed().as_secs_f64(), server.requests());
+
+    // Columns as AxBench writes them.
+    let cols = |name: &str| {
+        let b = axbench_stages::tables::read_parquet(&out.join(name)).unwrap();
+        b.schema().fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>()
+    };
+    let base = ["input", "output", "output_concept", "concept_genre", "category", "dataset_category", "concept_id"];
+    assert_eq!(cols(AxBenchData::TRAIN), strs(&base));
+    assert_eq!(cols(AxBenchData::EVAL), strs(&[&base[..], &["sae_link", "sae_id"]].concat()));
+
+    // Training data: 2 shared negatives per genre (text, math, code) from the target model, then 2 positives each.
+    let train = read_examples(&out.join(AxBenchData::TRAIN)).unwrap();
+    assert_eq!(train.len(), 6 + 2 + 2);
+    let genres: Vec<&str> = train[..6].iter().map(|e| e.concept_genre.as_str()).collect();
+    assert_eq!(genres, ["text", "text", "math", "math", "code", "code"]);
+    assert!(train[..6].iter().all(|e| e.concept_id == -1 && e.output_concept == "EEEEE" && e.category == Category::Negative && !e.output.is_empty() && !e.output.starts_with("NEG")));
+    let gemma = axbench_models::tokenizer::Tokenizer::from_gguf_path(root().join(GEMMA)).unwrap();
+    for e in &train[6..] {
+        assert_eq!(e.category, Category::Positive);
+        assert!(e.output.starts_with("POS workers"), "{}", e.output);
+        assert_eq!(gemma.encode(&e.output, false).unwrap().len(), 8, "cut to output_length tokens: {:?}", e.output);
+    }
+
+    // Latent eval per concept: 36 positives, 36 negatives (26 text, 5 math, 5 code), one hard negative.
+    let eval = read_examples(&out.join(AxBenchData::EVAL)).unwrap();
+    for c in [0, 1] {
+        let rows: Vec<&Example> = eval.iter().filter(|e| e.concept_id == c).collect();
+        let count = |cat: Category, genre: Option<&str>| rows.iter().filter(|e| e.category == cat && genre.is_none_or(|g| e.concept_genre == g)).count();
+        assert_eq!(count(Category::Positive, Some("text")), 36);
+        assert_eq!((count(Category::Negative, Some("text")), count(Category::Negative, Some("math")), count(Category::Negative, Some("code"))), (26, 5, 5));
+        let hard: Vec<&&Example> = rows.iter().filter(|e| e.category == Category::HardNegative).collect();
+        assert_eq!(hard.len(), 1);
+        assert_eq!(hard[0].output_concept, "union//the act of joining two things together");
+        assert!(hard[0].output.starts_with("The union"), "leading tags stripped: {}", hard[0].output);
+    }
+    let employment = eval.iter().find(|e| e.concept_id == 0).unwrap();
+    assert_eq!((employment.sae_link.as_deref(), employment.sae_id), (Some("https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/7490"), Some(7490)));
+    let sea = eval.iter().find(|e| e.concept_id == 1).unwrap();
+    assert_eq!((sea.sae_link.as_deref(), sea.sae_id), (None, None));
+    let meta = read_metadata(&out.join(AxBenchData::METADATA)).unwrap();
+    assert_eq!(meta.iter().map(|c| (c.id, c.genres.clone())).collect::<Vec<_>>(), [(0, vec!["text".to_string()]), (1, vec!["text".to_string()])]);
+    let synth: Value = serde_json::from_slice(&std::fs::read(out.join("synth.json")).unwrap()).unwrap();
+    assert_eq!(synth["report"]["failed_calls"], 0);
+
+    // A rerun asks the LM nothing new and writes the same rows.
+    let requests = server.requests();
+    let again = run_stage(&Synthesize, tmp.path(), "synthesize-again", synth_params, vec![]).unwrap();
+    assert_eq!(server.requests(), requests);
+    assert_eq!(read_examples(&again.join(AxBenchData::EVAL)).unwrap(), eval);
+    assert_eq!(read_examples(&again.join(AxBenchData::TRAIN)).unwrap(), train);
+
+    // The concept list and prompt detection read the synthesized data through their `dataset` input.
+    let data = artifact("synthesize", &out);
+    let list = run_stage(&Concepts, tmp.path(), "concepts", params_for(&Concepts, &[]), vec![("dataset", vec![data.clone()])]).unwrap();
+    assert_eq!(std::fs::read_to_string(list.join("list.json")).unwrap(), "[0,1]");
+    let set = lm(&[("concept", PValue::Int(0)), ("target", PValue::Str(GEMMA.into())), ("layer", PValue::Int(9))]);
+    let set: Vec<(&str, PValue)> = set.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let pd = run_stage(&PromptDetect, tmp.path(), "prompt_detect", params_for(&PromptDetect, &set), vec![("dataset", vec![data])]).unwrap();
+    let scores = read_scores(&pd.join("scores.parquet")).unwrap();
+    assert_eq!(scores.len(), 73);
+    for s in &scores {
+        let want = if s.category == Category::Positive { 2.0 } else { 0.0 };
+        assert_eq!(s.max_act, want, "{:?}", s.category);
+    }
+    let meta: Value = serde_json::from_slice(&std::fs::read(pd.join("prompt_detect.json")).unwrap()).unwrap();
+    assert_eq!((meta["ratings"]["parsed"].as_u64(), meta["ratings"]["missing"].as_u64()), (Some(72), Some(1)));
+
+    // Evaluate takes prompt detection under its own input name, beside infer-style scores.
+    let ev = run_stage(&Evaluate, tmp.path(), "evaluate", BTreeMap::new(), vec![("prompt_scores", vec![artifact("prompt_detect", &pd)])]).unwrap();
+    let results: Value = serde_json::from_slice(&std::fs::read(ev.join("results.json")).unwrap()).unwrap();
+    let row = &results["detection"][0];
+    assert_eq!((row["method"].as_str(), row["model"].as_str(), row["layer"].as_i64()), (Some("PromptDetection"), Some("gemma-3-270m-q4_k_m"), Some(9)));
+    assert_eq!((row["auroc"].as_f64(), row["f1"].as_f64()), (Some(1.0), Some(1.0)));
 }

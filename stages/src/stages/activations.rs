@@ -1,6 +1,9 @@
 //! `axbench.activations`: runs the model once over a set of (instruction, response) pairs and stores every token's
 //! residual stream after layer L, so every method fits and scores from the same file.
 //!
+//! The data comes from the `dataset` param (a directory in AxBench's layout) or, when bound, the `dataset` input (an
+//! `axbench.synthesize` node; see [`super::concepts::open_dataset`]).
+//!
 //! Which rows (param `concept`):
 //! * `concept = -1`: the shared negatives of `train_data.parquet` (`output_concept == "EEEEE"`, all genres). Every
 //!   concept's fit picks the ones of its genre, so they are computed once, not per concept.
@@ -52,6 +55,12 @@ pub struct Activations;
 
 /// `concept` value that selects the shared negatives.
 pub const SHARED_NEGATIVES: i64 = -1;
+
+/// `concept` value that selects the imbalanced negative pool: `pool_size` negatives drawn from every concept's latent
+/// eval rows as pandas `sample(pool_size, random_state=pool_seed)` draws them (inference.py `latent_imbalance`;
+/// AxBench: 36 × 100 = 3600), capped at the negatives there are. Every concept's detector scores them
+/// (`axbench.infer`'s `pool` input) for the 1:100 max-F1 of `axbench.evaluate`.
+pub const IMBALANCE_POOL: i64 = -2;
 
 /// Which AxBench table a row came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,7 +278,9 @@ impl Stage for Activations {
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::optional("dataset", ParamType::Path, "", "AxBench data directory (unset when the `dataset` input is bound)"),
-            ParamSpec::optional("concept", ParamType::Int, SHARED_NEGATIVES, "concept id, or -1 for the shared negatives"),
+            ParamSpec::optional("concept", ParamType::Int, SHARED_NEGATIVES, "concept id, -1 for the shared negatives, -2 for the imbalanced negative pool"),
+            ParamSpec::optional("pool_size", ParamType::Int, 3600, "concept -2: negatives in the imbalanced pool (AxBench: 36 x 100), capped at those in the eval data"),
+            ParamSpec::optional("pool_seed", ParamType::Int, 42, "concept -2: the pool's sampling seed (pandas random_state)"),
             ParamSpec::required("model", ParamType::Path, "model: a .gguf file or an HF directory (hashed by content)"),
             ParamSpec::required("layer", ParamType::Int, "layer whose output (residual stream) is stored"),
             ParamSpec::optional("device", ParamType::Str, "cpu", "cpu, cuda, cuda:N or auto"),
@@ -299,6 +310,16 @@ impl Stage for Activations {
         let (examples, concept): (Vec<(&Example, Split)>, Option<&crate::data::Concept>) = if concept_id == SHARED_NEGATIVES {
             let neg = data.train.iter().filter(|e| e.output_concept == EMPTY_CONCEPT && e.category == Category::Negative).map(|e| (e, Split::Train)).collect();
             (neg, None)
+        } else if concept_id == IMBALANCE_POOL {
+            let eval = data.eval.as_deref().unwrap_or_default();
+            let available = eval.iter().filter(|e| e.category == Category::Negative).count();
+            let want = ctx.param_i64("pool_size")?.max(0) as usize;
+            if want > available {
+                ctx.log(format!("imbalanced pool: {want} negatives asked, {available} in the eval data: using {available}"));
+            }
+            let seed = ctx.param_i64("pool_seed")? as u32;
+            let pool = crate::data::imbalance_negative_pool(eval, want.min(available), seed).map_err(|e| fail("dataset", e))?;
+            (pool.into_iter().map(|e| (e, Split::Eval)).collect(), None)
         } else {
             let c = data.concepts.iter().find(|c| c.id == concept_id).ok_or_else(|| {
                 StageError::Param { name: "concept".into(), message: format!("no concept {concept_id} in {}", dir.join(AxBenchData::METADATA).display()) }

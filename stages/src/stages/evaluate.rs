@@ -2,8 +2,10 @@
 //! concept (evaluate.py latent):
 //! * AUCROCEvaluator: ROC AUC of the min-max normalised `max_act`, positives vs negatives (hard negatives dropped);
 //! * HardNegativeEvaluator: at the Youden-J threshold, accuracy on positives and on hard negatives, and their mean;
-//! * max F1 over the PR curve, positives vs negatives (LatentStatsEvaluator). The 1:100 imbalanced F1 needs every
-//!   concept's detector scored on a shared pool of 3600 negatives, which this pipeline does not build: left null.
+//! * max F1 over the PR curve, positives vs negatives (LatentStatsEvaluator);
+//! * the imbalanced max F1 (paper Fig. 3, inference.py `latent_imbalance`): the concept's positives against the
+//!   detector's scores on the shared negative pool (36 × 100 = 3600 in AxBench), when the infer node scored one
+//!   (`pool_scores.parquet`, see [`super::infer`]); null otherwise. The ratio is the pool's size over the positives.
 //!
 //! Every input is a gathered set of score nodes, each with `scores.parquet` and `infer.json`: `axbench.infer` nodes
 //! and `axbench.prompt_detect` nodes alike, under any input names (`inputs = { scores = "infer", prompt_scores =
@@ -35,6 +37,9 @@ pub struct ResultRow {
     pub concept_id: i64,
     pub auroc: Option<f64>,
     pub f1: Option<f64>,
+    /// Max F1 of the positives against the imbalanced negative pool (null when no pool was scored).
+    #[serde(default)]
+    pub f1_imbalanced: Option<f64>,
     pub optimal_threshold: Option<f64>,
     pub positive_accuracy: Option<f64>,
     pub hard_negative_accuracy: Option<f64>,
@@ -59,6 +64,7 @@ impl From<DetectionResultRow> for ResultRow {
             concept_id: r.concept_id,
             auroc: r.auroc,
             f1: r.f1,
+            f1_imbalanced: r.f1_imbalanced,
             optimal_threshold: r.optimal_threshold,
             positive_accuracy: r.positive_accuracy,
             hard_negative_accuracy: r.hard_negative_accuracy,
@@ -70,9 +76,10 @@ impl From<DetectionResultRow> for ResultRow {
     }
 }
 
-/// The evaluators on one concept's scores ([`crate::metrics::evaluate_concept`], balanced setting).
-pub fn evaluate_concept(model: &str, layer: i64, method: &str, concept_id: i64, max_acts: &[f64], categories: &[Category]) -> DetectionResultRow {
-    crate::metrics::evaluate_concept(max_acts, categories, None).to_row(model, layer, method, concept_id)
+/// The evaluators on one concept's scores ([`crate::metrics::evaluate_concept`]); `pool` holds the detector's scores
+/// on the imbalanced negative pool, when the infer node scored one.
+pub fn evaluate_concept(model: &str, layer: i64, method: &str, concept_id: i64, max_acts: &[f64], categories: &[Category], pool: Option<&[f64]>) -> DetectionResultRow {
+    crate::metrics::evaluate_concept(max_acts, categories, pool).to_row(model, layer, method, concept_id)
 }
 
 /// Each method's rows, for one (model, layer).
@@ -91,6 +98,7 @@ pub fn markdown(results: &Results) -> String {
     }
     let concepts: std::collections::BTreeSet<i64> = results.detection.iter().map(|r| r.concept_id).collect();
     let per_concept = concepts.len() <= 12;
+    let imbalanced = results.detection.iter().any(|r| r.f1_imbalanced.is_some());
     let mut by_model: BTreeMap<(String, i64), MethodRows> = BTreeMap::new();
     for ((model, layer, method), rows) in groups {
         by_model.entry((model, layer)).or_default().push((method, rows));
@@ -107,6 +115,9 @@ pub fn markdown(results: &Results) -> String {
         });
         out.push_str(&format!("Concept detection on {model}, layer {layer}: ROC AUC, positives vs negatives ({} concepts)\n\n", concepts.len()));
         out.push_str("| method | mean AUROC | mean max-F1 | mean hard-neg. acc. |");
+        if imbalanced {
+            out.push_str(" mean max-F1 (pool) |");
+        }
         if per_concept {
             for c in &concepts {
                 out.push_str(&format!(" c{c} |"));
@@ -114,12 +125,18 @@ pub fn markdown(results: &Results) -> String {
         }
         out.push('\n');
         out.push_str("|---|---:|---:|---:|");
+        if imbalanced {
+            out.push_str("---:|");
+        }
         if per_concept {
             out.push_str(&"---:|".repeat(concepts.len()));
         }
         out.push('\n');
         for (method, rows) in &methods {
             out.push_str(&format!("| {method} | {} | {} | {} |", fmt(mean(rows, |r| r.auroc)), fmt(mean(rows, |r| r.f1)), fmt(mean(rows, |r| r.hard_negative_accuracy))));
+            if imbalanced {
+                out.push_str(&format!(" {} |", fmt(mean(rows, |r| r.f1_imbalanced))));
+            }
             if per_concept {
                 for c in &concepts {
                     out.push_str(&format!(" {} |", fmt(rows.iter().find(|r| r.concept_id == *c).and_then(|r| r.auroc))));
@@ -157,7 +174,11 @@ impl Stage for Evaluate {
             let scores = read_scores(art.file("scores.parquet")?)?;
             let max_acts: Vec<f64> = scores.iter().map(|s| s.max_act).collect();
             let cats: Vec<Category> = scores.iter().map(|s| s.category).collect();
-            rows.push(evaluate_concept(&meta.model, meta.layer, &meta.method_class, meta.concept_id, &max_acts, &cats));
+            let pool: Option<Vec<f64>> = match art.files.get(super::infer::POOL_SCORES) {
+                Some(p) => Some(read_scores(p)?.iter().map(|s| s.max_act).collect()),
+                None => None,
+            };
+            rows.push(evaluate_concept(&meta.model, meta.layer, &meta.method_class, meta.concept_id, &max_acts, &cats, pool.as_deref()));
         }
         rows.sort_by(|a, b| (&a.model, a.layer, &a.method, a.concept_id).cmp(&(&b.model, b.layer, &b.method, b.concept_id)));
         let results = Results { detection: rows.iter().cloned().map(ResultRow::from).collect() };
@@ -178,7 +199,7 @@ mod tests {
     fn evaluators_on_a_small_concept() {
         // Positives 3, 5; negatives 1, 4; hard negative 6 (dropped from the AUROC).
         // sklearn: roc_auc_score([1,1,0,0], [3,5,1,4]) = 0.75; best F1 over the PR curve = 0.8 (threshold 3).
-        let r = ResultRow::from(evaluate_concept("m", 9, "DiffMean", 0, &[3.0, 5.0, 1.0, 4.0, 6.0], &[P, P, N, N, H]));
+        let r = ResultRow::from(evaluate_concept("m", 9, "DiffMean", 0, &[3.0, 5.0, 1.0, 4.0, 6.0], &[P, P, N, N, H], None));
         assert_eq!(r.auroc, Some(0.75));
         assert!((r.f1.unwrap() - 0.8).abs() < 1e-12);
         assert_eq!((r.n_positive, r.n_negative, r.n_hard_negative), (2, 2, 1));

@@ -2,6 +2,11 @@
 //! `predict_latent`): per-token scores on the tokens after the chat-template prefix of the eval form, rounded to 3
 //! decimals and max-pooled per example; BoW scores the eval-form texts.
 //!
+//! With the optional input `pool` (an `axbench.activations` node with `concept = -2`: the imbalanced negative pool),
+//! the detector also scores every pool row, into `pool_scores.parquet` (same schema, no per-token scores), which
+//! `axbench.evaluate` turns into the 1:100 max-F1. Wiring: `inputs = { fit = "fit", acts = "activations", pool =
+//! "pool" }` with `[stages.pool] kind = "axbench.activations", params = { concept = -2, ... }`.
+//!
 //! Outputs `scores.parquet` ([`latent_scores_schema`](crate::tables::latent_scores_schema): one row per eval example
 //! with `max_act`, `max_act_idx` and the per-token `acts`) and `infer.json` (model, layer, method).
 
@@ -58,12 +63,36 @@ pub fn read_scores(path: &Path) -> Result<Vec<Score>, StageError> {
         .collect()
 }
 
+/// Optional input: the imbalanced negative pool (an `axbench.activations` node with `concept = -2`).
+pub const POOL_INPUT: &str = "pool";
+/// Output when the pool is bound: the detector's scores on it (per-token scores left out).
+pub const POOL_SCORES: &str = "pool_scores.parquet";
+
+/// Scores every row of the imbalanced pool with the concept's detector (eval form, after the prefix, max-pooled).
+fn score_pool(art: &axbench_engine::InputArtifact, concept: &ActivationSet, detector: &dyn crate::methods::Detector, fit: &FitMeta) -> Result<Vec<LatentScoreRow>, StageError> {
+    let pool = ActivationSet::load(art)?;
+    if pool.meta.model != concept.meta.model || pool.meta.layer != concept.meta.layer {
+        return Err(StageError::Input { name: POOL_INPUT.into(), message: format!("holds {} layer {}, the concept {} layer {}", pool.meta.model, pool.meta.layer, concept.meta.model, concept.meta.layer) });
+    }
+    let all: Vec<usize> = (0..pool.rows.len()).collect();
+    let acts = pool.slice(&all, pool.meta.prefix_length, End::Eval).map_err(|e| fail(&fit.method, e))?;
+    let texts: Vec<String> = pool.rows.iter().map(|r| r.eval_text.clone()).collect();
+    let scores = detector.score(&ScoreInput { activations: Some(&acts), texts: Some(&texts) }).map_err(|e| fail(&fit.method, e))?;
+    Ok(pool
+        .rows
+        .iter()
+        .zip(scores)
+        .enumerate()
+        .map(|(k, (r, s))| LatentScoreRow { concept_id: r.concept_id, example_index: k as u32, method: fit.method_class.clone(), category: r.category.as_str().to_owned(), max_act: s.max_act, max_act_idx: s.max_act_idx.map(|x| x as u32), acts: Vec::new() })
+        .collect())
+}
+
 impl Stage for Infer {
     fn kind(&self) -> &str {
         "axbench.infer"
     }
     fn version(&self) -> u32 {
-        1
+        1 // the pool input adds an output only where bound: unbound nodes compute what they did
     }
     fn params(&self) -> Vec<ParamSpec> {
         Vec::new()
@@ -106,6 +135,11 @@ impl Stage for Infer {
             .collect();
         let batch = tables::latent_scores_batch(&rows).map_err(|e| fail("scores", e))?;
         tables::write_parquet_atomic(&ctx.output_path("scores.parquet")?, &batch).map_err(|e| fail("scores", e))?;
+        if ctx.input_names().contains(&POOL_INPUT) {
+            let pool = score_pool(ctx.input(POOL_INPUT)?, &set, detector.as_ref(), &fit)?;
+            let batch = tables::latent_scores_batch(&pool).map_err(|e| fail("pool scores", e))?;
+            tables::write_parquet_atomic(&ctx.output_path(POOL_SCORES)?, &batch).map_err(|e| fail("pool scores", e))?;
+        }
         write_json(
             ctx,
             "infer.json",

@@ -6,12 +6,17 @@ Writes, under tests/golden/detection/sae/:
   concept/, negatives/          two `axbench.activations` outputs (activations.safetensors, rows.json,
                                 activations.json) holding random activations: one concept (training positives and
                                 latent eval rows) and the shared negatives of two genres
+  pool/                         an `axbench.activations` output of the imbalanced negative pool: 600 eval negatives
+                                (100 per eval positive of the concept: AxBench's 1:100 setting)
   expected.json                 what fit + infer must give, computed here with numpy and scikit-learn:
                                 * sae: the concept's own feature (the last path component of its ref); per eval row
                                   the max over tokens after the prefix of round(JumpReLU(h)[f], 3)
                                 * sae_a: per-feature training AUROC of max-pooled JumpReLU activations
                                   (sklearn.metrics.roc_auc_score; positives + genre-matched negatives; tokens after
                                   the prefix of the train form), the first best feature, and its eval scores
+                                * imbalanced: the SAE feature's scores on the pool and the max F1 of the concept's
+                                  eval positives against them over sklearn's precision_recall_curve
+                                  (F1 = 2PR/(P+R), 0 where P+R = 0; AxBench's LatentStatsEvaluator)
 
 JumpReLU as AxBench (interventions.JumpReLUSAECollectIntervention): pre = h @ W_enc + b_enc;
 acts = (pre > threshold) * relu(pre). Run with the reference venv: `$(scripts/ref-env.sh) make_sae_golden.py`.
@@ -21,7 +26,7 @@ import os
 
 import numpy as np
 from safetensors.numpy import save_file
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sae")
 rng = np.random.default_rng(7)
@@ -98,6 +103,13 @@ for genre in ["text"] * 8 + ["code"] * 4:
     neg_rows.append((example(n, False), n - 2, row("train", "negative", genre, -1)))
 write_set("negatives", neg_rows, -1, None, None, None)
 
+# The imbalanced pool: 600 eval negatives of other concepts (AxBench samples 36 * 100 from all concepts' negatives).
+pool_rows = []
+for k in range(600):
+    n = int(rng.integers(6, 12))
+    pool_rows.append((example(n, k % 50 == 0, scale=0.8), n - 2, row("eval", "negative", "text", 1 + k % 9)))
+write_set("pool", pool_rows, -2, None, None, None)
+
 np.savez(os.path.join(OUT, "sae.npz"), W_enc=W_enc, b_enc=b_enc, threshold=threshold, W_dec=W_dec, b_dec=b_dec)
 
 # fit: train form, tokens from the prefix to the end.
@@ -118,11 +130,23 @@ def eval_scores(f):
     return out
 
 
+def pooled_eval(rows, f):
+    return [float(max(round(float(x), 3) for x in jumprelu(h[PREFIX:e])[:, f])) for h, e, _ in rows]
+
+
+pos_scores = [s for s, c in zip(eval_scores(FEATURE), eval_cats) if c == "positive"]
+pool_scores = pooled_eval(pool_rows, FEATURE)
+y = np.array([1] * len(pos_scores) + [0] * len(pool_scores))
+precision, recall, _ = precision_recall_curve(y, np.array(pos_scores + pool_scores))
+with np.errstate(divide="ignore", invalid="ignore"):
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+
 expected = {
     "categories": eval_cats,
     "sae": {"feature": FEATURE, "eval_max_act": eval_scores(FEATURE), "w_dec": W_dec[FEATURE].tolist()},
     "sae_a": {"feature_aucs": aucs, "feature": best, "eval_max_act": eval_scores(best)},
+    "imbalanced": {"pool_max_act": pool_scores, "f1": float(f1.max())},
 }
 with open(os.path.join(OUT, "expected.json"), "w") as f:
     json.dump(expected, f, indent=1)
-print("best feature", best, "aucs", [round(a, 3) for a in aucs])
+print("best feature", best, "aucs", [round(a, 3) for a in aucs], "imbalanced F1", float(f1.max()))
