@@ -606,22 +606,9 @@ mod tests {
         }
     }
 
+    /// An evaluate node's row, as its results.json has it (metrics not given are null).
     fn detection_row(method: &str, concept_id: i64, auroc: f64) -> ResultRow {
-        ResultRow {
-            model: "gemma-3-270m".into(),
-            layer: 9,
-            method: method.into(),
-            concept_id,
-            auroc: Some(auroc),
-            f1: None,
-            optimal_threshold: None,
-            positive_accuracy: None,
-            hard_negative_accuracy: None,
-            macro_avg_accuracy: None,
-            n_positive: 36,
-            n_negative: 36,
-            n_hard_negative: 0,
-        }
+        serde_json::from_value(serde_json::json!({"model": "gemma-3-270m", "layer": 9, "method": method, "concept_id": concept_id, "auroc": auroc, "n_positive": 36, "n_negative": 36, "n_hard_negative": 0})).unwrap()
     }
 
     /// Runs the stage on `judged` (one judge node per (concept, method)) and a detection results file.
@@ -688,6 +675,14 @@ mod tests {
     fn stage_writes_tables_report_and_plots() {
         let dir = tempfile::tempdir().unwrap();
         let out = run_stage(dir.path(), &small_table(), false).unwrap();
+        // To look at the report: AXBENCH_REPORT_DUMP=/some/dir cargo test -p axbench-stages aggregate.
+        if let Some(keep) = std::env::var_os("AXBENCH_REPORT_DUMP") {
+            std::fs::create_dir_all(&keep).unwrap();
+            for e in std::fs::read_dir(&out).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), Path::new(&keep).join(e.file_name())).unwrap();
+            }
+        }
         let md = std::fs::read_to_string(out.join("report.md")).unwrap();
         insta::assert_snapshot!("aggregate_report_md", md);
         let html = std::fs::read_to_string(out.join("report.html")).unwrap();
@@ -713,6 +708,37 @@ mod tests {
         assert_eq!(summary.judge, JudgeCounts { generations: 24, unreadable_ratings: 1 });
         assert_eq!(summary.detection.len(), 4);
         assert_eq!(summary.settings, vec![Setting { model: "gemma-3-270m".into(), layer: 9, label: "gemma-3-270m L9".into() }]);
+    }
+
+    /// steering.parquet and steering_by_factor.parquet open in pandas and polars with their nulls intact (skipped
+    /// without the reference venv, scripts/ref-env.sh).
+    #[test]
+    fn steering_tables_open_in_pandas_and_polars() {
+        let python = std::env::var_os("AXBENCH_REF_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/axbench-deps/ref-venv/bin/python"));
+        if !python.exists() {
+            eprintln!("skipping: no reference python (scripts/ref-env.sh)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = small_table();
+        // Concept 1's prompting rows only on the selection half: its held-out means are null.
+        t.retain(|s| !(s.concept_id == 1 && s.method == "PromptSteering" && s.input_id >= 2));
+        let out = run_stage(dir.path(), &t, false).unwrap();
+        let script = r#"
+import sys, pandas as pd, polars as pl
+s = pd.read_parquet(sys.argv[1] + "/steering.parquet")
+assert list(s.columns) == ["model", "layer", "method", "concept_id", "description", "factor", "selection_score", "score", "concept_rating", "instruction_rating", "fluency_rating", "perplexity", "n_test"], s.columns
+row = s[(s.concept_id == 1) & (s.method == "PromptSteering")].iloc[0]
+assert pd.isna(row.score) and row.n_test == 0 and pd.isna(row.perplexity)
+dm = s[(s.concept_id == 0) & (s.method == "DiffMean")].iloc[0]
+assert dm.factor == 1.0 and abs(dm.score - 1.35) < 1e-12 and dm.description == "concept number 0"
+b = pl.read_parquet(sys.argv[1] + "/steering_by_factor.parquet")
+assert b.shape == (6, 12) and sorted(set(b["half"].to_list())) == ["selection", "test"]
+print("ok")
+"#;
+        let res = std::process::Command::new(python).arg("-c").arg(script).arg(&out).output().unwrap();
+        assert!(res.status.success(), "python: {}", String::from_utf8_lossy(&res.stderr));
+        assert_eq!(String::from_utf8_lossy(&res.stdout).trim(), "ok");
     }
 
     #[test]
