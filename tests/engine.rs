@@ -284,6 +284,14 @@ fn the_no_op_record_agrees_with_the_full_plan_and_every_change_falls_back_to_it(
     let again = p.run_json(&[FILES], 0);
     assert_computed!(again, []);
     assert_eq!(ids(&again, "cached"), ["plus", "size"]);
+    // The no-op run's run record is a hard link to the complete run's (the same keys; nothing
+    // rewritten or fsynced), so `gc` keeps what it reached like any other run.
+    let mut runs: Vec<_> = std::fs::read_dir(p.cache().join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
+    runs.sort();
+    assert!(runs.len() >= 2);
+    use std::os::unix::fs::MetadataExt;
+    assert!(std::fs::metadata(runs.last().unwrap()).unwrap().nlink() >= 2);
+    assert_eq!(std::fs::read(runs.last().unwrap()).unwrap(), std::fs::read(&runs[0]).unwrap());
     assert_eq!(fast, full_plan(&p, &[FILES]));
     assert_eq!(fast["to_run"], 0);
     p.run_json(&[FILES], 0); // rewrites the record the full plan above removed

@@ -79,7 +79,12 @@ impl Index {
         builder.set_cache_size(64 << 20);
         let db = builder.create(path)?;
         let index = Index { db };
-        // Create the tables up front so read transactions never see them missing.
+        // Create the tables up front so read transactions never see them missing — only when
+        // one is missing: a write transaction commits with an fsync, which would otherwise be
+        // paid by every command, a no-op plan included.
+        if index.reader().is_ok() {
+            return Ok(index);
+        }
         let txn = index.db.begin_write()?;
         {
             txn.open_table(NODES)?;

@@ -327,9 +327,18 @@ impl Store {
     /// Stores the record of fingerprint `fp` (atomically) and keeps only the
     /// [`Store::KEEP_FINGERPRINTS`] newest records, so switching back and forth between a few
     /// `--set` variants stays fast without the directory growing forever.
-    pub fn write_fingerprint(&self, fp: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+    ///
+    /// `run`, the run record of the run that wrote the record (when it reached exactly the
+    /// record's keys), is kept beside it as `<fp>.run` (a hard link) for
+    /// [`Store::record_run_like`].
+    pub fn write_fingerprint(&self, fp: &Digest, bytes: &[u8], run: Option<&Path>) -> Result<(), StoreError> {
         let path = self.fingerprint_path(fp);
         write_atomic(&path, bytes).map_err(io_err(&path))?;
+        let kept = path.with_extension("run");
+        let _ = fs::remove_file(&kept);
+        if let Some(run) = run {
+            let _ = fs::hard_link(run, &kept);
+        }
         let dir = self.root.join("fingerprints");
         let mut records: Vec<(SystemTime, PathBuf)> = fs::read_dir(&dir)
             .into_iter()
@@ -343,6 +352,7 @@ impl Store {
             for (_, p) in &records[..records.len() - Self::KEEP_FINGERPRINTS] {
                 if *p != path {
                     let _ = fs::remove_file(p);
+                    let _ = fs::remove_file(p.with_extension("run"));
                 }
             }
         }
@@ -561,15 +571,35 @@ impl Store {
         Ok(report)
     }
 
-    /// Appends a run record: every node key this run reached (computed or fresh).
-    pub fn record_run(&self, keys: &[Digest]) -> Result<(), StoreError> {
+    /// Appends a run record: every node key this run reached (computed or fresh). Returns
+    /// its path.
+    pub fn record_run(&self, keys: &[Digest]) -> Result<PathBuf, StoreError> {
         let mut text = String::with_capacity(keys.len() * 65);
         for k in keys {
             text.push_str(&k.to_hex());
             text.push('\n');
         }
-        let path = self.root.join("runs").join(format!("{:013}-{}.txt", unix_ms(), std::process::id()));
-        write_atomic(&path, text.as_bytes()).map_err(io_err(&path))
+        let path = self.new_run_path();
+        write_atomic(&path, text.as_bytes()).map_err(io_err(&path))?;
+        Ok(path)
+    }
+
+    fn new_run_path(&self) -> PathBuf {
+        self.root.join("runs").join(format!("{:013}-{}.txt", unix_ms(), std::process::id()))
+    }
+
+    /// Records a run that reached exactly the keys of the run kept with fingerprint `fp` (see
+    /// [`Store::write_fingerprint`]): a hard link to that record instead of writing (and
+    /// fsyncing) megabytes of identical keys again. Falls back to [`Store::record_run`].
+    pub fn record_run_like(&self, fp: &Digest, keys: &[Digest]) -> Result<PathBuf, StoreError> {
+        let kept = self.fingerprint_path(fp).with_extension("run");
+        let path = self.new_run_path();
+        if fs::hard_link(&kept, &path).is_ok() {
+            let dir = self.root.join("runs");
+            fsync_dir(&dir).map_err(io_err(&dir))?;
+            return Ok(path);
+        }
+        self.record_run(keys)
     }
 
     /// Keeps what the `keep_runs` most recent runs reached and deletes every other manifest,

@@ -87,6 +87,8 @@ pub struct FreshPlan {
     pub paths: Vec<(PathBuf, Digest)>,
     /// Each distinct output blob with the `stat` it had when the record was written.
     blobs: Vec<(Digest, FileStat)>,
+    /// The fingerprint this record was found under (set by [`fresh_plan`]).
+    pub fingerprint: Option<Digest>,
 }
 
 impl FreshPlan {
@@ -118,7 +120,7 @@ impl FreshPlan {
                 }
             }
         }
-        Some(FreshPlan { nodes, paths, blobs })
+        Some(FreshPlan { nodes, paths, blobs, fingerprint: None })
     }
 
     /// The binary record: a magic, then counted sections (strings length-prefixed, indices
@@ -214,7 +216,7 @@ impl FreshPlan {
             }
             nodes.push(FreshNode { id, stage, key, outputs });
         }
-        r.0.is_empty().then_some(FreshPlan { nodes, paths, blobs })
+        r.0.is_empty().then_some(FreshPlan { nodes, paths, blobs, fingerprint: None })
     }
 
     /// Whether every blob still has its recorded `stat`: one `stat` per distinct blob, spread
@@ -234,7 +236,8 @@ impl FreshPlan {
 /// "plan it in full", never an error.
 pub fn fresh_plan(spec: &PipelineSpec, registry: &Registry, store: &Store, project_dir: &Path) -> Option<FreshPlan> {
     let fp = fingerprint(spec, registry, project_dir);
-    let record = FreshPlan::decode(&store.read_fingerprint(&fp)?)?;
+    let mut record = FreshPlan::decode(&store.read_fingerprint(&fp)?)?;
+    record.fingerprint = Some(fp);
     if !record.paths.is_empty() {
         let reader = store.reader();
         for (p, d) in &record.paths {
@@ -250,11 +253,12 @@ pub fn fresh_plan(spec: &PipelineSpec, registry: &Registry, store: &Store, proje
     Some(record)
 }
 
-/// Stores `record` under `spec`'s fingerprint. Best effort: a record that cannot be written
-/// only means the next no-op plans in full.
-pub fn save(spec: &PipelineSpec, registry: &Registry, store: &Store, project_dir: &Path, record: &FreshPlan) {
+/// Stores `record` under `spec`'s fingerprint, with `run`, the run record of a run that
+/// reached exactly the record's keys (later no-op runs link to it instead of writing their
+/// own). Best effort: a record that cannot be written only means the next no-op plans in full.
+pub fn save(spec: &PipelineSpec, registry: &Registry, store: &Store, project_dir: &Path, record: &FreshPlan, run: Option<&Path>) {
     let fp = fingerprint(spec, registry, project_dir);
-    if let Err(e) = store.write_fingerprint(&fp, &record.encode()) {
+    if let Err(e) = store.write_fingerprint(&fp, &record.encode(), run) {
         tracing::warn!("could not write the no-op record: {e}");
     }
 }

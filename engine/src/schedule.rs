@@ -105,7 +105,10 @@ pub async fn run(
     if let Some(fresh) = crate::fingerprint::fresh_plan(spec, registry, &store, &opts.project_dir) {
         report.cached = fresh.nodes.iter().map(|n| n.id.clone()).collect();
         report.keys = fresh.keys();
-        store.record_run(&report.keys)?;
+        match &fresh.fingerprint {
+            Some(fp) => store.record_run_like(fp, &report.keys)?,
+            None => store.record_run(&report.keys)?,
+        };
         return Ok(report);
     }
     let mut lists: HashMap<String, Vec<Value>> = HashMap::new();
@@ -139,15 +142,14 @@ pub async fn run(
     // A node skipped in one wave is skipped again in the next: list it once.
     let mut seen = std::collections::HashSet::new();
     report.skipped.retain(|id| seen.insert(id.clone()));
-    if !report.cancelled {
-        store.record_run(&report.keys)?;
-    }
+    let run_file = if report.cancelled { None } else { Some(store.record_run(&report.keys)?) };
     // Every node reached: the next run with an unchanged pipeline can skip planning.
     if report.ok()
         && let Some((nodes, paths)) = record
         && let Some(fresh) = crate::fingerprint::FreshPlan::from_nodes(nodes, paths, &store)
     {
-        crate::fingerprint::save(spec, registry, &store, &opts.project_dir, &fresh);
+        let same_keys = fresh.keys() == report.keys;
+        crate::fingerprint::save(spec, registry, &store, &opts.project_dir, &fresh, run_file.as_deref().filter(|_| same_keys));
     }
     Ok(report)
 }
