@@ -26,4 +26,9 @@ fi
 if ! "$VENV/bin/python" -c "import openai, uvicorn, fastapi, sse_starlette, starlette_context, pydantic_settings" 2>/dev/null; then
   "$VENV/bin/pip" install -q openai uvicorn fastapi sse-starlette starlette-context pydantic-settings >&2
 fi
+# peft: the LoRA reference (tests/golden/training/make_training_golden.py) and the training benchmark's HF + peft side
+# (benches/training/bench_training.py).
+if ! "$VENV/bin/python" -c "import peft" 2>/dev/null; then
+  "$VENV/bin/pip" install -q peft >&2
+fi
 echo "$VENV/bin/python"

@@ -12,10 +12,10 @@
 //! * loss: mean cross-entropy over the target tokens of the batch (HF's `labels = -100` on the
 //!   prompt), plus the trainable's own [`Trainable::aux_loss`];
 //! * `gradient_accumulation_steps` micro-batches per optimizer step, each loss divided by it;
-//! * `clip_grad_norm_(max_grad_norm)` over all parameters, then AdamW (`torch.optim.AdamW`'s
-//!   update, reproduced term by term), then `get_linear_schedule_with_warmup(0 warmup)`;
-//! * [`Trainable::before_step`] after the gradients are final (ReFT-r1 projects them) and
-//!   [`Trainable::after_step`] after the update (ReFT-r1 renormalises `w`).
+//! * `clip_grad_norm_(max_grad_norm)` over all parameters, then [`Trainable::before_step`]
+//!   (ReFT-r1 renormalises `w` and projects its gradient, in AxBench's order), then AdamW
+//!   (`torch.optim.AdamW`'s update, reproduced term by term) with
+//!   `get_linear_schedule_with_warmup(0 warmup)`, then [`Trainable::after_step`].
 //!
 //! Examples are shuffled each epoch by a `StdRng` seeded from [`TrainConfig::seed`]; parameter
 //! initialisation is the trainable's business (seed torch with `tch::manual_seed` first).
@@ -129,7 +129,7 @@ pub trait Trainable {
     fn aux_loss(&self, _progress: f64) -> Option<Tensor> {
         None
     }
-    /// Called with final gradients, before clipping and the update.
+    /// Called after gradient clipping, before the update (AxBench's order for ReFT-r1).
     fn before_step(&self) {}
     /// Called after each update.
     fn after_step(&self) {}
@@ -363,10 +363,10 @@ pub fn train(
                 report.tokens += batch.n_tokens;
                 report.target_tokens += batch.n_targets;
             }
-            trainable.before_step();
             if let Some(max) = cfg.max_grad_norm {
                 clip_grad_norm(&params, max);
             }
+            trainable.before_step();
             // HF linear schedule, no warmup: step k (0-based) uses lr * (total - k) / total.
             let lr = cfg.lr * (total - step) as f64 / total as f64;
             opt.step(&params, lr);

@@ -30,6 +30,20 @@ pub struct MethodsConfig {
     /// Shared by `GemmaScopeSAE` and `GemmaScopeSAEMaxAUC`.
     #[serde(rename = "GemmaScopeSAE")]
     pub sae: SaeConfig,
+    // --- trained methods (axbench.train) ---
+    /// ReFT-r1.
+    #[serde(rename = "LsReFT")]
+    pub reft_r1: super::reft_r1::ReftR1Config,
+    /// SSV.
+    #[serde(rename = "SteeringVector")]
+    pub ssv: super::ssv::SsvConfig,
+    #[serde(rename = "LoReFT")]
+    pub loreft: super::loreft::LoreftConfig,
+    #[serde(rename = "LoRA")]
+    pub lora: super::finetune::LoraMethodConfig,
+    #[serde(rename = "SFT")]
+    pub sft: super::finetune::SftConfig,
+    // --- end trained methods ---
 }
 
 impl MethodsConfig {

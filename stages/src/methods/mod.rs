@@ -25,10 +25,14 @@
 pub mod bow;
 mod config;
 pub mod diffmean;
+pub mod finetune;
 pub mod lat;
+pub mod loreft;
 pub mod pca;
 pub mod probe;
+pub mod reft_r1;
 pub mod sae;
+pub mod ssv;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -279,6 +283,8 @@ pub enum FittedArtifact {
     },
     /// Bag-of-words logistic regression.
     Bow(bow::BowModel),
+    /// `score = ReLU(h·w + bias)` (ReFT-r1, SSV: trained by `axbench.train`); `w` is also the steering direction.
+    ReluLinear { method: String, w: Vec<f32>, bias: f32 },
 }
 
 impl FittedArtifact {
@@ -300,14 +306,20 @@ impl FittedArtifact {
                 Box::new(sae::SaeFeatureDetector::new(name, sae, feature)?)
             }
             FittedArtifact::Bow(m) => Box::new(m),
+            FittedArtifact::ReluLinear { method, w, bias } => {
+                Box::new(LinearDetector::new(leak_name(&method), Tensor::from_slice(&w), bias).with_relu())
+            }
         })
     }
 }
 
 /// Method names are `&'static str` in errors; map a loaded name back to the registry's static one.
 fn leak_name(name: &str) -> &'static str {
-    Registry::builtin().canonical(name).unwrap_or("loaded")
+    Registry::builtin().canonical(name).or_else(|| TRAINED_METHODS.iter().find(|m| **m == name).copied()).unwrap_or("loaded")
 }
+
+/// Methods trained through the model by the `axbench.train` stage (AxBench class names), not fitted on activations.
+pub const TRAINED_METHODS: [&str; 5] = [reft_r1::NAME, ssv::NAME, loreft::NAME, finetune::LORA_NAME, finetune::SFT_NAME];
 
 /// A fitted detector for one concept. `Send` but not `Sync`: it may hold tensors, which tch makes `Send` only.
 pub trait Detector: Send {
@@ -341,6 +353,8 @@ pub struct LinearDetector {
     method: &'static str,
     w: Tensor,
     bias: f32,
+    /// ReFT-r1 / SSV latents: `ReLU(h·w + bias)`.
+    relu: bool,
 }
 
 impl LinearDetector {
@@ -349,7 +363,14 @@ impl LinearDetector {
             method,
             w: w.to_kind(Kind::Float).to_device(Device::Cpu).reshape([-1]),
             bias,
+            relu: false,
         }
+    }
+
+    /// Scores `ReLU(h·w + bias)` instead (ReFT-r1 and SSV detect with the ReLU'd latent).
+    pub fn with_relu(mut self) -> Self {
+        self.relu = true;
+        self
     }
 
     pub fn w(&self) -> &Tensor {
@@ -368,7 +389,10 @@ impl LinearDetector {
                 ),
             ));
         }
-        let s = acts.acts.to_kind(Kind::Float).matmul(&self.w) + self.bias as f64;
+        let mut s = acts.acts.to_kind(Kind::Float).matmul(&self.w) + self.bias as f64;
+        if self.relu {
+            s = s.relu();
+        }
         Vec::<f32>::try_from(&s).map_err(|source| MethodError::Torch {
             method: self.method,
             source,
@@ -394,11 +418,8 @@ impl Detector for LinearDetector {
     }
 
     fn artifact(&self) -> FittedArtifact {
-        FittedArtifact::Linear {
-            method: self.method.to_owned(),
-            w: Vec::<f32>::try_from(&self.w).expect("1-d float"),
-            bias: self.bias,
-        }
+        let (method, w, bias) = (self.method.to_owned(), Vec::<f32>::try_from(&self.w).expect("1-d float"), self.bias);
+        if self.relu { FittedArtifact::ReluLinear { method, w, bias } } else { FittedArtifact::Linear { method, w, bias } }
     }
 }
 

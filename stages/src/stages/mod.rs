@@ -8,6 +8,7 @@
 //! | `axbench.fit`         | fit.rs          | concept × method        | activations → `detector.json`, `direction.safetensors` |
 //! | `axbench.infer`       | infer.rs        | concept × method        | detector + activations → `scores.parquet`        |
 //! | `axbench.prompt_detect` | prompt_detect.rs | concept              | LM ratings 0–2 of eval rows → `scores.parquet`   |
+//! | `axbench.train`       | train.rs        | concept × method        | data + model → trained direction or checkpoint   |
 //! | `axbench.evaluate`    | evaluate.rs     | once (gathers)          | scores → `results.{parquet,json,md}`             |
 //! | `axbench.steer`       | steer.rs        | concept × method        | direction + max act → steered `generations.parquet` |
 //! | `axbench.steering_prompt` | prompt_steer.rs | concept             | LM writes a steering prompt → `steering_prompt.json` |
@@ -37,6 +38,7 @@ pub mod prompt_detect;
 pub mod prompt_steer;
 pub mod steer;
 pub mod synthesize;
+pub mod train;
 
 use axbench_engine::{Registry, StageError};
 
@@ -54,6 +56,7 @@ pub fn register(reg: Registry) -> Registry {
         .register(Box::new(prompt_steer::SteeringPrompt))
         .register(Box::new(prompt_steer::PromptSteer))
         .register(Box::new(aggregate::Aggregate))
+        .register(Box::new(train::Train))
 }
 
 /// Wraps any displayable error as a stage failure.
