@@ -5,6 +5,7 @@
 //! here plus a module. Exit codes: 0 success, 1 a node failed (or `verify` found damage),
 //! 2 bad input (malformed pipeline, unknown key, wrong type, cycle, bad `--set`), 130 Ctrl-C.
 
+mod exec_node_cmd;
 mod model_cmd;
 mod pipeline_cmd;
 mod results_cmd;
@@ -54,6 +55,8 @@ enum Command {
     Model(model_cmd::ModelArgs),
     /// Serve a model (with steering vectors) over an OpenAI-compatible HTTP API.
     Serve(serve_cmd::ServeArgs),
+    /// Run one node from the job spec an executor stored in the cache (what Slurm tasks run).
+    ExecNode(exec_node_cmd::ExecNodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Results(a) => return results_cmd::run(&cli.global, a),
         Command::Model(a) => return model_cmd::run(a),
         Command::Serve(a) => serve_cmd::run(a),
+        Command::ExecNode(a) => return exec_node_cmd::run(&cli.global, a),
     };
     pipeline_cmd::exit(result)
 }

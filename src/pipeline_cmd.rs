@@ -42,9 +42,10 @@ pub struct RunArgs {
     /// Override a declared pipeline param (repeatable): --set model.layer=12
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub sets: Vec<String>,
-    /// Nodes to run in parallel
-    #[arg(short = 'j', long, default_value_t = default_jobs())]
-    pub jobs: usize,
+    /// Nodes to run in parallel [default: the CPU count; 1000 with --executor slurm, where it
+    /// caps the nodes submitted and not yet finished]
+    #[arg(short = 'j', long)]
+    pub jobs: Option<usize>,
     /// Print the run report as JSON on stdout (computed, cached, failed, skipped nodes)
     #[arg(long)]
     pub json: bool,
@@ -52,6 +53,43 @@ pub struct RunArgs {
     /// `[pipeline] max_nodes`, or 1,000,000]
     #[arg(long, value_name = "N")]
     pub max_nodes: Option<usize>,
+    /// Where nodes run: in this process, or as Slurm array tasks of `axbench exec-node`
+    /// against a shared cache (docs/slurm.md)
+    #[arg(long, value_enum, default_value_t = ExecutorKind::Local)]
+    pub executor: ExecutorKind,
+    #[command(flatten)]
+    pub slurm: SlurmArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecutorKind {
+    Local,
+    Slurm,
+}
+
+/// Options of `--executor slurm`; a stage's `[stages.x.slurm]` table overrides them.
+#[derive(Args)]
+#[command(next_help_heading = "Slurm executor (--executor slurm)")]
+pub struct SlurmArgs {
+    /// Partition for every stage (sbatch --partition)
+    #[arg(long, value_name = "NAME")]
+    pub partition: Option<String>,
+    /// Generic resources for GPU stages, e.g. gpu:1 (CPU stages never get it)
+    #[arg(long, value_name = "SPEC")]
+    pub gres: Option<String>,
+    /// Time limit per node, e.g. 2:00:00 (sbatch --time)
+    #[arg(long, value_name = "LIMIT")]
+    pub time: Option<String>,
+    /// Any other sbatch option, repeatable: --slurm-opt account=proj1 --slurm-opt qos=long
+    #[arg(long = "slurm-opt", value_name = "NAME=VALUE")]
+    pub slurm_opts: Vec<String>,
+    /// At most this many tasks of one job array run at once (the array's `%` limit)
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub array_limit: u32,
+    /// The axbench binary the array tasks run (must exist at this path on the compute nodes)
+    /// [default: this binary]
+    #[arg(long, value_name = "PATH")]
+    pub axbench_bin: Option<PathBuf>,
 }
 
 /// `axbench plan`
@@ -174,7 +212,7 @@ fn project_dir(g: &GlobalArgs) -> Result<PathBuf> {
     std::fs::canonicalize(&p).with_context(|| format!("project dir {}", p.display()))
 }
 
-fn open_store(g: &GlobalArgs) -> Result<Store> {
+pub(crate) fn open_store(g: &GlobalArgs) -> Result<Store> {
     let dir = match &g.cache_dir {
         Some(d) => d.clone(),
         None => project_dir(g)?.join(".axbench"),
@@ -202,9 +240,24 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
     StageGraph::build(&spec, &registry).map_err(|e| BadInput(e.to_string()))?;
     let store = Arc::new(open_store(g)?);
     let project = project_dir(g)?;
-    let exec = Arc::new(LocalExecutor::new(registry.clone(), store.clone()));
+    let slurm = match a.executor {
+        ExecutorKind::Slurm => Some(Arc::new(slurm_executor(&a.slurm, &spec, &registry, &store)?)),
+        ExecutorKind::Local => {
+            let s = &a.slurm;
+            if s.partition.is_some() || s.gres.is_some() || s.time.is_some() || !s.slurm_opts.is_empty() || s.axbench_bin.is_some() {
+                return Err(BadInput("--partition, --gres, --time, --slurm-opt and --axbench-bin need --executor slurm".into()).into());
+            }
+            None
+        }
+    };
+    let exec: Arc<dyn axbench_engine::Executor> = match &slurm {
+        Some(s) => s.clone(),
+        None => Arc::new(LocalExecutor::new(registry.clone(), store.clone())),
+    };
+    let jobs = a.jobs.unwrap_or(if slurm.is_some() { 1000 } else { default_jobs() });
     let cancel = CancelFlag::new();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Every node in flight holds a blocking thread (a Slurm node mostly sleeps in it).
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(jobs.max(512) + 16).build()?;
     let report = rt.block_on(async {
         let c = cancel.clone();
         tokio::spawn(async move {
@@ -216,9 +269,15 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
                 }
             }
         });
-        let opts = RunOptions { jobs: a.jobs, project_dir: project };
+        let opts = RunOptions { jobs, project_dir: project };
         axbench_engine::run(&spec, &registry, store.clone(), exec, &opts, Arc::new(reporter()), cancel.clone()).await
     });
+    if let Some(s) = &slurm
+        && cancel.is_cancelled()
+    {
+        s.cancel_all();
+    }
+    let slurm_stats = slurm.as_ref().map(|s| s.stats());
     let report = report.map_err(engine)?;
     let _ = store.flush_index();
     if a.json {
@@ -226,6 +285,7 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
         let j = serde_json::json!({
             "computed": report.computed, "cached": report.cached, "failed": failed,
             "skipped": report.skipped, "pending": report.pending, "cancelled": report.cancelled,
+            "slurm": slurm_stats,
         });
         println!("{j}");
     } else {
@@ -240,6 +300,9 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
         }
         for p in &report.pending {
             eprintln!("not expanded: {p} (its list stage did not finish)");
+        }
+        if let Some(st) = &slurm_stats {
+            eprintln!("slurm: submitted {} node(s) in {} job array(s), re-attached to {} running job task(s)", st.tasks, st.arrays, st.reattached);
         }
         println!(
             "{}: {} computed, {} cached, {} failed, {} skipped{}",
@@ -262,6 +325,31 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
         return Err(Exit(1).into());
     }
     Ok(())
+}
+
+/// The Slurm executor for `spec`, from the run's flags.
+fn slurm_executor(a: &SlurmArgs, spec: &PipelineSpec, registry: &Registry, store: &Arc<Store>) -> Result<axbench_engine::slurm::SlurmExecutor> {
+    use axbench_engine::slurm::{SlurmConfig, SlurmExecutor};
+    let bin = match &a.axbench_bin {
+        Some(p) => std::fs::canonicalize(p).with_context(|| format!("--axbench-bin {}", p.display()))?,
+        None => std::env::current_exe().context("locating this axbench binary for the Slurm tasks")?,
+    };
+    let mut cfg = SlurmConfig::new(bin);
+    cfg.defaults.partition = a.partition.clone();
+    cfg.defaults.gres = a.gres.clone();
+    cfg.defaults.time = a.time.clone();
+    for kv in &a.slurm_opts {
+        cfg.defaults.parse_opt(kv).map_err(|e| BadInput(format!("--slurm-opt {kv}: {e}")))?;
+    }
+    cfg.defaults.check().map_err(|(field, e)| BadInput(format!("--{}: {e}", field.trim_start_matches('.'))))?;
+    if a.array_limit == 0 {
+        return Err(BadInput("--array-limit must be at least 1".into()).into());
+    }
+    cfg.array_limit = a.array_limit;
+    if let Err(e) = axbench_engine::slurm::cluster_reachable() {
+        anyhow::bail!("--executor slurm: no Slurm cluster answers here ({e})");
+    }
+    Ok(SlurmExecutor::new(cfg, store.clone(), spec, registry))
 }
 
 /// Bars on a terminal; otherwise plain progress lines every `AXBENCH_PROGRESS_EVERY` seconds

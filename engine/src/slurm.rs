@@ -406,6 +406,7 @@ struct Queued {
 }
 
 struct InFlight {
+    key: Digest,
     job_id: String,
     batch_dir: PathBuf,
     index: usize,
@@ -433,7 +434,10 @@ struct State {
     /// Stage → nodes waiting to be submitted.
     queue: BTreeMap<String, Vec<Queued>>,
     queued_since: Option<Instant>,
-    inflight: HashMap<Digest, InFlight>,
+    /// Submitted tasks by a number of our own (one key may be in flight twice: two stages
+    /// with identical work share a key, and exec-node's lock makes the second one a no-op).
+    inflight: HashMap<u64, InFlight>,
+    next_task: u64,
     /// Batches this engine submitted: tasks not yet finished, and whether one failed.
     batches: HashMap<PathBuf, (usize, bool)>,
     squeue_due: bool,
@@ -469,6 +473,7 @@ impl SlurmExecutor {
             stages.insert(name.clone(), StageRequest::resolve(&cfg, &s.slurm, &resources));
         }
         let inner = Arc::new(Inner { cfg, store, stages, state: Mutex::new(State::default()), wake: Condvar::new(), batch_counter: AtomicU64::new(0) });
+        inner.forget_finished_records();
         let i2 = inner.clone();
         let manager = std::thread::Builder::new().name("slurm-manager".into()).spawn(move || i2.manage()).expect("spawn the slurm manager thread");
         SlurmExecutor { inner, manager: Some(manager) }
@@ -536,7 +541,9 @@ impl Executor for SlurmExecutor {
                         return Err(ExecError::Cancelled);
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(ExecError::Cancelled),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(ExecError::Failed { message: "the Slurm executor stopped watching this node".into(), log: inner.record_path(&job.key) });
+                }
             }
         }
     }
@@ -576,6 +583,20 @@ impl Inner {
         Ok(None)
     }
 
+    /// Drops task records of nodes that are in the cache by now (their task finished while no
+    /// engine watched; the plan finds them fresh and never asks about them again).
+    fn forget_finished_records(&self) {
+        let dir = self.slurm_dir().join("keys");
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(key) = name.strip_suffix(".json").and_then(|h| h.parse::<Digest>().ok())
+                && self.store.manifest_path(&key).exists()
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Looks for a task an earlier engine submitted for this key.
     fn reattach(&self, job: &NodeJob, tx: mpsc::Sender<TaskEnd>) -> Reattach {
         let path = self.record_path(&job.key);
@@ -583,11 +604,12 @@ impl Inner {
         let Ok(rec) = serde_json::from_slice::<TaskRecord>(&bytes) else { return Reattach::No };
         let batch_dir = self.slurm_dir().join("batches").join(&rec.batch);
         let mut st = self.state.lock().unwrap();
-        if st.inflight.contains_key(&job.key) {
-            // Submitted by this engine in an earlier wave: not expected, but never twice.
+        if st.inflight.values().any(|t| t.key == job.key) {
+            // Submitted by this engine already (another node with the same key): a second
+            // submission waits on the node lock and then finds it cached.
             return Reattach::No;
         }
-        let task = InFlight { job_id: rec.job_id, batch_dir, index: rec.index, tx, reattached: Some(job.clone()), gone: None };
+        let task = InFlight { key: job.key, job_id: rec.job_id, batch_dir, index: rec.index, tx, reattached: Some(job.clone()), gone: None };
         if let Some((code, status)) = read_exit_file(&task.exit_path()) {
             // It finished. A success is collected (and verified); a failure is retried.
             if code == 0 {
@@ -598,7 +620,9 @@ impl Inner {
         tracing::info!(node = %job.node, "re-attaching to Slurm task {}", task.task_id());
         st.stats.reattached += 1;
         st.squeue_due = true;
-        st.inflight.insert(job.key, task);
+        st.next_task += 1;
+        let id = st.next_task;
+        st.inflight.insert(id, task);
         self.wake.notify_all();
         Reattach::Waiting
     }
@@ -651,8 +675,8 @@ impl Inner {
             ids.sort();
             ids.dedup();
             let mut waiting: Vec<mpsc::Sender<TaskEnd>> = st.queue.values_mut().flat_map(|q| q.drain(..).map(|q| q.tx)).collect();
-            for (key, t) in st.inflight.drain() {
-                let _ = std::fs::remove_file(self.record_path(&key));
+            for (_, t) in st.inflight.drain() {
+                let _ = std::fs::remove_file(self.record_path(&t.key));
                 waiting.push(t.tx);
             }
             (ids, waiting)
@@ -703,11 +727,15 @@ impl Inner {
             self.poll_exit_files();
             let due = {
                 let mut st = self.state.lock().unwrap();
-                let due = st.squeue_due || last_squeue.elapsed() >= self.cfg.squeue_every || st.inflight.values().any(|t| t.gone.is_some());
-                st.squeue_due = false;
+                let since = last_squeue.elapsed();
+                // Re-attached tasks at once; tasks squeue stopped listing every 2 s until their
+                // grace ends; everything else every `squeue_every`.
+                let due = std::mem::take(&mut st.squeue_due)
+                    || since >= self.cfg.squeue_every
+                    || (since >= Duration::from_secs(2) && st.inflight.values().any(|t| t.gone.is_some()));
                 due && !st.inflight.is_empty()
             };
-            if due && last_squeue.elapsed() >= Duration::from_millis(200) {
+            if due {
                 last_squeue = Instant::now();
                 self.check_squeue();
             }
@@ -715,13 +743,13 @@ impl Inner {
     }
 
     fn poll_exit_files(&self) {
+        // Stat the files without holding the lock (a network filesystem may be slow).
+        let paths: Vec<(u64, PathBuf)> = self.state.lock().unwrap().inflight.iter().map(|(id, t)| (*id, t.exit_path())).collect();
+        // Written atomically, but a network filesystem may show the name before the bytes.
+        let ended: Vec<(u64, i32, String)> = paths.into_iter().filter_map(|(id, p)| read_exit_file(&p).map(|(code, status)| (id, code, status))).collect();
         let mut st = self.state.lock().unwrap();
-        let done: Vec<Digest> = st.inflight.iter().filter(|(_, t)| t.exit_path().exists()).map(|(k, _)| *k).collect();
-        for key in done {
-            let t = st.inflight.get(&key).expect("listed above");
-            // Written atomically, but a network filesystem may show it before its bytes.
-            let Some((code, status)) = read_exit_file(&t.exit_path()) else { continue };
-            let t = st.inflight.remove(&key).expect("listed above");
+        for (id, code, status) in ended {
+            let Some(t) = st.inflight.remove(&id) else { continue };
             if let Some(b) = st.batches.get_mut(&t.batch_dir) {
                 b.0 -= 1;
                 b.1 |= code != 0;
@@ -756,7 +784,7 @@ impl Inner {
         let mut resubmit = Vec::new();
         let mut st = self.state.lock().unwrap();
         let mut lost = Vec::new();
-        for (key, t) in st.inflight.iter_mut() {
+        for (id, t) in st.inflight.iter_mut() {
             let state = states.get(&t.task_id()).or_else(|| states.get(&t.job_id));
             match state {
                 Some(TaskState::Alive(_)) => t.gone = None,
@@ -771,17 +799,17 @@ impl Inner {
                 && since.elapsed() >= self.cfg.gone_grace
                 && !t.exit_path().exists()
             {
-                lost.push(*key);
+                lost.push(*id);
             }
         }
-        for key in lost {
-            let t = st.inflight.remove(&key).expect("listed above");
+        for id in lost {
+            let t = st.inflight.remove(&id).expect("listed above");
             let state = t.gone.as_ref().map(|g| g.1.clone()).unwrap_or_default();
             if let Some(b) = st.batches.get_mut(&t.batch_dir) {
                 b.0 -= 1;
                 b.1 = true;
             }
-            let _ = std::fs::remove_file(self.record_path(&key));
+            let _ = std::fs::remove_file(self.record_path(&t.key));
             let task_id = t.task_id();
             match t.reattached {
                 // Died while no engine watched it: run it again.
@@ -844,7 +872,7 @@ impl Inner {
         if job_id.is_empty() || !job_id.chars().all(|c| c.is_ascii_digit()) {
             return fail_all(items, format!("sbatch printed no job id ({job_id:?})"), batch_dir);
         }
-        tracing::info!("submitted {} node(s) of stage {stage} as Slurm job {job_id}", items.len());
+        tracing::info!("submitted {} node(s) of stage {stage} as Slurm job {job_id}: sbatch {}", items.len(), args.join(" "));
         let rec = SubmitRecord {
             job_id: &job_id,
             stage,
@@ -864,7 +892,9 @@ impl Inner {
         for (index, q) in items.into_iter().enumerate() {
             let rec = TaskRecord { job_id: job_id.clone(), batch: batch.clone(), index, node: q.job.node.clone() };
             let _ = write_atomic(&self.record_path(&q.job.key), &serde_json::to_vec(&rec).expect("serializes"));
-            st.inflight.insert(q.job.key, InFlight { job_id: job_id.clone(), batch_dir: batch_dir.clone(), index, tx: q.tx, reattached: None, gone: None });
+            st.next_task += 1;
+            let id = st.next_task;
+            st.inflight.insert(id, InFlight { key: q.job.key, job_id: job_id.clone(), batch_dir: batch_dir.clone(), index, tx: q.tx, reattached: None, gone: None });
         }
         drop(st);
         if cancelled {
@@ -889,7 +919,8 @@ impl Inner {
 }
 
 /// The batch script of one array: task `i` runs `axbench exec-node` for line `i + 1` of `keys`
-/// and makes sure an exit file exists afterwards (exec-node writes it; this covers a crash).
+/// and makes sure an exit file exists afterwards (exec-node writes it; the script does when
+/// exec-node died before it could, e.g. killed by the OOM killer).
 pub fn job_script(axbench: &Path, cache: &Path, batch_dir: &Path, stage: &str) -> String {
     let q = |p: &Path| shell_quote(&p.display().to_string());
     format!(
@@ -900,9 +931,12 @@ i=${{SLURM_ARRAY_TASK_ID:?axbench: job.sh runs as a Slurm array task}}
 key=$(sed -n "$((i + 1))p" "$dir/keys")
 {axbench} exec-node "$key" --cache-dir {cache} --exit-file "$dir/$i.exit"
 code=$?
-if [ ! -e "$dir/$i.exit" ]; then
-  printf '%s\ncrashed\n' "$code" > "$dir/$i.exit.tmp" && mv "$dir/$i.exit.tmp" "$dir/$i.exit"
-fi
+# 0, 1, 2 and 130 are exec-node's own codes, after it wrote the exit file (and the engine may
+# have removed this batch since); any other code means it never got there (a signal, no binary).
+case $code in
+  0|1|2|130) ;;
+  *) printf '%s\ncrashed\n' "$code" > "$dir/$i.exit.tmp" && mv "$dir/$i.exit.tmp" "$dir/$i.exit" ;;
+esac
 exit $code
 "#,
         dir = q(batch_dir),
@@ -1043,6 +1077,29 @@ mod tests {
         // The script is valid sh.
         let out = Command::new("sh").args(["-n", "-c", &s]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Runs job.sh as Slurm would run task 0, with `fake` standing in for the axbench binary.
+    fn run_job_script(fake: &str) -> (tempfile::TempDir, Option<(i32, String)>) {
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("fake-axbench");
+        std::fs::write(&bin, fake).unwrap();
+        std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::write(d.path().join("keys"), "ab12\n").unwrap();
+        std::fs::write(d.path().join("job.sh"), job_script(&bin, d.path(), d.path(), "s")).unwrap();
+        Command::new("sh").arg(d.path().join("job.sh")).env("SLURM_ARRAY_TASK_ID", "0").status().unwrap();
+        let exit = read_exit_file(&d.path().join("0.exit"));
+        (d, exit)
+    }
+
+    #[test]
+    fn job_script_writes_the_exit_file_when_exec_node_dies_and_leaves_its_own_alone() {
+        // Killed by a signal before it could write anything (the OOM killer): 128 + 9.
+        let (_d, exit) = run_job_script("#!/bin/sh\nkill -9 $$\n");
+        assert_eq!(exit, Some((137, "crashed".into())));
+        // exec-node wrote its own (here: a failure) and the key reached it as its argument.
+        let (d, exit) = run_job_script("#!/bin/sh\n[ \"$1\" = exec-node ] && [ \"$2\" = ab12 ] || exit 7\nprintf '1\\nfailed\\n' > \"$6\"\nexit 1\n");
+        assert_eq!(exit, Some((1, "failed".into())), "{:?}", std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>());
     }
 
     #[test]
