@@ -8,6 +8,7 @@
 mod exec_node_cmd;
 mod model_cmd;
 mod pipeline_cmd;
+mod report_cmd;
 mod results_cmd;
 mod serve_cmd;
 
@@ -49,8 +50,10 @@ enum Command {
     Dot(pipeline_cmd::DotArgs),
     /// Re-hash every cached artifact; quarantine damaged ones so the next run recomputes them.
     Verify,
-    /// Print a pipeline's detection results (AUROC table, or --json) from its cached evaluate node.
+    /// Print a pipeline's results (AUROC and steering tables, or --json) from its cached evaluate and aggregate nodes.
     Results(results_cmd::ResultsArgs),
+    /// Print where the pipeline's steering report is (report.html, report.md), or --open it.
+    Report(report_cmd::ReportArgs),
     /// Inspect a model: info, tokenize, logits, generate, activations.
     Model(model_cmd::ModelArgs),
     /// Serve a model (with steering vectors) over an OpenAI-compatible HTTP API.
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Dot(a) => pipeline_cmd::dot(&cli.global, a),
         Command::Verify => pipeline_cmd::verify(&cli.global),
         Command::Results(a) => return results_cmd::run(&cli.global, a),
+        Command::Report(a) => return report_cmd::run(&cli.global, a),
         Command::Model(a) => return model_cmd::run(a),
         Command::Serve(a) => serve_cmd::run(a),
         Command::ExecNode(a) => return exec_node_cmd::run(&cli.global, a),

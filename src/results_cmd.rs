@@ -1,23 +1,31 @@
-//! `axbench results PIPELINE [--set …] [--json]`: the detection results of a pipeline, read from the cached
-//! outputs of its `axbench.evaluate` node(s). The node is found by planning the pipeline with the same `--set`
-//! flags, so `plan`, `run` and `results` always agree on which results they mean; nothing is computed here.
+//! `axbench results PIPELINE [--set …] [--json]`: the results of a pipeline, read from the cached outputs of its
+//! `axbench.evaluate` node(s) (detection) and `axbench.aggregate` node(s) (steering). The nodes are found by planning
+//! the pipeline with the same `--set` flags, so `plan`, `run` and `results` always agree on which results they mean;
+//! nothing is computed here.
 //!
-//! JSON (stable contract): `{"detection":[{"model","layer","method","concept_id","auroc","f1"}],"steering":[]}`;
-//! without `--json`, the AUROC table per method (mean over concepts, and per concept).
+//! JSON (stable contract): `{"detection":[{"model","layer","method","concept_id","auroc","f1"}],
+//! "steering":[{"model","layer","method","concept_id","factor","score","concept","instruction","fluency"}]}`, where a
+//! steering row is one concept × method at the factor its selection half chose, with the held-out half's mean score
+//! and mean concept / instruction / fluency ratings (null when that half is empty). Without `--json`, the AUROC
+//! table per method, then the steering and win-rate tables.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use axbench_cache::Store;
 use axbench_engine::{NodeState, PipelineSpec, Registry};
+use axbench_stages::report::Summary;
 use axbench_stages::stages::evaluate::Results;
 use clap::Args;
 
 use crate::pipeline_cmd::{GlobalArgs, registry};
 
-/// Kind of the stage whose outputs `results` reads.
+/// Kind of the stage whose detection results `results` reads.
 pub const EVALUATE_KIND: &str = "axbench.evaluate";
+/// Kind of the stage whose steering results (and report) `results` and `report` read.
+pub const AGGREGATE_KIND: &str = "axbench.aggregate";
 
 /// `axbench results`
 #[derive(Args)]
@@ -26,7 +34,9 @@ pub const EVALUATE_KIND: &str = "axbench.evaluate";
   axbench results pipelines/detection.toml --set concepts.limit=10 --json
 
 JSON output (stable contract):
-  {\"detection\":[{\"model\":…,\"layer\":…,\"method\":…,\"concept_id\":…,\"auroc\":…,\"f1\":…}],\"steering\":[]}")]
+  {\"detection\":[{\"model\":…,\"layer\":…,\"method\":…,\"concept_id\":…,\"auroc\":…,\"f1\":…}],
+   \"steering\":[{\"model\":…,\"layer\":…,\"method\":…,\"concept_id\":…,\"factor\":…,\"score\":…,
+                 \"concept\":…,\"instruction\":…,\"fluency\":…}]}")]
 pub struct ResultsArgs {
     /// Pipeline TOML, or a sweep file
     pub pipeline: PathBuf,
@@ -39,7 +49,7 @@ pub struct ResultsArgs {
 }
 
 /// What went wrong, with the exit code it maps to (2: bad input or nothing computed yet, 1: other failures).
-struct Failure(u8, anyhow::Error);
+pub(crate) struct Failure(pub u8, pub anyhow::Error);
 
 pub fn run(g: &GlobalArgs, a: ResultsArgs) -> ExitCode {
     match results(g, &a) {
@@ -51,12 +61,18 @@ pub fn run(g: &GlobalArgs, a: ResultsArgs) -> ExitCode {
     }
 }
 
-fn project_dir(g: &GlobalArgs) -> Result<PathBuf> {
+pub(crate) fn project_dir(g: &GlobalArgs) -> Result<PathBuf> {
     let p = match &g.project_dir {
         Some(p) => p.clone(),
         None => std::env::current_dir().context("current directory")?,
     };
     std::fs::canonicalize(&p).with_context(|| format!("project dir {}", p.display()))
+}
+
+/// The hint appended to "not computed" errors: the run command with the same flags.
+pub(crate) fn run_hint(pipeline: &Path, sets: &[String]) -> String {
+    let sets: String = sets.iter().map(|s| format!(" --set {s}")).collect();
+    format!("run `axbench run {}{sets}` first", pipeline.display())
 }
 
 fn results(g: &GlobalArgs, a: &ResultsArgs) -> Result<(), Failure> {
@@ -66,72 +82,98 @@ fn results(g: &GlobalArgs, a: &ResultsArgs) -> Result<(), Failure> {
     let project = project_dir(g).map_err(|e| Failure(1, e))?;
     let cache = g.cache_dir.clone().unwrap_or_else(|| project.join(".axbench"));
     let store = Store::open(&cache).with_context(|| format!("opening cache {}", cache.display())).map_err(|e| Failure(1, e))?;
-    let found = evaluate_outputs(&spec, &registry(), &store, &project).map_err(|e| Failure(1, e))?;
-    if found.is_empty() {
-        return Err(bad(anyhow::anyhow!("{} has no `{EVALUATE_KIND}` stage", a.pipeline.display())));
+    let registry = registry();
+    let evaluates = stage_outputs(&spec, &registry, &store, &project, EVALUATE_KIND).map_err(|e| Failure(1, e))?;
+    let aggregates = stage_outputs(&spec, &registry, &store, &project, AGGREGATE_KIND).map_err(|e| Failure(1, e))?;
+    if evaluates.is_empty() && aggregates.is_empty() {
+        return Err(bad(anyhow::anyhow!("{} has no `{EVALUATE_KIND}` or `{AGGREGATE_KIND}` stage", a.pipeline.display())));
     }
+    let not_computed = |id: &str| bad(anyhow::anyhow!("`{id}` is not computed for these params: {}", run_hint(&a.pipeline, &a.sets)));
+    let read = |id: &str, files: &BTreeMap<String, PathBuf>, name: &str| -> Result<Vec<u8>, Failure> {
+        let p = files.get(name).ok_or_else(|| Failure(1, anyhow::anyhow!("`{id}` has no output {name}")))?;
+        std::fs::read(p).with_context(|| format!("{id}: {name} ({})", p.display())).map_err(|e| Failure(1, e))
+    };
     let mut detection = Vec::new();
     let mut tables = String::new();
-    for (id, outputs) in found {
-        let Some(outputs) = outputs else {
-            let sets: String = a.sets.iter().map(|s| format!(" --set {s}")).collect();
-            return Err(bad(anyhow::anyhow!("`{id}` is not computed for these params: run `axbench run {}{sets}` first", a.pipeline.display())));
-        };
-        let json = std::fs::read(&outputs.json).with_context(|| outputs.json.display().to_string()).map_err(|e| Failure(1, e))?;
-        let r: Results = serde_json::from_slice(&json).with_context(|| format!("{}: results.json", id)).map_err(|e| Failure(1, e))?;
+    for (id, outputs) in &evaluates {
+        let files = outputs.as_ref().ok_or_else(|| not_computed(id))?;
+        let r: Results = serde_json::from_slice(&read(id, files, "results.json")?).with_context(|| format!("{id}: results.json")).map_err(|e| Failure(1, e))?;
         detection.extend(r.detection.into_iter().map(|r| {
             serde_json::json!({"model": r.model, "layer": r.layer, "method": r.method, "concept_id": r.concept_id, "auroc": r.auroc, "f1": r.f1})
         }));
-        tables.push_str(&std::fs::read_to_string(&outputs.markdown).unwrap_or_default());
+        tables.push_str(&String::from_utf8_lossy(&read(id, files, "results.md")?));
+    }
+    let mut steering = Vec::new();
+    for (id, outputs) in &aggregates {
+        let files = outputs.as_ref().ok_or_else(|| not_computed(id))?;
+        let s: Summary = serde_json::from_slice(&read(id, files, "summary.json")?).with_context(|| format!("{id}: summary.json")).map_err(|e| Failure(1, e))?;
+        steering.extend(steering_json(&s));
+        let t = axbench_stages::report::markdown::steering_tables(&s);
+        if !t.is_empty() {
+            tables.push_str(&format!("\n{t}"));
+        }
     }
     if a.json {
-        println!("{}", serde_json::json!({"detection": detection, "steering": []}));
+        println!("{}", serde_json::json!({"detection": detection, "steering": steering}));
     } else {
         print!("{tables}");
     }
     Ok(())
 }
 
-/// Blob paths of an evaluate node's outputs.
-pub struct EvaluateOutputs {
-    pub json: PathBuf,
-    pub markdown: PathBuf,
+/// The `steering` rows of `--json` (the stable contract) from an aggregate node's summary.
+pub fn steering_json(s: &Summary) -> Vec<serde_json::Value> {
+    s.steering
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "model": r.model, "layer": r.layer, "method": r.method, "concept_id": r.concept_id, "factor": r.factor,
+                "score": r.score, "concept": r.concept_rating, "instruction": r.instruction_rating, "fluency": r.fluency_rating,
+            })
+        })
+        .collect()
 }
 
-/// Every `axbench.evaluate` node of the planned pipeline with its outputs, `None` where it is not fresh.
-pub fn evaluate_outputs(spec: &PipelineSpec, registry: &Registry, store: &Store, project: &Path) -> Result<Vec<(String, Option<EvaluateOutputs>)>> {
+/// Every node of stage kind `kind` in the planned pipeline with its outputs (file name → blob path in the store),
+/// `None` where the node is not fresh (never run, or stale for these params).
+pub fn stage_outputs(spec: &PipelineSpec, registry: &Registry, store: &Store, project: &Path, kind: &str) -> Result<Vec<(String, Option<BTreeMap<String, PathBuf>>)>> {
     let mut lists = Default::default();
     let plan = axbench_engine::plan(spec, registry, store, project, &mut lists)?;
     let mut out = Vec::new();
     for (n, p) in plan.graph.nodes.iter().zip(&plan.nodes) {
-        if &*n.kind != EVALUATE_KIND {
+        if &*n.kind != kind {
             continue;
         }
         let outputs = match (&p.state, &p.outputs) {
-            (NodeState::Fresh, Some(o)) => {
-                let blob = |name: &str| o.get(name).map(|e| store.blob_path(&e.digest)).with_context(|| format!("`{}` has no output {name}", n.id));
-                Some(EvaluateOutputs { json: blob("results.json")?, markdown: blob("results.md")? })
-            }
+            (NodeState::Fresh, Some(o)) => Some(o.iter().map(|(name, e)| (name.clone(), store.blob_path(&e.digest))).collect()),
             _ => None,
         };
         out.push((n.id.clone(), outputs));
     }
     for p in &plan.graph.pending {
-        if spec.stages.get(&p.stage).is_some_and(|s| s.kind.value == EVALUATE_KIND) {
+        if spec.stages.get(&p.stage).is_some_and(|s| s.kind.value == kind) {
             out.push((p.id.clone(), None));
         }
     }
     Ok(out)
 }
 
-/// After a successful run: prints the AUROC tables of the pipeline's evaluate nodes (nothing if it has none).
+/// After a successful run: prints the AUROC tables of the pipeline's evaluate nodes and the steering tables of its
+/// aggregate nodes (nothing if it has neither).
 pub fn print_tables(spec: &PipelineSpec, registry: &Registry, store: &Store, project: &Path) {
-    let Ok(found) = evaluate_outputs(spec, registry, store, project) else { return };
-    for (_, outputs) in found {
-        if let Some(o) = outputs
-            && let Ok(md) = std::fs::read_to_string(&o.markdown)
-        {
-            println!("\n{md}");
+    for kind in [EVALUATE_KIND, AGGREGATE_KIND] {
+        let Ok(found) = stage_outputs(spec, registry, store, project, kind) else { return };
+        for files in found.into_iter().filter_map(|(_, f)| f) {
+            if kind == EVALUATE_KIND
+                && let Some(md) = files.get("results.md").and_then(|p| std::fs::read_to_string(p).ok())
+            {
+                println!("\n{md}");
+            }
+            if kind == AGGREGATE_KIND
+                && let Some(s) = files.get("summary.json").and_then(|p| std::fs::read(p).ok()).and_then(|b| serde_json::from_slice::<Summary>(&b).ok())
+            {
+                println!("\n{}", axbench_stages::report::markdown::steering_tables(&s));
+            }
         }
     }
 }
