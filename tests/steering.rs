@@ -3,7 +3,8 @@
 //!
 //! What a user relies on: factor 0 (scale 0) reproduces the unsteered model token for token (same seed, same
 //! sampling stream); a large factor along a direction changes the generations; the stage's table has one row per
-//! factor × instruction with `strength = factor × max_act`. Skips (with a message) when the model is not installed.
+//! factor × instruction with `strength = factor × max_act` and a perplexity; perplexity matches HF transformers on
+//! the same token ids. Skips (with a message) when the model is not installed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -135,7 +136,40 @@ fn steer_stage_writes_factor_by_instruction_rows_with_strength_from_max_act() {
     let steered: Vec<String> = rows.iter().filter(|r| r.factor == 20.0).map(|r| r.generation.clone()).collect();
     assert_ne!(steered, plain, "strength 240 along the direction changes the generations");
 
+    // Perplexity of prompt + generation under the unsteered model, per row.
+    assert!(rows.iter().all(|r| r.perplexity.is_finite() && r.perplexity > 1.0), "{rows:?}");
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("steer.json")).unwrap()).unwrap();
     assert_eq!(meta["max_act"], 12.0);
     assert_eq!(meta["n_generations"], 8);
+}
+
+/// `perplexity_of_ids` against HF transformers on the same token ids (tests/golden/steering/make_perplexity_golden.py:
+/// AxBench's CrossEntropyLoss-mean-then-exp on the GGUF models loaded by transformers in f32).
+#[test]
+fn perplexity_matches_hf_transformers() {
+    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("tests/golden/steering/perplexity.json")).unwrap()).unwrap();
+    for (name, g) in golden.as_object().unwrap() {
+        let path = root().join(".deps/models").join(g["file"].as_str().unwrap());
+        if !path.exists() {
+            eprintln!("skipping {name}: {} is not installed (scripts/setup.sh)", path.display());
+            continue;
+        }
+        axbench_stages::stages::activations::with_model(&path, DeviceSpec::Cpu, DType::F32, |m| {
+            for row in g["rows"].as_array().unwrap() {
+                let ids: Vec<i64> = row["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+                let want = row["perplexity"].as_f64().unwrap();
+                let got = steer::perplexity_of_ids(m, &ids).unwrap();
+                assert!((got - want).abs() / want < 2e-3, "{name}: {:?}: perplexity {got} vs HF {want}", row["text"]);
+            }
+            // Our own tokenization of the same text gives a finite perplexity of the same order.
+            let texts: Vec<String> = g["rows"].as_array().unwrap().iter().map(|r| r["text"].as_str().unwrap().to_owned()).collect();
+            for p in steer::perplexities(m, &texts).unwrap() {
+                assert!(p.is_finite() && p > 1.0, "{name}: {p}");
+            }
+            // Fewer than two tokens (at most a BOS): no next-token loss to average, NaN as in AxBench (0/0).
+            assert!(steer::perplexities(m, &[String::new()]).unwrap()[0].is_nan());
+            Ok(())
+        })
+        .unwrap();
+    }
 }

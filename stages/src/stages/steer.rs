@@ -305,24 +305,30 @@ pub fn steered_generations(m: &LoadedModel, instructions: &[String], direction: 
 /// batch through a plain forward pass, which shifts the positions of every row but the longest; we run each text
 /// alone, which is what AxBench computes for the longest row. NaN for a text of fewer than two tokens (AxBench: 0/0).
 pub fn perplexities(m: &LoadedModel, texts: &[String]) -> Result<Vec<f64>, StageError> {
-    let _guard = tch::no_grad_guard();
-    let mut out = Vec::with_capacity(texts.len());
-    for text in texts {
-        let ids: Vec<i64> = m.tokenizer.encode(text, true).map_err(|e| fail("perplexity: tokenize", e))?.into_iter().map(i64::from).collect();
-        if ids.len() < 2 {
-            out.push(f64::NAN);
-            continue;
-        }
-        let n = ids.len() as i64;
-        let input = Tensor::from_slice(&ids).view([1, n]);
-        let fwd = m.model.forward(&input, None, &Hooks::none(), Logits::All, None).map_err(|e| fail("perplexity: forward", e))?;
-        let logits = fwd.logits.ok_or_else(|| fail("perplexity", "the forward pass returned no logits"))?;
-        let logp = logits.get(0).narrow(0, 0, n - 1).to_kind(tch::Kind::Float).log_softmax(-1, tch::Kind::Float);
-        let targets = Tensor::from_slice(&ids[1..]).to_device(logp.device()).view([n - 1, 1]);
-        let nll = -logp.gather(1, &targets, false).mean(tch::Kind::Double);
-        out.push(nll.exp().double_value(&[]));
+    texts
+        .iter()
+        .map(|text| {
+            let ids: Vec<i64> = m.tokenizer.encode(text, true).map_err(|e| fail("perplexity: tokenize", e))?.into_iter().map(i64::from).collect();
+            perplexity_of_ids(m, &ids)
+        })
+        .collect()
+}
+
+/// `exp(mean cross-entropy of ids[1..] given the ids before them)` under the unsteered model; NaN for fewer than
+/// two ids (see [`perplexities`]).
+pub fn perplexity_of_ids(m: &LoadedModel, ids: &[i64]) -> Result<f64, StageError> {
+    if ids.len() < 2 {
+        return Ok(f64::NAN);
     }
-    Ok(out)
+    let _guard = tch::no_grad_guard();
+    let n = ids.len() as i64;
+    let input = Tensor::from_slice(ids).view([1, n]);
+    let fwd = m.model.forward(&input, None, &Hooks::none(), Logits::All, None).map_err(|e| fail("perplexity: forward", e))?;
+    let logits = fwd.logits.ok_or_else(|| fail("perplexity", "the forward pass returned no logits"))?;
+    let logp = logits.get(0).narrow(0, 0, n - 1).to_kind(tch::Kind::Float).log_softmax(-1, tch::Kind::Float);
+    let targets = Tensor::from_slice(&ids[1..]).to_device(logp.device()).view([n - 1, 1]);
+    let nll = -logp.gather(1, &targets, false).mean(tch::Kind::Double);
+    Ok(nll.exp().double_value(&[]))
 }
 
 /// The `factors` param as numbers.
@@ -392,6 +398,12 @@ impl Stage for Steer {
 
         let fit_art = ctx.input("fit")?.clone();
         let fit: FitMeta = read_json(fit_art.file("fit.json")?)?;
+        // --- trained checkpoints (axbench.train: LoReFT, LoRA, SFT steer without a factor or scores) ---
+        let picked = pick_instructions(&all, fit.concept_id, per_concept as usize);
+        if super::train::steer_with_checkpoint(ctx, &fit_art, &fit, &model_path, axbench_models::LoadOptions { device, dtype }, &picked, &settings)? {
+            return Ok(());
+        }
+        // --- end trained checkpoints ---
         let scores = read_scores(ctx.input("scores")?.file("scores.parquet")?)?;
         if let Some(s) = scores.iter().find(|s| s.concept_id != fit.concept_id) {
             return Err(StageError::msg(format!("direction of concept {} given scores of concept {}", fit.concept_id, s.concept_id)));
