@@ -122,3 +122,17 @@ impl Stage for PromptDetect {
         write_json(ctx, "prompt_detect.json", &PromptDetectMeta { concept_id, concept, lm: lm.describe.clone(), ratings: statuses, calls: lm.client.stats() })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The prompt the rating LM sees for one eval response (AxBench PromptDetection: the concept-relevance template
+    /// on the row's `output`).
+    #[test]
+    fn rendered_rating_prompt() {
+        let prompts = PromptSet::load(&PromptSet::default_dir()).unwrap();
+        let p = rating_prompt(&prompts, "terms related to employment and employees", "The workers asked their employer for a raise.").unwrap();
+        insta::assert_snapshot!("prompt_detect_rating", p);
+    }
+}
