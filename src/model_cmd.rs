@@ -17,8 +17,8 @@ use anyhow::{Context, Result, anyhow};
 use axbench_models::chat::{ChatTemplate, Message};
 use axbench_models::device::{DType, DeviceSpec};
 use axbench_models::generate::{FinishReason, GenerateConfig, Prompt, Sampling, generate};
-use axbench_models::gguf::GgufFile;
 use axbench_models::hooks::{Hooks, Logits};
+use axbench_models::open::{ModelVocab, is_gguf};
 use axbench_models::tokenizer::Tokenizer;
 use axbench_models::{LoadOptions, Model, ModelError};
 use clap::{ArgGroup, Args, Subcommand};
@@ -262,10 +262,6 @@ fn resolve(spec: &str) -> Result<PathBuf> {
     }
 }
 
-fn is_gguf(p: &Path) -> bool {
-    p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-}
-
 /// Errors from loading: every one but a libtorch failure means the model path or file is bad.
 fn load_err(e: ModelError) -> anyhow::Error {
     match e {
@@ -274,37 +270,10 @@ fn load_err(e: ModelError) -> anyhow::Error {
     }
 }
 
-/// The tokenizer and chat format of a model, read without loading its weights.
-struct Vocab {
-    tokenizer: Tokenizer,
-    /// The chat format to use, if any is known.
-    template: Option<ChatTemplate>,
-    /// Whether the file itself carries a chat template (Gemma base GGUFs do not; Gemma's turn
-    /// format is then used because the architecture has one).
-    template_in_file: bool,
-}
-
-fn load_vocab(path: &Path) -> Result<Vocab> {
-    if is_gguf(path) {
-        let file = GgufFile::open(path).map_err(|e| bad(e.to_string()))?;
-        let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| bad(e.to_string()))?;
-        let template_in_file = file.opt_str("tokenizer.chat_template").ok().flatten().is_some();
-        let template = ChatTemplate::from_gguf(&file).ok();
-        Ok(Vocab { tokenizer, template, template_in_file })
-    } else {
-        let tj = path.join("tokenizer.json");
-        if !tj.is_file() {
-            return Err(bad(format!("{}: the model directory has no tokenizer.json", path.display())));
-        }
-        let tokenizer = Tokenizer::from_hf_file(&tj).map_err(|e| bad(e.to_string()))?;
-        let cfg = path.join("tokenizer_config.json");
-        let jinja = std::fs::read_to_string(&cfg)
-            .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .and_then(|c| c.get("chat_template").and_then(|t| t.as_str()).map(str::to_string));
-        let template = jinja.as_deref().and_then(ChatTemplate::detect);
-        Ok(Vocab { tokenizer, template, template_in_file: jinja.is_some() })
-    }
+/// The tokenizer, chat format and context length of a model, read without loading its weights
+/// (the same reading `axbench serve` and the stages use: [`ModelVocab::open`]).
+fn load_vocab(path: &Path) -> Result<ModelVocab> {
+    ModelVocab::open(path).map_err(|e| bad(e.to_string()))
 }
 
 fn load_model(path: &Path, flags: &ModelFlags) -> Result<Model> {

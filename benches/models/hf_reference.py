@@ -8,6 +8,9 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from workload import best, ids  # noqa: E402
+
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -20,43 +23,19 @@ model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os
 print(f"model {path}, {threads} threads, f32, load {time.time() - t:.2f}s")
 
 
-def ids(batch, length, salt):
-    x = 0x2545F4914F6CDD1D ^ salt
-    rows = []
-    for _ in range(batch):
-        row = []
-        for i in range(length):
-            x ^= (x << 13) & 0xFFFFFFFFFFFFFFFF
-            x ^= x >> 7
-            x ^= (x << 17) & 0xFFFFFFFFFFFFFFFF
-            row.append(2 if i == 0 else 1000 + x % 20000)
-        rows.append(row)
-    return torch.tensor(rows)
-
-
-def best(reps, f):
-    f()
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f()
-        out.append(time.perf_counter() - t)
-    return min(out)
-
-
 with torch.no_grad():
-    p = ids(1, 128, 1)
+    p = torch.tensor(ids(1, 128, 1))
     s = best(3, lambda: model(input_ids=p, logits_to_keep=1))
     print(f"prefill            batch 1 x 128: {128 / s:8.1f} tok/s (logits for the last position)")
     s = best(3, lambda: model(input_ids=p))
     print(f"prefill            batch 1 x 128: {128 / s:8.1f} tok/s (all logits)")
     for batch in (1, 8):
-        x = ids(batch, 16, 2)
+        x = torch.tensor(ids(batch, 16, 2))
         mask = torch.ones_like(x)
         run = lambda n: best(2, lambda: model.generate(input_ids=x, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0))
         t1, t65 = run(1), run(65)
         print(f"decode             batch {batch}:       {64 * batch / (t65 - t1):8.1f} tok/s")
-    x = ids(8, 64, 3)
+    x = torch.tensor(ids(8, 64, 3))
     n = 8 * 64
     full = best(3, lambda: model(input_ids=x))
     layers = model.model.layers

@@ -17,6 +17,7 @@ pub mod layers;
 pub mod llama;
 pub mod lora;
 pub mod model;
+pub mod open;
 pub mod quant;
 pub mod tokenizer;
 pub mod train;

@@ -10,9 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axbench_models::chat::{ChatTemplate, Message, Role};
 use axbench_models::generate::Sampling;
-use axbench_models::gguf::GgufFile;
 use axbench_models::model::LoadOptions;
-use axbench_models::tokenizer::{GgufTokenizerOptions, SpmFlavor, Tokenizer};
+use axbench_models::open::ModelVocab;
+use axbench_models::tokenizer::Tokenizer;
 use axbench_models::vectors::load_steers;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -140,35 +140,10 @@ pub async fn start(cfg: ServerConfig, addr: SocketAddr) -> Result<RunningServer,
 fn build_state(cfg: ServerConfig) -> Result<AppState, ServeError> {
     let path = &cfg.model;
     let load_err = |e: String| ServeError::Load(e);
-    let is_gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-    let (tokenizer, template, ctx) = if is_gguf {
-        let file = GgufFile::open(path).map_err(|e| load_err(e.to_string()))?;
-        // llama.cpp's SentencePiece-BPE rule, not transformers' Unigram reading of the scores: it
-        // reproduces the original Gemma tokenizer ("capital" is one token, not " c|ap|it|al"), which
-        // is what the model was trained on. Byte-level BPE vocabularies (SmolLM2) are unaffected.
-        let opts = GgufTokenizerOptions { spm: SpmFlavor::LlamaCpp };
-        let tokenizer = Tokenizer::from_gguf_with(&file, opts).map_err(|e| load_err(e.to_string()))?;
-        let template = ChatTemplate::from_gguf(&file).ok();
-        let ctx = file
-            .arch_key("context_length")
-            .and_then(|k| file.opt_u32(&k))
-            .map_err(|e| load_err(e.to_string()))?
-            .map(|c| c as usize);
-        (tokenizer, template, ctx)
-    } else {
-        let tj = path.join("tokenizer.json");
-        if !tj.is_file() {
-            return Err(load_err(format!("{}: the model directory has no tokenizer.json", path.display())));
-        }
-        let tokenizer = Tokenizer::from_hf_file(&tj).map_err(|e| load_err(e.to_string()))?;
-        let read = |name: &str| -> Option<serde_json::Value> {
-            serde_json::from_str(&std::fs::read_to_string(path.join(name)).ok()?).ok()
-        };
-        let template = read("tokenizer_config.json")
-            .and_then(|c| c.get("chat_template").and_then(|t| t.as_str()).and_then(ChatTemplate::detect));
-        let ctx = read("config.json").and_then(|c| c.get("max_position_embeddings").and_then(|v| v.as_u64())).map(|c| c as usize);
-        (tokenizer, template, ctx)
-    };
+    // The same reading of tokenizer, chat format and context length as `axbench model` and the
+    // pipeline stages need (llama.cpp tokenizer parity for GGUF vocabularies).
+    let ModelVocab { tokenizer, template, context_length: ctx, .. } =
+        ModelVocab::open(path).map_err(|e| load_err(e.to_string()))?;
     let context_length = match (cfg.context_length, ctx) {
         (Some(a), Some(b)) => a.min(b),
         (Some(a), None) | (None, Some(a)) => a,
@@ -554,7 +529,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
     if spec.stream {
         let rx = state.submit(&prompt, &spec, logprobs, 0)?;
         let st = state.clone();
-        let stream = chat_stream(st, rx, spec.stops, id, created, model, prompt.len(), spec.include_usage);
+        let stream = sse_stream(st, rx, &spec, prompt.len(), ChatStream { id, created, model });
         return Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response());
     }
     let rxs = (0..spec.n).map(|r| state.submit(&prompt, &spec, logprobs, r)).collect::<Result<Vec<_>, _>>()?;
@@ -585,78 +560,50 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
     .into_response())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn chat_stream(
-    state: Arc<AppState>,
-    mut rx: UnboundedReceiver<Event>,
-    stops: Vec<String>,
+/// The chat flavor of a token stream: a first chunk with the role, then content deltas.
+struct ChatStream {
     id: String,
     created: u64,
     model: String,
-    prompt_len: usize,
-    include_usage: bool,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    let (tx, out) = unbounded_channel::<SseEvent>();
-    tokio::spawn(async move {
-        let chunk = |choices: Vec<ChatChunkChoice>, usage: Option<Usage>| ChatChunk {
-            id: id.clone(),
-            object: "chat.completion.chunk",
-            created,
-            model: model.clone(),
-            choices,
-            usage,
-        };
+}
+
+impl ChatStream {
+    fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> ChatChunk {
+        ChatChunk { id: self.id.clone(), object: "chat.completion.chunk", created: self.created, model: self.model.clone(), choices, usage }
+    }
+}
+
+impl StreamFormat for ChatStream {
+    type Chunk = ChatChunk;
+    fn opening(&mut self) -> Vec<ChatChunk> {
         let first = ChatChunkChoice {
             index: 0,
             delta: Delta { role: Some("assistant"), content: Some(String::new()) },
             logprobs: None,
             finish_reason: None,
         };
-        let _ = tx.send(sse_json(&chunk(vec![first], None)));
-        let mut text = TextAssembler::new(&state.tokenizer, stops);
-        let mut n_tokens = 0;
-        while let Some(ev) = rx.recv().await {
-            match ev {
-                Event::Token { id: tok, logprobs } => {
-                    if text.stopped {
-                        continue;
-                    }
-                    n_tokens += 1;
-                    let delta = text.push(tok as u32);
-                    let lp = logprobs.map(|lp| ChatLogprobs { content: vec![state.chat_logprob(tok, &lp)], refusal: None });
-                    if delta.is_empty() && lp.is_none() {
-                        continue;
-                    }
-                    let c = ChatChunkChoice { index: 0, delta: Delta { role: None, content: Some(delta) }, logprobs: lp, finish_reason: None };
-                    if tx.send(sse_json(&chunk(vec![c], None))).is_err() {
-                        return;
-                    }
-                }
-                Event::Done { finish } => {
-                    let rest = text.finish();
-                    let finish = if text.stopped { "stop" } else { finish };
-                    let c = ChatChunkChoice {
-                        index: 0,
-                        delta: Delta { role: None, content: (!rest.is_empty()).then_some(rest) },
-                        logprobs: None,
-                        finish_reason: Some(finish),
-                    };
-                    let _ = tx.send(sse_json(&chunk(vec![c], None)));
-                    if include_usage {
-                        let _ = tx.send(sse_json(&chunk(vec![], Some(usage(prompt_len, n_tokens)))));
-                    }
-                    break;
-                }
-                Event::Error(e) => {
-                    let body = ErrorBody { error: ErrorDetail { message: e, kind: "server_error", param: None, code: None } };
-                    let _ = tx.send(sse_json(&body));
-                    break;
-                }
-            }
+        vec![self.chunk(vec![first], None)]
+    }
+    fn token(&mut self, state: &AppState, tok: i64, delta: String, logprobs: Option<PositionLogprobs>) -> Option<ChatChunk> {
+        let lp = logprobs.map(|lp| ChatLogprobs { content: vec![state.chat_logprob(tok, &lp)], refusal: None });
+        if delta.is_empty() && lp.is_none() {
+            return None;
         }
-        let _ = tx.send(SseEvent::default().data("[DONE]"));
-    });
-    futures::stream::unfold(out, |mut out| async move { out.recv().await.map(|e| (Ok(e), out)) })
+        let c = ChatChunkChoice { index: 0, delta: Delta { role: None, content: Some(delta) }, logprobs: lp, finish_reason: None };
+        Some(self.chunk(vec![c], None))
+    }
+    fn finish(&mut self, rest: String, finish: &'static str) -> ChatChunk {
+        let c = ChatChunkChoice {
+            index: 0,
+            delta: Delta { role: None, content: (!rest.is_empty()).then_some(rest) },
+            logprobs: None,
+            finish_reason: Some(finish),
+        };
+        self.chunk(vec![c], None)
+    }
+    fn usage(&mut self, usage: Usage) -> ChatChunk {
+        self.chunk(vec![], Some(usage))
+    }
 }
 
 async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
@@ -692,7 +639,7 @@ async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<
     if spec.stream {
         let rx = state.submit(&prompts[0], &spec, logprobs, 0)?;
         let echo = (req.echo == Some(true)).then(|| state.tokenizer.decode(&prompts[0], false).unwrap_or_default());
-        let stream = completion_stream(state.clone(), rx, spec.stops, id, created, model, prompts[0].len(), spec.include_usage, echo);
+        let stream = sse_stream(state.clone(), rx, &spec, prompts[0].len(), CompletionStream { id, created, model, echo, offset: 0 });
         return Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response());
     }
     let mut rxs = vec![];
@@ -732,33 +679,79 @@ fn completion_logprobs(state: &AppState, tokens: &[(i64, Option<PositionLogprobs
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-fn completion_stream(
-    state: Arc<AppState>,
-    mut rx: UnboundedReceiver<Event>,
-    stops: Vec<String>,
+/// The legacy completions flavor of a token stream: the echoed prompt first (with `echo`), then
+/// text deltas; logprob offsets count from the start of the echoed text.
+struct CompletionStream {
     id: String,
     created: u64,
     model: String,
-    prompt_len: usize,
-    include_usage: bool,
     echo: Option<String>,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    offset: usize,
+}
+
+impl CompletionStream {
+    fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Completion {
+        Completion { id: self.id.clone(), object: "text_completion", created: self.created, model: self.model.clone(), choices, usage }
+    }
+}
+
+impl StreamFormat for CompletionStream {
+    type Chunk = Completion;
+    fn opening(&mut self) -> Vec<Completion> {
+        let Some(e) = self.echo.take() else { return vec![] };
+        self.offset = e.len();
+        vec![self.chunk(vec![CompletionChoice { text: e, index: 0, logprobs: None, finish_reason: None }], None)]
+    }
+    fn token(&mut self, state: &AppState, tok: i64, delta: String, logprobs: Option<PositionLogprobs>) -> Option<Completion> {
+        let lp = logprobs.map(|lp| {
+            let l = completion_logprobs(state, &[(tok, Some(lp))], self.offset);
+            self.offset += l.tokens[0].len();
+            l
+        });
+        if delta.is_empty() && lp.is_none() {
+            return None;
+        }
+        Some(self.chunk(vec![CompletionChoice { text: delta, index: 0, logprobs: lp, finish_reason: None }], None))
+    }
+    fn finish(&mut self, rest: String, finish: &'static str) -> Completion {
+        self.chunk(vec![CompletionChoice { text: rest, index: 0, logprobs: None, finish_reason: Some(finish) }], None)
+    }
+    fn usage(&mut self, usage: Usage) -> Completion {
+        self.chunk(vec![], Some(usage))
+    }
+}
+
+/// What differs between the chat and the completion SSE streams: the JSON chunk around each
+/// piece. [`sse_stream`] does the rest (stop strings, token counting, usage, errors, `[DONE]`).
+trait StreamFormat: Send + 'static {
+    type Chunk: Serialize;
+    /// Chunks sent before any token.
+    fn opening(&mut self) -> Vec<Self::Chunk>;
+    /// The chunk for one generated token's text `delta` (empty while a UTF-8 character or a
+    /// possible stop string is incomplete), or `None` to send nothing for it.
+    fn token(&mut self, state: &AppState, tok: i64, delta: String, logprobs: Option<PositionLogprobs>) -> Option<Self::Chunk>;
+    /// The last chunk: the held-back text and the finish reason.
+    fn finish(&mut self, rest: String, finish: &'static str) -> Self::Chunk;
+    /// The extra chunk `stream_options.include_usage` asks for.
+    fn usage(&mut self, usage: Usage) -> Self::Chunk;
+}
+
+/// Turns one row's engine events into server-sent events: `format`'s chunks, then `[DONE]`.
+/// Stop strings end the text (later tokens are dropped and the finish reason is `stop`); an
+/// engine error becomes an OpenAI error object in the stream. A client that goes away stops
+/// the forwarding.
+fn sse_stream<F: StreamFormat>(
+    state: Arc<AppState>,
+    mut rx: UnboundedReceiver<Event>,
+    spec: &RowSpec,
+    prompt_len: usize,
+    mut format: F,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + use<F> {
     let (tx, out) = unbounded_channel::<SseEvent>();
+    let (stops, include_usage) = (spec.stops.clone(), spec.include_usage);
     tokio::spawn(async move {
-        let chunk = |choices: Vec<CompletionChoice>, usage: Option<Usage>| Completion {
-            id: id.clone(),
-            object: "text_completion",
-            created,
-            model: model.clone(),
-            choices,
-            usage,
-        };
-        let mut offset = 0;
-        if let Some(e) = echo {
-            offset = e.len();
-            let c = CompletionChoice { text: e, index: 0, logprobs: None, finish_reason: None };
-            let _ = tx.send(sse_json(&chunk(vec![c], None)));
+        for c in format.opening() {
+            let _ = tx.send(sse_json(&c));
         }
         let mut text = TextAssembler::new(&state.tokenizer, stops);
         let mut n_tokens = 0;
@@ -770,26 +763,18 @@ fn completion_stream(
                     }
                     n_tokens += 1;
                     let delta = text.push(tok as u32);
-                    let lp = logprobs.map(|lp| {
-                        let l = completion_logprobs(&state, &[(tok, Some(lp))], offset);
-                        offset += l.tokens[0].len();
-                        l
-                    });
-                    if delta.is_empty() && lp.is_none() {
-                        continue;
-                    }
-                    let c = CompletionChoice { text: delta, index: 0, logprobs: lp, finish_reason: None };
-                    if tx.send(sse_json(&chunk(vec![c], None))).is_err() {
+                    if let Some(c) = format.token(&state, tok, delta, logprobs)
+                        && tx.send(sse_json(&c)).is_err()
+                    {
                         return;
                     }
                 }
                 Event::Done { finish } => {
                     let rest = text.finish();
                     let finish = if text.stopped { "stop" } else { finish };
-                    let c = CompletionChoice { text: rest, index: 0, logprobs: None, finish_reason: Some(finish) };
-                    let _ = tx.send(sse_json(&chunk(vec![c], None)));
+                    let _ = tx.send(sse_json(&format.finish(rest, finish)));
                     if include_usage {
-                        let _ = tx.send(sse_json(&chunk(vec![], Some(usage(prompt_len, n_tokens)))));
+                        let _ = tx.send(sse_json(&format.usage(usage(prompt_len, n_tokens))));
                     }
                     break;
                 }
@@ -804,4 +789,3 @@ fn completion_stream(
     });
     futures::stream::unfold(out, |mut out| async move { out.recv().await.map(|e| (Ok(e), out)) })
 }
-
