@@ -219,15 +219,10 @@ impl FreshPlan {
         r.0.is_empty().then_some(FreshPlan { nodes, paths, blobs, fingerprint: None })
     }
 
-    /// Whether every blob still has its recorded `stat`: one `stat` per distinct blob, spread
-    /// over the available cores (this is most of what a no-op plan costs).
+    /// Whether every blob still has its recorded `stat`: one `stat` per distinct blob (this is
+    /// most of what a no-op plan costs; see [`Store::blobs_unchanged`]).
     fn blobs_unchanged(&self, store: &Store) -> bool {
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
-        let chunk = self.blobs.len().div_ceil(threads).max(1);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = self.blobs.chunks(chunk).map(|part| s.spawn(move || part.iter().all(|(d, stat)| FileStat::of(&store.blob_path(d)).is_ok_and(|now| now == *stat)))).collect();
-            handles.into_iter().all(|h| h.join().unwrap_or(false))
-        })
+        store.blobs_unchanged(&self.blobs)
     }
 }
 
