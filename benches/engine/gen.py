@@ -34,6 +34,12 @@ print(f"{nodes} nodes ({C} concepts x {S} settings x {M} methods, 7 stages)")
 def tl(xs):
     return "[" + ", ".join(f'"{x}"' if isinstance(x, str) else str(x) for x in xs) + "]"
 
+# For axbench, settings and methods are tables whose `name` makes the node id and whose `v`
+# goes into the stage's `offset`, so every node's output value (and blob) is distinct, as in a
+# real sweep: a no-op then has to check 82k distinct blobs, not a few hundred shared ones.
+def tables(names, scale):
+    return "[" + ", ".join(f'{{ name = "{n}", v = {scale * (i + 1)} }}' for i, n in enumerate(names)) + "]"
+
 with open(os.path.join(a.out, "axbench.toml"), "w") as f:
     f.write(f"""[pipeline]
 name = "bench"
@@ -44,11 +50,11 @@ default = {tl(concepts)}
 description = "Concept ids"
 
 [params.settings]
-default = {tl(settings)}
+default = {tables(settings, 1000)}
 description = "Model/layer settings"
 
 [params.methods]
-default = {tl(methods)}
+default = {tables(methods, 1000000)}
 description = "Methods"
 
 [stages.synth]
@@ -60,30 +66,31 @@ params = {{ value = "${{c}}" }}
 kind = "test.add"
 inputs = {{ x = "synth" }}
 foreach = {{ c = "${{concepts}}", s = "${{settings}}" }}
+params = {{ offset = "${{s.v}}" }}
 
 [stages.fit]
 kind = "test.add"
 inputs = {{ x = "acts" }}
 foreach = {{ c = "${{concepts}}", s = "${{settings}}", m = "${{methods}}" }}
-params = {{ offset = 1 }}
+params = {{ offset = "${{m.v}}" }}
 
 [stages.infer]
 kind = "test.add"
 inputs = {{ x = "fit" }}
 foreach = {{ c = "${{concepts}}", s = "${{settings}}", m = "${{methods}}" }}
-params = {{ offset = 2 }}
+params = {{ offset = 0.25 }}
 
 [stages.steer]
 kind = "test.add"
 inputs = {{ x = "fit" }}
 foreach = {{ c = "${{concepts}}", s = "${{settings}}", m = "${{methods}}" }}
-params = {{ offset = 3 }}
+params = {{ offset = 0.5 }}
 
 [stages.judge]
 kind = "test.add"
 inputs = {{ x = "steer" }}
 foreach = {{ c = "${{concepts}}", s = "${{settings}}", m = "${{methods}}" }}
-params = {{ offset = 4 }}
+params = {{ offset = 0.125 }}
 
 [stages.agg]
 kind = "test.add"
