@@ -28,6 +28,7 @@ pub enum GgmlType {
     Q5_K,
     Q6_K,
     Q8_K,
+    IQ4_NL,
     I8,
     I16,
     I32,
@@ -60,6 +61,7 @@ impl GgmlType {
             13 => GgmlType::Q5_K,
             14 => GgmlType::Q6_K,
             15 => GgmlType::Q8_K,
+            20 => GgmlType::IQ4_NL,
             24 => GgmlType::I8,
             25 => GgmlType::I16,
             26 => GgmlType::I32,
@@ -87,6 +89,7 @@ impl GgmlType {
             GgmlType::Q5_K => 13,
             GgmlType::Q6_K => 14,
             GgmlType::Q8_K => 15,
+            GgmlType::IQ4_NL => 20,
             GgmlType::I8 => 24,
             GgmlType::I16 => 25,
             GgmlType::I32 => 26,
@@ -129,6 +132,7 @@ impl GgmlType {
             GgmlType::Q5_K => (QK_K, 176),
             GgmlType::Q6_K => (QK_K, 210),
             GgmlType::Q8_K => (QK_K, 292),
+            GgmlType::IQ4_NL => (32, 18),
             GgmlType::Other(_) => return None,
         })
     }
@@ -154,6 +158,8 @@ impl GgmlType {
                 | GgmlType::Q4_K
                 | GgmlType::Q5_K
                 | GgmlType::Q6_K
+                | GgmlType::Q8_K
+                | GgmlType::IQ4_NL
         )
     }
 }
@@ -255,11 +261,13 @@ fn dequantize_serial(ty: GgmlType, data: &[u8], out: &mut [f32]) {
         GgmlType::Q5_0 => blocks::<22, 32>(data, out, q5_0),
         GgmlType::Q5_1 => blocks::<24, 32>(data, out, q5_1),
         GgmlType::Q8_0 => blocks::<34, 32>(data, out, q8_0),
+        GgmlType::IQ4_NL => blocks::<18, 32>(data, out, iq4_nl),
         GgmlType::Q2_K => blocks::<84, QK_K>(data, out, q2_k),
         GgmlType::Q3_K => blocks::<110, QK_K>(data, out, q3_k),
         GgmlType::Q4_K => blocks::<144, QK_K>(data, out, q4_k),
         GgmlType::Q5_K => blocks::<176, QK_K>(data, out, q5_k),
         GgmlType::Q6_K => blocks::<210, QK_K>(data, out, q6_k),
+        GgmlType::Q8_K => blocks::<292, QK_K>(data, out, q8_k),
         _ => unreachable!("dequantize checks can_dequantize first"),
     }
 }
@@ -354,6 +362,21 @@ fn q8_0(b: &[u8; 34], y: &mut [f32; 32]) {
     let d = f16_at(b, 0);
     for j in 0..32 {
         y[j] = (b[2 + j] as i8) as f32 * d;
+    }
+}
+
+/// The 16 non-uniform levels of IQ4_NL (`kvalues_iq4nl` in ggml-common.h): denser near zero,
+/// where trained weights are.
+const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+
+/// `{ f16 d; u8 qs[16] }`: like Q4_0 (low nibbles are values 0..16, high nibbles 16..32), but each
+/// nibble indexes [`KVALUES_IQ4NL`] instead of being offset by 8.
+fn iq4_nl(b: &[u8; 18], y: &mut [f32; 32]) {
+    let d = f16_at(b, 0);
+    for j in 0..16 {
+        let q = b[2 + j];
+        y[j] = d * KVALUES_IQ4NL[(q & 0x0F) as usize] as f32;
+        y[j + 16] = d * KVALUES_IQ4NL[(q >> 4) as usize] as f32;
     }
 }
 
@@ -505,6 +528,16 @@ fn q6_k(b: &[u8; 210], y: &mut [f32; QK_K]) {
     }
 }
 
+/// `{ f32 d; i8 qs[256]; i16 bsums[16] }`: llama.cpp's activation format for k-quant dot
+/// products; the scale is a full f32 and `bsums` (sums of 16 values, a cache for the dot
+/// product) do not enter the values.
+fn q8_k(b: &[u8; 292], y: &mut [f32; QK_K]) {
+    let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    for (o, &q) in y.iter_mut().zip(&b[4..4 + QK_K]) {
+        *o = d * (q as i8) as f32;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -556,6 +589,6 @@ mod tests {
             dequantize_to_vec(GgmlType::Other(39), &[], 0),
             Err(QuantError::Unsupported { .. })
         ));
-        assert!(matches!(dequantize_to_vec(GgmlType::Q8_K, &[0u8; 292], 256), Err(QuantError::Unsupported { .. })));
+        assert!(matches!(dequantize_to_vec(GgmlType::Q8_K, &[0u8; 291], 256), Err(QuantError::WrongByteLength { .. })));
     }
 }

@@ -309,12 +309,12 @@ fn dims_overflow_or_bad() {
 #[test]
 fn unsupported_quant_type() {
     let mut w = valid();
-    // Q8_K is a known layout without a dequantizer; 39 is not a ggml type we know.
-    w.tensor("q8k", &[256], 15, &[0u8; 292]);
+    // Q8_1 is a known layout without a dequantizer; 39 is not a ggml type we know.
+    w.tensor("q81", &[256], 9, &[0u8; 288]);
     w.tensor("iq", &[256], 39, &[0u8; 64]);
     let t = write(&w.bytes());
     let f = GgufFile::open(&t.path).unwrap();
-    for name in ["q8k", "iq"] {
+    for name in ["q81", "iq"] {
         let e = f.tensor(name).unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, GgufError::UnsupportedType { .. }), "{msg}");

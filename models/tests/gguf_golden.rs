@@ -46,7 +46,7 @@ fn close(a: f64, b: f64, scale: f64) -> bool {
 fn synthetic_blocks_match_gguf_py() {
     let dir = golden_dir().join("synthetic");
     let mut n_types = 0;
-    for name in ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"] {
+    for name in ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "Q8_K"] {
         let input = std::fs::read(dir.join(format!("{name}.in"))).unwrap();
         let expected: Vec<f32> = std::fs::read(dir.join(format!("{name}.f32")))
             .unwrap()
@@ -67,7 +67,7 @@ fn synthetic_blocks_match_gguf_py() {
         assert_eq!(mismatches, 0, "{name}: {mismatches} of {} values differ", expected.len());
         n_types += 1;
     }
-    assert_eq!(n_types, 13);
+    assert_eq!(n_types, 15);
 }
 
 fn check_model(golden_file: &str) {

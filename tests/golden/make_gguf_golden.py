@@ -7,9 +7,11 @@ Outputs under tests/golden/gguf/:
                         torch shape, sum / abs-sum / sum of squares (float64) and value slices at
                         fixed flat indices of gguf.quants.dequantize(...).
   synthetic/<TYPE>.in   random blocks of every supported ggml type (scales kept finite),
-  synthetic/<TYPE>.f32  their dequantization by gguf-py, little-endian f32.
+  synthetic/<TYPE>.f32  their dequantization by gguf-py, little-endian f32. gguf-py has no Q8_K
+                        dequantizer: for Q8_K the reference is ggml's dequantize_row_q8_K written
+                        in numpy below (d * qs, d a full f32).
 
-Run: $(bash scripts/ref-env.sh) tests/golden/make_gguf_golden.py [models_dir]
+Run: $(bash scripts/ref-env.sh) tests/golden/make_gguf_golden.py [models_dir] [--synthetic-only]
 """
 import json
 import sys
@@ -22,7 +24,8 @@ from gguf.constants import GGML_QUANT_SIZES
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "golden" / "gguf"
-MODELS = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / ".deps" / "models"
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+MODELS = Path(ARGS[0]) if ARGS else ROOT / ".deps" / "models"
 FILES = ["gemma-3-270m-q4_k_m.gguf", "smollm2-135m-instruct-q4_1.gguf"]
 PER_TYPE = 3  # tensors checked per ggml type and file
 
@@ -98,8 +101,15 @@ def model_golden(path):
 # Byte offsets of the f16 scale fields of each block type, kept finite in the synthetic blocks.
 F16_FIELDS = {
     "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
-    "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
+    "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "IQ4_NL": [0],
 }
+
+
+def dequantize_q8_k(raw):
+    """ggml-quants.c dequantize_row_q8_K: block { float d; int8_t qs[256]; int16_t bsums[16]; }."""
+    d = raw[:, :4].copy().view("<f4")  # [n_blocks, 1]
+    qs = raw[:, 4:260].copy().view(np.int8).astype(np.float32)
+    return (d * qs).reshape(-1)
 
 
 def synthetic():
@@ -107,7 +117,7 @@ def synthetic():
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1234)
     for name in ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
-                 "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]:
+                 "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "Q8_K"]:
         qtype = T[name]
         block, size = GGML_QUANT_SIZES[qtype]
         n_blocks = 8 if block > 1 else 512
@@ -116,9 +126,14 @@ def synthetic():
             raw = rng.standard_normal(n_blocks).astype(np.float32).view(np.uint8).reshape(n_blocks, size)
         elif name in ("F16", "BF16"):
             raw[:, 1] &= 0xBF  # top exponent bit off: no inf/NaN
+        elif name == "Q8_K":
+            raw[:, :4] = rng.standard_normal(n_blocks).astype("<f4").view(np.uint8).reshape(n_blocks, 4)
         for off in F16_FIELDS.get(name, []):
             raw[:, off + 1] &= 0x3B  # small finite scales (|d| < 1)
-        out = gguf.quants.dequantize(raw.reshape(-1), qtype).astype(np.float32).reshape(-1)
+        if name == "Q8_K":
+            out = dequantize_q8_k(raw)
+        else:
+            out = gguf.quants.dequantize(raw.reshape(-1), qtype).astype(np.float32).reshape(-1)
         assert out.size == n_blocks * block
         assert np.isfinite(out).all(), name
         (d / f"{name}.in").write_bytes(raw.tobytes())
@@ -129,6 +144,8 @@ def synthetic():
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     synthetic()
+    if "--synthetic-only" in sys.argv:
+        return
     for name in FILES:
         g = model_golden(MODELS / name)
         (OUT / (name.removesuffix(".gguf") + ".json")).write_text(json.dumps(g, indent=1) + "\n")
