@@ -165,6 +165,39 @@ impl Gguf {
 /// `axbench model info` (and `logits`) on GGUF files whose headers lie: exit 2 naming the file,
 /// never a panic or an attempt to allocate what the header claims. The reader's own unit-level
 /// cases (every truncation, byte flips, ...) are in models/tests/gguf_errors.rs.
+/// A 10^7-node static fan-out is refused from the spec alone (the product of its list
+/// lengths), before one coordinate is built: fast and small, not after materializing a
+/// million nodes. Peak memory is read with `/usr/bin/time -f %M` (skipped where it is absent).
+#[test]
+fn an_enormous_static_fan_out_is_refused_before_expanding_in_little_time_and_memory() {
+    let time = Path::new("/usr/bin/time");
+    if !time.exists() {
+        eprintln!("skipped: no /usr/bin/time to measure peak memory");
+        return;
+    }
+    let p = Project::new();
+    for cmd in ["plan", "run"] {
+        let t = Instant::now();
+        let out = std::process::Command::new(time)
+            .args(["-f", "peak_kb=%M", env!("CARGO_BIN_EXE_axbench"), "-C"])
+            .arg(p.path())
+            .args([cmd, "tests/fixtures/reliability/fanout_1e7.toml"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        let wall = t.elapsed();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("stages.a.foreach.g: fan-out would create 10000000 nodes in all, over the limit of 1000000"), "{err}");
+        let peak_kb: u64 = err.lines().find_map(|l| l.strip_prefix("peak_kb=")).and_then(|v| v.trim().parse().ok()).expect("peak");
+        eprintln!("{cmd}: refused in {wall:?}, peak RSS {} MB", peak_kb / 1024);
+        // The binary alone (libtorch loaded) is ~120 MB; a million materialized nodes were ~1 GB.
+        assert!(peak_kb < 300 * 1024, "{cmd}: peak RSS {peak_kb} KB");
+        assert!(wall < Duration::from_secs(10), "{cmd}: {wall:?}");
+    }
+}
+
 #[test]
 fn lying_gguf_headers_exit_2_naming_the_file() {
     let p = Project::new();
