@@ -14,7 +14,7 @@ use axbench_engine::PipelineSpec;
 use clap::Args;
 
 use crate::pipeline_cmd::{GlobalArgs, registry};
-use crate::results_cmd::{AGGREGATE_KIND, Failure, project_dir, run_hint, stage_outputs};
+use crate::results_cmd::{AGGREGATE_KIND, Failure, NodeFiles, project_dir, run_hint, stage_outputs};
 
 /// `axbench report`
 #[derive(Args)]
@@ -50,7 +50,7 @@ fn folder_name(id: &str) -> String {
 }
 
 /// Copies an aggregate node's outputs (read-only blobs) to `dir` under their names, replacing an earlier copy.
-fn export(files: &std::collections::BTreeMap<String, PathBuf>, dir: &Path) -> anyhow::Result<()> {
+fn export(files: &NodeFiles, dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
     }

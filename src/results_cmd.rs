@@ -134,9 +134,12 @@ pub fn steering_json(s: &Summary) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Every node of stage kind `kind` in the planned pipeline with its outputs (file name → blob path in the store),
-/// `None` where the node is not fresh (never run, or stale for these params).
-pub fn stage_outputs(spec: &PipelineSpec, registry: &Registry, store: &Store, project: &Path, kind: &str) -> Result<Vec<(String, Option<BTreeMap<String, PathBuf>>)>> {
+/// A node's output files: name → blob path in the store.
+pub type NodeFiles = BTreeMap<String, PathBuf>;
+
+/// Every node of stage kind `kind` in the planned pipeline with its outputs, `None` where the node is not fresh
+/// (never run, or stale for these params).
+pub fn stage_outputs(spec: &PipelineSpec, registry: &Registry, store: &Store, project: &Path, kind: &str) -> Result<Vec<(String, Option<NodeFiles>)>> {
     let mut lists = Default::default();
     let plan = axbench_engine::plan(spec, registry, store, project, &mut lists)?;
     let mut out = Vec::new();

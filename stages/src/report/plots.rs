@@ -135,8 +135,9 @@ fn draw(file: &str, size: (u32, u32), panels: &[Panel]) -> Result<String, PlotEr
                 .margin(10)
                 .x_label_area_size(40)
                 .y_label_area_size(50)
-                // Headroom above the data for the legend, which sits in the upper right corner.
-                .build_cartesian_2d((x_min - x_pad)..(x_max + x_pad), 0.0..y_top * if k == 0 { 1.3 } else { 1.05 })
+                // Headroom above the data for the legend (upper right of the first panel); the same on every panel
+                // so that side-by-side panels share one y scale.
+                .build_cartesian_2d((x_min - x_pad)..(x_max + x_pad), 0.0..y_top * 1.3)
                 .map_err(|e| err(&e))?;
             chart.configure_mesh().x_desc("steering factor").y_desc(panel.y_desc).light_line_style(WHITE.mix(0.0)).draw().map_err(|e| err(&e))?;
             for line in &panel.lines {

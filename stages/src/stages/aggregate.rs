@@ -694,6 +694,9 @@ mod tests {
         }
         assert_eq!(html.matches("<svg").count(), 2);
         assert!(!html.contains("<img") && !html.contains("src=") && !html.contains("href=\"http"));
+        // Each plot is a figure of its own, not wrapped in the paragraph its Markdown image sat in.
+        assert_eq!(html.matches("<figure").count(), 2);
+        assert!(!html.contains("<p><figure"));
         assert!(html.contains("<table>") && html.contains("Table 2: steering"));
         // No perplexity in the judged tables: no perplexity plot.
         assert!(!out.join("perplexity_vs_factor.svg").exists());
