@@ -37,7 +37,7 @@ use tch::{Device, Kind, Tensor};
 use super::activations::{LoadedModel, encode_row, template_lengths, with_model};
 use super::concepts::check_dataset_dir;
 use super::fit::{FitMeta, methods_config};
-use super::steer::{SteerSettings, chat_prompt, stop_tokens};
+use super::steer::{Generated, GenerationRow, SteerMeta, SteerSettings, chat_prompt, generations_batch, perplexities, stop_tokens};
 use super::{fail, read_json, write_json};
 use crate::data::{AxBenchData, training_set};
 use crate::methods::finetune::{LORA_NAME, LoraTrainable, SFT_NAME, Sft};
@@ -45,6 +45,7 @@ use crate::methods::loreft::{self, Loreft};
 use crate::methods::reft_r1::{self, ReftR1};
 use crate::methods::ssv::{self, Ssv};
 use crate::methods::{FittedArtifact, MethodsConfig, TRAINED_METHODS};
+use crate::tables;
 
 pub struct Train;
 
@@ -400,8 +401,8 @@ impl Checkpoint {
 
 /// Generates for `instructions` with a trained checkpoint applied (LoReFT on each prompt's `f5+l5` positions and not
 /// on generated tokens, as pyreft generates; LoRA on every position; SFT with the finetuned weights in a private copy
-/// of the model). Returns the decoded generations and the number of generated tokens, as `steered_generations`.
-pub fn trained_generations(m: &LoadedModel, model_path: &Path, opts: LoadOptions, ck: &Checkpoint, instructions: &[String], s: &SteerSettings) -> Result<(Vec<String>, usize), StageError> {
+/// of the model), sampled as `axbench.steer` samples. Returns the generations and the number of generated tokens.
+pub fn trained_generations(m: &LoadedModel, model_path: &Path, opts: LoadOptions, ck: &Checkpoint, instructions: &[String], s: &SteerSettings) -> Result<(Vec<Generated>, usize), StageError> {
     let _g = tch::no_grad_guard();
     let stops = stop_tokens(m);
     let sampling = if s.temperature > 0.0 { Sampling::Sample { temperature: s.temperature, top_p: 1.0 } } else { Sampling::Greedy };
@@ -424,15 +425,72 @@ pub fn trained_generations(m: &LoadedModel, model_path: &Path, opts: LoadOptions
             Checkpoint::Lora(l) => l.attach(Hooks::none()),
             Checkpoint::Sft(_) => Hooks::none(),
         };
+        // Seeded per chunk exactly as `axbench.steer` does, so trained and direction methods draw the same streams.
         let cfg = GenerateConfig { max_new_tokens: s.max_new_tokens, sampling, seed: s.seed.wrapping_add(chunk_index as u64), stop_tokens: stops.clone(), pad_token_id: 0 };
         let gens = generate(model, &prompts, &cfg, &hooks).map_err(|e| fail("generate", e))?;
-        for g in gens {
+        for (g, p) in gens.into_iter().zip(prompts) {
             n_tokens += g.tokens.len();
-            let ids: Vec<u32> = g.tokens.iter().filter(|t| !stops.contains(t)).map(|&t| t as u32).collect();
-            out.push(m.tokenizer.decode(&ids, true).map_err(|e| fail("decode", e))?);
+            let tokens: Vec<i64> = g.tokens.into_iter().filter(|t| !stops.contains(t)).collect();
+            let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
+            let text = m.tokenizer.decode(&ids, true).map_err(|e| fail("decode", e))?;
+            out.push(Generated { text, prompt_ids: p.ids, tokens });
         }
     }
     Ok((out, n_tokens))
+}
+
+/// `axbench.steer` for a train node holding a checkpoint (LoReFT, LoRA, SFT): one generation per instruction at
+/// factor 1 (AxBench steers these methods without a factor), perplexity under the unsteered model, the same
+/// `generations.parquet` and `steer.json` as direction methods. Returns `Ok(false)` when `fit` holds no checkpoint.
+#[allow(clippy::too_many_arguments)]
+pub fn steer_with_checkpoint(
+    ctx: &mut StageContext,
+    fit_art: &InputArtifact,
+    fit: &FitMeta,
+    model_path: &Path,
+    opts: LoadOptions,
+    instructions: &[String],
+    s: &SteerSettings,
+) -> Result<bool, StageError> {
+    if !fit_art.files.contains_key("checkpoint.safetensors") {
+        return Ok(false);
+    }
+    let t0 = Instant::now();
+    ctx.progress().set_length(instructions.len() as u64);
+    let (gens, tokens, name) = with_model(model_path, opts.device, opts.dtype, |m| {
+        let ck = Checkpoint::from_input(fit_art, m.model.device())?.ok_or_else(|| fail(&fit.method, "no train.json beside checkpoint.safetensors"))?;
+        let (g, tokens) = trained_generations(m, model_path, opts, &ck, instructions, s)?;
+        let texts: Vec<String> = g.iter().map(|g| g.full_text(m)).collect::<Result<_, _>>()?;
+        let ppl = perplexities(m, &texts)?;
+        ctx.progress().inc(g.len() as u64);
+        Ok((g.into_iter().zip(ppl).collect::<Vec<_>>(), tokens, m.name.clone()))
+    })?;
+    let rows: Vec<GenerationRow> = instructions
+        .iter()
+        .zip(gens)
+        .enumerate()
+        .map(|(k, (instr, (g, perplexity)))| GenerationRow { concept_id: fit.concept_id, method: fit.method_class.clone(), factor: 1.0, input_id: k as i64, instruction: instr.clone(), generation: g.text, strength: 1.0, perplexity })
+        .collect();
+    let seconds = t0.elapsed().as_secs_f64();
+    ctx.log(format!("{} ({}): {} generations, {tokens} tokens in {seconds:.1}s", fit.method_class, "trained checkpoint", rows.len()));
+    let meta = SteerMeta {
+        model: name,
+        layer: s.layer as i64,
+        concept_id: fit.concept_id,
+        method: fit.method.clone(),
+        method_class: fit.method_class.clone(),
+        max_act: 1.0,
+        factors: vec![1.0],
+        n_instructions: instructions.len(),
+        n_generations: rows.len(),
+        generated_tokens: tokens,
+        seconds,
+        skipped: None,
+    };
+    let batch = generations_batch(&rows)?;
+    tables::write_parquet_atomic(&ctx.output_path("generations.parquet")?, &batch).map_err(|e| fail("generations", e))?;
+    write_json(ctx, "steer.json", &meta)?;
+    Ok(true)
 }
 
 /// A private copy of the model with SFT's weights copied in; errors name the missing or misshapen tensor.
