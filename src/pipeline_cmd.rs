@@ -397,7 +397,8 @@ pub fn plan(g: &GlobalArgs, a: PlanArgs) -> Result<()> {
         return Ok(());
     }
     let mut lists = Default::default();
-    let p = axbench_engine::plan(&spec, &registry, &store, &project, &mut lists).map_err(engine)?;
+    // A preview: nodes whose weights or data are not on this machine are listed as missing, not an error.
+    let p = axbench_engine::plan_preview(&spec, &registry, &store, &project, &mut lists).map_err(engine)?;
     let _ = store.flush_index();
     if a.json {
         println!("{}", serde_json::to_string(&p.to_json())?);

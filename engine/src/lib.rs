@@ -75,7 +75,7 @@ pub use expand::{Node, NodeGraph};
 pub use fingerprint::{FreshNode, FreshPlan, fresh_plan};
 pub use graph::StageGraph;
 pub use key::{CacheKey, KeyHasher};
-pub use plan::{NodeState, Plan, PlanJson, plan};
+pub use plan::{NodeState, Plan, PlanJson, plan, plan_preview};
 pub use report::BarReporter;
 pub use schedule::{Failure, Reporter, RunOptions, RunReport, Silent, run};
 pub use spec::{Loc, PipelineSpec, SpecError};

@@ -104,12 +104,23 @@ pub fn resolve_path(project_dir: &Path, p: &str) -> PathBuf {
 /// Plans `spec` against `store`. `lists` carries list outputs known so far and is extended
 /// with those of fresh list nodes (which may let more of the pipeline expand).
 pub fn plan(spec: &PipelineSpec, registry: &Registry, store: &Store, project_dir: &Path, lists: &mut HashMap<String, Vec<Value>>) -> Result<Plan, EngineError> {
+    plan_with(spec, registry, store, project_dir, lists, false)
+}
+
+/// [`plan`] for showing, not running: a node whose `Path` param names something absent here is listed as missing
+/// (with the path as the reason) instead of failing the plan, so `axbench plan` works on a setting whose weights or
+/// data live on another machine (configs/paper/*.toml). A run still refuses such a node ([`plan`] is strict).
+pub fn plan_preview(spec: &PipelineSpec, registry: &Registry, store: &Store, project_dir: &Path, lists: &mut HashMap<String, Vec<Value>>) -> Result<Plan, EngineError> {
+    plan_with(spec, registry, store, project_dir, lists, true)
+}
+
+fn plan_with(spec: &PipelineSpec, registry: &Registry, store: &Store, project_dir: &Path, lists: &mut HashMap<String, Vec<Value>>, unreadable_paths_ok: bool) -> Result<Plan, EngineError> {
     let sg = StageGraph::build(spec, registry)?;
     let reader = store.reader();
     let mut path_memo: HashMap<PathBuf, Digest> = HashMap::new();
     loop {
         let graph = expand(spec, registry, &sg, lists)?;
-        let nodes = plan_nodes(&graph, registry, store, reader.as_ref(), project_dir, &mut path_memo)?;
+        let nodes = plan_nodes(&graph, registry, store, reader.as_ref(), project_dir, &mut path_memo, unreadable_paths_ok)?;
         let mut learned = false;
         if !graph.pending.is_empty() {
             for (n, p) in graph.nodes.iter().zip(&nodes) {
@@ -176,12 +187,22 @@ pub fn node_static_key(
     Ok((static_key(&node.kind, node.version, &node.coord, &kp), serde_json::Value::Object(shown)))
 }
 
-fn plan_nodes(graph: &NodeGraph, registry: &Registry, store: &Store, reader: Option<&IndexReader>, project_dir: &Path, path_memo: &mut HashMap<PathBuf, Digest>) -> Result<Vec<PlannedNode>, EngineError> {
+fn plan_nodes(graph: &NodeGraph, registry: &Registry, store: &Store, reader: Option<&IndexReader>, project_dir: &Path, path_memo: &mut HashMap<PathBuf, Digest>, unreadable_paths_ok: bool) -> Result<Vec<PlannedNode>, EngineError> {
     let mut planned: Vec<PlannedNode> = Vec::with_capacity(graph.nodes.len());
     // Output digests by file name of fresh nodes, for key computation.
     let mut out_digests: Vec<Option<BTreeMap<String, Digest>>> = Vec::with_capacity(graph.nodes.len());
     for node in &graph.nodes {
-        let (sk, manifest_params) = node_static_key(node, registry, store, reader, project_dir, path_memo)?;
+        let (sk, manifest_params) = match node_static_key(node, registry, store, reader, project_dir, path_memo) {
+            Ok(k) => k,
+            // Preview only: the node cannot be keyed, so it cannot be fresh; nothing downstream gets a key either.
+            Err(EngineError::PathParam { param, error, .. }) if unreadable_paths_ok => {
+                let reason = format!("param `{param}`: {error}: not on this machine (a run needs it)");
+                planned.push(PlannedNode { state: NodeState::Missing, reason, static_key: Digest([0; 32]), key: None, outputs: None, manifest_params: serde_json::Value::Null });
+                out_digests.push(None);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let mut key_inputs = Vec::new();
         let mut unready: Option<(String, String)> = None;
         for (iname, ups) in &node.inputs {
