@@ -317,7 +317,7 @@ pub fn parse_squeue(out: &str) -> HashMap<String, TaskState> {
     out.lines()
         .filter_map(|l| {
             let (id, state) = l.trim().split_once('|')?;
-            let state = state.trim().split_whitespace().next().unwrap_or("").to_string();
+            let state = state.split_whitespace().next().unwrap_or("").to_string();
             let st = if ENDED.contains(&state.as_str()) { TaskState::Ended(state) } else { TaskState::Alive(state) };
             Some((id.trim().to_string(), st))
         })
@@ -957,6 +957,8 @@ fn last_error_line(log: &Path) -> Option<String> {
 
 fn describe_code(code: i32) -> String {
     match code {
+        101 => "exec-node panicked before it could write an exit file (a full disk? see the log)".to_string(),
+        127 => "the axbench binary was not found on the compute node (is it on a shared filesystem?)".to_string(),
         c if c > 128 => format!("killed by signal {} (out of memory, or a limit?)", c - 128),
         c => format!("exit code {c}; see the log"),
     }
