@@ -776,6 +776,8 @@ fn shard_unchanged(dir: &Path, items: &[&(Digest, FileStat)]) -> bool {
         }
         // SAFETY: fstatat returned 0, so it filled `st`.
         let st = unsafe { st.assume_init() };
+        // The field types of `libc::stat` differ between platforms; the casts are no-ops here.
+        #[allow(clippy::unnecessary_cast)]
         let now = FileStat { size: st.st_size as u64, mtime_ns: (st.st_mtime as i64).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64), inode: st.st_ino as u64 };
         now == *want
     })

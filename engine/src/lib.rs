@@ -19,8 +19,10 @@
 //!        │           (files by content digest), inputs' output digests) — [`key::CacheKey`]
 //!        ▼
 //!  plan              fresh / stale / missing per node, with the reason (which param or
-//!        │           input changed, by diffing the node's previous manifest)
-//!        ▼
+//!        │           input changed, by diffing the node's previous manifest); skipped
+//!        │           entirely when `fingerprint`'s no-op record of the last complete run
+//!        │           still holds (same pipeline, same path-param contents, every output
+//!        ▼           blob with its recorded stat)
 //!  schedule          tokio; `-j` slots; resource-class semaphores (gpu = 1); keys finished
 //!        │           from actual input digests (early cutoff); failures skip dependents only
 //!        ▼

@@ -194,8 +194,8 @@ impl ProgressSink for NodeProgress {
 /// `node: 120/450 (26%) message` — what a node's progress looks like in a log.
 pub fn plain_line(node: &str, pos: u64, len: u64, msg: &str) -> String {
     let mut line = format!("{node}: {pos}");
-    if len > 0 {
-        line.push_str(&format!("/{len} ({}%)", pos.saturating_mul(100) / len));
+    if let Some(pct) = pos.saturating_mul(100).checked_div(len) {
+        line.push_str(&format!("/{len} ({pct}%)"));
     }
     if !msg.is_empty() {
         line.push(' ');
