@@ -9,12 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use axbench_cache::Store;
-use axbench_engine::PipelineSpec;
 use clap::Args;
 
 use crate::pipeline_cmd::{GlobalArgs, registry};
-use crate::results_cmd::{AGGREGATE_KIND, Failure, NodeFiles, project_dir, run_hint, stage_outputs};
+use crate::results_cmd::{AGGREGATE_KIND, Failure, NodeFiles, Opened, open_pipeline, run_hint, stage_outputs};
 
 /// `axbench report`
 #[derive(Args)]
@@ -64,11 +62,7 @@ fn export(files: &NodeFiles, dir: &Path) -> anyhow::Result<()> {
 
 fn report(g: &GlobalArgs, a: &ReportArgs) -> Result<(), Failure> {
     let bad = |e: anyhow::Error| Failure(2, e);
-    let mut spec = PipelineSpec::load(&a.pipeline).map_err(|e| bad(e.into()))?;
-    spec.apply_sets(&a.sets).map_err(|e| bad(e.into()))?;
-    let project = project_dir(g).map_err(|e| Failure(1, e))?;
-    let cache = g.cache_dir.clone().unwrap_or_else(|| project.join(".axbench"));
-    let store = Store::open(&cache).with_context(|| format!("opening cache {}", cache.display())).map_err(|e| Failure(1, e))?;
+    let Opened { spec, project, cache, store } = open_pipeline(g, &a.pipeline, &a.sets)?;
     let found = stage_outputs(&spec, &registry(), &store, &project, AGGREGATE_KIND).map_err(|e| Failure(1, e))?;
     if found.is_empty() {
         return Err(bad(anyhow::anyhow!("{} has no `{AGGREGATE_KIND}` stage: nothing makes a report", a.pipeline.display())));

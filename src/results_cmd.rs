@@ -75,13 +75,27 @@ pub(crate) fn run_hint(pipeline: &Path, sets: &[String]) -> String {
     format!("run `axbench run {}{sets}` first", pipeline.display())
 }
 
-fn results(g: &GlobalArgs, a: &ResultsArgs) -> Result<(), Failure> {
-    let bad = |e: anyhow::Error| Failure(2, e);
-    let mut spec = PipelineSpec::load(&a.pipeline).map_err(|e| bad(e.into()))?;
-    spec.apply_sets(&a.sets).map_err(|e| bad(e.into()))?;
+/// A pipeline with its `--set` flags applied, and the project and cache it runs in.
+pub(crate) struct Opened {
+    pub spec: PipelineSpec,
+    pub project: PathBuf,
+    pub cache: PathBuf,
+    pub store: Store,
+}
+
+/// Loads `pipeline` with `sets` (errors are bad input, exit 2) and opens the cache (exit 1).
+pub(crate) fn open_pipeline(g: &GlobalArgs, pipeline: &Path, sets: &[String]) -> Result<Opened, Failure> {
+    let mut spec = PipelineSpec::load(pipeline).map_err(|e| Failure(2, e.into()))?;
+    spec.apply_sets(sets).map_err(|e| Failure(2, e.into()))?;
     let project = project_dir(g).map_err(|e| Failure(1, e))?;
     let cache = g.cache_dir.clone().unwrap_or_else(|| project.join(".axbench"));
     let store = Store::open(&cache).with_context(|| format!("opening cache {}", cache.display())).map_err(|e| Failure(1, e))?;
+    Ok(Opened { spec, project, cache, store })
+}
+
+fn results(g: &GlobalArgs, a: &ResultsArgs) -> Result<(), Failure> {
+    let bad = |e: anyhow::Error| Failure(2, e);
+    let Opened { spec, project, store, .. } = open_pipeline(g, &a.pipeline, &a.sets)?;
     let registry = registry();
     let evaluates = stage_outputs(&spec, &registry, &store, &project, EVALUATE_KIND).map_err(|e| Failure(1, e))?;
     let aggregates = stage_outputs(&spec, &registry, &store, &project, AGGREGATE_KIND).map_err(|e| Failure(1, e))?;

@@ -74,31 +74,36 @@ fn labels(summary: &Summary) -> Vec<String> {
     summary.settings.iter().map(|s| s.label.clone()).collect()
 }
 
+/// Mean over concepts per (method, setting column) of `value`, NaN (missing) values dropped; cells with no value
+/// are left out. Also returns the number of distinct concepts.
+fn method_means<'a, R: 'a>(summary: &Summary, rows: impl IntoIterator<Item = &'a R>, key: impl Fn(&R) -> (&str, &str, i64, i64), value: impl Fn(&R) -> Option<f64>) -> (BTreeMap<(String, usize), f64>, usize) {
+    let mut per: BTreeMap<(String, usize), Vec<f64>> = BTreeMap::new();
+    let mut concepts = BTreeSet::new();
+    for r in rows {
+        let (method, model, layer, concept) = key(r);
+        concepts.insert(concept);
+        per.entry((method.to_string(), setting_index(summary, model, layer))).or_default().push(value(r).unwrap_or(f64::NAN));
+    }
+    let values = per
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let (m, n) = mean_over_concepts(v);
+            (n > 0).then_some((k, m))
+        })
+        .collect();
+    (values, concepts.len())
+}
+
 /// Table 1: mean ROC AUC over concepts, by method × setting. `None` without detection results.
 pub fn detection_table(summary: &Summary) -> Option<String> {
     if summary.detection.is_empty() {
         return None;
     }
-    let mut per: BTreeMap<(String, usize), Vec<f64>> = BTreeMap::new();
-    for r in &summary.detection {
-        per.entry((r.method.clone(), setting_index(summary, &r.model, r.layer))).or_default().push(r.auroc.unwrap_or(f64::NAN));
-    }
-    let values = means(per);
-    let n = summary.detection.iter().map(|r| r.concept_id).collect::<BTreeSet<_>>().len();
+    let (values, n) = method_means(summary, &summary.detection, |r| (&r.method, &r.model, r.layer, r.concept_id), |r| r.auroc);
     Some(format!(
         "### Table 1: concept detection\n\nMean ROC AUC over {n} concept(s), positives vs negatives (hard negatives excluded, as AxBench's AUCROCEvaluator).\n\n{}",
         method_table(&labels(summary), &values, true, fmt3)
     ))
-}
-
-/// Mean of each list, dropping NaN; keys whose list is all NaN are left out.
-fn means(per: BTreeMap<(String, usize), Vec<f64>>) -> BTreeMap<(String, usize), f64> {
-    per.into_iter()
-        .filter_map(|(k, v)| {
-            let (m, n) = mean_over_concepts(v);
-            (n > 0).then_some((k, m))
-        })
-        .collect()
 }
 
 /// Table 2: mean steering score over concepts (held-out half, each concept at the factor its selection half
@@ -107,12 +112,7 @@ pub fn steering_table(summary: &Summary) -> Option<String> {
     if summary.steering.is_empty() {
         return None;
     }
-    let mut per: BTreeMap<(String, usize), Vec<f64>> = BTreeMap::new();
-    for r in &summary.steering {
-        per.entry((r.method.clone(), setting_index(summary, &r.model, r.layer))).or_default().push(r.score.unwrap_or(f64::NAN));
-    }
-    let values = means(per);
-    let n = summary.steering.iter().map(|r| r.concept_id).collect::<BTreeSet<_>>().len();
+    let (values, n) = method_means(summary, &summary.steering, |r| (&r.method, &r.model, r.layer, r.concept_id), |r| r.score);
     Some(format!(
         "### Table 2: steering\n\nMean overall score (0–2: harmonic mean of the concept, instruction and fluency ratings, 0 if any is 0) over {n} concept(s). \
          Each concept's factor is the one with the best mean score on the first {:.0}% of its instructions; the score is the mean over the rest at that factor.\n\n{}",
