@@ -298,6 +298,28 @@ fn train_stage_on_gemma_writes_a_detector_and_a_steerable_checkpoint() {
     let (gens, tokens) = with_model(&model, opts.device, opts.dtype, |m| trained_generations(m, &model, opts, &ck, &["Write a haiku about the sea.".to_string()], &s)).unwrap();
     assert_eq!(gens.len(), 1);
     assert!(tokens > 0);
+
+    // Through axbench.steer: a train node with a checkpoint needs no scores and generates once, at factor 1.
+    let out = tmp.path().join("steer");
+    std::fs::create_dir(&out).unwrap();
+    let mut params = BTreeMap::new();
+    params.insert("model".to_string(), Value::Str(model.display().to_string()));
+    params.insert("layer".into(), Value::Int(9));
+    params.insert("device".into(), Value::Str("cpu".into()));
+    params.insert("dtype".into(), Value::Str("f32".into()));
+    params.insert("factors".into(), Value::List(vec![Value::Float(0.5), Value::Float(2.0)]));
+    params.insert("instructions".into(), Value::Str("configs/instructions/demo.json".into()));
+    params.insert("per_concept".into(), Value::Int(2));
+    params.insert("temperature".into(), Value::Float(1.0));
+    params.insert("max_new_tokens".into(), Value::Int(4));
+    params.insert("seed".into(), Value::Int(42));
+    params.insert("batch_size".into(), Value::Int(2));
+    let inputs = BTreeMap::from([("fit".to_string(), vec![artifact("train", &lo)])]);
+    let mut ctx = StageContext::new("steer[concept=0,method=loreft]", Coord::new(), params, inputs, out.clone(), root());
+    axbench_stages::stages::steer::Steer.run(&mut ctx).unwrap();
+    let rows = axbench_stages::stages::steer::read_generations(&out.join("generations.parquet")).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.factor == 1.0 && r.method == "LoReFT" && r.concept_id == 0));
     // A fit node's artifact is not a checkpoint.
     assert!(Checkpoint::from_input(&artifact("train", &reft), Device::Cpu).unwrap().is_none());
 }

@@ -20,6 +20,15 @@
 //! | `GemmaScopeSAE`            | sae.rs        | the concept's own SAE feature                     | JumpReLU act      |
 //! | `GemmaScopeSAEMaxAUC`      | sae.rs        | feature with best train AUROC of max-pooled acts  | JumpReLU act      |
 //!
+//! Trained through the model by `axbench.train` (not fitted on activations; [`TRAINED_METHODS`]):
+//!
+//! | name (AxBench class)       | file          | trains                                           | detect / steer    |
+//! |----------------------------|---------------|--------------------------------------------------|-------------------|
+//! | `LsReFT` (ReFT-r1)         | reft_r1.rs    | `w`: LM loss + ramped L1 of non-top-k latents     | ReLU(h·w) / add w |
+//! | `SteeringVector` (SSV)     | ssv.rs        | `h + w` at layer L, LM loss on positives          | ReLU(h·w) / add w |
+//! | `LoReFT`                   | loreft.rs     | `h + Rᵀ(Wh + b − Rh)`, rank 4, f5+l5, 4 layers    | — / checkpoint    |
+//! | `LoRA`, `SFT`              | finetune.rs   | rsLoRA on o_proj; every weight                    | — / checkpoint    |
+//!
 //! Hyperparameters live in `configs/methods.toml` ([`MethodsConfig`]).
 
 pub mod bow;
