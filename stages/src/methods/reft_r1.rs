@@ -189,7 +189,9 @@ mod tests {
         let out = iv.apply(&h, &InterventionCtx { mask: &mask, real: &mask, past_len: 0 });
         (out.square().sum(Kind::Float) + iv.aux_loss(0.5).unwrap()).backward();
         iv.before_step();
-        assert!((iv.w.norm().double_value(&[]) - 1.0).abs() < 1e-6);
+        let n = iv.w.norm().double_value(&[]);
+        // AxBench divides by `norm + eps` (f32 eps), so a small w lands a few 1e-6 short of 1.
+        assert!((n - 1.0).abs() < 1e-5, "norm {n}");
         assert!(iv.w.grad().dot(&iv.w).double_value(&[]).abs() < 1e-5);
     }
 }
