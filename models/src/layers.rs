@@ -223,6 +223,7 @@ pub struct Attention {
 
 impl Attention {
     /// `x: [B, T, hidden]`; `mask`: additive `[B, 1, T, S]` where `S` = cached + new positions.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: &Tensor,

@@ -352,7 +352,7 @@ pub fn train(
                 let hooks = trainable.attach(Hooks::none().positions(batch.positions.shallow_clone()));
                 let mut loss = lm_loss(model, &batch, hooks)?;
                 if let Some(aux) = trainable.aux_loss(progress) {
-                    loss = loss + aux;
+                    loss += aux;
                 }
                 let value = loss.double_value(&[]);
                 if !value.is_finite() {

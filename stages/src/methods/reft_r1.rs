@@ -163,7 +163,7 @@ mod tests {
     fn adds_mean_of_topk_latents_times_w_on_masked_positions() {
         let cfg = ReftR1Config { topk: 2, ..Default::default() };
         let iv = ReftR1::new(0, 2, &cfg, Device::Cpu);
-        let _ = iv.w.detach().copy_(&Tensor::from_slice(&[1.0f32, 0.0]));
+        iv.w.detach().copy_(&Tensor::from_slice(&[1.0f32, 0.0]));
         // One sequence, 4 positions; latents h·w = [5, 3, -1, 4]; the first position is masked out.
         let h = Tensor::from_slice(&[5.0f32, 0., 3., 0., -1., 0., 4., 0.]).view([1, 4, 2]);
         let (mask, real) = ctx_parts(&[false, true, true, true], 1, 4);
