@@ -17,8 +17,47 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lm::{CallOutcome, CallRecord, ChatRequest, LmClient, SamplingParams};
+use crate::lm::{CallOutcome, CallRecord, ChatRequest, ChoiceConstraint, LmClient, SamplingParams};
 use crate::prompts::{PromptError, PromptSet, Template};
+
+/// How the judge LM produces a rating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RatingMode {
+    /// The judge writes a free reply that should end with `Rating: [[n]]` (AxBench).
+    #[default]
+    Generate,
+    /// The judge's turn is forced to `Rating: [[` and the rating is the most likely of `0`, `1`, `2`
+    /// ([`ChoiceConstraint::rating`]); for small local judges that seldom keep the format. Needs a backend that
+    /// scores choices (the local one); the OpenAI backend rejects such calls, which then count as no reply.
+    Constrained,
+}
+
+impl RatingMode {
+    /// Reads the `rating` stage param.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "generate" => Ok(Self::Generate),
+            "constrained" => Ok(Self::Constrained),
+            other => Err(format!("unknown rating mode {other:?}: generate or constrained")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Generate => "generate",
+            Self::Constrained => "constrained",
+        }
+    }
+
+    /// `request` as this mode sends it.
+    pub fn apply(self, request: ChatRequest) -> ChatRequest {
+        match self {
+            Self::Generate => request,
+            Self::Constrained => request.constrained(ChoiceConstraint::rating()),
+        }
+    }
+}
 
 /// How a judge reply was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -241,10 +280,22 @@ pub async fn judge_all(
     params: &SamplingParams,
     items: &[JudgeItem],
 ) -> Result<(Vec<Judged>, JudgeStats), PromptError> {
+    judge_all_with(client, prompts, model, params, RatingMode::Generate, items).await
+}
+
+/// [`judge_all`] with the ratings produced in `mode`.
+pub async fn judge_all_with(
+    client: &LmClient,
+    prompts: &PromptSet,
+    model: &str,
+    params: &SamplingParams,
+    mode: RatingMode,
+    items: &[JudgeItem],
+) -> Result<(Vec<Judged>, JudgeStats), PromptError> {
     let mut requests = Vec::with_capacity(items.len() * 3);
     for item in items {
         for p in judge_prompts(prompts, item)? {
-            requests.push(ChatRequest::user(model, p, params.clone()));
+            requests.push(mode.apply(ChatRequest::user(model, p, params.clone())));
         }
     }
     let records = client.call_many(&requests).await;

@@ -56,12 +56,16 @@ pub fn canonical_json(request: &ChatRequest) -> String {
         model: &'a str,
         messages: &'a [super::types::Message],
         params: &'a super::types::SamplingParams,
+        // Absent (not null) when unset, so unconstrained keys are those of before the field existed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        constraint: Option<&'a super::types::ChoiceConstraint>,
     }
     let content = KeyContent {
         schema: CACHE_SCHEMA,
         model: &request.model,
         messages: &request.messages,
         params: &request.params,
+        constraint: request.constraint.as_ref(),
     };
     // Through text first: f32 parameters then render as written (0.7, not 0.699999988).
     let text = serde_json::to_string(&content).expect("request serializes");
@@ -235,6 +239,8 @@ mod tests {
         let mut sys = req(Some(0.7));
         sys.messages.insert(0, Message::system("Be brief."));
         assert_ne!(base, cache_key(&sys));
+        let constrained = req(Some(0.7)).constrained(super::super::types::ChoiceConstraint::rating());
+        assert_ne!(base, cache_key(&constrained));
         assert_eq!(base.0.len(), 64);
     }
 

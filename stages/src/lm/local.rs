@@ -10,6 +10,10 @@
 //! OpenAI's); `seed` (default 0) seeds the sampler, so a request is answered identically every time; `max_tokens`
 //! defaults to [`DEFAULT_MAX_TOKENS`]. One request runs at a time (a blocking thread holds the model); concurrency
 //! comes from the cache, not from parallel decoding.
+//!
+//! Constrained requests ([`ChoiceConstraint`], `request.constraint`): no decoding; the chat is rendered with the
+//! generation prompt, the constraint's prefix appended, and every choice scored by the sum of its tokens'
+//! log-probabilities in one batched forward pass ([`choice_logprobs`]); the reply is `prefix + best + suffix`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,12 +22,13 @@ use axbench_models::chat::{ChatTemplate, Message as ChatMessage};
 use axbench_models::device::{DType, DeviceSpec};
 use axbench_models::generate::{FinishReason as GenFinish, GenerateConfig, Prompt, Sampling, generate};
 use axbench_models::gguf::GgufFile;
-use axbench_models::hooks::Hooks;
+use axbench_models::hooks::{Hooks, Logits};
+use axbench_models::model::{Padding, pad};
 use axbench_models::tokenizer::Tokenizer;
 use axbench_models::{LoadOptions, Model};
 
 use super::backend::{BackendError, BoxFuture, LmBackend};
-use super::types::{ChatRequest, Completion, FinishReason, Role, Usage};
+use super::types::{ChatRequest, ChoiceConstraint, Completion, FinishReason, Role, Usage};
 
 /// `max_tokens` when a request does not set one.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
@@ -104,6 +109,13 @@ fn answer(m: &Loaded, id: &str, request: &ChatRequest) -> Result<Completion, Bac
             Role::Assistant => ChatMessage::assistant(msg.content.clone()),
         })
         .collect();
+    if let Some(constraint) = &request.constraint {
+        let rendered = m.template.render(&messages, true).map_err(|e| reject(e.to_string()))?;
+        let scored = choice_logprobs(&m.model, &m.tokenizer, &rendered, constraint)?;
+        let best = argmax(&scored.logprobs);
+        let text = format!("{}{}{}", constraint.prefix, constraint.choices[best], constraint.suffix);
+        return Ok(Completion { text, finish_reason: FinishReason::Stop, refusal: None, usage: Usage { prompt_tokens: scored.prompt_tokens as u64, completion_tokens: scored.choice_tokens[best] as u64 }, model: id.to_owned() });
+    }
     let ids = m.template.encode(&m.tokenizer, &messages, true).map_err(|e| reject(e.to_string()))?;
     let p = &request.params;
     let temperature = p.temperature.unwrap_or(1.0) as f64;
@@ -122,6 +134,76 @@ fn answer(m: &Loaded, id: &str, request: &ChatRequest) -> Result<Completion, Bac
     let body: Vec<u32> = body.iter().map(|&t| t as u32).collect();
     let text = m.tokenizer.decode(&body, true).map_err(|e| BackendError::Other { message: e.to_string(), retryable: false })?;
     Ok(Completion { text, finish_reason, refusal: None, usage: Usage { prompt_tokens, completion_tokens: g.tokens.len() as u64 }, model: id.to_owned() })
+}
+
+/// The choices of a [`ChoiceConstraint`] scored after `rendered + prefix`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChoiceScores {
+    /// Total log-probability of each choice's tokens (natural log), in `choices` order.
+    pub logprobs: Vec<f64>,
+    /// Tokens of `rendered + prefix`.
+    pub prompt_tokens: usize,
+    /// Tokens each choice adds.
+    pub choice_tokens: Vec<usize>,
+}
+
+/// Index of the largest value (the first on ties, so equal scores pick the earlier choice).
+fn argmax(xs: &[f64]) -> usize {
+    xs.iter().enumerate().fold(0, |best, (k, &x)| if x > xs[best] { k } else { best })
+}
+
+/// A choice's tokens: those of `context + choice` (`full`) past the context's (`ctx`) when `full` extends `ctx`,
+/// else the choice tokenized alone (`alone`), e.g. when a prefix ending in a space merges with the choice.
+fn continuation_ids<E>(ctx: &[i64], full: &[i64], alone: impl FnOnce() -> Result<Vec<i64>, E>) -> Result<Vec<i64>, E> {
+    if full.len() > ctx.len() && full.starts_with(ctx) { Ok(full[ctx.len()..].to_vec()) } else { alone() }
+}
+
+/// Scores every choice of `constraint` as a continuation of `rendered + prefix` (`rendered`: the chat text with the
+/// generation prompt, as the template renders it) by the sum of its tokens' log-probabilities, all choices in one
+/// right-padded forward pass.
+///
+/// A choice's tokens are those of `rendered + prefix + choice` past the tokens of `rendered + prefix`, so a choice
+/// is tokenized in context (a BPE merge across the boundary would otherwise score a sequence the model never
+/// sees); when the context's tokenization does not extend that of the prefix, the choice is tokenized alone.
+pub fn choice_logprobs(model: &Model, tokenizer: &Tokenizer, rendered: &str, constraint: &ChoiceConstraint) -> Result<ChoiceScores, BackendError> {
+    let reject = |message: String| BackendError::Rejected { status: 400, message };
+    let other = |e: String| BackendError::Other { message: e, retryable: false };
+    if constraint.choices.is_empty() || constraint.choices.iter().any(String::is_empty) {
+        return Err(reject(format!("constraint.choices must be non-empty strings, got {:?}", constraint.choices)));
+    }
+    let context = format!("{rendered}{}", constraint.prefix);
+    let encode = |t: &str| -> Result<Vec<i64>, BackendError> { Ok(tokenizer.encode(t, false).map_err(|e| other(e.to_string()))?.into_iter().map(i64::from).collect()) };
+    let ctx_ids = encode(&context)?;
+    if ctx_ids.is_empty() {
+        return Err(reject("constrained request: the rendered prompt has no tokens".into()));
+    }
+    let mut rows = Vec::with_capacity(constraint.choices.len());
+    let mut conts = Vec::with_capacity(constraint.choices.len());
+    for choice in &constraint.choices {
+        let cont = continuation_ids(&ctx_ids, &encode(&format!("{context}{choice}"))?, || encode(choice))?;
+        let mut row = ctx_ids.clone();
+        row.extend_from_slice(&cont);
+        conts.push(cont);
+        rows.push(row);
+    }
+    let _guard = tch::no_grad_guard();
+    let (input, mask) = pad(&rows, 0, Padding::Right);
+    let out = model.forward(&input, Some(&mask), &Hooks::none(), Logits::All, None).map_err(|e| other(e.to_string()))?;
+    let logits = out.logits.ok_or_else(|| other("the forward pass returned no logits".into()))?;
+    let logp = logits.to_kind(tch::Kind::Float).log_softmax(-1, tch::Kind::Float);
+    let n = ctx_ids.len() as i64;
+    let logprobs = conts
+        .iter()
+        .enumerate()
+        .map(|(r, cont)| {
+            // The token at position n + j is predicted by the logits at n + j - 1.
+            let c = cont.len() as i64;
+            let rows = logp.get(r as i64).narrow(0, n - 1, c);
+            let targets = tch::Tensor::from_slice(cont).to_device(rows.device()).view([c, 1]);
+            rows.gather(1, &targets, false).sum(tch::Kind::Double).double_value(&[])
+        })
+        .collect();
+    Ok(ChoiceScores { logprobs, prompt_tokens: ctx_ids.len(), choice_tokens: conts.iter().map(Vec::len).collect() })
 }
 
 impl LmBackend for LocalBackend {
@@ -160,6 +242,52 @@ mod tests {
                 None
             }
         }
+    }
+
+    /// Log-probability of `cont` after `ctx`, from a forward pass over that one sequence alone (no batch, no padding).
+    fn alone(m: &Loaded, ctx: &[i64], cont: &[i64]) -> f64 {
+        let _guard = tch::no_grad_guard();
+        let ids: Vec<i64> = ctx.iter().chain(cont).copied().collect();
+        let input = tch::Tensor::from_slice(&ids).view([1, ids.len() as i64]);
+        let logits = m.model.forward(&input, None, &Hooks::none(), Logits::All, None).unwrap().logits.unwrap();
+        let logp = logits.get(0).log_softmax(-1, tch::Kind::Double);
+        cont.iter().enumerate().map(|(j, &t)| logp.double_value(&[(ctx.len() + j - 1) as i64, t])).sum()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn constrained_rating_is_the_argmax_of_choice_logprobs() {
+        let Some(backend) = smollm() else { return };
+        let prompt = "Rate how fluent this sentence is, 0 (not at all) to 2 (fully fluent). End with Rating: [[n]].\n\nSentence: The cat sat quietly on the warm windowsill.";
+        // Multi-token choices too, so the batch is padded and the sums run over more than one token.
+        for constraint in [ChoiceConstraint::rating(), ChoiceConstraint { prefix: "Answer: ".into(), choices: vec!["yes".into(), "no, not at all".into(), "maybe".into()], suffix: ".".into() }] {
+            let req = ChatRequest::user(backend.model_id(), prompt, SamplingParams { temperature: Some(0.7), max_tokens: Some(48), ..Default::default() }).constrained(constraint.clone());
+            let reply = backend.chat(&req).await.unwrap();
+            let chosen = constraint.choices.iter().position(|c| reply.text == format!("{}{c}{}", constraint.prefix, constraint.suffix));
+            let Some(chosen) = chosen else { panic!("{:?} is not prefix + a choice + suffix", reply.text) };
+
+            // The same scores computed separately, one sequence per choice.
+            let m = backend.inner.lock().unwrap();
+            let rendered = m.template.render(&[ChatMessage::user(prompt)], true).unwrap();
+            let context = format!("{rendered}{}", constraint.prefix);
+            let enc = |t: &str| -> Vec<i64> { m.tokenizer.encode(t, false).unwrap().into_iter().map(i64::from).collect() };
+            let ctx = enc(&context);
+            let separate: Vec<f64> = constraint.choices.iter().map(|c| alone(&m, &ctx, &continuation_ids(&ctx, &enc(&format!("{context}{c}")), || Ok::<_, ()>(enc(c))).unwrap())).collect();
+            let batched = choice_logprobs(&m.model, &m.tokenizer, &rendered, &constraint).unwrap();
+            for (a, b) in batched.logprobs.iter().zip(&separate) {
+                assert!((a - b).abs() < 1e-3, "batched {:?} vs separate {separate:?}", batched.logprobs);
+            }
+            assert_eq!(chosen, argmax(&separate), "reply {:?}, log-probs {separate:?}", reply.text);
+            assert!(separate.iter().all(|l| l.is_finite() && *l < 0.0), "{separate:?}");
+        }
+        // The rating reply reads as a rating.
+        let req = ChatRequest::user(backend.model_id(), prompt, SamplingParams::default()).constrained(ChoiceConstraint::rating());
+        let r = crate::judge::parse_rating(&backend.chat(&req).await.unwrap().text);
+        assert!(r.is_parsed(), "{r:?}");
+
+        // Bad constraints are rejected, naming the field.
+        let bad = ChatRequest::user(backend.model_id(), prompt, SamplingParams::default()).constrained(ChoiceConstraint { prefix: String::new(), choices: vec![], suffix: String::new() });
+        let e = backend.chat(&bad).await.unwrap_err();
+        assert!(e.to_string().contains("constraint.choices"), "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,4 +56,4 @@ pub use client::{CallFailure, CallOutcome, CallRecord, ClientOptions, LmClient, 
 pub use cost::{Price, PriceTable};
 pub use openai::{OpenAiBackend, OpenAiSetupError};
 pub use settings::{LmSettings, RetryPolicy};
-pub use types::{ChatRequest, Completion, FinishReason, Message, Role, SamplingParams, Usage};
+pub use types::{ChatRequest, ChoiceConstraint, Completion, FinishReason, Message, Role, SamplingParams, Usage};

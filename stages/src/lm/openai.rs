@@ -304,6 +304,14 @@ impl LmBackend for OpenAiBackend {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<Completion, BackendError>> {
         Box::pin(async move {
+            // Chat completions expose no scoring of given continuations, so a constrained request cannot be
+            // answered faithfully; a per-call error (not retried) says so instead of silently generating.
+            if request.constraint.is_some() {
+                return Err(BackendError::Rejected {
+                    status: 400,
+                    message: format!("constrained (choice) requests need the local backend; {} cannot score choices (use rating = \"generate\")", self.describe()),
+                });
+            }
             let meta = Arc::new(Mutex::new(None));
             let body = Self::to_openai(request);
             let attempt = RESPONSE_META.scope(meta.clone(), async {

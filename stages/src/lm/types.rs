@@ -65,6 +65,37 @@ pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
     pub params: SamplingParams,
+    /// Constrained answer: instead of generating, pick one of a closed set of replies. Absent for
+    /// ordinary requests, and then left out of the serialized request (and of its cache key), so
+    /// every request made before this field existed keeps its key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<ChoiceConstraint>,
+}
+
+/// A closed-set reply: the backend continues the assistant turn after `prefix`, scores every choice
+/// by its total log-probability there, and replies `prefix + best choice + suffix`.
+///
+/// Why: a small local judge (SmolLM2-135M-Instruct) rarely ends its answer with AxBench's
+/// `Rating: [[n]]`, so almost every generated rating is unreadable. With `prefix = "Rating: [["`,
+/// `choices = ["0", "1", "2"]`, `suffix = "]]"` the reply is always in that format and
+/// [`crate::judge::parse_rating`] reads it unchanged. Only [`LocalBackend`](super::LocalBackend)
+/// answers such requests (it needs the model's log-probabilities); the OpenAI backend rejects them.
+/// Decoding params other than the model are ignored: the choice is the argmax, deterministic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChoiceConstraint {
+    /// Text the assistant turn starts with before the choice (e.g. `Rating: [[`).
+    pub prefix: String,
+    /// The candidate continuations (e.g. `0`, `1`, `2`); at least one, none empty.
+    pub choices: Vec<String>,
+    /// Text appended after the chosen continuation in the reply (e.g. `]]`); not scored.
+    pub suffix: String,
+}
+
+impl ChoiceConstraint {
+    /// AxBench's rating format, `Rating: [[n]]` with n in 0..=2.
+    pub fn rating() -> Self {
+        Self { prefix: "Rating: [[".into(), choices: vec!["0".into(), "1".into(), "2".into()], suffix: "]]".into() }
+    }
 }
 
 impl ChatRequest {
@@ -78,7 +109,14 @@ impl ChatRequest {
             model: model.into(),
             messages: vec![Message::user(prompt)],
             params,
+            constraint: None,
         }
+    }
+
+    /// The same request answered by picking from `constraint` (see [`ChoiceConstraint`]).
+    pub fn constrained(mut self, constraint: ChoiceConstraint) -> Self {
+        self.constraint = Some(constraint);
+        self
     }
 }
 

@@ -25,12 +25,22 @@ use serde::{Deserialize, Serialize};
 use super::lm_stage::{LmDefaults, build_lm, lm_params, runtime};
 use super::steer::{SteerMeta, read_generations};
 use super::{fail, read_json, write_json};
-use crate::judge::{JudgeItem, JudgeStats, RatingStatus, judge_all};
+use crate::judge::{JudgeItem, JudgeStats, RatingMode, RatingStatus, judge_all_with};
 use crate::lm::LmStats;
 use crate::prompts::PromptSet;
 use crate::tables;
 
 pub struct Judge;
+
+/// The `rating` param the judge and `axbench.prompt_detect` declare.
+pub fn rating_param() -> ParamSpec {
+    ParamSpec::optional("rating", ParamType::Str, "generate", "generate (AxBench: read `Rating: [[n]]` from a free reply) or constrained (local backend: the most likely of 0/1/2 after a forced `Rating: [[`)")
+}
+
+/// The `rating` param of `ctx` ([`rating_param`]).
+pub fn rating_mode(ctx: &StageContext) -> Result<RatingMode, StageError> {
+    RatingMode::parse(ctx.param_str("rating")?).map_err(|message| StageError::Param { name: "rating".into(), message })
+}
 
 /// One judged generation.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +140,10 @@ pub struct JudgeMeta {
     /// intervene, records -1 and takes its setting's layer from the others).
     pub layer: i64,
     pub judge: String,
+    /// How ratings were produced: `generate` (AxBench: a free reply read for `Rating: [[n]]`) or `constrained`
+    /// (the most likely of 0/1/2 after a forced `Rating: [[`, local backend only). Absent in older files: generate.
+    #[serde(default)]
+    pub rating: RatingMode,
     pub stats: JudgeStats,
     pub calls: LmStats,
 }
@@ -145,6 +159,7 @@ impl Stage for Judge {
         let mut p = vec![ParamSpec::required("dataset", ParamType::Path, "AxBench data directory (metadata.jsonl names the concept)")];
         p.extend(lm_params(LmDefaults { model: "default-instruct", temperature: 0.7, max_tokens: 64, role: "judge temperature (AxBench: 0.7)" }));
         p.push(ParamSpec::optional("prompts", ParamType::Path, "configs/prompts", "prompt template directory"));
+        p.push(rating_param());
         p
     }
     fn doc(&self) -> &str {
@@ -169,9 +184,10 @@ impl Stage for Judge {
         let concepts = crate::data::read_metadata(&metadata).map_err(|e| fail("dataset", e))?;
         let concept = concepts.iter().find(|c| c.id == concept_id).ok_or_else(|| fail(metadata.display(), format!("no concept {concept_id}")))?.concept.clone();
         let prompts = PromptSet::load(&ctx.param_path("prompts")?).map_err(|e| fail("prompts", e))?;
+        let mode = rating_mode(ctx)?;
         let lm = build_lm(ctx)?;
         let items: Vec<JudgeItem> = gens.iter().map(|g| JudgeItem { concept: concept.clone(), instruction: g.instruction.clone(), generation: g.generation.clone() }).collect();
-        let (judged, stats) = runtime()?.block_on(judge_all(&lm.client, &prompts, &lm.model_id, &lm.params, &items)).map_err(|e| fail("judge prompts", e))?;
+        let (judged, stats) = runtime()?.block_on(judge_all_with(&lm.client, &prompts, &lm.model_id, &lm.params, mode, &items)).map_err(|e| fail("judge prompts", e))?;
         let rows: Vec<JudgedRow> = gens
             .iter()
             .zip(&judged)
@@ -188,12 +204,12 @@ impl Stage for Judge {
             })
             .collect();
         let calls = lm.client.stats();
-        ctx.log(format!("{} generations judged by {}: {} unreadable ratings, {} failed calls", rows.len(), lm.describe, stats.unparsable, stats.no_reply));
+        ctx.log(format!("{} generations judged ({} ratings) by {}: {} unreadable ratings, {} failed calls", rows.len(), mode.as_str(), lm.describe, stats.unparsable, stats.no_reply));
         let perplexity: Vec<Option<f64>> = gens.iter().map(|g| Some(g.perplexity)).collect();
         tables::write_parquet_atomic(&ctx.output_path("judged.parquet")?, &judged_batch_with_perplexity(&rows, &perplexity)?).map_err(|e| fail("judged", e))?;
         let method = metas.iter().map(|m| m.method_class.as_str()).collect::<Vec<_>>().join(",");
         let layer = metas.iter().map(|m| m.layer).max().unwrap_or(-1);
-        write_json(ctx, "judge.json", &JudgeMeta { concept_id, concept, method, model: first.model.clone(), layer, judge: lm.describe, stats, calls })
+        write_json(ctx, "judge.json", &JudgeMeta { concept_id, concept, method, model: first.model.clone(), layer, judge: lm.describe, rating: mode, stats, calls })
     }
 }
 
@@ -226,38 +242,99 @@ mod tests {
             .when_all(&["how fluent", "BAD"], |_| Reply::text("Rating: [[7]]"))
     }
 
-    #[test]
-    fn judge_stage_rates_through_the_lm_client_with_scripted_ratings() {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let server = rt.block_on(TestServer::with_rules(rules())).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let data = tmp.path().join("data");
+    /// A dataset directory naming concept 0 and one steer artifact holding `gens`, under `dir`.
+    fn fixture(dir: &Path, gens: &[GenerationRow]) -> (std::path::PathBuf, InputArtifact) {
+        let data = dir.join("data");
         std::fs::create_dir(&data).unwrap();
         std::fs::write(data.join("metadata.jsonl"), r#"{"concept_id": 0, "concept": "references to cats", "ref": "x", "concept_genres_map": {"references to cats": ["text"]}}"#).unwrap();
-        let gens = [gen_row(0, 0.5, "a GOOD text"), gen_row(1, 0.5, "a BAD text")];
-        let gp = tmp.path().join("generations.parquet");
-        tables::write_parquet_atomic(&gp, &generations_batch(&gens).unwrap()).unwrap();
-        let meta = SteerMeta { model: "m".into(), layer: 9, concept_id: 0, method: "diffmean".into(), method_class: "DiffMean".into(), max_act: 10.0, factors: vec![0.5], n_instructions: 2, n_generations: 2, generated_tokens: 0, seconds: 0.0, skipped: None };
-        let sp = tmp.path().join("steer.json");
+        let gp = dir.join("generations.parquet");
+        tables::write_parquet_atomic(&gp, &generations_batch(gens).unwrap()).unwrap();
+        let meta = SteerMeta { model: "m".into(), layer: 9, concept_id: 0, method: "diffmean".into(), method_class: "DiffMean".into(), max_act: 10.0, factors: vec![0.5], n_instructions: 2, n_generations: gens.len(), generated_tokens: 0, seconds: 0.0, skipped: None };
+        let sp = dir.join("steer.json");
         std::fs::write(&sp, serde_json::to_vec(&meta).unwrap()).unwrap();
-        let art = InputArtifact { node: "steer".into(), coord: Coord::new(), files: [("generations.parquet".to_string(), gp), ("steer.json".to_string(), sp)].into_iter().collect() };
-        let out = tmp.path().join("out");
-        std::fs::create_dir(&out).unwrap();
-        let params: BTreeMap<String, Value> = [
+        (data, InputArtifact { node: "steer".into(), coord: Coord::new(), files: [("generations.parquet".to_string(), gp), ("steer.json".to_string(), sp)].into_iter().collect() })
+    }
+
+    /// The judge's params: the LM at `backend`/`model`/`base_url`, ratings in `rating` mode.
+    fn judge_params(data: &Path, backend: &str, model: &str, base_url: &str, rating: &str) -> BTreeMap<String, Value> {
+        [
             ("dataset", Value::Str(data.display().to_string())),
-            ("backend", Value::Str("openai".into())),
-            ("model", Value::Str("gpt-4o-mini".into())),
-            ("base_url", Value::Str(server.base_url())),
+            ("backend", Value::Str(backend.into())),
+            ("model", Value::Str(model.into())),
+            ("base_url", Value::Str(base_url.into())),
             ("temperature", Value::Float(0.7)),
             ("max_tokens", Value::Int(0)),
             ("seed", Value::Int(0)),
             ("prompts", Value::Str(PromptSet::default_dir().display().to_string())),
             ("cache_dir", Value::Str("lm_cache".into())),
             ("concurrency", Value::Int(4)),
+            ("rating", Value::Str(rating.into())),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        .collect()
+    }
+
+    /// Runs the judge over `art` into `dir/out_name`; returns the rows and `judge.json`.
+    fn run_judge(dir: &Path, out_name: &str, params: &BTreeMap<String, Value>, art: &InputArtifact) -> Result<(Vec<JudgedRow>, serde_json::Value), StageError> {
+        let out = dir.join(out_name);
+        std::fs::create_dir(&out).unwrap();
+        let mut ctx = StageContext::new("judge", Coord::new(), params.clone(), [("generations".to_string(), vec![art.clone()])].into_iter().collect(), out.clone(), dir.to_path_buf());
+        Judge.run(&mut ctx)?;
+        let meta = serde_json::from_slice(&std::fs::read(out.join("judge.json")).unwrap()).unwrap();
+        Ok((read_judged(&out.join("judged.parquet")).unwrap(), meta))
+    }
+
+    /// Constrained ratings through the local SmolLM2 judge: every rating is read, and judge.json says the mode.
+    #[test]
+    fn constrained_local_judge_leaves_no_rating_unreadable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let gens = [gen_row(0, 0.5, "Cats are small furry animals that purr and chase mice."), gen_row(1, 1.0, "the the the of of and and")];
+        let (data, art) = fixture(tmp.path(), &gens);
+        let params = judge_params(&data, "local", "default-instruct", "", "constrained");
+        let (rows, meta) = match run_judge(tmp.path(), "out", &params, &art) {
+            Ok(r) => r,
+            Err(StageError::Param { name, message }) if name == "model" => return eprintln!("skipping: {message}"),
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(rows.len(), 2);
+        for r in &rows {
+            assert_eq!(r.unparsable, 0, "{r:?}");
+            for v in [r.concept_rating, r.instruction_rating, r.fluency_rating] {
+                assert!([0.0, 1.0, 2.0].contains(&v), "{r:?}");
+            }
+        }
+        assert_eq!((meta["rating"].as_str(), meta["stats"]["unparsable"].as_u64(), meta["stats"]["no_reply"].as_u64()), (Some("constrained"), Some(0), Some(0)), "{meta}");
+    }
+
+    /// The OpenAI backend cannot score choices: constrained calls fail per call (counted as no reply, rated 0)
+    /// without reaching the server, and a bad mode is a param error.
+    #[test]
+    fn constrained_ratings_are_refused_by_the_openai_backend() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let server = rt.block_on(TestServer::with_rules(rules())).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, art) = fixture(tmp.path(), &[gen_row(0, 0.5, "a GOOD text")]);
+        // SAFETY: as in the scripted test; every test that sets it sets the same value.
+        unsafe { std::env::set_var("OPENAI_API_KEY", "test-key") };
+        let (rows, meta) = run_judge(tmp.path(), "out", &judge_params(&data, "openai", "gpt-4o-mini", &server.base_url(), "constrained"), &art).unwrap();
+        assert_eq!((rows[0].score, rows[0].unparsable), (0.0, 3));
+        assert_eq!((meta["rating"].as_str(), meta["stats"]["no_reply"].as_u64()), (Some("constrained"), Some(3)), "{meta}");
+        assert_eq!(server.requests(), 0);
+        let e = run_judge(tmp.path(), "out2", &judge_params(&data, "openai", "gpt-4o-mini", &server.base_url(), "sampled"), &art).unwrap_err();
+        assert!(matches!(&e, StageError::Param { name, .. } if name == "rating"), "{e}");
+    }
+
+    #[test]
+    fn judge_stage_rates_through_the_lm_client_with_scripted_ratings() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let server = rt.block_on(TestServer::with_rules(rules())).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let gens = [gen_row(0, 0.5, "a GOOD text"), gen_row(1, 0.5, "a BAD text")];
+        let (data, art) = fixture(tmp.path(), &gens);
+        let out = tmp.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let params = judge_params(&data, "openai", "gpt-4o-mini", &server.base_url(), "generate");
         // SAFETY: set before any thread of this test reads it; other tests do not read this variable.
         unsafe { std::env::set_var("OPENAI_API_KEY", "test-key") };
         let run = |out: &Path| {
@@ -281,6 +358,7 @@ mod tests {
         assert_eq!(meta["concept"], "references to cats");
         assert_eq!((meta["method"].as_str(), meta["model"].as_str(), meta["layer"].as_i64()), (Some("DiffMean"), Some("m"), Some(9)));
         assert_eq!(meta["stats"]["unparsable"], 2);
+        assert_eq!(meta["rating"], "generate");
 
         // A rerun is answered from the LM cache: same rows, no new requests.
         let out2 = tmp.path().join("out2");

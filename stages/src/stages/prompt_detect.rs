@@ -35,10 +35,11 @@ use serde::{Deserialize, Serialize};
 
 use super::concepts::open_dataset;
 use super::infer::InferMeta;
+use super::judge::{rating_mode, rating_param};
 use super::lm_stage::{LmDefaults, build_lm, lm_params, runtime};
 use super::{fail, write_json};
 use crate::data::eval_set;
-use crate::judge::{RatingStatus, parse_rating};
+use crate::judge::{RatingMode, RatingStatus, parse_rating};
 use crate::lm::{ChatRequest, LmStats};
 use crate::prompts::{PromptSet, Template};
 use crate::tables::{self, LatentScoreRow};
@@ -57,6 +58,9 @@ pub struct PromptDetectMeta {
     pub concept: String,
     /// The rating LM, in words.
     pub lm: String,
+    /// How ratings were produced (see [`RatingMode`]); absent in older files: generate.
+    #[serde(default)]
+    pub rating: RatingMode,
     /// How many ratings were read, missing, unparsable, out of range, or had no reply.
     pub ratings: BTreeMap<RatingStatus, usize>,
     pub calls: LmStats,
@@ -83,6 +87,7 @@ impl Stage for PromptDetect {
             ParamSpec::optional("prompts", ParamType::Path, "configs/prompts", "prompt template directory"),
         ];
         p.extend(lm_params(LmDefaults { model: "default-instruct", temperature: 1.0, max_tokens: 512, role: "rating LM temperature (AxBench: the steering model, sampled at 1.0)" }));
+        p.push(rating_param());
         p
     }
     fn doc(&self) -> &str {
@@ -97,8 +102,9 @@ impl Stage for PromptDetect {
             return Err(StageError::msg(format!("concept {concept_id}: no latent eval rows in {}", data.dir.display())));
         }
         let prompts = PromptSet::load(&ctx.param_path("prompts")?).map_err(|e| StageError::Param { name: "prompts".into(), message: e.to_string() })?;
+        let mode = rating_mode(ctx)?;
         let lm = build_lm(ctx)?;
-        let requests = rows.iter().map(|r| Ok(ChatRequest::user(lm.model_id.clone(), rating_prompt(&prompts, &concept, &r.output)?, lm.params.clone()))).collect::<Result<Vec<_>, StageError>>()?;
+        let requests = rows.iter().map(|r| Ok(mode.apply(ChatRequest::user(lm.model_id.clone(), rating_prompt(&prompts, &concept, &r.output)?, lm.params.clone())))).collect::<Result<Vec<_>, StageError>>()?;
         ctx.progress().set_message(format!("{} ratings through {}", requests.len(), lm.describe));
         let records = runtime()?.block_on(lm.client.call_many(&requests));
 
@@ -119,7 +125,7 @@ impl Stage for PromptDetect {
         write_json(ctx, "infer.json", &InferMeta { model, layer: ctx.param_i64("layer")?, concept_id, method: METHOD.into(), method_class: CLASS.into(), n_examples: scores.len() })?;
         let parsed = statuses.get(&RatingStatus::Parsed).copied().unwrap_or(0);
         ctx.log(format!("concept {concept_id}: {} rows rated by {}; {parsed} ratings read", scores.len(), lm.describe));
-        write_json(ctx, "prompt_detect.json", &PromptDetectMeta { concept_id, concept, lm: lm.describe.clone(), ratings: statuses, calls: lm.client.stats() })
+        write_json(ctx, "prompt_detect.json", &PromptDetectMeta { concept_id, concept, lm: lm.describe.clone(), rating: mode, ratings: statuses, calls: lm.client.stats() })
     }
 }
 
