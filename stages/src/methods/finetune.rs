@@ -10,7 +10,7 @@
 
 use axbench_models::hooks::Hooks;
 use axbench_models::lora::{Lora, LoraConfig};
-use axbench_models::train::{TrainConfig, Trainable};
+use axbench_models::train::Trainable;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -55,19 +55,9 @@ impl Default for LoraMethodConfig {
     }
 }
 
+super::impl_train_config!(LoraMethodConfig);
+
 impl LoraMethodConfig {
-    pub fn train_config(&self) -> TrainConfig {
-        TrainConfig {
-            epochs: self.n_epochs,
-            batch_size: self.batch_size,
-            grad_accum: self.gradient_accumulation_steps,
-            lr: self.lr,
-            weight_decay: self.weight_decay,
-            max_grad_norm: Some(self.max_grad_norm),
-            seed: self.seed,
-            ..Default::default()
-        }
-    }
     pub fn lora_config(&self, layers: Vec<usize>) -> LoraConfig {
         LoraConfig { rank: self.low_rank_dimension, alpha: self.lora_alpha, rslora: self.rslora, dropout: self.dropout, layers }
     }
@@ -92,20 +82,7 @@ impl Default for SftConfig {
     }
 }
 
-impl SftConfig {
-    pub fn train_config(&self) -> TrainConfig {
-        TrainConfig {
-            epochs: self.n_epochs,
-            batch_size: self.batch_size,
-            grad_accum: self.gradient_accumulation_steps,
-            lr: self.lr,
-            weight_decay: self.weight_decay,
-            max_grad_norm: Some(self.max_grad_norm),
-            seed: self.seed,
-            ..Default::default()
-        }
-    }
-}
+super::impl_train_config!(SftConfig);
 
 /// LoRA as a [`Trainable`]: dropout on while training.
 pub struct LoraTrainable(pub Lora);

@@ -12,7 +12,7 @@
 //! the prompt intervened, generated tokens not), with no factor.
 
 use axbench_models::hooks::{Hooks, Intervention, InterventionCtx};
-use axbench_models::train::{TrainConfig, Trainable};
+use axbench_models::train::Trainable;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -57,20 +57,7 @@ impl Default for LoreftConfig {
     }
 }
 
-impl LoreftConfig {
-    pub fn train_config(&self) -> TrainConfig {
-        TrainConfig {
-            epochs: self.n_epochs,
-            batch_size: self.batch_size,
-            grad_accum: self.gradient_accumulation_steps,
-            lr: self.lr,
-            weight_decay: self.weight_decay,
-            max_grad_norm: Some(self.max_grad_norm),
-            seed: self.seed,
-            ..Default::default()
-        }
-    }
-}
+super::impl_train_config!(LoreftConfig);
 
 /// `L/4, L/2, 3L/4, L` (deduplicated), or `explicit` when given.
 pub fn default_layers(explicit: &[usize], layer: usize) -> Vec<usize> {

@@ -31,6 +31,29 @@
 //!
 //! Hyperparameters live in `configs/methods.toml` ([`MethodsConfig`]).
 
+/// `train_config()` for a trained method's hyperparameter table: every such table (SSV, ReFT-r1, LoReFT, LoRA, SFT)
+/// names its optimizer fields as AxBench's configs do (`n_epochs`, `batch_size`, `gradient_accumulation_steps`, `lr`,
+/// `weight_decay`, `max_grad_norm`, `seed`), so one mapping onto the model runtime's [`TrainConfig`] serves them all.
+macro_rules! impl_train_config {
+    ($config:ty) => {
+        impl $config {
+            pub fn train_config(&self) -> axbench_models::train::TrainConfig {
+                axbench_models::train::TrainConfig {
+                    epochs: self.n_epochs,
+                    batch_size: self.batch_size,
+                    grad_accum: self.gradient_accumulation_steps,
+                    lr: self.lr,
+                    weight_decay: self.weight_decay,
+                    max_grad_norm: Some(self.max_grad_norm),
+                    seed: self.seed,
+                    ..Default::default()
+                }
+            }
+        }
+    };
+}
+pub(crate) use impl_train_config;
+
 pub mod bow;
 mod config;
 pub mod diffmean;

@@ -17,7 +17,7 @@
 use std::cell::RefCell;
 
 use axbench_models::hooks::{Hooks, Intervention, InterventionCtx};
-use axbench_models::train::{TrainConfig, Trainable, topk_mask};
+use axbench_models::train::{Trainable, topk_mask};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -59,20 +59,7 @@ impl Default for ReftR1Config {
     }
 }
 
-impl ReftR1Config {
-    pub fn train_config(&self) -> TrainConfig {
-        TrainConfig {
-            epochs: self.n_epochs,
-            batch_size: self.batch_size,
-            grad_accum: self.gradient_accumulation_steps,
-            lr: self.lr,
-            weight_decay: self.weight_decay,
-            max_grad_norm: Some(self.max_grad_norm),
-            seed: self.seed,
-            ..Default::default()
-        }
-    }
-}
+super::impl_train_config!(ReftR1Config);
 
 /// What the last forward pass recorded for the L1 term: `(non_topk_latents, mask)`, both `[B, T]`.
 type Recorded = (Tensor, Tensor);

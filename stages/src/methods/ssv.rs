@@ -7,7 +7,7 @@
 //! `|w|`, the factor grid absorbs it).
 
 use axbench_models::hooks::{Hooks, Intervention, InterventionCtx};
-use axbench_models::train::{TrainConfig, Trainable};
+use axbench_models::train::Trainable;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -34,20 +34,7 @@ impl Default for SsvConfig {
     }
 }
 
-impl SsvConfig {
-    pub fn train_config(&self) -> TrainConfig {
-        TrainConfig {
-            epochs: self.n_epochs,
-            batch_size: self.batch_size,
-            grad_accum: self.gradient_accumulation_steps,
-            lr: self.lr,
-            weight_decay: self.weight_decay,
-            max_grad_norm: Some(self.max_grad_norm),
-            seed: self.seed,
-            ..Default::default()
-        }
-    }
-}
+super::impl_train_config!(SsvConfig);
 
 /// `h + strength·w` at the masked positions of one layer.
 pub struct Ssv {
