@@ -1,34 +1,44 @@
 #!/usr/bin/env bash
-# Builds the Python environment of reference implementations that make the golden files under
-# tests/golden/: HF transformers (with torch), gguf, scikit-learn. Only needed to *regenerate*
-# goldens; the tests read the committed outputs. Prints the venv's python path.
+# The Python environment of reference implementations and peers. Prints the venv's python path.
+#
+#   bash scripts/ref-env.sh           everything: HF transformers with torch, gguf, scikit-learn, peft,
+#                                     llama-cpp-python, ... (regenerating goldens under tests/golden/, benches/)
+#   bash scripts/ref-env.sh --tests   only the peers the test suite drives: pandas/pyarrow/polars open our
+#                                     Parquet, llama-cpp-python + gguf read our control vectors, the `openai`
+#                                     client talks to our server. No torch: the full set is ~6 GB, which a CI
+#                                     disk shared with the Rust build cannot spare.
+#
+# Both share one venv under $AXBENCH_DEPS, so `--tests` after a full install is a no-op.
 set -euo pipefail
 DEPS=${AXBENCH_DEPS:-$HOME/.cache/axbench-deps}
 VENV="$DEPS/ref-venv"
-if [ ! -f "$VENV/.complete" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q torch==2.11.0 "transformers>=4.56,<5" "gguf>=0.17" scikit-learn numpy safetensors \
-    sentencepiece protobuf pandas pyarrow polars
-  touch "$VENV/.complete"
+MODE=full
+[ "${1:-}" = "--tests" ] && MODE=tests
+# The venv itself is the cache; pip's wheel cache would only double the disk used.
+PIP=("$VENV/bin/pip" install -q --no-cache-dir)
+# One retry: a dropped download or a transient OSError should not fail a CI run.
+pip_install() { "${PIP[@]}" "$@" || { echo "pip install $* failed; retrying once" >&2; "${PIP[@]}" "$@"; }; }
+has() { "$VENV/bin/python" -c "import $1" 2>/dev/null; }
+
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+if ! has "pandas, pyarrow, polars, numpy, gguf"; then
+  pip_install --upgrade pip >&2
+  pip_install numpy pandas pyarrow polars "gguf>=0.17" >&2
 fi
-# llama.cpp's tokenizer, the reference for GGUF byte-level BPE vocabularies
-# (tests/golden/make_tokenizer_golden.py). Outside the guard so existing venvs get it; builds from source (minutes).
-if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
-  CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 "$VENV/bin/pip" install -q llama-cpp-python >&2
-fi
-# accelerate: transformers refuses to load GGUF checkpoints without it (tests/golden/make_model_golden.py).
-if ! "$VENV/bin/python" -c "import accelerate" 2>/dev/null; then
-  "$VENV/bin/pip" install -q accelerate >&2
+# llama.cpp (control vectors, tokenizer goldens); builds from source (minutes).
+if ! has llama_cpp; then
+  CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 pip_install llama-cpp-python >&2
 fi
 # The Python `openai` client (serve/tests/server.rs drives the server with it) and llama-cpp-python's
 # OpenAI server (benches/serve/bench_serve.py compares against it).
-if ! "$VENV/bin/python" -c "import openai, uvicorn, fastapi, sse_starlette, starlette_context, pydantic_settings" 2>/dev/null; then
-  "$VENV/bin/pip" install -q openai uvicorn fastapi sse-starlette starlette-context pydantic-settings >&2
+if ! has "openai, uvicorn, fastapi, sse_starlette, starlette_context, pydantic_settings"; then
+  pip_install openai uvicorn fastapi sse-starlette starlette-context pydantic-settings >&2
 fi
-# peft: the LoRA reference (tests/golden/training/make_training_golden.py) and the training benchmark's HF + peft side
-# (benches/training/bench_training.py).
-if ! "$VENV/bin/python" -c "import peft" 2>/dev/null; then
-  "$VENV/bin/pip" install -q peft >&2
+if [ "$MODE" = full ] && [ ! -f "$VENV/.complete" ]; then
+  # accelerate: transformers refuses to load GGUF checkpoints without it (tests/golden/make_model_golden.py).
+  # peft: the LoRA reference (tests/golden/training/) and the training benchmark's HF side.
+  pip_install torch==2.11.0 "transformers>=4.56,<5" scikit-learn safetensors sentencepiece protobuf \
+    accelerate peft >&2
+  touch "$VENV/.complete"
 fi
 echo "$VENV/bin/python"

@@ -103,7 +103,7 @@ mod tests {
     #[test]
     fn subspace_iteration_agrees_with_eigh_on_outlier_data() {
         tch::manual_seed(3);
-        let mut x = Tensor::randn([2000, 64], (Kind::Double, Device::Cpu));
+        let x = Tensor::randn([2000, 64], (Kind::Double, Device::Cpu));
         // A residual-stream-like outlier coordinate gives a clear eigengap.
         let _ = x
             .select(1, 7)
