@@ -1,4 +1,5 @@
-//! `axbench`: AxBench as a content-addressed, cached DAG workflow.
+//! `axbench-full`: AxBench as a content-addressed, cached DAG workflow. Users run `axbench`
+//! (src/launcher.rs), which answers unchanged `plan`/`run` itself and execs this binary otherwise.
 //!
 //! This file is a thin clap dispatcher: each subcommand group lives in its own module
 //! (`pipeline_cmd` for run/plan/status/show/gc/dot/verify). Adding a group is one enum variant
@@ -7,6 +8,7 @@
 
 mod exec_node_cmd;
 mod model_cmd;
+mod output;
 mod pipeline_cmd;
 mod report_cmd;
 mod results_cmd;

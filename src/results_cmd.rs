@@ -23,7 +23,7 @@ use clap::Args;
 use crate::pipeline_cmd::{GlobalArgs, registry};
 
 /// Kind of the stage whose detection results `results` reads.
-pub const EVALUATE_KIND: &str = "axbench.evaluate";
+pub use crate::output::EVALUATE_KIND;
 /// Kind of the stage whose steering results (and report) `results` and `report` read.
 pub const AGGREGATE_KIND: &str = "axbench.aggregate";
 

@@ -418,3 +418,66 @@ fn running_nodes_print_progress_lines_when_stderr_is_not_a_terminal() {
     assert!(out.status.success());
     assert!(!text(&out.stderr).contains("nap[i="), "{}", text(&out.stderr));
 }
+
+/// The `axbench` launcher answers an unchanged `plan`/`run` from the record the full binary filed
+/// under its identity, printing what the full binary prints, and hands everything else over.
+/// Proven with copies of both binaries whose full binary is made unstartable (`chmod -x` keeps
+/// the size, mtime and inode the record is filed under): an answer that needed it would fail.
+#[test]
+fn the_launcher_answers_unchanged_plans_and_runs_without_starting_the_full_binary() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new();
+    let bin = p.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let (launcher, full) = (bin.join("axbench"), bin.join("axbench-full"));
+    std::fs::copy(env!("CARGO_BIN_EXE_axbench"), &launcher).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_axbench-full"), &full).unwrap();
+    let with = |exe: &std::path::Path, args: &[&str]| {
+        let mut c = std::process::Command::new(exe);
+        c.current_dir(env!("CARGO_MANIFEST_DIR")).arg("-C").arg(p.path()).args(args).env_remove("AXBENCH_CACHE_DIR").env("RUST_LOG", "error");
+        c.output().unwrap()
+    };
+    let executable = |on: bool| std::fs::set_permissions(&full, std::fs::Permissions::from_mode(if on { 0o755 } else { 0o644 })).unwrap();
+    let first = with(&launcher, &["run", "--json", STATIC]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(ids(&first, "computed").len(), 13);
+
+    // What the full binary itself prints for each no-op form...
+    let forms: [&[&str]; 5] = [&["plan", STATIC], &["plan", "--json", STATIC], &["run", STATIC], &["run", STATIC, "--json", "-j", "2"], &["--cache-dir", ".axbench", "plan", STATIC]];
+    let cache_rel = |args: &[&str]| -> Vec<String> {
+        // `--cache-dir` relative to the working directory: point it at the project's cache.
+        args.iter().map(|a| if *a == ".axbench" { p.cache().display().to_string() } else { a.to_string() }).collect()
+    };
+    let expected: Vec<_> = forms.iter().map(|f| with(&full, &cache_rel(f).iter().map(String::as_str).collect::<Vec<_>>())).collect();
+    // ...the launcher prints without it.
+    executable(false);
+    for (form, want) in forms.iter().zip(&expected) {
+        let got = with(&launcher, &cache_rel(form).iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(got.status.success(), "{form:?}: {}", text(&got.stderr));
+        assert_eq!(text(&got.stdout), text(&want.stdout), "{form:?}");
+        assert_eq!(text(&got.stderr), text(&want.stderr), "{form:?}");
+    }
+    // A no-op run through the launcher is a run like any other: gc keeps what it reached.
+    let runs = std::fs::read_dir(p.cache().join("runs")).unwrap().count();
+    assert!(runs >= 4, "{runs} run records");
+    // Anything it cannot answer is handed over (and fails here, proving it was).
+    for handed_over in [&["plan", STATIC, "--set", &xs_with_b_offset(5)][..], &["status"], &["plan", STATIC, "--params"], &["--help"]] {
+        let out = with(&launcher, handed_over);
+        assert_eq!(out.status.code(), Some(1), "{handed_over:?}: {}", text(&out.stdout));
+        assert!(text(&out.stderr).contains("could not start"), "{handed_over:?}: {}", text(&out.stderr));
+    }
+    // A rebuilt full binary (new mtime) may have other stage versions: the launcher hands over
+    // until the new binary files the record under its own identity.
+    executable(true);
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::OpenOptions::new().append(true).open(&full).unwrap().set_modified(std::time::SystemTime::now()).unwrap();
+    executable(false);
+    assert!(!with(&launcher, &["plan", STATIC]).status.success());
+    executable(true);
+    assert!(with(&launcher, &["plan", STATIC]).status.success());
+    executable(false);
+    let again = with(&launcher, &["plan", STATIC]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(text(&again.stdout), text(&expected[0].stdout));
+}

@@ -385,6 +385,42 @@ impl Store {
     /// How many fingerprint records [`Store::write_fingerprint`] keeps.
     pub const KEEP_FINGERPRINTS: usize = 8;
 
+    /// Files fingerprint `fp` under a second key, `alias` (atomically; a no-op when it is already
+    /// there). The libtorch-free `axbench` launcher cannot compute fingerprints, which hash the
+    /// stage registry; it computes aliases, which hash the full binary's identity instead
+    /// (`axbench_engine::fingerprint::launch_key`). Aliases live with the records, so `gc` and
+    /// `verify` drop them together; one whose record was pruned just misses.
+    pub fn write_alias(&self, alias: &Digest, fp: &Digest) -> Result<(), StoreError> {
+        let path = self.root.join("fingerprints").join(format!("{}.alias", alias.to_hex()));
+        if fs::read(&path).is_ok_and(|b| b == fp.0) {
+            return Ok(());
+        }
+        write_atomic(&path, &fp.0).map_err(io_err(&path))?;
+        let dir = self.root.join("fingerprints");
+        let mut aliases: Vec<(SystemTime, PathBuf)> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".alias"))
+            .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH), e.path()))
+            .collect();
+        if aliases.len() > Self::KEEP_FINGERPRINTS {
+            aliases.sort();
+            for (_, p) in &aliases[..aliases.len() - Self::KEEP_FINGERPRINTS] {
+                if *p != path {
+                    let _ = fs::remove_file(p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The fingerprint filed under `alias` by [`Store::write_alias`], if any.
+    pub fn read_alias(&self, alias: &Digest) -> Option<Digest> {
+        let b = fs::read(self.root.join("fingerprints").join(format!("{}.alias", alias.to_hex()))).ok()?;
+        Some(Digest(b.try_into().ok()?))
+    }
+
     /// Drops every fingerprint record (the next plan of every pipeline takes the full path).
     pub fn clear_fingerprints(&self) {
         let _ = fs::remove_dir_all(self.root.join("fingerprints"));

@@ -230,7 +230,11 @@ impl FreshPlan {
 /// param has its recorded content and every output blob its recorded `stat`. `None` means
 /// "plan it in full", never an error.
 pub fn fresh_plan(spec: &PipelineSpec, registry: &Registry, store: &Store, project_dir: &Path) -> Option<FreshPlan> {
-    let fp = fingerprint(spec, registry, project_dir);
+    fresh_plan_under(fingerprint(spec, registry, project_dir), store)
+}
+
+/// The record stored under `fp`, if it still holds (see [`fresh_plan`]).
+fn fresh_plan_under(fp: Digest, store: &Store) -> Option<FreshPlan> {
     let mut record = FreshPlan::decode(&store.read_fingerprint(&fp)?)?;
     record.fingerprint = Some(fp);
     if !record.paths.is_empty() {
@@ -246,6 +250,50 @@ pub fn fresh_plan(spec: &PipelineSpec, registry: &Registry, store: &Store, proje
     }
     tracing::debug!("all {} nodes fresh (no-op record {})", record.nodes.len(), fp.short());
     Some(record)
+}
+
+/// The key under which the `axbench` launcher finds a no-op record without a stage registry.
+///
+/// A fingerprint hashes each used stage's code version and params, which only the full binary
+/// (the one linking the stages, and with them libtorch) knows. But the registry is fixed when
+/// that binary is built, so the binary's file identity (path, size, mtime, inode) stands in for
+/// it: any rebuild changes the key, and the full binary files the record again on its next
+/// no-op ([`save_launch_alias`]). `None` if `exe` cannot be stat'ed.
+pub fn launch_key(spec: &PipelineSpec, project_dir: &Path, exe: &Path) -> Option<Digest> {
+    let exe = std::fs::canonicalize(exe).ok()?;
+    let st = axbench_cache::FileStat::of(&exe).ok()?;
+    let mut h = blake3::Hasher::new();
+    h.update(b"axbench.launch.v1\0");
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(b"\0");
+    h.update(exe.as_os_str().as_encoded_bytes());
+    h.update(&st.to_bytes());
+    h.update(b"\0");
+    h.update(project_dir.as_os_str().as_encoded_bytes());
+    h.update(b"\0");
+    h.update(format!("{spec:?}").as_bytes());
+    Some(h.finalize().into())
+}
+
+/// Files the record under `spec`'s fingerprint also under its [`launch_key`] for the binary
+/// `exe` (the running full binary), if there is a record. Best effort, like [`save`].
+pub fn save_launch_alias(spec: &PipelineSpec, registry: &Registry, store: &Store, project_dir: &Path, exe: &Path) {
+    let fp = fingerprint(spec, registry, project_dir);
+    if !store.fingerprint_path(&fp).exists() {
+        return;
+    }
+    if let Some(alias) = launch_key(spec, project_dir, exe)
+        && let Err(e) = store.write_alias(&alias, &fp)
+    {
+        tracing::warn!("could not write the launcher's no-op alias: {e}");
+    }
+}
+
+/// What [`fresh_plan`] answers, found through the [`launch_key`] of the full binary `exe`
+/// instead of the fingerprint: for the launcher, which has no registry.
+pub fn launch_fresh_plan(spec: &PipelineSpec, store: &Store, project_dir: &Path, exe: &Path) -> Option<FreshPlan> {
+    let fp = store.read_alias(&launch_key(spec, project_dir, exe)?)?;
+    fresh_plan_under(fp, store)
 }
 
 /// Stores `record` under `spec`'s fingerprint, with `run`, the run record of a run that
@@ -332,6 +380,35 @@ mod tests {
             b[i] ^= 0x40;
             assert!(FreshPlan::decode(&b).is_none(), "flip at {i}");
         }
+    }
+
+    #[test]
+    fn the_launch_alias_finds_the_record_until_the_binary_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cache")).unwrap();
+        let registry = crate::toy::register(Registry::new());
+        let spec = PipelineSpec::parse("p.toml", "[stages.a]\nkind = \"test.const\"\nparams = { value = 1 }\n").unwrap();
+        let exe = dir.path().join("axbench-full");
+        std::fs::write(&exe, b"binary").unwrap();
+        let project = dir.path();
+        // No record yet: filing an alias does nothing.
+        save_launch_alias(&spec, &registry, &store, project, &exe);
+        assert!(launch_fresh_plan(&spec, &store, project, &exe).is_none());
+        let mut record = sample(&store);
+        record.paths.clear(); // its path param names no real file
+        save(&spec, &registry, &store, project, &record, None);
+        assert!(launch_fresh_plan(&spec, &store, project, &exe).is_none(), "no alias filed yet");
+        save_launch_alias(&spec, &registry, &store, project, &exe);
+        let found = launch_fresh_plan(&spec, &store, project, &exe).unwrap();
+        assert_eq!(found.keys(), fresh_plan(&spec, &registry, &store, project).unwrap().keys());
+        // Another pipeline, another project dir: no answer.
+        let other = PipelineSpec::parse("p.toml", "[stages.a]\nkind = \"test.const\"\nparams = { value = 2 }\n").unwrap();
+        assert!(launch_fresh_plan(&other, &store, project, &exe).is_none());
+        assert!(launch_fresh_plan(&spec, &store, &project.join("cache"), &exe).is_none());
+        // A rebuilt binary (new mtime and size) may have other stage versions: no answer.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&exe, b"binary v2").unwrap();
+        assert!(launch_fresh_plan(&spec, &store, project, &exe).is_none());
     }
 
     #[test]
