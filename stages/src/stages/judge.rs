@@ -22,7 +22,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use axbench_engine::{ParamSpec, ParamType, Stage, StageContext, StageError};
 use serde::{Deserialize, Serialize};
 
-use super::lm_stage::{LmDefaults, build_lm, lm_params, runtime};
+use super::lm_stage::{LmDefaults, build_lm, check_failed_calls, lm_params, runtime};
 use super::steer::{SteerMeta, read_generations};
 use super::{fail, read_json, write_json};
 use crate::judge::{JudgeItem, JudgeStats, RatingMode, RatingStatus, judge_all_with};
@@ -205,6 +205,7 @@ impl Stage for Judge {
             .collect();
         let calls = lm.client.stats();
         ctx.log(format!("{} generations judged ({} ratings) by {}: {} unreadable ratings, {} failed calls", rows.len(), mode.as_str(), lm.describe, stats.unparsable, stats.no_reply));
+        check_failed_calls(ctx, &calls, &[])?;
         let perplexity: Vec<Option<f64>> = gens.iter().map(|g| Some(g.perplexity)).collect();
         tables::write_parquet_atomic(&ctx.output_path("judged.parquet")?, &judged_batch_with_perplexity(&rows, &perplexity)?).map_err(|e| fail("judged", e))?;
         let method = metas.iter().map(|m| m.method_class.as_str()).collect::<Vec<_>>().join(",");

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::concepts::open_dataset;
 use super::infer::InferMeta;
 use super::judge::{rating_mode, rating_param};
-use super::lm_stage::{LmDefaults, build_lm, lm_params, runtime};
+use super::lm_stage::{LmDefaults, build_lm, check_failed_calls, lm_params, runtime};
 use super::{fail, write_json};
 use crate::data::eval_set;
 use crate::judge::{RatingMode, RatingStatus, parse_rating};
@@ -107,6 +107,7 @@ impl Stage for PromptDetect {
         let requests = rows.iter().map(|r| Ok(mode.apply(ChatRequest::user(lm.model_id.clone(), rating_prompt(&prompts, &concept, &r.output)?, lm.params.clone())))).collect::<Result<Vec<_>, StageError>>()?;
         ctx.progress().set_message(format!("{} ratings through {}", requests.len(), lm.describe));
         let records = runtime()?.block_on(lm.client.call_many(&requests));
+        check_failed_calls(ctx, &lm.client.stats(), &records)?;
 
         let mut statuses: BTreeMap<RatingStatus, usize> = BTreeMap::new();
         let mut scores = Vec::with_capacity(rows.len());

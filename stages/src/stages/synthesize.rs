@@ -47,7 +47,7 @@ use axbench_models::hooks::Hooks;
 use serde::{Deserialize, Serialize};
 
 use super::activations::with_model;
-use super::lm_stage::{LmDefaults, build_lm, lm_params, runtime};
+use super::lm_stage::{LmDefaults, build_lm, check_failed_calls, lm_params, runtime};
 use super::steer::{chat_prompt, stop_tokens};
 use super::{fail, write_json};
 use crate::data::{Category, Example};
@@ -209,6 +209,7 @@ impl Stage for Synthesize {
         let synthesizer = Synthesizer { client: &lm.client, prompts: &prompts, seeds: &seeds, model: lm.model_id.clone(), params: lm.params.clone(), truncate: truncation(tokenizer, output_length) };
         ctx.progress().set_message(format!("{} concepts through {}", concepts.len(), lm.describe));
         let out = runtime()?.block_on(synth::synthesize(&synthesizer, &target, &concepts, &config)).map_err(|e| fail("synthesis", e))?;
+        check_failed_calls(ctx, &lm.client.stats(), &[])?;
 
         let train = out.train.iter().map(|r| to_example(r, &out.metadata, false)).collect::<Result<Vec<_>, _>>()?;
         let eval = out.latent_eval.iter().map(|r| to_example(r, &out.metadata, true)).collect::<Result<Vec<_>, _>>()?;
