@@ -1,5 +1,6 @@
 //! Reliability cases through the built `axbench` binary (issue #8): hostile inputs, kill -9 at
-//! random points, and secrets. RELIABILITY.md maps every case to the test proving it.
+//! random points, `show` after a kill, LM faults inside a pipeline run, and secrets.
+//! RELIABILITY.md maps every case to the test proving it.
 //!
 //! What tests/engine.rs already proves is not repeated here: the exact error text of each bad
 //! pipeline (`bad_input_exits_2_naming_file_line_column_and_key`), one kill -9 and resume,
@@ -26,6 +27,7 @@ const STATIC: &str = "tests/fixtures/engine/static.toml";
 const TOY: &str = "tests/fixtures/engine/toy.toml";
 const SLOW: &str = "tests/fixtures/engine/slow.toml";
 const FAIL: &str = "tests/fixtures/engine/fail.toml";
+const LM_PIPELINE: &str = "tests/fixtures/reliability/lm_prompt_detect.toml";
 
 fn repo(rel: &str) -> String {
     format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))
@@ -372,7 +374,8 @@ impl Rng {
 
 /// The cache's manifests (named by node key) and blobs (named by content digest), sorted: two
 /// caches holding the same keys and the same bytes list the same names. (Not via `axbench show`:
-/// `show <id>` lost nodes a killed run computed until engine commit 0ee15e7; see RELIABILITY.md.)
+/// `show <id>` lost nodes a killed run computed until engine commit 0ee15e7; that is now
+/// `show_by_node_id_finds_every_node_after_a_kill_9_and_a_rerun`.)
 fn cache_listing(p: &Project) -> (Vec<String>, Vec<String>) {
     let names = |sub: &str| {
         let mut v = Vec::new();
@@ -380,7 +383,7 @@ fn cache_listing(p: &Project) -> (Vec<String>, Vec<String>) {
         let mut n: Vec<String> = v.iter().map(|f| f.file_name().unwrap().to_string_lossy().to_string()).collect();
         // A write killed between its temp file and its rename leaves a `.tmpXXXX` beside the
         // manifests. The store never reads it (manifests are `<key>.json`), so it is litter, not a
-        // visible partial artifact; removing stale ones is `gc`'s job (a gap, RELIABILITY.md).
+        // visible partial artifact; removing stale ones is `gc`'s job (tests/engine.rs::gc_removes_temp_files_a_killed_write_left_once_they_are_a_minute_old).
         n.retain(|name| !name.starts_with(".tmp"));
         n.sort();
         n
@@ -447,7 +450,8 @@ fn kill_9_at_random_points_then_rerun_is_byte_identical() {
 /// The LM client's own guarantees (the key is sent, yet never cached, never in a record, and
 /// scrubbed when a server echoes it) are in stages/tests/lm_client.rs
 /// (`api_key_never_reaches_the_cache`, `echoed_keys_are_scrubbed_from_failure_messages`). The
-/// `axbench.judge` stage, which calls the LM client, is not driven here yet (a gap in RELIABILITY.md).
+/// key through a pipeline whose nodes call the LM (faults, retries, LM cache included) is
+/// `lm_faults_in_a_pipeline_fail_the_node_and_a_rerun_asks_only_the_failed_calls_never_leaking_the_key`.
 #[test]
 fn an_api_key_in_the_environment_reaches_no_cache_file_report_or_log() {
     let marker = format!("sk-reliability-marker-{}", std::process::id());
@@ -488,5 +492,274 @@ fn an_api_key_in_the_environment_reaches_no_cache_file_report_or_log() {
         let bytes = std::fs::read(f).unwrap();
         let needle = marker.as_bytes();
         assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{} contains the key", f.display());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `show <node id>` after kill -9
+
+/// A kill -9 loses the run's queued id→key index updates, and the rerun finds the nodes the killed
+/// run finished fresh at plan time: before engine commit 0ee15e7 it did not record their ids again,
+/// so `show <id>` said "no cached node" for them. Kills once at least two nodes are committed (by
+/// watching the manifests appear, not at a wall-clock guess), reruns, then `show`s every node by
+/// id: each answers with its own manifest, and the keys it names are exactly the cache's manifests.
+#[test]
+fn show_by_node_id_finds_every_node_after_a_kill_9_and_a_rerun() {
+    let args = [SLOW, "--set", "ms=200", "-j", "2"];
+    let p = Project::new();
+    let manifests = |p: &Project| {
+        let mut v = Vec::new();
+        all_files(&p.cache().join("manifests"), &mut v);
+        let mut keys: Vec<String> = v.iter().map(|f| f.file_name().unwrap().to_string_lossy().to_string()).filter(|n| !n.starts_with(".tmp")).map(|n| n.trim_end_matches(".json").to_string()).collect();
+        keys.sort();
+        keys
+    };
+    let mut child = p.spawn(&["run", args[0], args[1], args[2], args[3], args[4]]);
+    let t0 = Instant::now();
+    while manifests(&p).len() < 2 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before two nodes were committed");
+        assert!(t0.elapsed() < Duration::from_secs(60), "no node committed in 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("kill -9");
+    child.wait().unwrap();
+    let after_kill = manifests(&p);
+    assert!(after_kill.len() < 13, "the run finished before the kill: {after_kill:?}");
+
+    // The rerun's plan finds the killed run's nodes fresh: the branch the fix is about.
+    let plan = p.plan_json(&args[..3]);
+    let st = states(&plan);
+    let fresh: Vec<&String> = st.iter().filter(|(_, s)| *s == "fresh").map(|(id, _)| id).collect();
+    assert!(fresh.len() >= 2, "expected nodes fresh after the kill: {st:?}");
+    // Not asserted (it is how the index behaves today, not a promise): how many of them `show`
+    // cannot find by id before the rerun, i.e. whether this kill lost the index update.
+    let lost = fresh.iter().filter(|id| !p.run(&["show", id]).status.success()).count();
+    eprintln!("after the kill: {} of 13 nodes fresh, {lost} of them unknown to `show <id>` before the rerun", fresh.len());
+    let r = p.run_json(&args, 0);
+    assert_eq!(ids(&r, "computed").len() + fresh.len(), 13, "{r}");
+
+    let mut shown = Vec::new();
+    for id in st.keys() {
+        let out = p.run(&["show", id]);
+        assert!(out.status.success(), "show {id} after kill -9 + rerun (fresh at plan time: {}): {}", fresh.contains(&id), text(&out.stderr));
+        let m = p.show(id);
+        assert_eq!(m["node"], id.as_str(), "show {id} answered another node: {m}");
+        shown.push(m["key"].as_str().unwrap().to_string());
+    }
+    shown.sort();
+    assert_eq!(shown, manifests(&p), "the keys `show <id>` names are not the cache's manifests");
+}
+
+// ---------------------------------------------------------------------------------------------
+// LM faults and secrets inside a pipeline run
+
+/// A two-concept dataset in AxBench's layout. Each latent eval row's response carries a tag
+/// (`ROW-…`) that the rating prompt quotes, so the scripted server knows which row it rates.
+fn lm_dataset(dir: &Path) {
+    use axbench_stages::data::{Category, Example, examples_to_batch};
+    use axbench_stages::tables::write_parquet_atomic;
+    std::fs::create_dir_all(dir).unwrap();
+    let ex = |o: &str, concept: &str, category: Category, id: i64| Example {
+        input: "Say something.".into(),
+        output: o.into(),
+        output_concept: concept.into(),
+        concept_genre: "text".into(),
+        category,
+        dataset_category: "genre".into(),
+        concept_id: id,
+        sae_link: None,
+        sae_id: None,
+    };
+    let (cats, rent) = ("references to cats", "rental services");
+    let train = vec![
+        ex("The sky is blue.", "EEEEE", Category::Negative, -1),
+        ex("My cat purrs.", cats, Category::Positive, 0),
+        ex("We rented a van.", rent, Category::Positive, 1),
+    ];
+    write_parquet_atomic(&dir.join("train_data.parquet"), &examples_to_batch(&train, false).unwrap()).unwrap();
+    let mut eval: Vec<Example> = LM_ROWS.iter().map(|(tag, _)| ex(&format!("{tag} the cat sat on the mat."), cats, Category::Positive, 0)).collect();
+    eval.push(ex("ROW-FINE-1 we rented a van.", rent, Category::Positive, 1));
+    eval.push(ex("ROW-FINE-2 the sea is calm.", rent, Category::Negative, 1));
+    for e in &mut eval {
+        (e.sae_link, e.sae_id) = (Some(String::new()), Some(0));
+    }
+    write_parquet_atomic(&dir.join("latent_eval_data.parquet"), &examples_to_batch(&eval, true).unwrap()).unwrap();
+    let meta: String = [(0, cats), (1, rent)].iter().map(|(id, c)| format!("{}\n", serde_json::json!({"concept_id": id, "concept": c, "ref": "", "concept_genres_map": {*c: ["text"]}}))).collect();
+    std::fs::write(dir.join("metadata.jsonl"), meta).unwrap();
+}
+
+/// Concept 0's rows and what the faulty server does to each one's rating request: the first
+/// attempt only (then answers), or every attempt.
+const LM_ROWS: [(&str, &str); 7] = [
+    ("ROW-OK", "answer"),
+    ("ROW-429", "429 with retry-after-ms 50 once"),
+    ("ROW-EMPTY", "empty choices once"),
+    ("ROW-REFUSE", "refusal"),
+    ("ROW-500", "HTTP 500 always"),
+    ("ROW-TRUNC", "truncated JSON always"),
+    ("ROW-HANG", "hang past the timeout always"),
+];
+
+/// Prompt detection (`axbench.prompt_detect`, one node per concept) against the fault-injecting
+/// OpenAI-compatible test server, with the retry knobs small (1 s per attempt, 3 attempts, 10 ms
+/// backoff) and OPENAI_API_KEY (and a look-alike) set to a unique marker, debug JSON logs on.
+///
+/// Faulty server: concept 0's seven ratings get a 429 (Retry-After), an empty `choices`, a refusal
+/// (each once, then answered), and a 500, truncated JSON and a hang past the timeout (always);
+/// concept 1's two are answered. The run exits 1: `prompt_detect[concept=0]` fails naming 3 of 7
+/// calls failed by class, its log records each failed call with its 3 attempts; concept 1 and the
+/// concept list are computed. Every request count is exact (bounded retries).
+///
+/// Healthy server, rerun: only `prompt_detect[concept=0]` is computed, and the server sees exactly
+/// the three requests that failed (answered and refused calls come from the LM cache); its
+/// prompt_detect.json counts 7 calls, 4 cache hits. A third run computes and requests nothing.
+///
+/// Secrets: the server received the key on every request; the marker appears in no stdout/stderr
+/// of any command (runs, `show` of each node, debug JSON logs) and in no file of the project dir
+/// (engine cache, LM cache, node logs).
+#[test]
+fn lm_faults_in_a_pipeline_fail_the_node_and_a_rerun_asks_only_the_failed_calls_never_leaking_the_key() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use axbench_stages::lm::test_server::{Fault, Reply, ServedRequest, TestServer};
+
+    let marker = format!("sk-reliability-lm-marker-{}", std::process::id());
+    let healthy = Arc::new(AtomicBool::new(false));
+    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let script = {
+        let (healthy, seen) = (healthy.clone(), seen.clone());
+        move |req: &ServedRequest| {
+            let prompt = req.prompt();
+            let tag = prompt.find("ROW-").map(|i| prompt[i..].split_whitespace().next().unwrap().to_string()).unwrap_or_default();
+            *seen.lock().unwrap().entry(tag.clone()).or_default() += 1;
+            let ok = Reply::text("The cat is plainly there. Rating: [[2]]");
+            if healthy.load(Ordering::SeqCst) {
+                return ok;
+            }
+            match (tag.as_str(), req.repeat) {
+                ("ROW-429", 0) => Reply::Fault(Fault::RateLimit { retry_after_s: None, retry_after_ms: Some(50) }),
+                ("ROW-EMPTY", 0) => Reply::Fault(Fault::EmptyChoices),
+                ("ROW-REFUSE", _) => Reply::Fault(Fault::Refusal("I can't rate that.".into())),
+                ("ROW-500", _) => Reply::Fault(Fault::ServerError(500)),
+                ("ROW-TRUNC", _) => Reply::Fault(Fault::TruncatedJson),
+                ("ROW-HANG", _) => Reply::Fault(Fault::Hang(Duration::from_secs(3))),
+                _ => ok,
+            }
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let server = rt.block_on(TestServer::with_fn(script)).unwrap();
+
+    let p = Project::new();
+    let data = p.path().join("data");
+    lm_dataset(&data);
+    let sets = [format!("dataset.dir={}", data.display()), format!("prompts.dir={}", repo("configs/prompts")), format!("lm.base_url={}", server.base_url())];
+    let mut args: Vec<&str> = vec![LM_PIPELINE];
+    for s in &sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    let mut outputs: Vec<(String, std::process::Output)> = Vec::new();
+    let mut axbench = |cmd: &[&str]| {
+        let mut full = vec!["--log-format", "json"];
+        full.extend_from_slice(cmd);
+        let out = p
+            .command(&full)
+            .env("OPENAI_API_KEY", &marker)
+            .env("AXBENCH_API_KEY", &marker)
+            .env("RUST_LOG", "debug")
+            .env("OMP_WAIT_POLICY", "PASSIVE")
+            .env("AXBENCH_LM_TIMEOUT_S", "1")
+            .env("AXBENCH_LM_MAX_ATTEMPTS", "3")
+            .env("AXBENCH_LM_RETRY_BASE_MS", "10")
+            .output()
+            .unwrap();
+        outputs.push((format!("{full:?}"), out.clone()));
+        out
+    };
+    // The report is the JSON line on stdout with a `computed` field (logs go elsewhere or are other lines).
+    let report = |out: &std::process::Output, code: i32| -> serde_json::Value {
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(code), "stdout {stdout}\nstderr {}", text(&out.stderr));
+        stdout.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v.get("computed").is_some()).unwrap_or_else(|| panic!("no report in {stdout}"))
+    };
+    let counts = |seen: &Mutex<HashMap<String, u32>>| -> BTreeMap<String, u32> { seen.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect() };
+    let want = |pairs: &[(&str, u32)]| -> BTreeMap<String, u32> { pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect() };
+
+    // 1. Faulty server.
+    let t = Instant::now();
+    let mut run = vec!["run", "--json"];
+    run.extend_from_slice(&args);
+    let r1 = report(&axbench(&run), 1);
+    eprintln!("faulty run: {:?}", t.elapsed());
+    assert_eq!(ids(&r1, "computed"), ["concepts", "prompt_detect[concept=1]"], "{r1}");
+    let failed = r1["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{r1}");
+    assert_eq!(failed[0]["node"], "prompt_detect[concept=0]", "{r1}");
+    let err = failed[0]["error"].as_str().unwrap();
+    assert!(
+        err.contains("3 of 7 LM calls failed after retries (invalid_response: 1, server: 1, timeout: 1); 4 answered calls are cached"),
+        "{err}"
+    );
+    assert_eq!(
+        counts(&seen),
+        want(&[("ROW-OK", 1), ("ROW-429", 2), ("ROW-EMPTY", 2), ("ROW-REFUSE", 1), ("ROW-500", 3), ("ROW-TRUNC", 3), ("ROW-HANG", 3), ("ROW-FINE-1", 1), ("ROW-FINE-2", 1)]),
+        "requests per row: the retries are not bounded as configured"
+    );
+    let faults: BTreeMap<&str, u64> = server.faults_served().into_iter().collect();
+    assert_eq!(faults, [("empty_choices", 1), ("hang", 3), ("rate_limit", 1), ("refusal", 1), ("server_error", 3), ("truncated_json", 3)].into_iter().collect(), "faults served");
+    // The failed node's log records every failed call: class and attempts.
+    let log_path = failed[0]["log"].as_str().map(PathBuf::from).or_else(|| err.split_once("(log: ").and_then(|(_, s)| s.strip_suffix(')')).map(PathBuf::from)).unwrap_or_else(|| panic!("no log path in {r1}"));
+    let log = std::fs::read_to_string(&log_path).unwrap_or_else(|e| panic!("{}: {e}", log_path.display()));
+    for kind in ["server", "invalid_response", "timeout"] {
+        assert_eq!(log.matches(&format!("failed after 3 attempts: {kind}:")).count(), 1, "{kind} not recorded once in the node log:\n{log}");
+    }
+    // The healthy concept's metadata counts its calls.
+    let meta1: serde_json::Value = serde_json::from_slice(&std::fs::read(p.blob_of("prompt_detect[concept=1]", "prompt_detect.json")).unwrap()).unwrap();
+    assert_eq!((meta1["calls"]["calls"].as_u64(), meta1["calls"]["completed"].as_u64(), meta1["calls"]["failed"].as_u64()), (Some(2), Some(2), Some(0)), "{meta1}");
+
+    // 2. Healthy server: only the failed node runs, and only the failed calls are asked again.
+    healthy.store(true, Ordering::SeqCst);
+    seen.lock().unwrap().clear();
+    let r2 = report(&axbench(&run), 0);
+    assert_eq!(ids(&r2, "computed"), ["prompt_detect[concept=0]"], "{r2}");
+    assert_eq!(ids(&r2, "cached"), ["concepts", "prompt_detect[concept=1]"], "{r2}");
+    assert_eq!(counts(&seen), want(&[("ROW-500", 1), ("ROW-TRUNC", 1), ("ROW-HANG", 1)]), "the rerun asked the LM for more than the failed calls");
+    let meta0: serde_json::Value = serde_json::from_slice(&std::fs::read(p.blob_of("prompt_detect[concept=0]", "prompt_detect.json")).unwrap()).unwrap();
+    let c = &meta0["calls"];
+    assert_eq!(
+        [&c["calls"], &c["cache_hits"], &c["backend_attempts"], &c["completed"], &c["refused"], &c["failed"]].map(|v| v.as_u64().unwrap()),
+        [7, 4, 3, 6, 1, 0],
+        "{meta0}"
+    );
+
+    // 3. Nothing left to do: nothing computed, nothing asked.
+    seen.lock().unwrap().clear();
+    let r3 = report(&axbench(&run), 0);
+    assert!(ids(&r3, "computed").is_empty(), "{r3}");
+    assert!(counts(&seen).is_empty(), "a no-op run asked the LM: {:?}", counts(&seen));
+    for node in ["concepts", "prompt_detect[concept=0]", "prompt_detect[concept=1]"] {
+        let out = axbench(&["show", node]);
+        assert!(out.status.success(), "show {node}: {}", text(&out.stderr));
+    }
+    drop(axbench);
+    eprintln!("whole LM fault test: {:?}", t.elapsed());
+
+    // Secrets: sent on every request, found nowhere else.
+    let auths = server.authorizations();
+    assert_eq!(auths.len() as u64, server.requests(), "a request without the key");
+    assert!(auths.iter().all(|a| *a == format!("Bearer {marker}")), "the server got another key: {auths:?}");
+    for (what, out) in &outputs {
+        for s in [text(&out.stdout), text(&out.stderr)] {
+            assert!(!s.contains(&marker), "{what} printed the key: {s}");
+        }
+    }
+    let mut files = Vec::new();
+    all_files(p.path(), &mut files);
+    assert!(files.iter().any(|f| f.to_string_lossy().contains("lm_cache")), "no LM cache files to search: {files:?}");
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(!bytes.windows(marker.len()).any(|w| w == marker.as_bytes()), "{} contains the key", f.display());
     }
 }
