@@ -169,7 +169,7 @@ impl Gguf {
             b.extend(ty.to_le_bytes());
             b.extend(off.to_le_bytes());
         }
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
         b.extend(&self.data);
@@ -282,7 +282,7 @@ fn hf_dir(root: &Path, name: &str, safetensors: &[u8]) -> PathBuf {
 /// header padded to 8 bytes, then `data`.
 fn safetensors_bytes(header: &str, len_override: Option<u64>, data: &[u8]) -> Vec<u8> {
     let mut h = header.as_bytes().to_vec();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut b = len_override.unwrap_or(h.len() as u64).to_le_bytes().to_vec();
@@ -756,7 +756,6 @@ fn lm_faults_in_a_pipeline_fail_the_node_and_a_rerun_asks_only_the_failed_calls_
         let out = axbench(&["show", node]);
         assert!(out.status.success(), "show {node}: {}", text(&out.stderr));
     }
-    drop(axbench);
     eprintln!("whole LM fault test: {:?}", t.elapsed());
 
     // Secrets: sent on every request, found nowhere else.
