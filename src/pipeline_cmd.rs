@@ -447,13 +447,19 @@ pub fn show(g: &GlobalArgs, a: ShowArgs) -> Result<()> {
 pub fn gc(g: &GlobalArgs, a: GcArgs) -> Result<()> {
     let mut store = open_store(g)?;
     let r = store.gc(a.keep_runs)?;
+    let s = axbench_engine::slurm::gc_files(&store, axbench_engine::slurm::SLURM_FILES_AGE);
     println!(
-        "kept {} nodes; removed {} nodes and {} blobs ({}){}",
+        "kept {} nodes; removed {} nodes and {} blobs ({}){}{}",
         r.kept_manifests,
         r.removed_manifests,
         r.removed_blobs,
         human_bytes(r.freed_bytes),
-        if r.removed_temp > 0 { format!(", and {} temp file(s) a killed write left", r.removed_temp) } else { String::new() }
+        if r.removed_temp > 0 { format!(", and {} temp file(s) a killed write left", r.removed_temp) } else { String::new() },
+        if s.job_specs + s.task_records + s.batches > 0 {
+            format!(", and {} Slurm job spec(s), {} task record(s), {} failed batch dir(s)", s.job_specs, s.task_records, s.batches)
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

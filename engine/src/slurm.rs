@@ -982,9 +982,87 @@ pub fn submitted_batches(store: &Store) -> Vec<PathBuf> {
     v
 }
 
+/// What [`gc_files`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlurmGc {
+    /// `<cache>/jobs/<key>.json` job specs.
+    pub job_specs: usize,
+    /// `<cache>/slurm/keys/<key>.json` task records.
+    pub task_records: usize,
+    /// `<cache>/slurm/batches/*` dirs (scripts and logs of arrays that had a failed task).
+    pub batches: usize,
+}
+
+/// How long `axbench gc` keeps the Slurm executor's files of unfinished nodes and failed
+/// arrays: long enough for a queue to drain and a user to read a failed task's log.
+pub const SLURM_FILES_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The Slurm executor's part of `axbench gc`: job specs and task records of nodes whose
+/// manifest exists (their task finished; nothing reads them again), and every such file and
+/// batch dir older than `max_age` (a task that has not finished in that time is gone). A run in
+/// flight only has younger files, so it is never disturbed.
+pub fn gc_files(store: &Store, max_age: Duration) -> SlurmGc {
+    let old = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > max_age);
+    let per_key = |dir: PathBuf| -> usize {
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(key) = name.strip_suffix(".json").and_then(|h| h.parse::<Digest>().ok()) else { continue };
+            if (store.manifest_path(&key).exists() || old(&path)) && std::fs::remove_file(&path).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    };
+    let mut r = SlurmGc { job_specs: per_key(store.root().join("jobs")), task_records: per_key(store.root().join("slurm").join("keys")), batches: 0 };
+    for batch in submitted_batches(store) {
+        if old(&batch) && std::fs::remove_dir_all(&batch).is_ok() {
+            r.batches += 1;
+        }
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gc_removes_files_of_finished_nodes_and_old_ones_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let long_ago = std::time::SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
+        let write = |p: PathBuf, old: bool| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, b"{}").unwrap();
+            if old {
+                std::fs::File::options().append(true).open(&p).unwrap().set_modified(long_ago).unwrap();
+            }
+            p
+        };
+        let key = |s: &str| axbench_cache::hash_bytes(s.as_bytes());
+        // A finished node (manifest present), an unfinished young one, an unfinished old one.
+        let (done, young, stale) = (key("done"), key("young"), key("stale"));
+        write(store.manifest_path(&done), false);
+        let mut kept = Vec::new();
+        let mut gone = Vec::new();
+        for sub in ["jobs", "slurm/keys"] {
+            gone.push(write(store.root().join(sub).join(format!("{}.json", done.to_hex())), false));
+            kept.push(write(store.root().join(sub).join(format!("{}.json", young.to_hex())), false));
+            gone.push(write(store.root().join(sub).join(format!("{}.json", stale.to_hex())), true));
+        }
+        kept.push(write(store.root().join("jobs/notes.txt"), true)); // not ours: left alone
+        let young_batch = write(store.root().join("slurm/batches/0001-a/job.sh"), false);
+        let old_batch = store.root().join("slurm/batches/0000-b");
+        write(old_batch.join("task-0.log"), true);
+        std::fs::File::open(&old_batch).unwrap().set_modified(long_ago).unwrap();
+        let r = gc_files(&store, SLURM_FILES_AGE);
+        assert_eq!(r, SlurmGc { job_specs: 2, task_records: 2, batches: 1 });
+        assert!(kept.iter().chain([&young_batch]).all(|p| p.exists()));
+        assert!(gone.iter().chain([&old_batch]).all(|p| !p.exists()));
+        assert!(store.manifest_path(&done).exists());
+    }
 
     fn cfg() -> SlurmConfig {
         let mut c = SlurmConfig::new("/opt/axbench".into());
