@@ -14,6 +14,8 @@ cd "$(dirname "$0")/../.."
 C=${1:-500}
 CC=${2:-50}
 AXBENCH=${AXBENCH:-target/release/axbench}
+# The full binary (libtorch linked), which the launcher `axbench` execs for anything but a no-op.
+AXBENCH_FULL=${AXBENCH_FULL:-target/release/axbench-full}
 NOOP=${NOOP:-target/release/examples/bench_noop}
 VENV=/root/.cache/axbench-deps/bench-venv
 OUT=${OUT:-/tmp/axbench-bench}
@@ -31,9 +33,10 @@ if [ ! -d "$OUT/full/proj/.axbench" ]; then
   s=$(date +%s.%N); $AXBENCH -C "$OUT/full/proj" run "$OUT/full/axbench.toml" -j 16 >/dev/null; e=$(date +%s.%N)
   echo "first run (computes every node): $(python3 -c "print(round($e-$s,1))") s"
 fi
-echo "startup (axbench --version, libtorch static init): $(best 3 $AXBENCH --version) s"
+echo "startup (axbench-full --version, libtorch static init): $(best 3 $AXBENCH_FULL --version) s"
 echo "no-op plan: $(best 3 $AXBENCH -C "$OUT/full/proj" plan "$OUT/full/axbench.toml") s, peak $(peak $AXBENCH -C "$OUT/full/proj" plan "$OUT/full/axbench.toml") MiB"
 echo "no-op run:  $(best 3 $AXBENCH -C "$OUT/full/proj" run "$OUT/full/axbench.toml") s, peak $(peak $AXBENCH -C "$OUT/full/proj" run "$OUT/full/axbench.toml") MiB"
+echo "no-op plan through the full binary (no launcher): $(best 3 $AXBENCH_FULL -C "$OUT/full/proj" plan "$OUT/full/axbench.toml") s"
 [ -x "$NOOP" ] && { echo "engine only (in-process, no libtorch):"; $NOOP "$OUT/full/axbench.toml" "$OUT/full/proj"; }
 
 echo "== comparison DAG, $CC concepts"
