@@ -34,17 +34,22 @@ fn report_on_a_pipeline_without_aggregate_is_bad_input() {
 #[test]
 fn report_before_the_run_says_how_to_run_it() {
     let p = Project::new();
-    // Planned from the repository (the dataset path resolves there), cached in the empty temp dir.
+    // Planned from the repository, cached in the empty temp dir. The dataset dir only has to
+    // exist to be planned (its content is hashed), so an empty one keeps the test independent
+    // of ../shared/axbench-data.
     let cache = p.cache();
+    let data = p.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let set_data = format!("dataset.dir={}", data.display());
     let out = Command::new(env!("CARGO_BIN_EXE_axbench"))
         .current_dir(root())
-        .args(["--cache-dir", cache.to_str().unwrap(), "report", "pipelines/axbench.toml", "--set", "concepts.limit=1"])
+        .args(["--cache-dir", cache.to_str().unwrap(), "report", "pipelines/axbench.toml", "--set", "concepts.limit=1", "--set", &set_data])
         .env("RUST_LOG", "error")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let err = text(&out.stderr);
-    assert!(err.contains("is not computed") && err.contains("axbench run pipelines/axbench.toml --set concepts.limit=1"), "{err}");
+    assert!(err.contains("is not computed") && err.contains(&format!("axbench run pipelines/axbench.toml --set concepts.limit=1 --set {set_data}")), "{err}");
 }
 
 fn example(input: &str, output: &str, concept: &str, category: Category, concept_id: i64) -> Example {

@@ -2,13 +2,16 @@
 //! (data.rs), BoW (methods/bow.rs) and the latent evaluators (metrics.rs), against the same pipeline in pandas +
 //! scikit-learn (tests/golden/methods/make_methods_golden.py, `concept10_bow`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use axbench_stages::data::{self, AxBenchData};
 use axbench_stages::methods::{DetectionMethod, FitInput, MethodsConfig, ScoreInput, bow};
 use axbench_stages::metrics;
 
-const CONCEPT10: &str = "/work/shared/axbench-data/concept10/prod_2b_l20_v1";
+/// The released Concept10 data, beside the checkout (`../shared/axbench-data`) as on every machine of this project.
+fn concept10() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/axbench-data/concept10/prod_2b_l20_v1")
+}
 
 fn train_text(e: &data::Example) -> String {
     format!(
@@ -26,8 +29,9 @@ fn eval_text(e: &data::Example) -> String {
 
 #[test]
 fn bow_on_concept10_matches_sklearn_pipeline() {
-    if !Path::new(CONCEPT10).exists() {
-        eprintln!("skipping: {CONCEPT10} not present");
+    let concept10 = concept10();
+    if !concept10.exists() {
+        eprintln!("skipping: {} not present", concept10.display());
         return;
     }
     let golden: serde_json::Value = serde_json::from_str(
@@ -40,7 +44,7 @@ fn bow_on_concept10_matches_sklearn_pipeline() {
     let want = golden["concept10_bow"]
         .as_array()
         .expect("golden made with the data present");
-    let data = AxBenchData::open(Path::new(CONCEPT10)).unwrap();
+    let data = AxBenchData::open(&concept10).unwrap();
     let eval = data.eval.as_ref().unwrap();
     let method = bow::Bow::new(MethodsConfig::default().bow);
     let (mut ours, mut sk_default, mut sk_tight) = (Vec::new(), Vec::new(), Vec::new());
