@@ -19,12 +19,11 @@
 use std::time::Instant;
 
 use axbench_engine::{ParamSpec, ParamType, Stage, StageContext, StageError};
-use axbench_models::device::{DType, DeviceSpec};
 use serde::{Deserialize, Serialize};
 
 use super::activations::with_model;
 use super::lm_stage::{LmDefaults, build_lm, lm_params, runtime};
-use super::steer::{GenerationRow, SteerMeta, SteerSettings, chat_prompt, generate_steered, generations_batch, load_instructions, perplexities, pick_instructions};
+use super::steer::{Generation, GenerationRow, SteerMeta, chat_prompt, generate_steered, generation_params, generations_batch, perplexities, pick_instructions, read_generation};
 use super::{fail, read_json, write_json};
 use crate::lm::ChatRequest;
 use crate::prompts::{PromptSet, Template};
@@ -109,17 +108,7 @@ impl Stage for PromptSteer {
         1
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::required("model", ParamType::Path, "model to steer: a .gguf file or an HF directory (hashed by content)"),
-            ParamSpec::optional("device", ParamType::Str, "cpu", "cpu, cuda, cuda:N or auto"),
-            ParamSpec::optional("dtype", ParamType::Str, "f32", "f32 or bf16"),
-            ParamSpec::optional("instructions", ParamType::Path, "configs/instructions/demo.json", "instruction file: JSON list of {\"instruction\": ...} (AlpacaEval) or JSON lines"),
-            ParamSpec::optional("per_concept", ParamType::Int, 10, "instructions per concept (first half selects the factor, second half tests)"),
-            ParamSpec::optional("temperature", ParamType::Float, 1.0, "sampling temperature of the steered model (AxBench: 1.0); 0 = greedy"),
-            ParamSpec::optional("max_new_tokens", ParamType::Int, 32, "tokens per generation (AxBench: 128)"),
-            ParamSpec::optional("seed", ParamType::Int, 42, "sampling seed"),
-            ParamSpec::optional("batch_size", ParamType::Int, 10, "prompts per generation batch"),
-        ]
+        generation_params()
     }
     fn resources(&self) -> Vec<(&'static str, u32)> {
         vec![("model", 1)]
@@ -128,29 +117,14 @@ impl Stage for PromptSteer {
         "Prompting baseline, step 2: the steering prompt prepended to each instruction, generated without intervention"
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
-        let model_path = ctx.param_path("model")?;
-        if !model_path.exists() {
-            return Err(StageError::Param { name: "model".into(), message: format!("{} does not exist (a .gguf file or an HF model directory)", model_path.display()) });
-        }
-        let device: DeviceSpec = ctx.param_str("device")?.parse().map_err(|e| StageError::Param { name: "device".into(), message: format!("{e}") })?;
-        let dtype: DType = ctx.param_str("dtype")?.parse().map_err(|e| StageError::Param { name: "dtype".into(), message: format!("{e}") })?;
+        let Generation { model_path, load, instructions: all, per_concept, settings } = read_generation(ctx)?;
         let sp: SteeringPromptRecord = read_json(ctx.input("prompt")?.file("steering_prompt.json")?)?;
         let concept_id = sp.concept_id;
-        let all = load_instructions(&ctx.param_path("instructions")?)?;
-        let per_concept = ctx.param_i64("per_concept")?;
-        if per_concept < 1 {
-            return Err(StageError::Param { name: "per_concept".into(), message: format!("must be at least 1, got {per_concept}") });
-        }
-        let max_new_tokens = ctx.param_i64("max_new_tokens")?;
-        if max_new_tokens < 1 {
-            return Err(StageError::Param { name: "max_new_tokens".into(), message: format!("must be at least 1, got {max_new_tokens}") });
-        }
-        let settings = SteerSettings { layer: 0, max_new_tokens: max_new_tokens as usize, temperature: ctx.param_f64("temperature")?, seed: ctx.param_i64("seed")? as u64, batch_size: ctx.param_i64("batch_size")?.max(1) as usize };
-        let instructions = pick_instructions(&all, concept_id, per_concept as usize);
+        let instructions = pick_instructions(&all, concept_id, per_concept);
 
         let t0 = Instant::now();
         ctx.progress().set_length(instructions.len() as u64);
-        let (gens, tokens, name) = with_model(&model_path, device, dtype, |m| {
+        let (gens, tokens, name) = with_model(&model_path, load.device, load.dtype, |m| {
             let ids: Vec<Vec<i64>> = instructions.iter().map(|i| chat_prompt(m, &steered_instruction(&sp.steering_prompt, i))).collect::<Result<_, _>>()?;
             let (g, tokens) = generate_steered(m, &ids, None, 0.0, &settings)?;
             let texts: Vec<String> = g.into_iter().map(|g| g.text).collect();

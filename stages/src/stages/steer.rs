@@ -218,6 +218,61 @@ pub struct SteerSettings {
     pub batch_size: usize,
 }
 
+/// The params `axbench.steer` and `axbench.prompt_steer` share: the model to generate with and how.
+/// One list, so the two stages cannot drift apart in names, defaults or meaning (a pipeline sets
+/// them once for both).
+pub(crate) fn generation_params() -> Vec<ParamSpec> {
+    vec![
+        ParamSpec::required("model", ParamType::Path, "model to steer: a .gguf file or an HF directory (hashed by content)"),
+        ParamSpec::optional("device", ParamType::Str, "cpu", "cpu, cuda, cuda:N or auto"),
+        ParamSpec::optional("dtype", ParamType::Str, "f32", "f32 or bf16"),
+        ParamSpec::optional("instructions", ParamType::Path, "configs/instructions/demo.json", "instruction file: JSON list of {\"instruction\": ...} (AlpacaEval) or JSON lines"),
+        ParamSpec::optional("per_concept", ParamType::Int, 10, "instructions per concept (first half selects the factor, second half tests)"),
+        ParamSpec::optional("temperature", ParamType::Float, 1.0, "sampling temperature of the steered model (AxBench: 1.0); 0 = greedy"),
+        ParamSpec::optional("max_new_tokens", ParamType::Int, 32, "tokens per generation (AxBench: 128)"),
+        ParamSpec::optional("seed", ParamType::Int, 42, "sampling seed"),
+        ParamSpec::optional("batch_size", ParamType::Int, 10, "prompts per generation batch"),
+    ]
+}
+
+/// What [`generation_params`] say, read and checked.
+pub(crate) struct Generation {
+    pub model_path: std::path::PathBuf,
+    pub load: axbench_models::LoadOptions,
+    /// Every instruction of the file; [`pick_instructions`] chooses a concept's.
+    pub instructions: Vec<String>,
+    pub per_concept: usize,
+    /// `layer` is 0: the stage that steers at a layer sets it.
+    pub settings: SteerSettings,
+}
+
+pub(crate) fn read_generation(ctx: &StageContext) -> Result<Generation, StageError> {
+    let param_err = |name: &str, message: String| StageError::Param { name: name.into(), message };
+    let model_path = ctx.param_path("model")?;
+    if !model_path.exists() {
+        return Err(param_err("model", format!("{} does not exist (a .gguf file or an HF model directory)", model_path.display())));
+    }
+    let device: DeviceSpec = ctx.param_str("device")?.parse().map_err(|e| param_err("device", format!("{e}")))?;
+    let dtype: DType = ctx.param_str("dtype")?.parse().map_err(|e| param_err("dtype", format!("{e}")))?;
+    let instructions = load_instructions(&ctx.param_path("instructions")?)?;
+    let per_concept = ctx.param_i64("per_concept")?;
+    if per_concept < 1 {
+        return Err(param_err("per_concept", format!("must be at least 1, got {per_concept}")));
+    }
+    let max_new_tokens = ctx.param_i64("max_new_tokens")?;
+    if max_new_tokens < 1 {
+        return Err(param_err("max_new_tokens", format!("must be at least 1, got {max_new_tokens}")));
+    }
+    let settings = SteerSettings {
+        layer: 0,
+        max_new_tokens: max_new_tokens as usize,
+        temperature: ctx.param_f64("temperature")?,
+        seed: ctx.param_i64("seed")? as u64,
+        batch_size: ctx.param_i64("batch_size")?.max(1) as usize,
+    };
+    Ok(Generation { model_path, load: axbench_models::LoadOptions { device, dtype }, instructions, per_concept: per_concept as usize, settings })
+}
+
 /// Token ids of `instruction` as a one-turn chat prompt with the generation prompt.
 pub fn chat_prompt(m: &LoadedModel, instruction: &str) -> Result<Vec<i64>, StageError> {
     let ids = m.template.encode(&m.tokenizer, &[Message::user(instruction)], true).map_err(|e| fail("chat template", e))?;
@@ -350,19 +405,12 @@ impl Stage for Steer {
         3 // 2: GGUF SentencePiece vocabularies tokenize like llama.cpp (was transformers); 3: perplexity column
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::required("model", ParamType::Path, "model to steer: a .gguf file or an HF directory (hashed by content)"),
+        let mut params = generation_params();
+        params.extend([
             ParamSpec::required("layer", ParamType::Int, "layer whose output the vector is added to"),
-            ParamSpec::optional("device", ParamType::Str, "cpu", "cpu, cuda, cuda:N or auto"),
-            ParamSpec::optional("dtype", ParamType::Str, "f32", "f32 or bf16"),
             ParamSpec::optional("factors", ParamType::List, Value::List(vec![Value::Float(0.0), Value::Float(0.5), Value::Float(1.0), Value::Float(2.0)]), "steering factors (strength = factor x max activation); the paper: 0.2..2.0 step 0.2, 2.5, 3, 4, 5"),
-            ParamSpec::optional("instructions", ParamType::Path, "configs/instructions/demo.json", "instruction file: JSON list of {\"instruction\": ...} (AlpacaEval) or JSON lines"),
-            ParamSpec::optional("per_concept", ParamType::Int, 10, "instructions per concept (first half selects the factor, second half tests)"),
-            ParamSpec::optional("temperature", ParamType::Float, 1.0, "sampling temperature (AxBench: 1.0); 0 = greedy"),
-            ParamSpec::optional("max_new_tokens", ParamType::Int, 32, "tokens per generation (AxBench: 128)"),
-            ParamSpec::optional("seed", ParamType::Int, 42, "sampling seed"),
-            ParamSpec::optional("batch_size", ParamType::Int, 10, "prompts per generation batch"),
-        ]
+        ]);
+        params
     }
     fn resources(&self) -> Vec<(&'static str, u32)> {
         vec![("model", 1)]
@@ -371,36 +419,16 @@ impl Stage for Steer {
         "Steered generations for one concept and method: unit direction x factor x max activation added at layer L"
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
-        let model_path = ctx.param_path("model")?;
-        if !model_path.exists() {
-            return Err(StageError::Param { name: "model".into(), message: format!("{} does not exist (a .gguf file or an HF model directory)", model_path.display()) });
-        }
+        let Generation { model_path, load, instructions: all, per_concept, mut settings } = read_generation(ctx)?;
         let layer = ctx.param_i64("layer")?;
-        let device: DeviceSpec = ctx.param_str("device")?.parse().map_err(|e| StageError::Param { name: "device".into(), message: format!("{e}") })?;
-        let dtype: DType = ctx.param_str("dtype")?.parse().map_err(|e| StageError::Param { name: "dtype".into(), message: format!("{e}") })?;
+        settings.layer = usize::try_from(layer).map_err(|_| StageError::Param { name: "layer".into(), message: format!("must be ≥ 0, got {layer}") })?;
         let factors = factors_param(ctx.param("factors")?)?;
-        let all = load_instructions(&ctx.param_path("instructions")?)?;
-        let per_concept = ctx.param_i64("per_concept")?;
-        if per_concept < 1 {
-            return Err(StageError::Param { name: "per_concept".into(), message: format!("must be at least 1, got {per_concept}") });
-        }
-        let max_new_tokens = ctx.param_i64("max_new_tokens")?;
-        if max_new_tokens < 1 {
-            return Err(StageError::Param { name: "max_new_tokens".into(), message: format!("must be at least 1, got {max_new_tokens}") });
-        }
-        let settings = SteerSettings {
-            layer: usize::try_from(layer).map_err(|_| StageError::Param { name: "layer".into(), message: format!("must be ≥ 0, got {layer}") })?,
-            max_new_tokens: max_new_tokens as usize,
-            temperature: ctx.param_f64("temperature")?,
-            seed: ctx.param_i64("seed")? as u64,
-            batch_size: ctx.param_i64("batch_size")?.max(1) as usize,
-        };
 
         let fit_art = ctx.input("fit")?.clone();
         let fit: FitMeta = read_json(fit_art.file("fit.json")?)?;
         // --- trained checkpoints (axbench.train: LoReFT, LoRA, SFT steer without a factor or scores) ---
-        let picked = pick_instructions(&all, fit.concept_id, per_concept as usize);
-        if super::train::steer_with_checkpoint(ctx, &fit_art, &fit, &model_path, axbench_models::LoadOptions { device, dtype }, &picked, &settings)? {
+        let picked = pick_instructions(&all, fit.concept_id, per_concept);
+        if super::train::steer_with_checkpoint(ctx, &fit_art, &fit, &model_path, load, &picked, &settings)? {
             return Ok(());
         }
         // --- end trained checkpoints ---
@@ -409,7 +437,7 @@ impl Stage for Steer {
             return Err(StageError::msg(format!("direction of concept {} given scores of concept {}", fit.concept_id, s.concept_id)));
         }
         let max_act = steering_max_act(scores.iter().map(|s| s.max_act));
-        let instructions = pick_instructions(&all, fit.concept_id, per_concept as usize);
+        let instructions = pick_instructions(&all, fit.concept_id, per_concept);
         let direction = unit_direction(&fit_art)?;
         let mut meta = SteerMeta {
             model: fit.model.clone(),
@@ -434,7 +462,7 @@ impl Stage for Steer {
             Some(dir) => {
                 let t0 = Instant::now();
                 ctx.progress().set_length((factors.len() * instructions.len()) as u64);
-                let (gens, tokens, name) = with_model(&model_path, device, dtype, |m| {
+                let (gens, tokens, name) = with_model(&model_path, load.device, load.dtype, |m| {
                     let n_layers = m.model.info().num_layers;
                     if settings.layer >= n_layers {
                         return Err(StageError::Param { name: "layer".into(), message: format!("{layer} is out of range: {} has layers 0..={}", m.name, n_layers - 1) });
