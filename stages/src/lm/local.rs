@@ -3,8 +3,10 @@
 //!
 //! It speaks the same [`ChatRequest`] → [`Completion`] shapes as the remote backend, so [`LmClient`](super::LmClient)
 //! gives it the same cache, retries and accounting. The model's identity in requests — and therefore in cache keys
-//! — is `local:<file stem>@<blake3 of the file>` ([`LocalBackend::model_id`]): replacing the file with different
-//! bytes under the same name never reuses a stale answer, and a copy elsewhere reuses every answer.
+//! — is `local:<file stem>@<blake3 of the file>/r<N>` ([`LocalBackend::model_id`]): replacing the file with different
+//! bytes under the same name never reuses a stale answer, and a copy elsewhere reuses every answer. `N` is
+//! [`RUNTIME_REVISION`]: the answers also depend on our tokenizer, chat templates and numerics, so a release that
+//! changes what the runtime replies bumps it and cached replies of the old runtime are not reused.
 //!
 //! Decoding: `temperature` 0 is greedy, anything else samples with `temperature` and `top_p` (defaults 1.0, as
 //! OpenAI's); `seed` (default 0) seeds the sampler, so a request is answered identically every time; `max_tokens`
@@ -17,6 +19,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+/// The revision of what the local runtime replies for a given model file (tokenization, chat templates,
+/// decoding, numerics). Part of every local model id, so LM-cache entries of an older runtime are not reused.
+/// Bump it with any change that alters replies. 2: GGUF SentencePiece vocabularies tokenize like llama.cpp.
+pub const RUNTIME_REVISION: u32 = 2;
 
 use axbench_models::chat::{ChatTemplate, Message as ChatMessage};
 use axbench_models::device::{DType, DeviceSpec};
@@ -77,7 +84,7 @@ impl LocalBackend {
         }
         stops.sort_unstable();
         stops.dedup();
-        Ok(LocalBackend { id: format!("local:{stem}@{}", digest.to_hex()), path: path.to_path_buf(), inner: Arc::new(Mutex::new(Loaded { model, tokenizer, template, stops })) })
+        Ok(LocalBackend { id: format!("local:{stem}@{}/r{RUNTIME_REVISION}", digest.to_hex()), path: path.to_path_buf(), inner: Arc::new(Mutex::new(Loaded { model, tokenizer, template, stops })) })
     }
 
     /// `spec`: `default-instruct` (SmolLM2-135M-Instruct), `default` (gemma-3-270m base) or a path, resolved like
@@ -87,7 +94,7 @@ impl LocalBackend {
         Self::load(&path, device)
     }
 
-    /// The model name requests must carry, and the cache keys hold: `local:<stem>@<blake3 hex>`.
+    /// The model name requests must carry, and the cache keys hold: `local:<stem>@<blake3 hex>/r<revision>`.
     pub fn model_id(&self) -> &str {
         &self.id
     }
@@ -294,7 +301,7 @@ mod tests {
     async fn smollm2_answers_deterministically_through_the_cached_client() {
         let Some(backend) = smollm() else { return };
         let digest = axbench_cache::hash_file(backend.path()).unwrap().to_hex();
-        assert!(backend.model_id().starts_with("local:smollm2-135m-instruct-q4_1@") && backend.model_id().ends_with(&digest), "{}", backend.model_id());
+        assert!(backend.model_id().starts_with("local:smollm2-135m-instruct-q4_1@") && backend.model_id().ends_with(&format!("{digest}/r{RUNTIME_REVISION}")), "{}", backend.model_id());
         let params = SamplingParams { temperature: Some(0.7), max_tokens: Some(6), seed: Some(3), ..Default::default() };
         let req = ChatRequest::user(backend.model_id(), "Name a color.", params.clone());
         let a = backend.chat(&req).await.unwrap();

@@ -62,7 +62,7 @@ pub fn lm_params(d: LmDefaults) -> Vec<ParamSpec> {
 /// params.
 pub struct StageLm {
     pub client: LmClient,
-    /// `local:<stem>@<blake3>` for the local backend (so cache keys follow the file's bytes), else `model`.
+    /// `local:<stem>@<blake3>/r<revision>` for the local backend (so cache keys follow the file's bytes), else `model`.
     pub model_id: String,
     pub params: SamplingParams,
     /// The backend in words, for logs and metadata.
