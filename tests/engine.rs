@@ -356,6 +356,14 @@ fn a_damaged_manifest_is_reported_by_verify_and_its_node_recomputed() {
     let r = p.run_json(&[STATIC], 0);
     assert_computed!(r, ["shifted[x=a]"]);
     assert!(p.run(&["verify"]).status.success());
+
+    // gc meeting a damaged manifest of a node it keeps leaves that node's outputs alone (the
+    // index still lists them; they may be intact), rather than deleting them as unreferenced.
+    let blob = p.blob_of("sum", "value.json");
+    std::fs::write(manifest("sum"), b"{\"key\": tru").unwrap();
+    let gc = p.run(&["gc"]);
+    assert!(gc.status.success(), "{}", text(&gc.stderr));
+    assert!(blob.exists(), "gc deleted the outputs of a kept node whose manifest is damaged");
 }
 
 #[test]

@@ -681,11 +681,19 @@ impl Store {
         }
         let mut live_blobs: HashSet<Digest> = HashSet::new();
         let mut removed_keys = Vec::new();
+        let reader = self.reader();
         for (key, path) in self.manifest_keys() {
             if keep.contains(&key) {
                 report.kept_manifests += 1;
-                if let Ok(Some(m)) = self.read_manifest(&key) {
-                    live_blobs.extend(m.outputs.values().map(|o| o.digest));
+                match self.read_manifest(&key) {
+                    Ok(Some(m)) => live_blobs.extend(m.outputs.values().map(|o| o.digest)),
+                    // A damaged manifest: its blobs may well be intact (and `verify` decides),
+                    // so keep what the index says the node wrote rather than delete them here.
+                    _ => {
+                        if let Some(Ok(Some(e))) = reader.as_ref().map(|r| r.node(&key)) {
+                            live_blobs.extend(e.outputs.values().map(|o| o.digest));
+                        }
+                    }
                 }
             } else {
                 let _ = fs::remove_file(&path);
@@ -695,6 +703,7 @@ impl Store {
                 report.removed_manifests += 1;
             }
         }
+        drop(reader);
         let blobs = self.root.join("blobs");
         for shard in fs::read_dir(&blobs).map_err(io_err(&blobs))?.flatten() {
             for f in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
