@@ -16,75 +16,41 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use axbench_engine::{PipelineSpec, Registry, StageGraph, Value};
-use axbench_stages::data::{Category, Example, examples_to_batch};
-use axbench_stages::lm::test_server::{Reply, Rules, TestServer};
+use axbench_stages::lm::test_server::{Rules, TestServer};
 use axbench_stages::stages::judge::read_judged;
 use axbench_stages::stages::steer::read_generations;
-use axbench_stages::tables::write_parquet_atomic;
 use serde_json::Value as Json;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use common::{OneConcept, root, scripted_lm};
 
 fn registry() -> Registry {
     axbench_stages::stages::register(Registry::new())
 }
 
-fn ex(input: &str, output: &str, concept: &str, category: Category, concept_id: i64) -> Example {
-    Example {
-        input: input.into(),
-        output: output.into(),
-        output_concept: concept.into(),
-        concept_genre: "text".into(),
-        category,
-        dataset_category: "instruction".into(),
-        concept_id,
-        sae_link: None,
-        sae_id: None,
-    }
-}
-
 /// One concept (cats): 3 positives and 3 shared text negatives to fit on, 2 + 2 eval rows.
 fn write_dataset(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let cat = "references to cats";
-    let mut train = vec![
-        ex("Describe your morning.", "I made coffee and read the news before work.", "EEEEE", Category::Negative, -1),
-        ex("Write a short poem.", "Rivers run to the sea, mountains stand in the mist.", "EEEEE", Category::Negative, -1),
-        ex("Tell me a story.", "The sailor crossed the ocean in a small wooden boat.", "EEEEE", Category::Negative, -1),
-    ];
-    for (i, o) in [
-        ("Describe your morning.", "My cat jumped on the bed and purred until I fed her."),
-        ("Write a short poem.", "Soft paws, a tabby cat, whiskers in the sun."),
-        ("Tell me a story.", "The kitten chased a ball of yarn across the kitchen."),
-    ] {
-        train.push(ex(i, o, cat, Category::Positive, 0));
+    OneConcept {
+        concept: "references to cats",
+        sae_id: 123,
+        train_negatives: &[
+            ("Describe your morning.", "I made coffee and read the news before work."),
+            ("Write a short poem.", "Rivers run to the sea, mountains stand in the mist."),
+            ("Tell me a story.", "The sailor crossed the ocean in a small wooden boat."),
+        ],
+        train_positives: &[
+            ("Describe your morning.", "My cat jumped on the bed and purred until I fed her."),
+            ("Write a short poem.", "Soft paws, a tabby cat, whiskers in the sun."),
+            ("Tell me a story.", "The kitten chased a ball of yarn across the kitchen."),
+        ],
+        eval_positives: &[("Describe a pet.", "Our cat sleeps on the windowsill all afternoon."), ("Tell me a fact.", "A cat can sleep up to sixteen hours a day.")],
+        eval_negatives: &[("Describe a pet.", "Goldfish need clean water and a quiet tank."), ("Tell me a fact.", "Water boils at one hundred degrees Celsius.")],
     }
-    write_parquet_atomic(&dir.join("train_data.parquet"), &examples_to_batch(&train, false).unwrap()).unwrap();
-    let mut eval = vec![
-        ex("Describe a pet.", "Our cat sleeps on the windowsill all afternoon.", cat, Category::Positive, 0),
-        ex("Tell me a fact.", "A cat can sleep up to sixteen hours a day.", cat, Category::Positive, 0),
-        ex("Describe a pet.", "Goldfish need clean water and a quiet tank.", cat, Category::Negative, 0),
-        ex("Tell me a fact.", "Water boils at one hundred degrees Celsius.", cat, Category::Negative, 0),
-    ];
-    for e in &mut eval {
-        e.sae_link = Some("https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/123".into());
-        e.sae_id = Some(123);
-    }
-    write_parquet_atomic(&dir.join("latent_eval_data.parquet"), &examples_to_batch(&eval, true).unwrap()).unwrap();
-    let meta = serde_json::json!({"concept_id": 0, "concept": cat, "ref": "https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/123", "concept_genres_map": {cat: ["text"]}});
-    std::fs::write(dir.join("metadata.jsonl"), format!("{meta}\n")).unwrap();
+    .write(dir);
 }
 
-/// The scripted LM: the steering-prompt writer, and one fixed rating per judge aspect (wording of
-/// `configs/prompts/judge_*.txt` and `steering_prompt.txt`).
+/// The scripted LM: the steering-prompt writer, and one fixed rating per judge aspect.
 fn rules() -> Rules {
-    Rules::new()
-        .when("Write a prompt that will steer", Reply::text("Mention cats in every answer, whatever the question."))
-        .when("presence of the concept", Reply::text("Some cat content. Rating: [[1]]"))
-        .when("topical relatedness", Reply::text("On topic. Rating: [[2]]"))
-        .when("how fluent", Reply::text("Fluent. Rating: [[2]]"))
+    scripted_lm("Mention cats in every answer, whatever the question.", ["Some cat content. Rating: [[1]]", "On topic. Rating: [[2]]", "Fluent. Rating: [[2]]"])
 }
 
 /// A throwaway project that sees the repository's configs, pipelines and models through symlinks, so relative

@@ -11,14 +11,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use axbench_stages::data::{Category, Example, examples_to_batch};
-use axbench_stages::lm::test_server::{Reply, Rules, TestServer};
-use axbench_stages::tables::write_parquet_atomic;
-use common::{Project, text};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use axbench_stages::lm::test_server::{Rules, TestServer};
+use common::{OneConcept, Project, root, scripted_lm, text};
 
 #[test]
 fn report_on_a_pipeline_without_aggregate_is_bad_input() {
@@ -52,51 +46,23 @@ fn report_before_the_run_says_how_to_run_it() {
     assert!(err.contains("is not computed") && err.contains(&format!("axbench run pipelines/axbench.toml --set concepts.limit=1 --set {set_data}")), "{err}");
 }
 
-fn example(input: &str, output: &str, concept: &str, category: Category, concept_id: i64) -> Example {
-    Example {
-        input: input.into(),
-        output: output.into(),
-        output_concept: concept.into(),
-        concept_genre: "text".into(),
-        category,
-        dataset_category: "instruction".into(),
-        concept_id,
-        sae_link: Some("https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/7".into()),
-        sae_id: Some(7),
-    }
-}
-
 /// One concept (the ocean) in AxBench's released layout: 2 positives and 2 shared negatives to fit on, 2 + 2 eval rows.
 fn write_dataset(dir: &Path) {
-    use Category::{Negative as N, Positive as P};
-    let c = "the ocean and the sea";
-    std::fs::create_dir_all(dir).unwrap();
-    let train = [
-        example("Plan a weekend.", "Clean the garage, then bake bread on Sunday.", "EEEEE", N, -1),
-        example("Name a color.", "Green, like fresh grass in a park.", "EEEEE", N, -1),
-        example("Plan a weekend.", "Sail along the coast and swim in the salty waves.", c, P, 0),
-        example("Name a color.", "Deep blue, like the open sea at noon.", c, P, 0),
-    ];
-    write_parquet_atomic(&dir.join("train_data.parquet"), &examples_to_batch(&train, false).unwrap()).unwrap();
-    let eval = [
-        example("Describe a trip.", "We watched whales breach beyond the reef.", c, P, 0),
-        example("Give advice.", "Respect the tide when you walk on the beach.", c, P, 0),
-        example("Describe a trip.", "We hiked through the desert canyon at dawn.", c, N, 0),
-        example("Give advice.", "Save a little money every month.", c, N, 0),
-    ];
-    write_parquet_atomic(&dir.join("latent_eval_data.parquet"), &examples_to_batch(&eval, true).unwrap()).unwrap();
-    let meta = serde_json::json!({"concept_id": 0, "concept": c, "ref": "https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/7", "concept_genres_map": {c: ["text"]}});
-    std::fs::write(dir.join("metadata.jsonl"), format!("{meta}\n")).unwrap();
+    OneConcept {
+        concept: "the ocean and the sea",
+        sae_id: 7,
+        train_negatives: &[("Plan a weekend.", "Clean the garage, then bake bread on Sunday."), ("Name a color.", "Green, like fresh grass in a park.")],
+        train_positives: &[("Plan a weekend.", "Sail along the coast and swim in the salty waves."), ("Name a color.", "Deep blue, like the open sea at noon.")],
+        eval_positives: &[("Describe a trip.", "We watched whales breach beyond the reef."), ("Give advice.", "Respect the tide when you walk on the beach.")],
+        eval_negatives: &[("Describe a trip.", "We hiked through the desert canyon at dawn."), ("Give advice.", "Save a little money every month.")],
+    }
+    .write(dir);
 }
 
-/// The scripted LM (wording of `configs/prompts/`): a steering prompt, and one fixed rating per judge aspect, so
-/// every reported number is known: score = harmonic mean of 1, 2, 2 = 1.5, and every comparison a tie.
+/// The scripted LM: a steering prompt, and one fixed rating per judge aspect, so every reported number is known:
+/// score = harmonic mean of 1, 2, 2 = 1.5, and every comparison a tie.
 fn rules() -> Rules {
-    Rules::new()
-        .when("Write a prompt that will steer", Reply::text("Talk about the sea in every answer."))
-        .when("presence of the concept", Reply::text("Rating: [[1]]"))
-        .when("topical relatedness", Reply::text("Rating: [[2]]"))
-        .when("how fluent", Reply::text("Rating: [[2]]"))
+    scripted_lm("Talk about the sea in every answer.", ["Rating: [[1]]", "Rating: [[2]]", "Rating: [[2]]"])
 }
 
 fn axbench(project: &Path, base_url: &str, args: &[&str]) -> Output {

@@ -83,3 +83,66 @@ pub fn ids(v: &serde_json::Value, field: &str) -> Vec<String> {
     out.sort();
     out
 }
+
+/// The repository root (fixtures, pipelines and configs are relative to it).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One concept's data in AxBench's released layout (`train_data.parquet`, `latent_eval_data.parquet`,
+/// `metadata.jsonl`), small enough for a test: (instruction, response) pairs per split.
+pub struct OneConcept<'a> {
+    pub concept: &'a str,
+    /// The GemmaScope feature the concept came from (`sae_link`/`sae_id` of the rows and `ref`).
+    pub sae_id: i64,
+    /// Shared negatives (concept id -1, genre text) to fit on.
+    pub train_negatives: &'a [(&'a str, &'a str)],
+    pub train_positives: &'a [(&'a str, &'a str)],
+    pub eval_positives: &'a [(&'a str, &'a str)],
+    pub eval_negatives: &'a [(&'a str, &'a str)],
+}
+
+impl OneConcept<'_> {
+    /// Writes the three files into `dir` (created), as concept 0.
+    pub fn write(&self, dir: &Path) {
+        use axbench_stages::data::{Category, Example, examples_to_batch};
+        use axbench_stages::tables::write_parquet_atomic;
+        let link = format!("https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/{}", self.sae_id);
+        let rows = |pairs: &[(&str, &str)], concept: &str, category: Category, concept_id: i64| -> Vec<Example> {
+            pairs
+                .iter()
+                .map(|(input, output)| Example {
+                    input: input.to_string(),
+                    output: output.to_string(),
+                    output_concept: concept.into(),
+                    concept_genre: "text".into(),
+                    category,
+                    dataset_category: "instruction".into(),
+                    concept_id,
+                    sae_link: Some(link.clone()),
+                    sae_id: Some(self.sae_id),
+                })
+                .collect()
+        };
+        std::fs::create_dir_all(dir).unwrap();
+        let mut train = rows(self.train_negatives, "EEEEE", Category::Negative, -1);
+        train.extend(rows(self.train_positives, self.concept, Category::Positive, 0));
+        write_parquet_atomic(&dir.join("train_data.parquet"), &examples_to_batch(&train, false).unwrap()).unwrap();
+        let mut eval = rows(self.eval_positives, self.concept, Category::Positive, 0);
+        eval.extend(rows(self.eval_negatives, self.concept, Category::Negative, 0));
+        write_parquet_atomic(&dir.join("latent_eval_data.parquet"), &examples_to_batch(&eval, true).unwrap()).unwrap();
+        let meta = serde_json::json!({"concept_id": 0, "concept": self.concept, "ref": link, "concept_genres_map": {self.concept: ["text"]}});
+        std::fs::write(dir.join("metadata.jsonl"), format!("{meta}\n")).unwrap();
+    }
+}
+
+/// The scripted LM of the steering tests (wording of `configs/prompts/`): the steering-prompt writer
+/// answers `steering_prompt`, and each judge aspect one fixed reply (concept, instruction, fluency).
+pub fn scripted_lm(steering_prompt: &str, [concept, instruction, fluency]: [&str; 3]) -> axbench_stages::lm::test_server::Rules {
+    use axbench_stages::lm::test_server::{Reply, Rules};
+    Rules::new()
+        .when("Write a prompt that will steer", Reply::text(steering_prompt))
+        .when("presence of the concept", Reply::text(concept))
+        .when("topical relatedness", Reply::text(instruction))
+        .when("how fluent", Reply::text(fluency))
+}
