@@ -119,6 +119,10 @@ impl Stage for Infer {
         if scores.len() != eval.len() {
             return Err(StageError::msg(format!("{}: {} scores for {} examples", fit.method, scores.len(), eval.len())));
         }
+        if let Some(warning) = constant_scores_warning(&fit.method, scores.iter().map(|s| s.max_act)) {
+            tracing::warn!("concept {}: {warning}", fit.concept_id);
+            ctx.log(warning);
+        }
         let rows: Vec<LatentScoreRow> = eval
             .iter()
             .zip(&scores)
@@ -145,5 +149,32 @@ impl Stage for Infer {
             "infer.json",
             &InferMeta { model: set.meta.model.clone(), layer: set.meta.layer, concept_id: set.meta.concept_id, method: fit.method.clone(), method_class: fit.method_class.clone(), n_examples: rows.len() },
         )
+    }
+}
+
+/// A warning when every eval row gets the same score: such a detector cannot rank anything (its AUROC is 0.5), which
+/// a user should hear about before reading the table. For ReLU detectors (ReFT-r1, SAEs) it means the latent is dead
+/// on this data: ReFT-r1 on gemma-3-270m does that (BENCHMARKS.md, "ReFT-r1 on Concept10").
+fn constant_scores_warning(method: &str, max_acts: impl Iterator<Item = f64>) -> Option<String> {
+    let mut acts = max_acts.filter(|a| !a.is_nan());
+    let first = acts.next()?;
+    if !acts.all(|a| a == first) {
+        return None;
+    }
+    let dead = if first == 0.0 { " (a ReLU latent that never fires: for ReFT-r1 or an SAE feature, a dead latent)" } else { "" };
+    Some(format!("{method}: every eval row scores {first}{dead}; this detector cannot rank them (AUROC 0.5)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_scores_warning;
+
+    #[test]
+    fn constant_scores_are_reported_and_varied_ones_are_not() {
+        let w = constant_scores_warning("reft_r1", [0.0, 0.0, f64::NAN, 0.0].into_iter()).unwrap();
+        assert!(w.contains("every eval row scores 0") && w.contains("dead latent"), "{w}");
+        assert!(constant_scores_warning("probe", [0.3, 0.3].into_iter()).unwrap().contains("scores 0.3;"));
+        assert_eq!(constant_scores_warning("probe", [0.0, 0.1].into_iter()), None);
+        assert_eq!(constant_scores_warning("probe", std::iter::empty()), None);
     }
 }
