@@ -20,7 +20,7 @@ CPUS=${SLURM_UP_CPUS:-8}
 MEM_MB=$(awk '/MemTotal/ { printf "%d", $2 / 1024 * 0.8 }' /proc/meminfo)
 
 # ---- packages ---------------------------------------------------------------------------------
-if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null || ! command -v sbatch >/dev/null; then
+if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null || ! command -v sbatch >/dev/null || ! command -v pgrep >/dev/null; then
   command -v apt-get >/dev/null || { echo "slurm-up: no apt-get; install slurmctld, slurmd, slurm-client and munge by hand" >&2; exit 1; }
   # Keep the packages' maintainer scripts from starting daemons (no init system to manage them).
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
@@ -28,7 +28,8 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >&2
+  # procps: pgrep/ps, with which tests/slurm.rs finds a task's processes to kill.
+  apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge procps >&2
   rm -f /usr/sbin/policy-rc.d
   trap - EXIT
 fi

@@ -285,3 +285,59 @@ params = { tally = "{tally}", value = "${i}", ms = 60000 }
     wait_until("scancel to take effect", Duration::from_secs(30), || alive(&jobs).is_empty());
     assert_eq!(manifests(&p), 0, "a cancelled node has no manifest");
 }
+
+/// A task that dies without leaving an exit file (SIGKILL to the whole job, batch script included,
+/// as a node failure or an OOM kill of the step would) is found gone through squeue, reported as a
+/// failed node naming what Slurm said, and a rerun computes it; the other branch finishes meanwhile.
+#[test]
+fn a_task_killed_without_an_exit_file_is_reported_lost_and_a_rerun_computes_it() {
+    if !cluster() {
+        return;
+    }
+    let p = Project::new();
+    let file = pipeline(
+        &p,
+        r#"
+[stages.doomed]
+kind = "test.tally"
+params = { tally = "{tally}", value = 7, ms = 20000 }
+
+[stages.fine]
+kind = "test.tally"
+params = { tally = "{tally}", value = 1 }
+"#,
+    );
+    let engine = slurm_run(&p, &file, &[]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // The task's `axbench exec-node` (its command line names this project's cache) and the batch
+    // script that started it: freeze the first so it cannot react, kill the script, then it. Neither
+    // writes the exit file (`scancel` would not do: exec-node catches its SIGTERM and writes one).
+    let exec_nodes = || -> Vec<String> {
+        let pgrep = Command::new("pgrep").args(["-f", &format!("exec-node .*{}", p.cache().display())]).output().unwrap();
+        text(&pgrep.stdout).lines().map(str::to_string).collect()
+    };
+    // Once `fine` is done and gone, the one exec-node left is the doomed one's.
+    wait_until("the doomed task to start and `fine` to finish", Duration::from_secs(60), || tally(&p).contains_key("doomed") && manifests(&p) == 1 && exec_nodes().len() == 1);
+    let pids = exec_nodes();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pids[0])).unwrap();
+    let ppid = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().to_string();
+    for (signal, pid) in [("-STOP", &pids[0]), ("-KILL", &ppid), ("-KILL", &pids[0])] {
+        assert!(Command::new("kill").args([signal, pid]).status().unwrap().success(), "kill {signal} {pid}");
+    }
+    let out = engine.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed = r["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{r}");
+    assert_eq!(failed[0]["node"], "doomed");
+    assert!(failed[0]["error"].as_str().unwrap().contains("without an exit code"), "{r}");
+    assert_eq!(ids(&r, "computed"), vec!["fine".to_string()]);
+    assert!(!p.cache().join("manifests").exists() || manifests(&p) == 1, "the killed node left a manifest");
+
+    // The rerun submits it again and it completes; `fine` is not run twice.
+    let again = slurm_run(&p, &file, &[]).output().unwrap();
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(ids(&r, "computed"), vec!["doomed".to_string()], "{r}");
+    assert_eq!(value(&p, "doomed"), serde_json::json!(7));
+    assert_eq!(tally(&p).get("fine"), Some(&1));
+}
