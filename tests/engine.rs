@@ -127,9 +127,14 @@ fn a_corrupted_artifact_is_detected_by_digest_and_recomputed_with_early_cutoff()
     assert_eq!(node["reason"], "output `value.json` is missing or corrupted");
     // The store is content-addressed: `slow[x=a]` outputs the same bytes, so its output was
     // damaged too. Recomputing restores identical bytes, so the dependents keep their keys
-    // and are cache hits (early cutoff).
+    // and are cache hits (early cutoff). Whether `slow[x=a]` is recomputed or finds the blob
+    // already restored by `const[x=a]` when its turn comes depends on timing: either is right.
     let r = p.run_json(&[STATIC], 0);
-    assert_computed!(r, ["const[x=a]", "slow[x=a]"]);
+    let computed = ids(&r, "computed");
+    assert!(computed == ["const[x=a]"] || computed == ["const[x=a]", "slow[x=a]"], "report: {r}");
+    for dependent in ["double[x=a]", "shifted[x=a]", "sum"] {
+        assert!(ids(&r, "cached").contains(&dependent.to_string()), "{dependent} not a cache hit: {r}");
+    }
     assert_eq!(std::fs::read_to_string(p.blob_of("const[x=a]", "value.json")).unwrap(), "1");
 }
 
