@@ -269,7 +269,7 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
                 }
             }
         });
-        let opts = RunOptions { jobs, project_dir: project };
+        let opts = RunOptions { jobs, project_dir: project.clone() };
         axbench_engine::run(&spec, &registry, store.clone(), exec, &opts, Arc::new(reporter()), cancel.clone()).await
     });
     if let Some(s) = &slurm
@@ -281,13 +281,13 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
     let report = report.map_err(engine)?;
     let _ = store.flush_index();
     if report.ok() {
-        save_launch_alias(&spec, &registry, &store, &project_dir(g)?);
+        save_launch_alias(&spec, &registry, &store, &project);
     }
     crate::output::print_run_report(&spec.name, &report, slurm_stats.as_ref(), a.json);
     if !a.json {
         // Results tables plan the pipeline again: only for pipelines that have results.
         if report.ok() && spec.stages.values().any(|s| s.kind.value == crate::output::EVALUATE_KIND) {
-            crate::results_cmd::print_tables(&spec, &registry, &store, &project_dir(g)?);
+            crate::results_cmd::print_tables(&spec, &registry, &store, &project);
         }
     }
     if report.cancelled {

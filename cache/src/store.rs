@@ -362,24 +362,31 @@ impl Store {
         if let Some(run) = run {
             let _ = fs::hard_link(run, &kept);
         }
-        let dir = self.root.join("fingerprints");
-        let mut records: Vec<(SystemTime, PathBuf)> = fs::read_dir(&dir)
+        for old in self.prune_fingerprints("bin", &path) {
+            let _ = fs::remove_file(old.with_extension("run"));
+        }
+        Ok(())
+    }
+
+    /// Removes all but the [`Store::KEEP_FINGERPRINTS`] newest `*.<ext>` files of
+    /// `fingerprints/` (never `current`, the one just written); returns the removed paths.
+    fn prune_fingerprints(&self, ext: &str, current: &Path) -> Vec<PathBuf> {
+        let suffix = format!(".{ext}");
+        let mut files: Vec<(SystemTime, PathBuf)> = fs::read_dir(self.root.join("fingerprints"))
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".bin"))
+            .filter(|e| e.file_name().to_string_lossy().ends_with(&suffix))
             .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH), e.path()))
             .collect();
-        if records.len() > Self::KEEP_FINGERPRINTS {
-            records.sort();
-            for (_, p) in &records[..records.len() - Self::KEEP_FINGERPRINTS] {
-                if *p != path {
-                    let _ = fs::remove_file(p);
-                    let _ = fs::remove_file(p.with_extension("run"));
-                }
-            }
+        let excess = files.len().saturating_sub(Self::KEEP_FINGERPRINTS);
+        files.sort();
+        files.truncate(excess);
+        let pruned: Vec<PathBuf> = files.into_iter().map(|(_, p)| p).filter(|p| p != current).collect();
+        for p in &pruned {
+            let _ = fs::remove_file(p);
         }
-        Ok(())
+        pruned
     }
 
     /// How many fingerprint records [`Store::write_fingerprint`] keeps.
@@ -396,22 +403,7 @@ impl Store {
             return Ok(());
         }
         write_atomic(&path, &fp.0).map_err(io_err(&path))?;
-        let dir = self.root.join("fingerprints");
-        let mut aliases: Vec<(SystemTime, PathBuf)> = fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".alias"))
-            .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH), e.path()))
-            .collect();
-        if aliases.len() > Self::KEEP_FINGERPRINTS {
-            aliases.sort();
-            for (_, p) in &aliases[..aliases.len() - Self::KEEP_FINGERPRINTS] {
-                if *p != path {
-                    let _ = fs::remove_file(p);
-                }
-            }
-        }
+        self.prune_fingerprints("alias", &path);
         Ok(())
     }
 
@@ -872,3 +864,34 @@ fn _assert_send_sync() {
 /// Sorted set of keys, used by tests.
 #[allow(dead_code)]
 type KeySet = BTreeSet<Digest>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(dir: &Path, ext: &str) -> usize {
+        fs::read_dir(dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == ext)).count()
+    }
+
+    #[test]
+    fn fingerprint_records_and_aliases_keep_only_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let run = store.record_run(&[]).unwrap();
+        let n = Store::KEEP_FINGERPRINTS + 3;
+        for i in 0..n {
+            let fp = crate::hash_bytes(format!("fp{i}").as_bytes());
+            store.write_fingerprint(&fp, b"record", Some(&run)).unwrap();
+            store.write_alias(&crate::hash_bytes(format!("alias{i}").as_bytes()), &fp).unwrap();
+        }
+        let fps = dir.path().join("fingerprints");
+        assert_eq!(count(&fps, "bin"), Store::KEEP_FINGERPRINTS);
+        assert_eq!(count(&fps, "alias"), Store::KEEP_FINGERPRINTS);
+        // A pruned record takes its kept run record along.
+        assert_eq!(count(&fps, "run"), Store::KEEP_FINGERPRINTS);
+        // The last written survive.
+        let last = crate::hash_bytes(format!("fp{}", n - 1).as_bytes());
+        assert!(store.read_fingerprint(&last).is_some());
+        assert_eq!(store.read_alias(&crate::hash_bytes(format!("alias{}", n - 1).as_bytes())), Some(last));
+    }
+}

@@ -46,9 +46,7 @@ pub fn fingerprint(spec: &PipelineSpec, registry: &Registry, project_dir: &Path)
     h.update(b"axbench.fingerprint.v1\0");
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     h.update(b"\0");
-    h.update(project_dir.as_os_str().as_encoded_bytes());
-    h.update(b"\0");
-    h.update(format!("{spec:?}").as_bytes());
+    hash_pipeline(&mut h, spec, project_dir);
     let kinds: BTreeSet<&str> = spec.stages.values().map(|s| s.kind.value.as_str()).collect();
     for kind in kinds {
         h.update(b"\0kind\0");
@@ -269,10 +267,17 @@ pub fn launch_key(spec: &PipelineSpec, project_dir: &Path, exe: &Path) -> Option
     h.update(exe.as_os_str().as_encoded_bytes());
     h.update(&st.to_bytes());
     h.update(b"\0");
+    hash_pipeline(&mut h, spec, project_dir);
+    Some(h.finalize().into())
+}
+
+/// What [`fingerprint`] and [`launch_key`] both cover: the pipeline as loaded and the project
+/// dir its relative paths resolve against (one place, so the launcher's key can never miss a
+/// part of the pipeline the fingerprint sees).
+fn hash_pipeline(h: &mut blake3::Hasher, spec: &PipelineSpec, project_dir: &Path) {
     h.update(project_dir.as_os_str().as_encoded_bytes());
     h.update(b"\0");
     h.update(format!("{spec:?}").as_bytes());
-    Some(h.finalize().into())
 }
 
 /// Files the record under `spec`'s fingerprint also under its [`launch_key`] for the binary
