@@ -68,10 +68,22 @@ enum Outcome {
 }
 
 fn exec(g: &GlobalArgs, a: &ExecNodeArgs) -> Result<&'static str, Outcome> {
-    let key: Digest = a.key.parse().map_err(|e| Outcome::BadInput(anyhow::anyhow!("KEY `{}`: {e}", a.key)))?;
+    let key: Digest = a
+        .key
+        .parse()
+        .map_err(|e| Outcome::BadInput(anyhow::anyhow!("KEY `{}`: {e}", a.key)))?;
     let store = Arc::new(crate::pipeline_cmd::open_store(g).map_err(Outcome::BadInput)?);
-    let job = read_job_spec(&store, &key).context("exec-node").map_err(Outcome::BadInput)?;
-    eprintln!("exec-node: {} ({} v{}) key {} on {}", job.node, job.kind, job.version, key, axbench_engine::executor::hostname());
+    let job = read_job_spec(&store, &key)
+        .context("exec-node")
+        .map_err(Outcome::BadInput)?;
+    eprintln!(
+        "exec-node: {} ({} v{}) key {} on {}",
+        job.node,
+        job.kind,
+        job.version,
+        key,
+        axbench_engine::executor::hostname()
+    );
     let cancel = CancelFlag::new();
     cancel_on_signals(cancel.clone());
     let exec = LocalExecutor::new(crate::pipeline_cmd::registry(), store.clone());
@@ -79,7 +91,11 @@ fn exec(g: &GlobalArgs, a: &ExecNodeArgs) -> Result<&'static str, Outcome> {
     let _ = store.flush_index();
     match outcome {
         Ok(ExecOutcome::Computed { outputs, duration_ms }) => {
-            eprintln!("exec-node: computed {} in {duration_ms} ms ({} output files)", job.node, outputs.len());
+            eprintln!(
+                "exec-node: computed {} in {duration_ms} ms ({} output files)",
+                job.node,
+                outputs.len()
+            );
             Ok("computed")
         }
         Ok(ExecOutcome::Cached { .. }) => {
@@ -102,9 +118,13 @@ fn exec(g: &GlobalArgs, a: &ExecNodeArgs) -> Result<&'static str, Outcome> {
 /// SIGTERM (scancel, a Slurm time limit) and SIGINT cancel the running stage.
 fn cancel_on_signals(cancel: CancelFlag) {
     std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
         rt.block_on(async {
-            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+                return;
+            };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}

@@ -36,7 +36,9 @@ fn main() -> ExitCode {
         eprintln!(
             "error: `{FULL_BIN}` is not next to this launcher ({}); build or install both binaries \
              (`cargo build --release`, `cargo install --path .`), or set AXBENCH_FULL_BIN",
-            std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default()
+            std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         );
         return ExitCode::from(1);
     };
@@ -92,7 +94,9 @@ fn parse(args: &[OsString]) -> Option<NoopCmd> {
         // `--flag=value` or `--flag value`; `-j4` or `-j 4`.
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ if arg.len() > 2 && !arg.starts_with("--") && (arg.starts_with("-j") || arg.starts_with("-C")) => (&arg[..2], Some(arg[2..].to_string())),
+            _ if arg.len() > 2 && !arg.starts_with("--") && (arg.starts_with("-j") || arg.starts_with("-C")) => {
+                (&arg[..2], Some(arg[2..].to_string()))
+            }
             _ => (arg, None),
         };
         let mut value = || -> Option<String> {
@@ -194,7 +198,11 @@ fn answer_noop(cmd: &NoopCmd, full: &Path) -> Option<ExitCode> {
     if recorded.is_err() {
         return None;
     }
-    let report = RunReport { cached: fresh.nodes.iter().map(|n| n.id.clone()).collect(), keys, ..Default::default() };
+    let report = RunReport {
+        cached: fresh.nodes.iter().map(|n| n.id.clone()).collect(),
+        keys,
+        ..Default::default()
+    };
     output::print_run_report(&spec.name, &report, None, cmd.json);
     Some(ExitCode::SUCCESS)
 }
@@ -203,7 +211,9 @@ fn answer_noop(cmd: &NoopCmd, full: &Path) -> Option<ExitCode> {
 /// `axbench_engine=warn,off`, ...). Anything unusual counts as verbose.
 fn logs_at_most_warnings(filter: &str) -> bool {
     filter.split(',').map(str::trim).filter(|d| !d.is_empty()).all(|d| {
-        let level = d.rsplit_once('=').map_or(d, |(target, level)| if target.contains('[') { "debug" } else { level });
+        let level = d
+            .rsplit_once('=')
+            .map_or(d, |(target, level)| if target.contains('[') { "debug" } else { level });
         matches!(level.to_ascii_lowercase().as_str(), "off" | "error" | "warn")
     })
 }
@@ -219,10 +229,34 @@ mod tests {
 
     #[test]
     fn answers_only_plain_plan_and_run() {
-        let c = p(&["run", "x.toml", "--set", "a=1", "--set=b=2", "-j4", "--json", "-C", "/p"]).unwrap();
-        assert_eq!(c, NoopCmd { run: true, pipeline: "x.toml".into(), sets: vec!["a=1".into(), "b=2".into()], json: true, project_dir: Some("/p".into()), ..Default::default() });
+        let c = p(&[
+            "run",
+            "x.toml",
+            "--set",
+            "a=1",
+            "--set=b=2",
+            "-j4",
+            "--json",
+            "-C",
+            "/p",
+        ])
+        .unwrap();
+        assert_eq!(
+            c,
+            NoopCmd {
+                run: true,
+                pipeline: "x.toml".into(),
+                sets: vec!["a=1".into(), "b=2".into()],
+                json: true,
+                project_dir: Some("/p".into()),
+                ..Default::default()
+            }
+        );
         let c = p(&["--cache-dir", "/c", "plan", "x.toml", "--max-nodes=10", "--limit", "5"]).unwrap();
-        assert_eq!((c.run, c.cache_dir, c.max_nodes), (false, Some(PathBuf::from("/c")), Some(10)));
+        assert_eq!(
+            (c.run, c.cache_dir, c.max_nodes),
+            (false, Some(PathBuf::from("/c")), Some(10))
+        );
         for hand_over in [
             &["plan"][..],
             &["plan", "x.toml", "y.toml"],
@@ -250,7 +284,14 @@ mod tests {
         for quiet in ["error", "warn", "off", "axbench_engine=warn,error", " WARN "] {
             assert!(logs_at_most_warnings(quiet), "{quiet}");
         }
-        for verbose in ["debug", "info", "axbench_engine=debug", "error,axbench=trace", "axbench_engine", "x[span]=warn"] {
+        for verbose in [
+            "debug",
+            "info",
+            "axbench_engine=debug",
+            "error,axbench=trace",
+            "axbench_engine",
+            "x[span]=warn",
+        ] {
             assert!(!logs_at_most_warnings(verbose), "{verbose}");
         }
     }

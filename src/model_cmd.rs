@@ -30,7 +30,8 @@ pub const ACTIVATIONS_TENSOR: &str = "activations";
 
 /// `axbench model`
 #[derive(Args, Debug)]
-#[command(after_long_help = "MODEL is an HF model directory (config.json, *.safetensors, tokenizer.json), a .gguf file,
+#[command(
+    after_long_help = "MODEL is an HF model directory (config.json, *.safetensors, tokenizer.json), a .gguf file,
 `default` (Gemma 3 270M base, GGUF Q4_K_M) or `default-instruct` (SmolLM2-135M-Instruct, GGUF Q4_1).
 
 Examples:
@@ -38,7 +39,8 @@ Examples:
   axbench model tokenize default-instruct 'Hello, world! 123' --json
   axbench model logits default 'The capital of France is' --top-k 5
   axbench model generate default-instruct 'Name three colors.' --chat --max-new-tokens 30
-  axbench model activations default 'The quick brown fox' --layer 6 --out acts.safetensors")]
+  axbench model activations default 'The quick brown fox' --layer 6 --out acts.safetensors"
+)]
 pub struct ModelArgs {
     #[command(subcommand)]
     pub command: ModelCommand,
@@ -47,16 +49,19 @@ pub struct ModelArgs {
 #[derive(Subcommand, Debug)]
 pub enum ModelCommand {
     /// Architecture, layer count, hidden size, vocabulary, chat template and file digest
-    #[command(after_long_help = "The digest is BLAKE3 over the file's bytes (for an HF directory: over every file in it,
+    #[command(
+        after_long_help = "The digest is BLAKE3 over the file's bytes (for an HF directory: over every file in it,
 in name order, each as its relative path, a NUL, its length as 8 little-endian bytes, then its
 bytes). The weights are not loaded, so this is quick.
 
 Examples:
   axbench model info default
-  axbench model info ./gemma-2-2b --json")]
+  axbench model info ./gemma-2-2b --json"
+    )]
     Info(InfoArgs),
     /// Token ids and token strings of a text, as the model's reference tokenizer produces them
-    #[command(after_long_help = "Special tokens written in the text (`<start_of_turn>`, `<|im_start|>`, `<bos>`) are parsed as
+    #[command(
+        after_long_help = "Special tokens written in the text (`<start_of_turn>`, `<|im_start|>`, `<bos>`) are parsed as
 those tokens. BOS is added where the model's tokenizer adds it by default (Gemma: yes; SmolLM2:
 no); --no-bos leaves it out. Only the tokenizer is loaded, not the weights.
 
@@ -64,20 +69,24 @@ JSON: {\"ids\":[…],\"tokens\":[…]}
 
 Examples:
   axbench model tokenize default 'Hello <start_of_turn>user'
-  axbench model tokenize default-instruct --file prompt.txt --json")]
+  axbench model tokenize default-instruct --file prompt.txt --json"
+    )]
     Tokenize(TokenizeArgs),
     /// The next-token distribution after a text: the K highest logits
-    #[command(after_long_help = "Logits are the model's raw outputs for the last position (after Gemma-2's final soft-cap
+    #[command(
+        after_long_help = "Logits are the model's raw outputs for the last position (after Gemma-2's final soft-cap
 where the model has one), not probabilities.
 
 JSON: {\"top\":[{\"id\":…,\"token\":\"…\",\"logit\":…},…]} (highest first)
 
 Examples:
   axbench model logits default 'The capital of France is'
-  axbench model logits default-instruct '1, 2, 3,' --top-k 10 --json")]
+  axbench model logits default-instruct '1, 2, 3,' --top-k 10 --json"
+    )]
     Logits(LogitsArgs),
     /// Continue a text: greedy, or sampled with --temperature
-    #[command(after_long_help = "Greedy unless --temperature is given (then softmax sampling, optionally restricted to the
+    #[command(
+        after_long_help = "Greedy unless --temperature is given (then softmax sampling, optionally restricted to the
 top-p nucleus, from a generator seeded by --seed: the same seed gives the same text). Stops at
 the tokenizer's end-of-generation tokens (EOS, <end_of_turn>, <|im_end|>) unless --ignore-eos.
 `ids` are the generated ids only (a stop token included); `text` is their decoding without
@@ -87,10 +96,12 @@ JSON: {\"ids\":[…],\"text\":\"…\",\"finish_reason\":\"stop\"|\"length\"}
 
 Examples:
   axbench model generate default 'Once upon a time' --max-new-tokens 40
-  axbench model generate default-instruct 'Write a haiku about rust.' --chat --temperature 0.7 --seed 1")]
+  axbench model generate default-instruct 'Write a haiku about rust.' --chat --temperature 0.7 --seed 1"
+    )]
     Generate(GenerateArgs),
     /// The residual stream at the output of one layer, for every token
-    #[command(after_long_help = "Layer L is 0-based: the output of decoder layer L, which is HF transformers'
+    #[command(
+        after_long_help = "Layer L is 0-based: the output of decoder layer L, which is HF transformers'
 `hidden_states[L+1]` (HF applies the final norm to its last entry; these values never are).
 
 JSON: {\"layer\":L,\"tokens\":[…],\"shape\":[T,D],\"values\":[[…D floats…],…T rows]}
@@ -100,7 +111,8 @@ With --out FILE.safetensors the values are written there instead, as one float32
 
 Examples:
   axbench model activations default 'The quick brown fox' --layer 6 --json
-  axbench model activations default-instruct --file essay.txt --layer 20 --out acts.safetensors")]
+  axbench model activations default-instruct --file essay.txt --layer 20 --out acts.safetensors"
+    )]
     Activations(ActivationsArgs),
 }
 
@@ -165,7 +177,9 @@ pub struct LogitsArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(override_usage = "axbench model generate [OPTIONS] <MODEL> <TEXT | --file FILE> [--max-new-tokens N] [--chat]")]
+#[command(
+    override_usage = "axbench model generate [OPTIONS] <MODEL> <TEXT | --file FILE> [--max-new-tokens N] [--chat]"
+)]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub flags: ModelFlags,
@@ -246,7 +260,9 @@ pub fn run(a: ModelArgs) -> ExitCode {
 /// the server's resolver), anything else as a path that must exist.
 fn resolve(spec: &str) -> Result<PathBuf> {
     match spec {
-        "default" | "default-instruct" => axbench_serve::resolve_model(spec).map_err(|e| bad(e.replace("--model ", "MODEL "))),
+        "default" | "default-instruct" => {
+            axbench_serve::resolve_model(spec).map_err(|e| bad(e.replace("--model ", "MODEL ")))
+        }
         path => {
             let p = PathBuf::from(path);
             if !p.exists() {
@@ -255,7 +271,9 @@ fn resolve(spec: &str) -> Result<PathBuf> {
                 )));
             }
             if !p.is_dir() && !is_gguf(&p) {
-                return Err(bad(format!("MODEL {path}: expected an HF model directory or a .gguf file")));
+                return Err(bad(format!(
+                    "MODEL {path}: expected an HF model directory or a .gguf file"
+                )));
             }
             Ok(p)
         }
@@ -277,7 +295,14 @@ fn load_vocab(path: &Path) -> Result<ModelVocab> {
 }
 
 fn load_model(path: &Path, flags: &ModelFlags) -> Result<Model> {
-    Model::load(path, &LoadOptions { device: flags.device, dtype: flags.dtype }).map_err(load_err)
+    Model::load(
+        path,
+        &LoadOptions {
+            device: flags.device,
+            dtype: flags.dtype,
+        },
+    )
+    .map_err(load_err)
 }
 
 impl TextInput {
@@ -305,7 +330,9 @@ fn tokens_of(tok: &Tokenizer, ids: &[u32]) -> Vec<String> {
 
 fn need_tokens(ids: &[u32]) -> Result<()> {
     if ids.is_empty() {
-        return Err(bad("the text has no tokens (empty text with --no-bos, or a tokenizer that adds nothing)"));
+        return Err(bad(
+            "the text has no tokens (empty text with --no-bos, or a tokenizer that adds nothing)",
+        ));
     }
     Ok(())
 }
@@ -360,7 +387,11 @@ struct Digest {
 fn info(a: InfoArgs) -> Result<()> {
     let path = resolve(&a.flags.model)?;
     // An HF directory without tokenizer.json still has an architecture worth describing.
-    let vocab = if path.is_dir() && !path.join("tokenizer.json").is_file() { None } else { Some(load_vocab(&path)?) };
+    let vocab = if path.is_dir() && !path.join("tokenizer.json").is_file() {
+        None
+    } else {
+        Some(load_vocab(&path)?)
+    };
     let (format, config, storage) = if is_gguf(&path) {
         let (file, config) = axbench_models::weights::open_gguf(&path).map_err(load_err)?;
         let mut counts: Vec<(String, usize)> = Vec::new();
@@ -372,7 +403,11 @@ fn info(a: InfoArgs) -> Result<()> {
             }
         }
         counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let storage = counts.iter().map(|(n, c)| format!("{n}×{c}")).collect::<Vec<_>>().join(", ");
+        let storage = counts
+            .iter()
+            .map(|(n, c)| format!("{n}×{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         ("gguf", config, storage)
     } else {
         let p = path.join("config.json");
@@ -386,12 +421,20 @@ fn info(a: InfoArgs) -> Result<()> {
         ("hf", config, "safetensors".to_string())
     };
     let field = |k: &str| -> Result<u64> {
-        config.get(k).and_then(|v| v.as_u64()).ok_or_else(|| bad(format!("{}: config has no `{k}`", path.display())))
+        config
+            .get(k)
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| bad(format!("{}: config has no `{k}`", path.display())))
     };
     let architecture = config
         .get("model_type")
         .and_then(|v| v.as_str())
-        .or_else(|| config.get("architectures").and_then(|a| a.get(0)).and_then(|v| v.as_str()))
+        .or_else(|| {
+            config
+                .get("architectures")
+                .and_then(|a| a.get(0))
+                .and_then(|v| v.as_str())
+        })
         .unwrap_or("unknown")
         .to_string();
     let info = Info {
@@ -414,7 +457,10 @@ fn info(a: InfoArgs) -> Result<()> {
                 ChatTemplate::ChatMl { .. } => "chatml",
             }),
         },
-        digest: Digest { algorithm: "blake3", hex: digest(&path)? },
+        digest: Digest {
+            algorithm: "blake3",
+            hex: digest(&path)?,
+        },
     };
     if a.flags.json {
         return print_json(&info);
@@ -523,8 +569,12 @@ fn logits(a: LogitsArgs) -> Result<()> {
     let model = load_model(&path, &a.flags)?;
     let _guard = tch::no_grad_guard();
     let input = tch::Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()).view([1, -1]);
-    let out = model.forward(&input, None, &Hooks::none(), Logits::Last, None).map_err(load_err)?;
-    let last = out.logits.ok_or_else(|| anyhow!("the forward pass returned no logits"))?;
+    let out = model
+        .forward(&input, None, &Hooks::none(), Logits::Last, None)
+        .map_err(load_err)?;
+    let last = out
+        .logits
+        .ok_or_else(|| anyhow!("the forward pass returned no logits"))?;
     let last = last.view([-1]).to_kind(tch::Kind::Float).to_device(tch::Device::Cpu);
     let k = a.top_k.min(last.size()[0] as usize) as i64;
     let (values, indices) = last.topk(k, -1, true, true);
@@ -533,7 +583,11 @@ fn logits(a: LogitsArgs) -> Result<()> {
     let top: Vec<TopEntry> = indices
         .iter()
         .zip(&values)
-        .map(|(&id, &logit)| TopEntry { id, token: vocab.tokenizer.id_to_token(id as u32).unwrap_or_default(), logit })
+        .map(|(&id, &logit)| TopEntry {
+            id,
+            token: vocab.tokenizer.id_to_token(id as u32).unwrap_or_default(),
+            logit,
+        })
         .collect();
     if a.flags.json {
         // Serialized as a struct, not through `json!`, so f32 logits print at f32 precision.
@@ -544,10 +598,21 @@ fn logits(a: LogitsArgs) -> Result<()> {
         return print_json(&Top { top });
     }
     let wid = top.iter().map(|e| e.id.to_string().len()).max().unwrap_or(2).max(2);
-    println!("next token after {} prompt tokens ({} of {}):", ids.len(), top.len(), last.size()[0]);
+    println!(
+        "next token after {} prompt tokens ({} of {}):",
+        ids.len(),
+        top.len(),
+        last.size()[0]
+    );
     println!("{:>4}  {:>wid$}  {:>10}  token", "rank", "id", "logit");
     for (r, e) in top.iter().enumerate() {
-        println!("{:>4}  {:>wid$}  {:>10.4}  {}", r + 1, e.id, e.logit, show_token(&e.token));
+        println!(
+            "{:>4}  {:>wid$}  {:>10.4}  {}",
+            r + 1,
+            e.id,
+            e.logit,
+            show_token(&e.token)
+        );
     }
     Ok(())
 }
@@ -566,17 +631,25 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
             if !(p > 0.0 && p <= 1.0) {
                 return Err(bad(format!("--top-p must be in (0, 1], got {p}")));
             }
-            Sampling::Sample { temperature: t, top_p: p }
+            Sampling::Sample {
+                temperature: t,
+                top_p: p,
+            }
         }
     };
     let vocab = load_vocab(&path)?;
     let tok = &vocab.tokenizer;
     let ids = if a.chat {
         let template = vocab.template.as_ref().ok_or_else(|| {
-            bad(format!("--chat: {} has no chat template axbench knows (Gemma or ChatML)", path.display()))
+            bad(format!(
+                "--chat: {} has no chat template axbench knows (Gemma or ChatML)",
+                path.display()
+            ))
         })?;
         // The rendered conversation carries its own BOS where the format has one.
-        template.encode(tok, &[Message::user(text)], true).map_err(|e| bad(e.to_string()))?
+        template
+            .encode(tok, &[Message::user(text)], true)
+            .map_err(|e| bad(e.to_string()))?
     } else {
         encode(tok, &text, a.input.no_bos)?
     };
@@ -586,12 +659,19 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         max_new_tokens: a.max_new_tokens,
         sampling,
         seed: a.seed,
-        stop_tokens: if a.ignore_eos { vec![] } else { tok.eos_ids().iter().map(|&i| i as i64).collect() },
+        stop_tokens: if a.ignore_eos {
+            vec![]
+        } else {
+            tok.eos_ids().iter().map(|&i| i as i64).collect()
+        },
         pad_token_id: model.info().pad_token_id.unwrap_or(0),
     };
     let prompt = Prompt::from(ids.iter().map(|&i| i as i64).collect::<Vec<_>>());
     let out = generate(&model, &[prompt], &cfg, &Hooks::none()).map_err(load_err)?;
-    let g = out.into_iter().next().ok_or_else(|| anyhow!("generation returned no rows"))?;
+    let g = out
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("generation returned no rows"))?;
     let gen_ids: Vec<u32> = g.tokens.iter().map(|&i| i as u32).collect();
     let text_out = tok.decode(&gen_ids, true)?;
     let finish = match g.finish {
@@ -602,7 +682,11 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         return print_json(&json!({ "ids": g.tokens, "text": text_out, "finish_reason": finish }));
     }
     println!("{text_out}");
-    eprintln!("[{} prompt tokens, {} generated, finish: {finish}]", ids.len(), g.tokens.len());
+    eprintln!(
+        "[{} prompt tokens, {} generated, finish: {finish}]",
+        ids.len(),
+        g.tokens.len()
+    );
     Ok(())
 }
 
@@ -615,7 +699,10 @@ fn activations(a: ActivationsArgs) -> Result<()> {
     if let Some(out) = &a.out
         && out.extension().is_none_or(|e| !e.eq_ignore_ascii_case("safetensors"))
     {
-        return Err(bad(format!("--out {}: the file name must end in .safetensors", out.display())));
+        return Err(bad(format!(
+            "--out {}: the file name must end in .safetensors",
+            out.display()
+        )));
     }
     let vocab = load_vocab(&path)?;
     let ids = encode(&vocab.tokenizer, &text, a.input.no_bos)?;
@@ -633,9 +720,17 @@ fn activations(a: ActivationsArgs) -> Result<()> {
     }
     let _guard = tch::no_grad_guard();
     let input = tch::Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()).view([1, -1]);
-    let out = model.forward(&input, None, &Hooks::none().capture(a.layer), Logits::None, None).map_err(load_err)?;
-    let h = out.hidden(a.layer).ok_or_else(|| anyhow!("layer {} was not captured", a.layer))?;
-    let h = h.squeeze_dim(0).to_kind(tch::Kind::Float).to_device(tch::Device::Cpu).contiguous();
+    let out = model
+        .forward(&input, None, &Hooks::none().capture(a.layer), Logits::None, None)
+        .map_err(load_err)?;
+    let h = out
+        .hidden(a.layer)
+        .ok_or_else(|| anyhow!("layer {} was not captured", a.layer))?;
+    let h = h
+        .squeeze_dim(0)
+        .to_kind(tch::Kind::Float)
+        .to_device(tch::Device::Cpu)
+        .contiguous();
     let (t, d) = h.size2()?;
     let (t, d) = (t as usize, d as usize);
     let flat = Vec::<f32>::try_from(h.view([-1]))?;
@@ -658,7 +753,11 @@ fn activations(a: ActivationsArgs) -> Result<()> {
                 "out": file.display().to_string(), "tensor": ACTIVATIONS_TENSOR,
             }));
         }
-        println!("wrote {} ({ACTIVATIONS_TENSOR}: [{t}, {d}] f32, layer {})", file.display(), a.layer);
+        println!(
+            "wrote {} ({ACTIVATIONS_TENSOR}: [{t}, {d}] f32, layer {})",
+            file.display(),
+            a.layer
+        );
         return Ok(());
     }
     let rows: Vec<&[f32]> = flat.chunks(d.max(1)).collect();
@@ -670,10 +769,23 @@ fn activations(a: ActivationsArgs) -> Result<()> {
             shape: [usize; 2],
             values: &'a [&'a [f32]],
         }
-        return print_json(&Activations { layer: a.layer, tokens: &tokens, shape: [t, d], values: &rows });
+        return print_json(&Activations {
+            layer: a.layer,
+            tokens: &tokens,
+            shape: [t, d],
+            values: &rows,
+        });
     }
-    println!("layer {} output: {t} tokens × {d} dims (--json or --out for every value)", a.layer);
-    let wt = tokens.iter().map(|s| show_token(s).chars().count()).max().unwrap_or(5).clamp(5, 24);
+    println!(
+        "layer {} output: {t} tokens × {d} dims (--json or --out for every value)",
+        a.layer
+    );
+    let wt = tokens
+        .iter()
+        .map(|s| show_token(s).chars().count())
+        .max()
+        .unwrap_or(5)
+        .clamp(5, 24);
     println!("{:>4}  {:<wt$}  {:>10}  first values", "#", "token", "norm");
     for (i, (row, tok)) in rows.iter().zip(&tokens).enumerate() {
         let norm = row.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();

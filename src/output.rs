@@ -21,7 +21,11 @@ pub fn print_fresh_plan(pipeline: &str, fresh: &FreshPlan, json: bool) -> serde_
 /// `run`'s report: JSON on stdout, or failures on stderr and a summary line on stdout.
 pub fn print_run_report(pipeline: &str, report: &RunReport, slurm: Option<&SlurmStats>, json: bool) {
     if json {
-        let failed: Vec<_> = report.failed.iter().map(|f| serde_json::json!({"node": f.node, "error": f.error, "log": f.log})).collect();
+        let failed: Vec<_> = report
+            .failed
+            .iter()
+            .map(|f| serde_json::json!({"node": f.node, "error": f.error, "log": f.log}))
+            .collect();
         let j = serde_json::json!({
             "computed": report.computed, "cached": report.cached, "failed": failed,
             "skipped": report.skipped, "pending": report.pending, "cancelled": report.cancelled,
@@ -43,7 +47,10 @@ pub fn print_run_report(pipeline: &str, report: &RunReport, slurm: Option<&Slurm
         eprintln!("not expanded: {p} (its list stage did not finish)");
     }
     if let Some(st) = slurm {
-        eprintln!("slurm: submitted {} node(s) in {} job array(s), re-attached to {} running job task(s)", st.tasks, st.arrays, st.reattached);
+        eprintln!(
+            "slurm: submitted {} node(s) in {} job array(s), re-attached to {} running job task(s)",
+            st.tasks, st.arrays, st.reattached
+        );
     }
     println!(
         "{}: {} computed, {} cached, {} failed, {} skipped{}",

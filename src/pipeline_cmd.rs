@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use axbench_cache::Store;
-use axbench_engine::{BarReporter, CancelFlag, EngineError, LocalExecutor, NodeState, PipelineSpec, Registry, RunOptions, StageGraph};
+use axbench_engine::{
+    BarReporter, CancelFlag, EngineError, LocalExecutor, NodeState, PipelineSpec, Registry, RunOptions, StageGraph,
+};
 use clap::{Args, ValueEnum};
 
 /// Flags every subcommand takes.
@@ -169,7 +171,11 @@ impl std::fmt::Display for Exit {
 impl std::error::Error for Exit {}
 
 fn engine(e: EngineError) -> anyhow::Error {
-    if e.is_bad_input() { BadInput(e.to_string()).into() } else { anyhow::Error::new(e) }
+    if e.is_bad_input() {
+        BadInput(e.to_string()).into()
+    } else {
+        anyhow::Error::new(e)
+    }
 }
 
 /// Maps a command result to the process exit code, printing errors.
@@ -191,8 +197,11 @@ pub fn exit(result: Result<()>) -> ExitCode {
 }
 
 pub fn init_logging(g: &GlobalArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match g.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -244,8 +253,16 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
         ExecutorKind::Slurm => Some(Arc::new(slurm_executor(&a.slurm, &spec, &registry, &store)?)),
         ExecutorKind::Local => {
             let s = &a.slurm;
-            if s.partition.is_some() || s.gres.is_some() || s.time.is_some() || !s.slurm_opts.is_empty() || s.axbench_bin.is_some() {
-                return Err(BadInput("--partition, --gres, --time, --slurm-opt and --axbench-bin need --executor slurm".into()).into());
+            if s.partition.is_some()
+                || s.gres.is_some()
+                || s.time.is_some()
+                || !s.slurm_opts.is_empty()
+                || s.axbench_bin.is_some()
+            {
+                return Err(BadInput(
+                    "--partition, --gres, --time, --slurm-opt and --axbench-bin need --executor slurm".into(),
+                )
+                .into());
             }
             None
         }
@@ -257,7 +274,10 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
     let jobs = a.jobs.unwrap_or(if slurm.is_some() { 1000 } else { default_jobs() });
     let cancel = CancelFlag::new();
     // Every node in flight holds a blocking thread (a Slurm node mostly sleeps in it).
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(jobs.max(512) + 16).build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(jobs.max(512) + 16)
+        .build()?;
     let report = rt.block_on(async {
         let c = cancel.clone();
         tokio::spawn(async move {
@@ -269,8 +289,20 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
                 }
             }
         });
-        let opts = RunOptions { jobs, project_dir: project.clone() };
-        axbench_engine::run(&spec, &registry, store.clone(), exec, &opts, Arc::new(reporter()), cancel.clone()).await
+        let opts = RunOptions {
+            jobs,
+            project_dir: project.clone(),
+        };
+        axbench_engine::run(
+            &spec,
+            &registry,
+            store.clone(),
+            exec,
+            &opts,
+            Arc::new(reporter()),
+            cancel.clone(),
+        )
+        .await
     });
     if let Some(s) = &slurm
         && cancel.is_cancelled()
@@ -286,7 +318,12 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
     crate::output::print_run_report(&spec.name, &report, slurm_stats.as_ref(), a.json);
     if !a.json {
         // Results tables plan the pipeline again: only for pipelines that have results.
-        if report.ok() && spec.stages.values().any(|s| s.kind.value == crate::output::EVALUATE_KIND) {
+        if report.ok()
+            && spec
+                .stages
+                .values()
+                .any(|s| s.kind.value == crate::output::EVALUATE_KIND)
+        {
             crate::results_cmd::print_tables(&spec, &registry, &store, &project);
         }
     }
@@ -308,7 +345,12 @@ fn save_launch_alias(spec: &PipelineSpec, registry: &Registry, store: &Store, pr
 }
 
 /// The Slurm executor for `spec`, from the run's flags.
-fn slurm_executor(a: &SlurmArgs, spec: &PipelineSpec, registry: &Registry, store: &Arc<Store>) -> Result<axbench_engine::slurm::SlurmExecutor> {
+fn slurm_executor(
+    a: &SlurmArgs,
+    spec: &PipelineSpec,
+    registry: &Registry,
+    store: &Arc<Store>,
+) -> Result<axbench_engine::slurm::SlurmExecutor> {
     use axbench_engine::slurm::{SlurmConfig, SlurmExecutor};
     let bin = match &a.axbench_bin {
         Some(p) => std::fs::canonicalize(p).with_context(|| format!("--axbench-bin {}", p.display()))?,
@@ -319,9 +361,13 @@ fn slurm_executor(a: &SlurmArgs, spec: &PipelineSpec, registry: &Registry, store
     cfg.defaults.gres = a.gres.clone();
     cfg.defaults.time = a.time.clone();
     for kv in &a.slurm_opts {
-        cfg.defaults.parse_opt(kv).map_err(|e| BadInput(format!("--slurm-opt {kv}: {e}")))?;
+        cfg.defaults
+            .parse_opt(kv)
+            .map_err(|e| BadInput(format!("--slurm-opt {kv}: {e}")))?;
     }
-    cfg.defaults.check().map_err(|(field, e)| BadInput(format!("--{}: {e}", field.trim_start_matches('.'))))?;
+    cfg.defaults
+        .check()
+        .map_err(|(field, e)| BadInput(format!("--{}: {e}", field.trim_start_matches('.'))))?;
     if a.array_limit == 0 {
         return Err(BadInput("--array-limit must be at least 1".into()).into());
     }
@@ -336,8 +382,13 @@ fn slurm_executor(a: &SlurmArgs, spec: &PipelineSpec, registry: &Registry, store
 /// (default 10) per running node.
 fn reporter() -> BarReporter {
     use std::io::IsTerminal;
-    let every = std::env::var("AXBENCH_PROGRESS_EVERY").ok().and_then(|s| s.parse::<f64>().ok()).filter(|s| s.is_finite() && *s >= 0.0);
-    let every = every.map(std::time::Duration::from_secs_f64).unwrap_or(axbench_engine::report::DEFAULT_PLAIN_INTERVAL);
+    let every = std::env::var("AXBENCH_PROGRESS_EVERY")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0);
+    let every = every
+        .map(std::time::Duration::from_secs_f64)
+        .unwrap_or(axbench_engine::report::DEFAULT_PLAIN_INTERVAL);
     BarReporter::with_mode(std::io::stderr().is_terminal(), every)
 }
 
@@ -358,8 +409,22 @@ pub fn plan(g: &GlobalArgs, a: PlanArgs) -> Result<()> {
         }
         let w = spec.params.keys().map(|k| k.len()).max().unwrap_or(0);
         for p in spec.params.values() {
-            let set = if p.value != p.default { format!(" (default {}, set by {})", p.default.to_json(), p.set_by.as_ref().map(|l| l.to_string()).unwrap_or_default()) } else { String::new() };
-            println!("{:w$}  = {}{set}\n{:w$}    {}", p.name, p.value.to_json(), "", p.description);
+            let set = if p.value != p.default {
+                format!(
+                    " (default {}, set by {})",
+                    p.default.to_json(),
+                    p.set_by.as_ref().map(|l| l.to_string()).unwrap_or_default()
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "{:w$}  = {}{set}\n{:w$}    {}",
+                p.name,
+                p.value.to_json(),
+                "",
+                p.description
+            );
         }
         return Ok(());
     }
@@ -399,7 +464,12 @@ pub fn plan(g: &GlobalArgs, a: PlanArgs) -> Result<()> {
     if shown > a.limit {
         println!("… and {} more (--limit, or --json for all)", shown - a.limit);
     }
-    println!("{}: {} nodes: {fresh} fresh, {stale} stale, {missing} missing; {} to run", spec.name, j.nodes.len(), j.to_run);
+    println!(
+        "{}: {} nodes: {fresh} fresh, {stale} stale, {missing} missing; {} to run",
+        spec.name,
+        j.nodes.len(),
+        j.to_run
+    );
     Ok(())
 }
 
@@ -422,20 +492,37 @@ pub fn show(g: &GlobalArgs, a: ShowArgs) -> Result<()> {
     let store = open_store(g)?;
     let reader = store.reader();
     let key = if a.node.len() >= 6 && a.node.chars().all(|c| c.is_ascii_hexdigit()) {
-        let matches: Vec<_> = store.manifest_keys().into_iter().filter(|(k, _)| k.to_hex().starts_with(&a.node.to_lowercase())).collect();
+        let matches: Vec<_> = store
+            .manifest_keys()
+            .into_iter()
+            .filter(|(k, _)| k.to_hex().starts_with(&a.node.to_lowercase()))
+            .collect();
         match matches.as_slice() {
             [(k, _)] => Some(*k),
             [] => None,
-            _ => return Err(BadInput(format!("key prefix `{}` is ambiguous ({} matches)", a.node, matches.len())).into()),
+            _ => {
+                return Err(BadInput(format!(
+                    "key prefix `{}` is ambiguous ({} matches)",
+                    a.node,
+                    matches.len()
+                ))
+                .into());
+            }
         }
     } else {
         None
     };
     let key = key.or_else(|| store.latest(reader.as_ref(), &a.node));
     let Some(key) = key else {
-        return Err(BadInput(format!("no cached node `{}` (give a node id as `plan` prints it, or a key prefix)", a.node)).into());
+        return Err(BadInput(format!(
+            "no cached node `{}` (give a node id as `plan` prints it, or a key prefix)",
+            a.node
+        ))
+        .into());
     };
-    let m = store.read_manifest(&key)?.with_context(|| format!("manifest of {key} is missing"))?;
+    let m = store
+        .read_manifest(&key)?
+        .with_context(|| format!("manifest of {key} is missing"))?;
     println!("{}", serde_json::to_string_pretty(&m)?);
     let log = store.log_path(&key);
     if log.exists() {
@@ -454,9 +541,16 @@ pub fn gc(g: &GlobalArgs, a: GcArgs) -> Result<()> {
         r.removed_manifests,
         r.removed_blobs,
         human_bytes(r.freed_bytes),
-        if r.removed_temp > 0 { format!(", and {} temp file(s) a killed write left", r.removed_temp) } else { String::new() },
+        if r.removed_temp > 0 {
+            format!(", and {} temp file(s) a killed write left", r.removed_temp)
+        } else {
+            String::new()
+        },
         if s.job_specs + s.task_records + s.batches > 0 {
-            format!(", and {} Slurm job spec(s), {} task record(s), {} failed batch dir(s)", s.job_specs, s.task_records, s.batches)
+            format!(
+                ", and {} Slurm job spec(s), {} task record(s), {} failed batch dir(s)",
+                s.job_specs, s.task_records, s.batches
+            )
         } else {
             String::new()
         }
@@ -499,5 +593,9 @@ fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

@@ -44,7 +44,15 @@ pub fn run(g: &GlobalArgs, a: ReportArgs) -> ExitCode {
 
 /// A node id as a folder name: `aggregate[layer=9]` → `aggregate_layer_9_`.
 fn folder_name(id: &str) -> String {
-    id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Copies an aggregate node's outputs (read-only blobs) to `dir` under their names, replacing an earlier copy.
@@ -62,23 +70,44 @@ fn export(files: &NodeFiles, dir: &Path) -> anyhow::Result<()> {
 
 fn report(g: &GlobalArgs, a: &ReportArgs) -> Result<(), Failure> {
     let bad = |e: anyhow::Error| Failure(2, e);
-    let Opened { spec, project, cache, store } = open_pipeline(g, &a.pipeline, &a.sets)?;
+    let Opened {
+        spec,
+        project,
+        cache,
+        store,
+    } = open_pipeline(g, &a.pipeline, &a.sets)?;
     let found = stage_outputs(&spec, &registry(), &store, &project, AGGREGATE_KIND).map_err(|e| Failure(1, e))?;
     if found.is_empty() {
-        return Err(bad(anyhow::anyhow!("{} has no `{AGGREGATE_KIND}` stage: nothing makes a report", a.pipeline.display())));
+        return Err(bad(anyhow::anyhow!(
+            "{} has no `{AGGREGATE_KIND}` stage: nothing makes a report",
+            a.pipeline.display()
+        )));
     }
-    let stem = a.pipeline.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pipeline".into());
+    let stem = a
+        .pipeline
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pipeline".into());
     let base = cache.join("reports").join(folder_name(&stem));
     let several = found.len() > 1;
     let mut htmls = Vec::new();
     for (id, outputs) in &found {
-        let files = outputs.as_ref().ok_or_else(|| bad(anyhow::anyhow!("`{id}` is not computed for these params: {}", run_hint(&a.pipeline, &a.sets))))?;
+        let files = outputs.as_ref().ok_or_else(|| {
+            bad(anyhow::anyhow!(
+                "`{id}` is not computed for these params: {}",
+                run_hint(&a.pipeline, &a.sets)
+            ))
+        })?;
         for name in ["report.html", "report.md"] {
             if !files.contains_key(name) {
                 return Err(Failure(1, anyhow::anyhow!("`{id}` has no output {name}")));
             }
         }
-        let dir = if several { base.join(folder_name(id)) } else { base.clone() };
+        let dir = if several {
+            base.join(folder_name(id))
+        } else {
+            base.clone()
+        };
         export(files, &dir).map_err(|e| Failure(1, e))?;
         println!("{}", dir.join("report.html").display());
         println!("{}", dir.join("report.md").display());

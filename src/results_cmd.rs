@@ -89,29 +89,52 @@ pub(crate) fn open_pipeline(g: &GlobalArgs, pipeline: &Path, sets: &[String]) ->
     spec.apply_sets(sets).map_err(|e| Failure(2, e.into()))?;
     let project = project_dir(g).map_err(|e| Failure(1, e))?;
     let cache = g.cache_dir.clone().unwrap_or_else(|| project.join(".axbench"));
-    let store = Store::open(&cache).with_context(|| format!("opening cache {}", cache.display())).map_err(|e| Failure(1, e))?;
-    Ok(Opened { spec, project, cache, store })
+    let store = Store::open(&cache)
+        .with_context(|| format!("opening cache {}", cache.display()))
+        .map_err(|e| Failure(1, e))?;
+    Ok(Opened {
+        spec,
+        project,
+        cache,
+        store,
+    })
 }
 
 fn results(g: &GlobalArgs, a: &ResultsArgs) -> Result<(), Failure> {
     let bad = |e: anyhow::Error| Failure(2, e);
-    let Opened { spec, project, store, .. } = open_pipeline(g, &a.pipeline, &a.sets)?;
+    let Opened {
+        spec, project, store, ..
+    } = open_pipeline(g, &a.pipeline, &a.sets)?;
     let registry = registry();
     let evaluates = stage_outputs(&spec, &registry, &store, &project, EVALUATE_KIND).map_err(|e| Failure(1, e))?;
     let aggregates = stage_outputs(&spec, &registry, &store, &project, AGGREGATE_KIND).map_err(|e| Failure(1, e))?;
     if evaluates.is_empty() && aggregates.is_empty() {
-        return Err(bad(anyhow::anyhow!("{} has no `{EVALUATE_KIND}` or `{AGGREGATE_KIND}` stage", a.pipeline.display())));
+        return Err(bad(anyhow::anyhow!(
+            "{} has no `{EVALUATE_KIND}` or `{AGGREGATE_KIND}` stage",
+            a.pipeline.display()
+        )));
     }
-    let not_computed = |id: &str| bad(anyhow::anyhow!("`{id}` is not computed for these params: {}", run_hint(&a.pipeline, &a.sets)));
+    let not_computed = |id: &str| {
+        bad(anyhow::anyhow!(
+            "`{id}` is not computed for these params: {}",
+            run_hint(&a.pipeline, &a.sets)
+        ))
+    };
     let read = |id: &str, files: &BTreeMap<String, PathBuf>, name: &str| -> Result<Vec<u8>, Failure> {
-        let p = files.get(name).ok_or_else(|| Failure(1, anyhow::anyhow!("`{id}` has no output {name}")))?;
-        std::fs::read(p).with_context(|| format!("{id}: {name} ({})", p.display())).map_err(|e| Failure(1, e))
+        let p = files
+            .get(name)
+            .ok_or_else(|| Failure(1, anyhow::anyhow!("`{id}` has no output {name}")))?;
+        std::fs::read(p)
+            .with_context(|| format!("{id}: {name} ({})", p.display()))
+            .map_err(|e| Failure(1, e))
     };
     let mut detection = Vec::new();
     let mut tables = String::new();
     for (id, outputs) in &evaluates {
         let files = outputs.as_ref().ok_or_else(|| not_computed(id))?;
-        let r: Results = serde_json::from_slice(&read(id, files, "results.json")?).with_context(|| format!("{id}: results.json")).map_err(|e| Failure(1, e))?;
+        let r: Results = serde_json::from_slice(&read(id, files, "results.json")?)
+            .with_context(|| format!("{id}: results.json"))
+            .map_err(|e| Failure(1, e))?;
         detection.extend(r.detection.into_iter().map(|r| {
             serde_json::json!({"model": r.model, "layer": r.layer, "method": r.method, "concept_id": r.concept_id, "auroc": r.auroc, "f1": r.f1})
         }));
@@ -120,7 +143,9 @@ fn results(g: &GlobalArgs, a: &ResultsArgs) -> Result<(), Failure> {
     let mut steering = Vec::new();
     for (id, outputs) in &aggregates {
         let files = outputs.as_ref().ok_or_else(|| not_computed(id))?;
-        let s: Summary = serde_json::from_slice(&read(id, files, "summary.json")?).with_context(|| format!("{id}: summary.json")).map_err(|e| Failure(1, e))?;
+        let s: Summary = serde_json::from_slice(&read(id, files, "summary.json")?)
+            .with_context(|| format!("{id}: summary.json"))
+            .map_err(|e| Failure(1, e))?;
         steering.extend(steering_json(&s));
         let t = axbench_stages::report::markdown::steering_tables(&s);
         if !t.is_empty() {
@@ -153,7 +178,13 @@ pub type NodeFiles = BTreeMap<String, PathBuf>;
 
 /// Every node of stage kind `kind` in the planned pipeline with its outputs, `None` where the node is not fresh
 /// (never run, or stale for these params).
-pub fn stage_outputs(spec: &PipelineSpec, registry: &Registry, store: &Store, project: &Path, kind: &str) -> Result<Vec<(String, Option<NodeFiles>)>> {
+pub fn stage_outputs(
+    spec: &PipelineSpec,
+    registry: &Registry,
+    store: &Store,
+    project: &Path,
+    kind: &str,
+) -> Result<Vec<(String, Option<NodeFiles>)>> {
     let mut lists = Default::default();
     let plan = axbench_engine::plan(spec, registry, store, project, &mut lists)?;
     let mut out = Vec::new();
@@ -162,7 +193,11 @@ pub fn stage_outputs(spec: &PipelineSpec, registry: &Registry, store: &Store, pr
             continue;
         }
         let outputs = match (&p.state, &p.outputs) {
-            (NodeState::Fresh, Some(o)) => Some(o.iter().map(|(name, e)| (name.clone(), store.blob_path(&e.digest))).collect()),
+            (NodeState::Fresh, Some(o)) => Some(
+                o.iter()
+                    .map(|(name, e)| (name.clone(), store.blob_path(&e.digest)))
+                    .collect(),
+            ),
             _ => None,
         };
         out.push((n.id.clone(), outputs));
@@ -179,7 +214,9 @@ pub fn stage_outputs(spec: &PipelineSpec, registry: &Registry, store: &Store, pr
 /// aggregate nodes (nothing if it has neither).
 pub fn print_tables(spec: &PipelineSpec, registry: &Registry, store: &Store, project: &Path) {
     for kind in [EVALUATE_KIND, AGGREGATE_KIND] {
-        let Ok(found) = stage_outputs(spec, registry, store, project, kind) else { return };
+        let Ok(found) = stage_outputs(spec, registry, store, project, kind) else {
+            return;
+        };
         for files in found.into_iter().filter_map(|(_, f)| f) {
             if kind == EVALUATE_KIND
                 && let Some(md) = files.get("results.md").and_then(|p| std::fs::read_to_string(p).ok())
@@ -187,7 +224,10 @@ pub fn print_tables(spec: &PipelineSpec, registry: &Registry, store: &Store, pro
                 println!("\n{md}");
             }
             if kind == AGGREGATE_KIND
-                && let Some(s) = files.get("summary.json").and_then(|p| std::fs::read(p).ok()).and_then(|b| serde_json::from_slice::<Summary>(&b).ok())
+                && let Some(s) = files
+                    .get("summary.json")
+                    .and_then(|p| std::fs::read(p).ok())
+                    .and_then(|b| serde_json::from_slice::<Summary>(&b).ok())
             {
                 println!("\n{}", axbench_stages::report::markdown::steering_tables(&s));
             }

@@ -11,13 +11,15 @@ use axbench_serve::{EngineOptions, ServerConfig};
 use clap::Args;
 
 #[derive(Args, Debug)]
-#[command(after_long_help = "Steering: add `\"steering\": {\"vector\": NAME, \"factor\": X}` to a request body to add
+#[command(
+    after_long_help = "Steering: add `\"steering\": {\"vector\": NAME, \"factor\": X}` to a request body to add
 X * d/|d| to the output of the vector's layer (d = vector NAME from --vectors).
 
 Examples:
   axbench serve --model default-instruct
   axbench serve --model default --vectors concepts.safetensors --port 8080
-  AXBENCH_KEY=secret axbench serve --model default-instruct --api-key-env AXBENCH_KEY")]
+  AXBENCH_KEY=secret axbench serve --model default-instruct --api-key-env AXBENCH_KEY"
+)]
 pub struct ServeArgs {
     /// `default` (Gemma 3 270M GGUF), `default-instruct` (SmolLM2-135M-Instruct GGUF), an HF
     /// model directory or a .gguf file
@@ -74,9 +76,16 @@ pub fn run(a: ServeArgs) -> Result<()> {
         model,
         model_id: a.model_id,
         vectors: a.vectors,
-        load: LoadOptions { device: a.device, dtype: a.dtype },
+        load: LoadOptions {
+            device: a.device,
+            dtype: a.dtype,
+        },
         api_key,
-        engine: EngineOptions { batch_window: Duration::from_millis(a.batch_window_ms), max_batch: a.max_batch, threads: a.threads },
+        engine: EngineOptions {
+            batch_window: Duration::from_millis(a.batch_window_ms),
+            max_batch: a.max_batch,
+            threads: a.threads,
+        },
         context_length: a.ctx_size,
     };
     let addr = SocketAddr::new(a.host, a.port);

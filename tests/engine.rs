@@ -28,14 +28,27 @@ macro_rules! assert_computed {
 
 /// Every node id of a plan with its state.
 fn states(plan: &serde_json::Value) -> BTreeMap<String, String> {
-    plan["nodes"].as_array().unwrap().iter().map(|n| (n["id"].as_str().unwrap().to_string(), n["state"].as_str().unwrap().to_string())).collect()
+    plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_string(),
+                n["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 /// Output digests of every node of a pipeline, by node id.
 fn output_digests(p: &Project, args: &[&str]) -> BTreeMap<String, serde_json::Value> {
     let plan = p.plan_json(args);
     assert_eq!(plan["to_run"], 0, "not everything is fresh: {plan}");
-    states(&plan).keys().map(|id| (id.clone(), p.show(id)["outputs"].clone())).collect()
+    states(&plan)
+        .keys()
+        .map(|id| (id.clone(), p.show(id)["outputs"].clone()))
+        .collect()
 }
 
 #[test]
@@ -57,14 +70,29 @@ fn changing_one_elements_param_recomputes_that_node_and_dependents_and_reverting
     p.run_json(&[STATIC], 0);
     let changed = xs_with_b_offset(5);
     let plan = p.plan_json(&[STATIC, "--set", &changed]);
-    let not_fresh: Vec<_> = states(&plan).into_iter().filter(|(_, s)| s != "fresh").map(|(id, _)| id).collect();
+    let not_fresh: Vec<_> = states(&plan)
+        .into_iter()
+        .filter(|(_, s)| s != "fresh")
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(not_fresh, ["shifted[x=b]", "sum"]);
-    let reason = plan["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "shifted[x=b]").unwrap()["reason"].as_str().unwrap().to_string();
+    let reason = plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "shifted[x=b]")
+        .unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(reason, "param `offset` changed: 0 -> 5");
 
     let r = p.run_json(&[STATIC, "--set", &changed], 0);
     assert_computed!(r, ["shifted[x=b]", "sum"]);
-    assert_eq!(std::fs::read_to_string(p.blob_of("sum", "value.json")).unwrap().trim(), "17");
+    assert_eq!(
+        std::fs::read_to_string(p.blob_of("sum", "value.json")).unwrap().trim(),
+        "17"
+    );
 
     let reverted = p.run_json(&[STATIC], 0);
     assert_computed!(reverted, []);
@@ -79,11 +107,24 @@ fn dynamic_fan_out_expands_after_the_list_stage_ran() {
     let r = p.run_json(&[TOY], 0);
     assert_eq!(ids(&r, "computed").len(), 9);
     // 3 concepts × 2 methods, each 10 + scale (1): 66.
-    assert_eq!(std::fs::read_to_string(p.blob_of("total", "value.json")).unwrap().trim(), "66");
+    assert_eq!(
+        std::fs::read_to_string(p.blob_of("total", "value.json"))
+            .unwrap()
+            .trim(),
+        "66"
+    );
     insta::assert_json_snapshot!("toy_plan_after_run", p.plan_json(&[TOY]));
     // A longer list: only the new fan-out elements (and the gather) run.
     let r = p.run_json(&[TOY, "--set", "concepts.limit=4"], 0);
-    assert_computed!(r, ["concepts", "square[concept=3,method=pca]", "square[concept=3,method=probe]", "total"]);
+    assert_computed!(
+        r,
+        [
+            "concepts",
+            "square[concept=3,method=pca]",
+            "square[concept=3,method=probe]",
+            "total"
+        ]
+    );
 }
 
 #[test]
@@ -99,10 +140,17 @@ fn kill_9_mid_run_then_rerun_matches_an_uninterrupted_run() {
     child.wait().unwrap();
     let partial = p.plan_json(&[SLOW, "--set", "ms=100"]);
     let fresh_after_kill = states(&partial).values().filter(|s| *s == "fresh").count();
-    assert!(fresh_after_kill < 13, "the kill came too late to test anything: {partial}");
+    assert!(
+        fresh_after_kill < 13,
+        "the kill came too late to test anything: {partial}"
+    );
 
     let r = p.run_json(&[SLOW, "--set", "ms=100", "-j", "2"], 0);
-    assert_eq!(ids(&r, "computed").len(), 13 - fresh_after_kill, "a rerun resumes: only unfinished nodes run");
+    assert_eq!(
+        ids(&r, "computed").len(),
+        13 - fresh_after_kill,
+        "a rerun resumes: only unfinished nodes run"
+    );
     assert_eq!(output_digests(&p, &[SLOW, "--set", "ms=100"]), want);
     // No partial artifacts: staging is empty and every blob matches its digest.
     assert_eq!(std::fs::read_dir(p.cache().join("tmp")).unwrap().count(), 0);
@@ -122,7 +170,13 @@ fn a_corrupted_artifact_is_detected_by_digest_and_recomputed_with_early_cutoff()
     std::fs::write(&blob, b"9").unwrap(); // same length, different bytes
 
     let plan = p.plan_json(&[STATIC]);
-    let node = plan["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "const[x=a]").unwrap().clone();
+    let node = plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "const[x=a]")
+        .unwrap()
+        .clone();
     assert_eq!(node["state"], "stale");
     assert_eq!(node["reason"], "output `value.json` is missing or corrupted");
     // The store is content-addressed: `slow[x=a]` outputs the same bytes, so its output was
@@ -131,11 +185,20 @@ fn a_corrupted_artifact_is_detected_by_digest_and_recomputed_with_early_cutoff()
     // already restored by `const[x=a]` when its turn comes depends on timing: either is right.
     let r = p.run_json(&[STATIC], 0);
     let computed = ids(&r, "computed");
-    assert!(computed == ["const[x=a]"] || computed == ["const[x=a]", "slow[x=a]"], "report: {r}");
+    assert!(
+        computed == ["const[x=a]"] || computed == ["const[x=a]", "slow[x=a]"],
+        "report: {r}"
+    );
     for dependent in ["double[x=a]", "shifted[x=a]", "sum"] {
-        assert!(ids(&r, "cached").contains(&dependent.to_string()), "{dependent} not a cache hit: {r}");
+        assert!(
+            ids(&r, "cached").contains(&dependent.to_string()),
+            "{dependent} not a cache hit: {r}"
+        );
     }
-    assert_eq!(std::fs::read_to_string(p.blob_of("const[x=a]", "value.json")).unwrap(), "1");
+    assert_eq!(
+        std::fs::read_to_string(p.blob_of("const[x=a]", "value.json")).unwrap(),
+        "1"
+    );
 }
 
 #[test]
@@ -165,7 +228,10 @@ fn two_concurrent_runs_never_compute_a_node_twice_and_both_finish() {
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(a.status.success(), "{}", text(&a.stderr));
     assert!(b.status.success(), "{}", text(&b.stderr));
-    let (ra, rb): (serde_json::Value, serde_json::Value) = (serde_json::from_slice(&a.stdout).unwrap(), serde_json::from_slice(&b.stdout).unwrap());
+    let (ra, rb): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_slice(&a.stdout).unwrap(),
+        serde_json::from_slice(&b.stdout).unwrap(),
+    );
     let mut all = ids(&ra, "computed");
     all.extend(ids(&rb, "computed"));
     let n = all.len();
@@ -186,18 +252,28 @@ fn a_failing_node_is_reported_with_its_log_and_independent_branches_finish() {
     assert_eq!(f["node"], "bad");
     assert_eq!(f["error"], "boom on purpose");
     let log = std::fs::read_to_string(f["log"].as_str().unwrap()).unwrap();
-    assert!(log.contains("about to fail") && log.contains("boom on purpose"), "{log}");
+    assert!(
+        log.contains("about to fail") && log.contains("boom on purpose"),
+        "{log}"
+    );
     // Human output names the node, the error and the log.
     let out = p.run(&["run", "tests/fixtures/engine/fail.toml"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("FAILED bad: boom on purpose (log: "), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("FAILED bad: boom on purpose (log: "),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
 fn bad_input_exits_2_naming_file_line_column_and_key() {
     let p = Project::new();
     let mut all = String::new();
-    let mut names: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/engine/errors")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/engine/errors"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     for name in names {
         let path = format!("tests/fixtures/engine/errors/{name}");
@@ -227,16 +303,27 @@ fn sweep_files_extend_pipelines() {
     let p = Project::new();
     let r = p.run_json(&["tests/fixtures/engine/sweep.toml"], 0);
     assert!(ids(&r, "computed").contains(&"report".to_string()));
-    assert_eq!(std::fs::read_to_string(p.blob_of("report", "value.json")).unwrap(), "\"2;4;6\"");
+    assert_eq!(
+        std::fs::read_to_string(p.blob_of("report", "value.json")).unwrap(),
+        "\"2;4;6\""
+    );
     let out = p.run(&["plan", "tests/fixtures/engine/sweep.toml", "--params"]);
-    assert!(text(&out.stdout).contains("sleep_ms  = 1 (default 0, set by tests/fixtures/engine/sweep.toml:5:1)"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("sleep_ms  = 1 (default 0, set by tests/fixtures/engine/sweep.toml:5:1)"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
 fn cache_dir_flag_and_env_var_relocate_the_cache() {
     let p = Project::new();
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = p.command(&["run", STATIC]).env("AXBENCH_CACHE_DIR", elsewhere.path()).output().unwrap();
+    let out = p
+        .command(&["run", STATIC])
+        .env("AXBENCH_CACHE_DIR", elsewhere.path())
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(elsewhere.path().join("manifests").exists());
     assert!(!p.cache().exists());
@@ -257,7 +344,10 @@ fn status_show_gc_dot() {
     assert!(gc.contains("kept 13 nodes; removed 2 nodes"), "{gc}");
     assert!(p.run(&["verify"]).status.success());
     let dot = text(&p.run(&["dot", TOY]).stdout);
-    assert!(dot.contains("\"concepts\" -> \"square\" [label=\"foreach concept\", style=dashed]"), "{dot}");
+    assert!(
+        dot.contains("\"concepts\" -> \"square\" [label=\"foreach concept\", style=dashed]"),
+        "{dot}"
+    );
 }
 
 const FILES: &str = "tests/fixtures/engine/files.toml";
@@ -270,7 +360,11 @@ fn full_plan(p: &Project, args: &[&str]) -> serde_json::Value {
 
 /// Whether a `run` or `plan` took the no-op record (its debug line says so).
 fn took_the_record(p: &Project, args: &[&str]) -> bool {
-    let out = p.command(args).env("RUST_LOG", "axbench_engine=debug").output().unwrap();
+    let out = p
+        .command(args)
+        .env("RUST_LOG", "axbench_engine=debug")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
     text(&out.stderr).contains("(no-op record")
 }
@@ -291,12 +385,18 @@ fn the_no_op_record_agrees_with_the_full_plan_and_every_change_falls_back_to_it(
     assert_eq!(ids(&again, "cached"), ["plus", "size"]);
     // The no-op run's run record is a hard link to the complete run's (the same keys; nothing
     // rewritten or fsynced), so `gc` keeps what it reached like any other run.
-    let mut runs: Vec<_> = std::fs::read_dir(p.cache().join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut runs: Vec<_> = std::fs::read_dir(p.cache().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     runs.sort();
     assert!(runs.len() >= 2);
     use std::os::unix::fs::MetadataExt;
     assert!(std::fs::metadata(runs.last().unwrap()).unwrap().nlink() >= 2);
-    assert_eq!(std::fs::read(runs.last().unwrap()).unwrap(), std::fs::read(&runs[0]).unwrap());
+    assert_eq!(
+        std::fs::read(runs.last().unwrap()).unwrap(),
+        std::fs::read(&runs[0]).unwrap()
+    );
     assert_eq!(fast, full_plan(&p, &[FILES]));
     assert_eq!(fast["to_run"], 0);
     p.run_json(&[FILES], 0); // rewrites the record the full plan above removed
@@ -323,7 +423,12 @@ fn the_no_op_record_agrees_with_the_full_plan_and_every_change_falls_back_to_it(
     assert!(!took_the_record(&p, &["plan", FILES]));
     let broken = p.plan_json(&[FILES]);
     assert_eq!(broken, full_plan(&p, &[FILES]));
-    assert!(broken.to_string().contains("output `value.json` is missing or corrupted"), "{broken}");
+    assert!(
+        broken
+            .to_string()
+            .contains("output `value.json` is missing or corrupted"),
+        "{broken}"
+    );
     p.run_json(&[FILES], 0);
 
     // gc drops every record (it removes nodes a record may list).
@@ -346,7 +451,11 @@ fn a_damaged_manifest_is_reported_by_verify_and_its_node_recomputed() {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let v = p.run(&["verify"]);
     assert_eq!(v.status.code(), Some(1));
-    assert!(text(&v.stdout).contains("unreadable manifest") && text(&v.stdout).contains("will be recomputed"), "{}", text(&v.stdout));
+    assert!(
+        text(&v.stdout).contains("unreadable manifest") && text(&v.stdout).contains("will be recomputed"),
+        "{}",
+        text(&v.stdout)
+    );
     let r = p.run_json(&[STATIC], 0);
     assert_computed!(r, ["sum"]);
     assert!(p.run(&["verify"]).status.success());
@@ -368,7 +477,10 @@ fn a_damaged_manifest_is_reported_by_verify_and_its_node_recomputed() {
     std::fs::write(manifest("sum"), b"{\"key\": tru").unwrap();
     let gc = p.run(&["gc"]);
     assert!(gc.status.success(), "{}", text(&gc.stderr));
-    assert!(blob.exists(), "gc deleted the outputs of a kept node whose manifest is damaged");
+    assert!(
+        blob.exists(),
+        "gc deleted the outputs of a kept node whose manifest is damaged"
+    );
 }
 
 #[test]
@@ -376,18 +488,32 @@ fn gc_removes_temp_files_a_killed_write_left_once_they_are_a_minute_old() {
     let p = Project::new();
     p.run_json(&[STATIC], 0);
     let old = std::time::SystemTime::now() - Duration::from_secs(120);
-    let shard = std::fs::read_dir(p.cache().join("manifests")).unwrap().next().unwrap().unwrap().path();
+    let shard = std::fs::read_dir(p.cache().join("manifests"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let litter = [shard.join(".tmpKiLLed"), p.cache().join("runs").join(".tmpAbCdEf")];
     for l in &litter {
         std::fs::write(l, b"half a manifest").unwrap();
-        std::fs::File::options().write(true).open(l).unwrap().set_modified(old).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(l)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
     }
     // A temp file younger than a minute may be a write in progress: kept.
     let young = shard.join(".tmpInFlight");
     std::fs::write(&young, b"being written").unwrap();
     let gc = p.run(&["gc"]);
     assert!(gc.status.success());
-    assert!(text(&gc.stdout).contains("2 temp file(s) a killed write left"), "{}", text(&gc.stdout));
+    assert!(
+        text(&gc.stdout).contains("2 temp file(s) a killed write left"),
+        "{}",
+        text(&gc.stdout)
+    );
     assert!(litter.iter().all(|l| !l.exists()));
     assert!(young.exists());
     assert_eq!(p.plan_json(&[STATIC])["to_run"], 0);
@@ -398,7 +524,12 @@ fn gc_removes_temp_files_a_killed_write_left_once_they_are_a_minute_old() {
 fn a_node_failing_before_a_second_wave_is_run_and_listed_once() {
     let p = Project::new();
     let r = p.run_json(&["tests/fixtures/engine/fail_waves.toml"], 1);
-    let failed: Vec<&str> = r["failed"].as_array().unwrap().iter().map(|f| f["node"].as_str().unwrap()).collect();
+    let failed: Vec<&str> = r["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["node"].as_str().unwrap())
+        .collect();
     assert_eq!(failed, ["bad"], "{r}");
     assert_eq!(ids(&r, "skipped"), ["after_bad"]);
     assert_computed!(r, ["concepts", "use[c=0]", "use[c=1]"]);
@@ -418,16 +549,26 @@ fn max_nodes_flag_refuses_a_pipeline_over_it_with_exit_2() {
 fn running_nodes_print_progress_lines_when_stderr_is_not_a_terminal() {
     let p = Project::new();
     // Every update printed (interval 0): `test.sleep` reports 10 steps of 10 ms.
-    let out = p.command(&["run", SLOW, "--set", "ms=100", "-j", "2"]).env("AXBENCH_PROGRESS_EVERY", "0").output().unwrap();
+    let out = p
+        .command(&["run", SLOW, "--set", "ms=100", "-j", "2"])
+        .env("AXBENCH_PROGRESS_EVERY", "0")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     for i in 1..=12 {
-        assert!(err.contains(&format!("nap[i={i}]: 10/10 (100%)")), "no final progress line of nap[i={i}]:\n{err}");
+        assert!(
+            err.contains(&format!("nap[i={i}]: 10/10 (100%)")),
+            "no final progress line of nap[i={i}]:\n{err}"
+        );
     }
     assert!(err.contains("nap[i=1]: 5/10 (50%)"), "{err}");
     // The default interval (10 s): nodes shorter than that print nothing.
     let p = Project::new();
-    let out = p.command(&["run", SLOW, "--set", "ms=100", "-j", "2"]).output().unwrap();
+    let out = p
+        .command(&["run", SLOW, "--set", "ms=100", "-j", "2"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(!text(&out.stderr).contains("nap[i="), "{}", text(&out.stderr));
 }
@@ -447,26 +588,53 @@ fn the_launcher_answers_unchanged_plans_and_runs_without_starting_the_full_binar
     std::fs::copy(env!("CARGO_BIN_EXE_axbench-full"), &full).unwrap();
     let with = |exe: &std::path::Path, args: &[&str]| {
         let mut c = std::process::Command::new(exe);
-        c.current_dir(env!("CARGO_MANIFEST_DIR")).arg("-C").arg(p.path()).args(args).env_remove("AXBENCH_CACHE_DIR").env("RUST_LOG", "error");
+        c.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("-C")
+            .arg(p.path())
+            .args(args)
+            .env_remove("AXBENCH_CACHE_DIR")
+            .env("RUST_LOG", "error");
         c.output().unwrap()
     };
-    let executable = |on: bool| std::fs::set_permissions(&full, std::fs::Permissions::from_mode(if on { 0o755 } else { 0o644 })).unwrap();
+    let executable = |on: bool| {
+        std::fs::set_permissions(&full, std::fs::Permissions::from_mode(if on { 0o755 } else { 0o644 })).unwrap()
+    };
     let first = with(&launcher, &["run", "--json", STATIC]);
     assert!(first.status.success(), "{}", text(&first.stderr));
     let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
     assert_eq!(ids(&first, "computed").len(), 13);
 
     // What the full binary itself prints for each no-op form...
-    let forms: [&[&str]; 5] = [&["plan", STATIC], &["plan", "--json", STATIC], &["run", STATIC], &["run", STATIC, "--json", "-j", "2"], &["--cache-dir", ".axbench", "plan", STATIC]];
+    let forms: [&[&str]; 5] = [
+        &["plan", STATIC],
+        &["plan", "--json", STATIC],
+        &["run", STATIC],
+        &["run", STATIC, "--json", "-j", "2"],
+        &["--cache-dir", ".axbench", "plan", STATIC],
+    ];
     let cache_rel = |args: &[&str]| -> Vec<String> {
         // `--cache-dir` relative to the working directory: point it at the project's cache.
-        args.iter().map(|a| if *a == ".axbench" { p.cache().display().to_string() } else { a.to_string() }).collect()
+        args.iter()
+            .map(|a| {
+                if *a == ".axbench" {
+                    p.cache().display().to_string()
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect()
     };
-    let expected: Vec<_> = forms.iter().map(|f| with(&full, &cache_rel(f).iter().map(String::as_str).collect::<Vec<_>>())).collect();
+    let expected: Vec<_> = forms
+        .iter()
+        .map(|f| with(&full, &cache_rel(f).iter().map(String::as_str).collect::<Vec<_>>()))
+        .collect();
     // ...the launcher prints without it.
     executable(false);
     for (form, want) in forms.iter().zip(&expected) {
-        let got = with(&launcher, &cache_rel(form).iter().map(String::as_str).collect::<Vec<_>>());
+        let got = with(
+            &launcher,
+            &cache_rel(form).iter().map(String::as_str).collect::<Vec<_>>(),
+        );
         assert!(got.status.success(), "{form:?}: {}", text(&got.stderr));
         assert_eq!(text(&got.stdout), text(&want.stdout), "{form:?}");
         assert_eq!(text(&got.stderr), text(&want.stderr), "{form:?}");
@@ -475,16 +643,30 @@ fn the_launcher_answers_unchanged_plans_and_runs_without_starting_the_full_binar
     let runs = std::fs::read_dir(p.cache().join("runs")).unwrap().count();
     assert!(runs >= 4, "{runs} run records");
     // Anything it cannot answer is handed over (and fails here, proving it was).
-    for handed_over in [&["plan", STATIC, "--set", &xs_with_b_offset(5)][..], &["status"], &["plan", STATIC, "--params"], &["--help"]] {
+    for handed_over in [
+        &["plan", STATIC, "--set", &xs_with_b_offset(5)][..],
+        &["status"],
+        &["plan", STATIC, "--params"],
+        &["--help"],
+    ] {
         let out = with(&launcher, handed_over);
         assert_eq!(out.status.code(), Some(1), "{handed_over:?}: {}", text(&out.stdout));
-        assert!(text(&out.stderr).contains("could not start"), "{handed_over:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("could not start"),
+            "{handed_over:?}: {}",
+            text(&out.stderr)
+        );
     }
     // A rebuilt full binary (new mtime) may have other stage versions: the launcher hands over
     // until the new binary files the record under its own identity.
     executable(true);
     std::thread::sleep(Duration::from_millis(20));
-    std::fs::OpenOptions::new().append(true).open(&full).unwrap().set_modified(std::time::SystemTime::now()).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&full)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
     executable(false);
     assert!(!with(&launcher, &["plan", STATIC]).status.success());
     executable(true);

@@ -55,8 +55,12 @@ fn json(args: &[&str]) -> Value {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("axbench {args:?}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "axbench {args:?}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 fn ints(v: &Value) -> Vec<i64> {
@@ -68,7 +72,11 @@ fn floats(v: &Value) -> Vec<f64> {
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Replaces every number under a key in `keys` (at any depth) with a placeholder, for snapshots
@@ -114,11 +122,22 @@ fn check_tokenize(name: &str) {
         let text = c["text"].as_str().unwrap();
         let got = json(&["model", "tokenize", model, text, "--json"]);
         assert_eq!(ints(&got["ids"]), ints(&c["ids"]), "{name}: ids of {text:?}");
-        assert_eq!(strings(&got["tokens"]), strings(&c["tokens"]), "{name}: tokens of {text:?}");
+        assert_eq!(
+            strings(&got["tokens"]),
+            strings(&c["tokens"]),
+            "{name}: tokens of {text:?}"
+        );
     }
     // --no-bos drops exactly the BOS the tokenizer adds by default (Gemma adds one, SmolLM2 none).
     let c = &g["texts"][0];
-    let got = json(&["model", "tokenize", model, c["text"].as_str().unwrap(), "--no-bos", "--json"]);
+    let got = json(&[
+        "model",
+        "tokenize",
+        model,
+        c["text"].as_str().unwrap(),
+        "--no-bos",
+        "--json",
+    ]);
     let want = ints(&c["ids"]);
     let want = if name == GEMMA { want[1..].to_vec() } else { want };
     assert_eq!(ints(&got["ids"]), want, "{name}: --no-bos");
@@ -146,7 +165,9 @@ fn check_logits(name: &str) {
     let model = path_str(&model);
     for c in g["texts"].as_array().unwrap() {
         let text = c["text"].as_str().unwrap();
-        let got = json(&["model", "logits", model, text, "--top-k", "5", "--device", "cpu", "--json"]);
+        let got = json(&[
+            "model", "logits", model, text, "--top-k", "5", "--device", "cpu", "--json",
+        ]);
         let top = got["top"].as_array().unwrap();
         let ids: Vec<i64> = top.iter().map(|e| e["id"].as_i64().unwrap()).collect();
         let logits: Vec<f64> = top.iter().map(|e| e["logit"].as_f64().unwrap()).collect();
@@ -159,11 +180,22 @@ fn check_logits(name: &str) {
                 assert!(tie, "{name}/{}: top-5 ids {ids:?} vs {ref_ids:?} (rank {k})", c["id"]);
             }
         }
-        let d = logits.iter().zip(&ref_logits).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let d = logits
+            .iter()
+            .zip(&ref_logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
         eprintln!("{name}/{}: top-5 {ids:?}, max |Δlogit| {d:.2e}", c["id"]);
-        assert!(d < 2e-3, "{name}/{}: top-5 logits {logits:?} vs {ref_logits:?}", c["id"]);
+        assert!(
+            d < 2e-3,
+            "{name}/{}: top-5 logits {logits:?} vs {ref_logits:?}",
+            c["id"]
+        );
         for (e, id) in top.iter().zip(&ids) {
-            assert!(!e["token"].as_str().unwrap().is_empty() || *id == 0, "{name}: token string of {id}");
+            assert!(
+                !e["token"].as_str().unwrap().is_empty() || *id == 0,
+                "{name}: token string of {id}"
+            );
         }
     }
 }
@@ -183,22 +215,44 @@ fn check_generate(name: &str) {
     let Some(model) = model_path(&g) else { return };
     let model = path_str(&model);
     let run = |text: &str, extra: &[&str]| {
-        let mut args = vec!["model", "generate", model, text, "--max-new-tokens", "20", "--ignore-eos", "--json"];
+        let mut args = vec![
+            "model",
+            "generate",
+            model,
+            text,
+            "--max-new-tokens",
+            "20",
+            "--ignore-eos",
+            "--json",
+        ];
         args.extend_from_slice(extra);
         json(&args)
     };
     for c in g["texts"].as_array().unwrap() {
         let got = run(c["text"].as_str().unwrap(), &[]);
-        assert_eq!(ints(&got["ids"]), ints(&c["greedy"]), "{name}/{}: greedy continuation", c["id"]);
+        assert_eq!(
+            ints(&got["ids"]),
+            ints(&c["greedy"]),
+            "{name}/{}: greedy continuation",
+            c["id"]
+        );
         assert_eq!(got["finish_reason"], "length");
     }
     // --chat: one user turn in the model's chat template, generation prompt opened.
     let chat = &g["chat"];
     let got = run(chat["user"].as_str().unwrap(), &["--chat"]);
-    assert_eq!(ints(&got["ids"]), ints(&chat["greedy"]), "{name}: greedy continuation of the chat prompt");
+    assert_eq!(
+        ints(&got["ids"]),
+        ints(&chat["greedy"]),
+        "{name}: greedy continuation of the chat prompt"
+    );
     // Written out by hand, the same rendered prompt gives the same continuation.
     let got = run(chat["text"].as_str().unwrap(), &["--no-bos"]);
-    assert_eq!(ints(&got["ids"]), ints(&chat["greedy"]), "{name}: the rendered chat text, tokenized");
+    assert_eq!(
+        ints(&got["ids"]),
+        ints(&chat["greedy"]),
+        "{name}: the rendered chat text, tokenized"
+    );
 }
 
 #[test]
@@ -218,7 +272,17 @@ fn check_activations(name: &str) {
     let a = &g["activations"];
     let layer = a["layer"].as_u64().unwrap().to_string();
     let text = a["text"].as_str().unwrap();
-    let got = json(&["model", "activations", model, text, "--layer", &layer, "--device", "cpu", "--json"]);
+    let got = json(&[
+        "model",
+        "activations",
+        model,
+        text,
+        "--layer",
+        &layer,
+        "--device",
+        "cpu",
+        "--json",
+    ]);
     assert_eq!(got["shape"], a["shape"], "{name}: shape [T, D]");
     assert_eq!(strings(&got["tokens"]), strings(&a["tokens"]));
     let rows = got["values"].as_array().unwrap();
@@ -232,26 +296,51 @@ fn check_activations(name: &str) {
         let diff = row.iter().zip(&r).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
         let rel = diff / norm;
         worst = worst.max(rel);
-        assert!(rel <= 1e-3, "{name}: layer {layer} token {t}: relative difference {rel:.2e}");
+        assert!(
+            rel <= 1e-3,
+            "{name}: layer {layer} token {t}: relative difference {rel:.2e}"
+        );
     }
     eprintln!("{name}: layer {layer} activations, max relative difference per token {worst:.2e}");
 
     // --out writes the same values to safetensors, with the documented tensor name and metadata.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("acts.safetensors");
-    let summary = json(&["model", "activations", model, text, "--layer", &layer, "--out", path_str(&out), "--json"]);
+    let summary = json(&[
+        "model",
+        "activations",
+        model,
+        text,
+        "--layer",
+        &layer,
+        "--out",
+        path_str(&out),
+        "--json",
+    ]);
     assert_eq!(summary["shape"], a["shape"]);
     let bytes = std::fs::read(&out).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let extra = meta.metadata().as_ref().unwrap();
     assert_eq!(extra["layer"], layer);
-    assert_eq!(serde_json::from_str::<Vec<i64>>(&extra["ids"]).unwrap(), ints(&a["ids"]));
+    assert_eq!(
+        serde_json::from_str::<Vec<i64>>(&extra["ids"]).unwrap(),
+        ints(&a["ids"])
+    );
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let t = st.tensor("activations").unwrap();
     assert_eq!(t.dtype(), safetensors::Dtype::F32);
-    let shape: Vec<u64> = a["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let shape: Vec<u64> = a["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
     assert_eq!(t.shape().iter().map(|&x| x as u64).collect::<Vec<_>>(), shape);
-    let vals: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let vals: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     let json_vals: Vec<f32> = rows.iter().flat_map(floats).map(|x| x as f32).collect();
     assert_eq!(vals, json_vals, "{name}: --out and --json hold the same values");
 }
@@ -283,11 +372,22 @@ fn json_shapes() {
         info["path"] = "[path]".into();
         insta::assert_json_snapshot!("info_gemma", info);
     }
-    insta::assert_json_snapshot!("tokenize", json(&["model", "tokenize", model, "Hi <|im_start|>user 42", "--json"]));
+    insta::assert_json_snapshot!(
+        "tokenize",
+        json(&["model", "tokenize", model, "Hi <|im_start|>user 42", "--json"])
+    );
     let mut logits = json(&["model", "logits", model, "1, 2, 3,", "--top-k", "3", "--json"]);
     redact(&mut logits, &["logit"]);
     insta::assert_json_snapshot!("logits", logits);
-    let generated = json(&["model", "generate", model, "1, 2, 3,", "--max-new-tokens", "4", "--json"]);
+    let generated = json(&[
+        "model",
+        "generate",
+        model,
+        "1, 2, 3,",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]);
     insta::assert_json_snapshot!("generate", generated);
     let mut acts = json(&["model", "activations", model, "Hello world", "--layer", "0", "--json"]);
     // [T, D] floats: the snapshot keeps their layout, not their values.
@@ -364,8 +464,20 @@ fn sampling_is_seeded_and_bf16_runs() {
     let model = path_str(&model);
     let sample = |seed: &str| {
         let got = json(&[
-            "model", "generate", model, "Once upon a time", "-n", "12", "--temperature", "1.0", "--top-p", "0.95", "--seed", seed,
-            "--ignore-eos", "--json",
+            "model",
+            "generate",
+            model,
+            "Once upon a time",
+            "-n",
+            "12",
+            "--temperature",
+            "1.0",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+            "--ignore-eos",
+            "--json",
         ]);
         ints(&got["ids"])
     };
@@ -375,8 +487,22 @@ fn sampling_is_seeded_and_bf16_runs() {
     assert_ne!(a, sample("8"), "another seed, another sample");
     // bf16 runs and agrees with f32 on the most likely next token of a plain prompt.
     let c = &g["texts"][2];
-    let got = json(&["model", "logits", model, c["text"].as_str().unwrap(), "--dtype", "bf16", "-k", "1", "--json"]);
-    assert_eq!(got["top"][0]["id"].as_i64().unwrap(), ints(&c["top5_ids"])[0], "bf16 top-1");
+    let got = json(&[
+        "model",
+        "logits",
+        model,
+        c["text"].as_str().unwrap(),
+        "--dtype",
+        "bf16",
+        "-k",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(
+        got["top"][0]["id"].as_i64().unwrap(),
+        ints(&c["top5_ids"])[0],
+        "bf16 top-1"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -385,7 +511,12 @@ fn sampling_is_seeded_and_bf16_runs() {
 fn fails_with(args: &[&str], needles: &[&str]) {
     let out = axbench(args);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "axbench {args:?}: expected exit 2, got {}: {err}", out.status);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "axbench {args:?}: expected exit 2, got {}: {err}",
+        out.status
+    );
     for n in needles {
         assert!(err.contains(n), "axbench {args:?}: error should mention {n:?}: {err}");
     }
@@ -393,12 +524,21 @@ fn fails_with(args: &[&str], needles: &[&str]) {
 
 #[test]
 fn bad_input_exits_2_with_a_clear_message() {
-    fails_with(&["model", "info", "/no/such/model.gguf"], &["/no/such/model.gguf", "no such file"]);
-    fails_with(&["model", "tokenize", "Cargo.toml", "hi"], &["Cargo.toml", "HF model directory or a .gguf file"]);
+    fails_with(
+        &["model", "info", "/no/such/model.gguf"],
+        &["/no/such/model.gguf", "no such file"],
+    );
+    fails_with(
+        &["model", "tokenize", "Cargo.toml", "hi"],
+        &["Cargo.toml", "HF model directory or a .gguf file"],
+    );
     fails_with(&["model", "info", "default", "--dtype", "f16"], &["f16", "f32 or bf16"]);
     fails_with(&["model", "info", "default", "--device", "tpu"], &["tpu"]);
     fails_with(&["model", "tokenize", "default"], &["TEXT", "--file"]);
-    fails_with(&["model", "tokenize", "default", "--file", "/no/such.txt"], &["/no/such.txt"]);
+    fails_with(
+        &["model", "tokenize", "default", "--file", "/no/such.txt"],
+        &["/no/such.txt"],
+    );
     // A file with a .gguf name that is not GGUF.
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("fake.gguf");
@@ -407,11 +547,23 @@ fn bad_input_exits_2_with_a_clear_message() {
     let g = golden(SMOL);
     let Some(model) = model_path(&g) else { return };
     let model = path_str(&model);
-    fails_with(&["model", "activations", model, "hi", "--layer", "30"], &["--layer 30", "30 layers", "0..=29"]);
-    fails_with(&["model", "generate", model, "hi", "--temperature", "0"], &["--temperature"]);
-    fails_with(&["model", "generate", model, "hi", "--top-p", "0.9"], &["--temperature"]);
+    fails_with(
+        &["model", "activations", model, "hi", "--layer", "30"],
+        &["--layer 30", "30 layers", "0..=29"],
+    );
+    fails_with(
+        &["model", "generate", model, "hi", "--temperature", "0"],
+        &["--temperature"],
+    );
+    fails_with(
+        &["model", "generate", model, "hi", "--top-p", "0.9"],
+        &["--temperature"],
+    );
     fails_with(&["model", "logits", model, "", "--json"], &["no tokens"]);
-    fails_with(&["model", "activations", model, "hi", "--layer", "1", "--out", "acts.npy"], &["acts.npy", ".safetensors"]);
+    fails_with(
+        &["model", "activations", model, "hi", "--layer", "1", "--out", "acts.npy"],
+        &["acts.npy", ".safetensors"],
+    );
 }
 
 #[test]
@@ -419,17 +571,34 @@ fn help_teaches_with_examples() {
     let out = axbench(&["model", "--help"]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    for sub in ["info", "tokenize", "logits", "generate", "activations", "Examples:", "default-instruct"] {
+    for sub in [
+        "info",
+        "tokenize",
+        "logits",
+        "generate",
+        "activations",
+        "Examples:",
+        "default-instruct",
+    ] {
         assert!(text.contains(sub), "`axbench model --help` lacks {sub:?}:\n{text}");
     }
     for sub in ["info", "tokenize", "logits", "generate", "activations"] {
         let out = axbench(&["model", sub, "--help"]);
         assert!(out.status.success());
         let text = String::from_utf8(out.stdout).unwrap();
-        assert!(text.contains("Examples:") && text.contains(&format!("axbench model {sub}")), "{sub} --help:\n{text}");
-        assert!(text.contains("--device") && text.contains("--dtype") && text.contains("--json"), "{sub} --help:\n{text}");
+        assert!(
+            text.contains("Examples:") && text.contains(&format!("axbench model {sub}")),
+            "{sub} --help:\n{text}"
+        );
+        assert!(
+            text.contains("--device") && text.contains("--dtype") && text.contains("--json"),
+            "{sub} --help:\n{text}"
+        );
     }
     let out = axbench(&["model", "activations", "--help"]);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("`activations` of shape [T, D]") && text.contains("hidden_states[L+1]"), "{text}");
+    assert!(
+        text.contains("`activations` of shape [T, D]") && text.contains("hidden_states[L+1]"),
+        "{text}"
+    );
 }

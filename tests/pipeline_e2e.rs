@@ -34,23 +34,48 @@ fn write_dataset(dir: &Path) {
         sae_id: 123,
         train_negatives: &[
             ("Describe your morning.", "I made coffee and read the news before work."),
-            ("Write a short poem.", "Rivers run to the sea, mountains stand in the mist."),
-            ("Tell me a story.", "The sailor crossed the ocean in a small wooden boat."),
+            (
+                "Write a short poem.",
+                "Rivers run to the sea, mountains stand in the mist.",
+            ),
+            (
+                "Tell me a story.",
+                "The sailor crossed the ocean in a small wooden boat.",
+            ),
         ],
         train_positives: &[
-            ("Describe your morning.", "My cat jumped on the bed and purred until I fed her."),
+            (
+                "Describe your morning.",
+                "My cat jumped on the bed and purred until I fed her.",
+            ),
             ("Write a short poem.", "Soft paws, a tabby cat, whiskers in the sun."),
-            ("Tell me a story.", "The kitten chased a ball of yarn across the kitchen."),
+            (
+                "Tell me a story.",
+                "The kitten chased a ball of yarn across the kitchen.",
+            ),
         ],
-        eval_positives: &[("Describe a pet.", "Our cat sleeps on the windowsill all afternoon."), ("Tell me a fact.", "A cat can sleep up to sixteen hours a day.")],
-        eval_negatives: &[("Describe a pet.", "Goldfish need clean water and a quiet tank."), ("Tell me a fact.", "Water boils at one hundred degrees Celsius.")],
+        eval_positives: &[
+            ("Describe a pet.", "Our cat sleeps on the windowsill all afternoon."),
+            ("Tell me a fact.", "A cat can sleep up to sixteen hours a day."),
+        ],
+        eval_negatives: &[
+            ("Describe a pet.", "Goldfish need clean water and a quiet tank."),
+            ("Tell me a fact.", "Water boils at one hundred degrees Celsius."),
+        ],
     }
     .write(dir);
 }
 
 /// The scripted LM: the steering-prompt writer, and one fixed rating per judge aspect.
 fn rules() -> Rules {
-    scripted_lm("Mention cats in every answer, whatever the question.", ["Some cat content. Rating: [[1]]", "On topic. Rating: [[2]]", "Fluent. Rating: [[2]]"])
+    scripted_lm(
+        "Mention cats in every answer, whatever the question.",
+        [
+            "Some cat content. Rating: [[1]]",
+            "On topic. Rating: [[2]]",
+            "Fluent. Rating: [[2]]",
+        ],
+    )
 }
 
 /// A throwaway project that sees the repository's configs, pipelines and models through symlinks, so relative
@@ -83,30 +108,61 @@ impl E2e {
 
     fn cmd(&self, args: &[&str]) -> std::process::Output {
         let mut c = Command::new(env!("CARGO_BIN_EXE_axbench"));
-        c.arg("-C").arg(self.project.path()).args(args).arg("pipelines/axbench.toml");
+        c.arg("-C")
+            .arg(self.project.path())
+            .args(args)
+            .arg("pipelines/axbench.toml");
         for s in self.sets() {
             c.arg("--set").arg(s);
         }
-        c.env("OMP_WAIT_POLICY", "PASSIVE").env("OPENAI_API_KEY", "test-key").env_remove("AXBENCH_CACHE_DIR").output().unwrap()
+        c.env("OMP_WAIT_POLICY", "PASSIVE")
+            .env("OPENAI_API_KEY", "test-key")
+            .env_remove("AXBENCH_CACHE_DIR")
+            .output()
+            .unwrap()
     }
 
     /// `run --json`: computed and cached node ids.
     fn run(&self) -> (BTreeSet<String>, BTreeSet<String>) {
         let out = self.cmd(&["run", "--json"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "run failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "run failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let j: Json = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
-        let ids = |k: &str| j[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+        let ids = |k: &str| {
+            j[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect()
+        };
         (ids("computed"), ids("cached"))
     }
 
     /// Files of a node's outputs in the cache, by name (`axbench show` prints the manifest; blobs live at
     /// `blobs/<first two hex digits>/<digest>` in the store).
     fn outputs(&self, node: &str) -> BTreeMap<String, PathBuf> {
-        let out = Command::new(env!("CARGO_BIN_EXE_axbench")).arg("-C").arg(self.project.path()).args(["show", node]).env_remove("AXBENCH_CACHE_DIR").output().unwrap();
-        assert!(out.status.success(), "show {node}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(env!("CARGO_BIN_EXE_axbench"))
+            .arg("-C")
+            .arg(self.project.path())
+            .args(["show", node])
+            .env_remove("AXBENCH_CACHE_DIR")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "show {node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout);
-        let json: String = text.lines().take_while(|l| !l.starts_with("log:")).collect::<Vec<_>>().join("\n");
+        let json: String = text
+            .lines()
+            .take_while(|l| !l.starts_with("log:"))
+            .collect::<Vec<_>>()
+            .join("\n");
         let manifest: Json = serde_json::from_str(&json).unwrap_or_else(|e| panic!("show {node}: {e}: {text}"));
         let blobs = self.project.path().join(".axbench/blobs");
         manifest["outputs"]
@@ -128,19 +184,39 @@ fn whole_graph_runs_through_the_test_server_and_a_rerun_does_nothing() {
         eprintln!("skipping: {} is not installed (scripts/setup.sh)", model.display());
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let server = rt.block_on(TestServer::with_rules(rules())).unwrap();
     let project = tempfile::tempdir().unwrap();
     for link in ["configs", "pipelines", ".deps"] {
         std::os::unix::fs::symlink(root().join(link), project.path().join(link)).unwrap();
     }
     write_dataset(&project.path().join("data"));
-    let e = E2e { project, base_url: server.base_url() };
+    let e = E2e {
+        project,
+        base_url: server.base_url(),
+    };
 
     let (computed, cached) = e.run();
     assert!(cached.is_empty(), "cold cache: {cached:?}");
     let stages: BTreeSet<&str> = computed.iter().map(|id| id.split('[').next().unwrap()).collect();
-    let want: BTreeSet<&str> = ["concepts", "negatives", "activations", "fit", "infer", "evaluate", "steer", "steering_prompt", "prompt_steer", "judge", "aggregate"].into();
+    let want: BTreeSet<&str> = [
+        "concepts",
+        "negatives",
+        "activations",
+        "fit",
+        "infer",
+        "evaluate",
+        "steer",
+        "steering_prompt",
+        "prompt_steer",
+        "judge",
+        "aggregate",
+    ]
+    .into();
     assert_eq!(stages, want, "every stage of the graph ran: {computed:?}");
     // 2 instructions x 2 factors for DiffMean + 2 for the prompting baseline = 6 generations: 18 judge calls,
     // plus the steering prompt.
@@ -151,25 +227,48 @@ fn whole_graph_runs_through_the_test_server_and_a_rerun_does_nothing() {
     let rows = read_judged(&judged["judged.parquet"]).unwrap();
     assert_eq!(rows.len(), 6);
     for r in &rows {
-        assert_eq!((r.concept_rating, r.instruction_rating, r.fluency_rating, r.unparsable), (1.0, 2.0, 2.0, 0));
+        assert_eq!(
+            (r.concept_rating, r.instruction_rating, r.fluency_rating, r.unparsable),
+            (1.0, 2.0, 2.0, 0)
+        );
         assert!((r.score - 1.5).abs() < 1e-12, "harmonic mean of 1, 2, 2: {}", r.score);
     }
     let methods: BTreeSet<&str> = rows.iter().map(|r| r.method.as_str()).collect();
     assert_eq!(methods, ["DiffMean", "PromptSteering"].into());
     let gens = read_generations(&e.outputs("prompt_steer[concept=0,method=prompt]")["generations.parquet"]).unwrap();
     assert_eq!(gens.len(), 2);
-    assert!(gens.iter().all(|g| g.factor == 1.0 && g.perplexity.is_finite() && g.perplexity > 1.0), "{gens:?}");
-    let sp: Json = serde_json::from_slice(&std::fs::read(&e.outputs("steering_prompt[concept=0,method=prompt]")["steering_prompt.json"]).unwrap()).unwrap();
-    assert_eq!(sp["steering_prompt"], "Mention cats in every answer, whatever the question.");
+    assert!(
+        gens.iter()
+            .all(|g| g.factor == 1.0 && g.perplexity.is_finite() && g.perplexity > 1.0),
+        "{gens:?}"
+    );
+    let sp: Json = serde_json::from_slice(
+        &std::fs::read(&e.outputs("steering_prompt[concept=0,method=prompt]")["steering_prompt.json"]).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        sp["steering_prompt"],
+        "Mention cats in every answer, whatever the question."
+    );
     assert_eq!(sp["fallback"], false);
 
     // The aggregate: tables and report exist; every reported score is the scripted 1.5.
     let agg = e.outputs("aggregate");
-    for f in ["steering.parquet", "steering_by_factor.parquet", "report.md", "report.html", "summary.json"] {
+    for f in [
+        "steering.parquet",
+        "steering_by_factor.parquet",
+        "report.md",
+        "report.html",
+        "summary.json",
+    ] {
         assert!(agg.contains_key(f), "aggregate output {f} missing: {:?}", agg.keys());
     }
     let out = e.cmd(&["results", "--json"]);
-    assert!(out.status.success(), "results: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "results: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let results: Json = serde_json::from_slice(&out.stdout).unwrap();
     let steering = results["steering"].as_array().unwrap();
     let reported: BTreeSet<&str> = steering.iter().map(|s| s["method"].as_str().unwrap()).collect();
@@ -222,12 +321,30 @@ fn paper_settings_expand_to_their_node_counts() {
         let file = root().join(format!("configs/paper/{name}.toml"));
         // `axbench plan` works here without the weights or the data: the nodes that need them are listed missing.
         let cache = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_axbench")).arg("--cache-dir").arg(cache.path()).args(["plan", "--json"]).arg(&file).output().unwrap();
-        assert!(out.status.success(), "plan {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(env!("CARGO_BIN_EXE_axbench"))
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .args(["plan", "--json"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "plan {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let plan: Json = serde_json::from_slice(&out.stdout).unwrap();
-        let concepts = plan["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "concepts").unwrap();
+        let concepts = plan["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == "concepts")
+            .unwrap();
         assert_eq!(concepts["state"], "missing");
-        assert!(concepts["reason"].as_str().unwrap().contains("param `dataset`"), "{concepts}");
+        assert!(
+            concepts["reason"].as_str().unwrap().contains("param `dataset`"),
+            "{concepts}"
+        );
         let counts = node_counts(&file, &ids);
         let total: usize = counts.values().sum();
         all.insert(name.to_string(), (counts, total));

@@ -35,13 +35,28 @@ fn repo(rel: &str) -> String {
 
 /// Every node of a pipeline with its plan state.
 fn states(plan: &serde_json::Value) -> BTreeMap<String, String> {
-    plan["nodes"].as_array().unwrap().iter().map(|n| (n["id"].as_str().unwrap().to_string(), n["state"].as_str().unwrap().to_string())).collect()
+    plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_string(),
+                n["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 /// Asserts an error exit: the expected code, an `error:` line, and no Rust panic.
 fn assert_clean_error(out: &std::process::Output, code: i32, what: &str) -> String {
     let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "{what}: stdout {} stderr {err}", text(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{what}: stdout {} stderr {err}",
+        text(&out.stdout)
+    );
     assert!(err.contains("error"), "{what}: no error message: {err}");
     assert!(!err.contains("panicked"), "{what}: panicked: {err}");
     err
@@ -74,7 +89,10 @@ fn hostile_pipelines_exit_2_and_cost_no_cached_node() {
     };
 
     let mut cases: Vec<Vec<String>> = Vec::new();
-    let mut names: Vec<_> = std::fs::read_dir(repo("tests/fixtures/engine/errors")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(repo("tests/fixtures/engine/errors"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     for n in names {
         cases.push(vec![format!("tests/fixtures/engine/errors/{n}")]);
@@ -104,17 +122,33 @@ fn hostile_pipelines_exit_2_and_cost_no_cached_node() {
     let time = Path::new("/usr/bin/time");
     let out = if time.exists() {
         let mut c = std::process::Command::new(time);
-        c.args(["-f", "peak_kb=%M", env!("CARGO_BIN_EXE_axbench"), "-C"]).arg(p.path()).args(["run", TOY, "--set", "concepts.limit=10000000"]);
-        c.current_dir(env!("CARGO_MANIFEST_DIR")).env_remove("AXBENCH_CACHE_DIR").env("RUST_LOG", "error").output().unwrap()
+        c.args(["-f", "peak_kb=%M", env!("CARGO_BIN_EXE_axbench"), "-C"])
+            .arg(p.path())
+            .args(["run", TOY, "--set", "concepts.limit=10000000"]);
+        c.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("AXBENCH_CACHE_DIR")
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
     } else {
         p.run(&["run", TOY, "--set", "concepts.limit=10000000"])
     };
     let err = assert_clean_error(&out, 2, "toy with 10^7 concepts");
     assert!(err.contains("fan-out would create 10000002 nodes"), "{err}");
-    let peak_kb: Option<u64> = err.lines().find_map(|l| l.strip_prefix("peak_kb=")).and_then(|v| v.trim().parse().ok());
-    eprintln!("10^7 dynamic fan-out refused in {:?}, peak RSS {:?} MB", t.elapsed(), peak_kb.map(|k| k / 1024));
+    let peak_kb: Option<u64> = err
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_kb="))
+        .and_then(|v| v.trim().parse().ok());
+    eprintln!(
+        "10^7 dynamic fan-out refused in {:?}, peak RSS {:?} MB",
+        t.elapsed(),
+        peak_kb.map(|k| k / 1024)
+    );
     if let Some(kb) = peak_kb {
-        assert!(kb < 3 * 1024 * 1024, "refusing the 10^7 dynamic fan-out peaked at {kb} KB");
+        assert!(
+            kb < 3 * 1024 * 1024,
+            "refusing the 10^7 dynamic fan-out peaked at {kb} KB"
+        );
     }
 
     // Nothing was lost: the earlier pipeline is entirely fresh and every blob verifies.
@@ -122,10 +156,17 @@ fn hostile_pipelines_exit_2_and_cost_no_cached_node() {
     assert_eq!(plan["to_run"], 0, "a hostile input cost a cached node: {plan}");
     let mut after = Vec::new();
     all_files(&p.cache().join("manifests"), &mut after);
-    assert!(after.len() >= manifests_before, "manifests went from {manifests_before} to {}", after.len());
+    assert!(
+        after.len() >= manifests_before,
+        "manifests went from {manifests_before} to {}",
+        after.len()
+    );
     let v = p.run(&["verify"]);
     assert!(v.status.success(), "{}", text(&v.stdout));
-    assert_eq!(std::fs::read_to_string(p.blob_of("sum", "value.json")).unwrap().trim(), "12");
+    assert_eq!(
+        std::fs::read_to_string(p.blob_of("sum", "value.json")).unwrap().trim(),
+        "12"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -143,7 +184,13 @@ struct Gguf {
 
 impl Gguf {
     fn new() -> Gguf {
-        Gguf { kv: vec![("general.architecture".into(), "llama".into())], tensors: vec![], n_tensors: None, n_kv: None, data: vec![] }
+        Gguf {
+            kv: vec![("general.architecture".into(), "llama".into())],
+            tensors: vec![],
+            n_tensors: None,
+            n_kv: None,
+            data: vec![],
+        }
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -204,8 +251,15 @@ fn an_enormous_static_fan_out_is_refused_before_expanding_in_little_time_and_mem
         let wall = t.elapsed();
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(err.contains("stages.a.foreach.g: fan-out would create 10000000 nodes in all, over the limit of 1000000"), "{err}");
-        let peak_kb: u64 = err.lines().find_map(|l| l.strip_prefix("peak_kb=")).and_then(|v| v.trim().parse().ok()).expect("peak");
+        assert!(
+            err.contains("stages.a.foreach.g: fan-out would create 10000000 nodes in all, over the limit of 1000000"),
+            "{err}"
+        );
+        let peak_kb: u64 = err
+            .lines()
+            .find_map(|l| l.strip_prefix("peak_kb="))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("peak");
         eprintln!("{cmd}: refused in {wall:?}, peak RSS {} MB", peak_kb / 1024);
         // The binary alone (libtorch loaded) is ~120 MB; a million materialized nodes were ~1 GB.
         assert!(peak_kb < 300 * 1024, "{cmd}: peak RSS {peak_kb} KB");
@@ -219,7 +273,8 @@ fn lying_gguf_headers_exit_2_naming_the_file() {
     let f32_type = 0u32;
     let mut cases: Vec<(&str, Gguf)> = Vec::new();
     let mut g = Gguf::new();
-    g.tensors.push(("token_embd.weight".into(), vec![4, 8], f32_type, 1 << 40));
+    g.tensors
+        .push(("token_embd.weight".into(), vec![4, 8], f32_type, 1 << 40));
     g.data = vec![0; 128];
     cases.push(("offset_past_end", g));
     let mut g = Gguf::new();
@@ -227,11 +282,13 @@ fn lying_gguf_headers_exit_2_naming_the_file() {
     g.data = vec![0; 64]; // 128 bytes claimed
     cases.push(("data_shorter_than_dims", g));
     let mut g = Gguf::new();
-    g.tensors.push(("token_embd.weight".into(), vec![1 << 40, 1 << 40], f32_type, 0));
+    g.tensors
+        .push(("token_embd.weight".into(), vec![1 << 40, 1 << 40], f32_type, 0));
     g.data = vec![0; 128];
     cases.push(("huge_dims_overflow", g));
     let mut g = Gguf::new();
-    g.tensors.push(("token_embd.weight".into(), vec![u32::MAX as u64, 16], f32_type, 0));
+    g.tensors
+        .push(("token_embd.weight".into(), vec![u32::MAX as u64, 16], f32_type, 0));
     g.data = vec![0; 128];
     cases.push(("huge_dims", g));
     let mut g = Gguf::new();
@@ -297,15 +354,38 @@ fn safetensors_bytes(header: &str, len_override: Option<u64>, data: &[u8]) -> Ve
 #[test]
 fn lying_safetensors_headers_exit_2_naming_the_file() {
     let p = Project::new();
-    let emb = |shape: &str, offsets: &str| format!(r#"{{"model.embed_tokens.weight":{{"dtype":"F32","shape":{shape},"data_offsets":{offsets}}}}}"#);
+    let emb = |shape: &str, offsets: &str| {
+        format!(r#"{{"model.embed_tokens.weight":{{"dtype":"F32","shape":{shape},"data_offsets":{offsets}}}}}"#)
+    };
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("offsets_past_end", safetensors_bytes(&emb("[4,8]", "[0,128]"), None, &[0; 16])),
-        ("offsets_far_past_end", safetensors_bytes(&emb("[4,8]", "[1099511627776,1099511627904]"), None, &[0; 128])),
-        ("shape_disagrees_with_offsets", safetensors_bytes(&emb("[400,8]", "[0,128]"), None, &[0; 128])),
-        ("huge_shape", safetensors_bytes(&emb("[4611686018427387904,4]", "[0,128]"), None, &[0; 128])),
-        ("header_len_past_end", safetensors_bytes(&emb("[4,8]", "[0,128]"), Some(1 << 20), &[0; 128])),
-        ("header_len_u64_max", safetensors_bytes(&emb("[4,8]", "[0,128]"), Some(u64::MAX), &[0; 128])),
-        ("header_not_json", safetensors_bytes("{\"model.embed_tokens.weight\": [", None, &[0; 128])),
+        (
+            "offsets_past_end",
+            safetensors_bytes(&emb("[4,8]", "[0,128]"), None, &[0; 16]),
+        ),
+        (
+            "offsets_far_past_end",
+            safetensors_bytes(&emb("[4,8]", "[1099511627776,1099511627904]"), None, &[0; 128]),
+        ),
+        (
+            "shape_disagrees_with_offsets",
+            safetensors_bytes(&emb("[400,8]", "[0,128]"), None, &[0; 128]),
+        ),
+        (
+            "huge_shape",
+            safetensors_bytes(&emb("[4611686018427387904,4]", "[0,128]"), None, &[0; 128]),
+        ),
+        (
+            "header_len_past_end",
+            safetensors_bytes(&emb("[4,8]", "[0,128]"), Some(1 << 20), &[0; 128]),
+        ),
+        (
+            "header_len_u64_max",
+            safetensors_bytes(&emb("[4,8]", "[0,128]"), Some(u64::MAX), &[0; 128]),
+        ),
+        (
+            "header_not_json",
+            safetensors_bytes("{\"model.embed_tokens.weight\": [", None, &[0; 128]),
+        ),
         ("empty_file", vec![]),
     ];
     for (name, bytes) in cases {
@@ -317,7 +397,11 @@ fn lying_safetensors_headers_exit_2_naming_the_file() {
     }
     // Control: the same directory with an honest file gets past the header (it then lacks
     // the remaining tensors, still a clean exit 2 naming the missing one).
-    let dir = hf_dir(p.path(), "honest", &safetensors_bytes(&emb("[4,8]", "[0,128]"), None, &[0; 128]));
+    let dir = hf_dir(
+        p.path(),
+        "honest",
+        &safetensors_bytes(&emb("[4,8]", "[0,128]"), None, &[0; 128]),
+    );
     let out = p.run(&["model", "logits", dir.to_str().unwrap(), "hi"]);
     let err = assert_clean_error(&out, 2, "honest");
     eprintln!("honest control: {err}");
@@ -352,12 +436,22 @@ fn a_dataset_missing_a_column_fails_its_nodes_with_exit_1_naming_file_and_column
     let r = p.run_json(&args, 1);
     assert_eq!(ids(&r, "computed"), ["concepts"]);
     // Each failed node is listed once (a later wave of the same run does not retry it).
-    let mut failed: Vec<&str> = r["failed"].as_array().unwrap().iter().map(|f| f["node"].as_str().unwrap()).collect();
+    let mut failed: Vec<&str> = r["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["node"].as_str().unwrap())
+        .collect();
     failed.sort();
     assert_eq!(failed, ["activations[concept=0]", "negatives"], "{r}");
     for f in r["failed"].as_array().unwrap() {
         let e = f["error"].as_str().unwrap();
-        assert!(e.contains("missing_column/train_data.parquet") && e.contains("missing column `output_concept`") && e.contains("columns present: input, output"), "{e}");
+        assert!(
+            e.contains("missing_column/train_data.parquet")
+                && e.contains("missing column `output_concept`")
+                && e.contains("columns present: input, output"),
+            "{e}"
+        );
     }
     assert!(ids(&r, "skipped").contains(&"evaluate".to_string()), "{r}");
 
@@ -365,9 +459,21 @@ fn a_dataset_missing_a_column_fails_its_nodes_with_exit_1_naming_file_and_column
     // by content while planning, so this is exit 2 before anything runs, naming node and param.
     let missing = p.path().join("no-such-dataset");
     let set = format!("dataset.dir={}", missing.display());
-    let out = p.run(&["run", "pipelines/detection.toml", "--set", &set, "--set", &sets[1], "--set", &sets[2]]);
+    let out = p.run(&[
+        "run",
+        "pipelines/detection.toml",
+        "--set",
+        &set,
+        "--set",
+        &sets[1],
+        "--set",
+        &sets[2],
+    ]);
     let err = assert_clean_error(&out, 2, "missing dataset dir");
-    assert!(err.contains("no-such-dataset") && err.contains("param `dataset`") && err.contains("node `concepts`"), "{err}");
+    assert!(
+        err.contains("no-such-dataset") && err.contains("param `dataset`") && err.contains("node `concepts`"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -393,7 +499,10 @@ fn cache_listing(p: &Project) -> (Vec<String>, Vec<String>) {
     let names = |sub: &str| {
         let mut v = Vec::new();
         all_files(&p.cache().join(sub), &mut v);
-        let mut n: Vec<String> = v.iter().map(|f| f.file_name().unwrap().to_string_lossy().to_string()).collect();
+        let mut n: Vec<String> = v
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().to_string())
+            .collect();
         // A write killed between its temp file and its rename leaves a `.tmpXXXX` beside the
         // manifests. The store never reads it (manifests are `<key>.json`), so it is litter, not a
         // visible partial artifact; removing stale ones is `gc`'s job (tests/engine.rs::gc_removes_temp_files_a_killed_write_left_once_they_are_a_minute_old).
@@ -411,10 +520,21 @@ fn cache_listing(p: &Project) -> (Vec<String>, Vec<String>) {
 /// run's and staging (`tmp/`) is empty.
 #[test]
 fn kill_9_at_random_points_then_rerun_is_byte_identical() {
-    let n: usize = if std::env::var("AXBENCH_RELIABILITY_FULL").is_ok_and(|v| v == "1") { 50 } else { 4 };
-    let seed: u64 = std::env::var("AXBENCH_RELIABILITY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-    });
+    let n: usize = if std::env::var("AXBENCH_RELIABILITY_FULL").is_ok_and(|v| v == "1") {
+        50
+    } else {
+        4
+    };
+    let seed: u64 = std::env::var("AXBENCH_RELIABILITY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
     eprintln!("kill -9 loop: {n} kills, AXBENCH_RELIABILITY_SEED={seed}");
     let mut rng = Rng(seed);
     let args = [SLOW, "--set", "ms=80", "-j", "2"];
@@ -435,7 +555,12 @@ fn kill_9_at_random_points_then_rerun_is_byte_identical() {
 
         if p.cache().exists() {
             let v = p.run(&["verify"]);
-            assert!(v.status.success(), "kill #{i} at {delay:?} (seed {seed}): verify failed: {}{}", text(&v.stdout), text(&v.stderr));
+            assert!(
+                v.status.success(),
+                "kill #{i} at {delay:?} (seed {seed}): verify failed: {}{}",
+                text(&v.stdout),
+                text(&v.stderr)
+            );
             let partial = p.plan_json(&args[..3]);
             fresh_counts.push(states(&partial).values().filter(|s| *s == "fresh").count());
         } else {
@@ -483,7 +608,13 @@ fn an_api_key_in_the_environment_reaches_no_cache_file_report_or_log() {
     for (args, code) in runs {
         let mut full = vec!["--log-format", "json"];
         full.extend_from_slice(args);
-        let out = p.command(&full).env("OPENAI_API_KEY", &marker).env("AXBENCH_API_KEY", &marker).env("RUST_LOG", "debug").output().unwrap();
+        let out = p
+            .command(&full)
+            .env("OPENAI_API_KEY", &marker)
+            .env("AXBENCH_API_KEY", &marker)
+            .env("RUST_LOG", "debug")
+            .output()
+            .unwrap();
         if let Some(c) = code {
             assert_eq!(out.status.code(), Some(c), "{full:?}: {}", text(&out.stderr));
         }
@@ -496,15 +627,28 @@ fn an_api_key_in_the_environment_reaches_no_cache_file_report_or_log() {
             logged_lines += s.lines().count();
         }
     }
-    assert!(logged_lines > 10, "expected some output to search, got {logged_lines} lines");
+    assert!(
+        logged_lines > 10,
+        "expected some output to search, got {logged_lines} lines"
+    );
     let mut files = Vec::new();
     all_files(&p.cache(), &mut files);
-    assert!(files.iter().any(|f| f.to_string_lossy().contains("/logs/")), "no node logs to search: {files:?}");
-    assert!(files.iter().any(|f| f.to_string_lossy().contains("/manifests/")), "no manifests to search");
+    assert!(
+        files.iter().any(|f| f.to_string_lossy().contains("/logs/")),
+        "no node logs to search: {files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.to_string_lossy().contains("/manifests/")),
+        "no manifests to search"
+    );
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
         let needle = marker.as_bytes();
-        assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{} contains the key", f.display());
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "{} contains the key",
+            f.display()
+        );
     }
 }
 
@@ -523,21 +667,32 @@ fn show_by_node_id_finds_every_node_after_a_kill_9_and_a_rerun() {
     let manifests = |p: &Project| {
         let mut v = Vec::new();
         all_files(&p.cache().join("manifests"), &mut v);
-        let mut keys: Vec<String> = v.iter().map(|f| f.file_name().unwrap().to_string_lossy().to_string()).filter(|n| !n.starts_with(".tmp")).map(|n| n.trim_end_matches(".json").to_string()).collect();
+        let mut keys: Vec<String> = v
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().to_string())
+            .filter(|n| !n.starts_with(".tmp"))
+            .map(|n| n.trim_end_matches(".json").to_string())
+            .collect();
         keys.sort();
         keys
     };
     let mut child = p.spawn(&["run", args[0], args[1], args[2], args[3], args[4]]);
     let t0 = Instant::now();
     while manifests(&p).len() < 2 {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before two nodes were committed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before two nodes were committed"
+        );
         assert!(t0.elapsed() < Duration::from_secs(60), "no node committed in 60 s");
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().expect("kill -9");
     child.wait().unwrap();
     let after_kill = manifests(&p);
-    assert!(after_kill.len() < 13, "the run finished before the kill: {after_kill:?}");
+    assert!(
+        after_kill.len() < 13,
+        "the run finished before the kill: {after_kill:?}"
+    );
 
     // The rerun's plan finds the killed run's nodes fresh: the branch the fix is about.
     let plan = p.plan_json(&args[..3]);
@@ -547,20 +702,32 @@ fn show_by_node_id_finds_every_node_after_a_kill_9_and_a_rerun() {
     // Not asserted (it is how the index behaves today, not a promise): how many of them `show`
     // cannot find by id before the rerun, i.e. whether this kill lost the index update.
     let lost = fresh.iter().filter(|id| !p.run(&["show", id]).status.success()).count();
-    eprintln!("after the kill: {} of 13 nodes fresh, {lost} of them unknown to `show <id>` before the rerun", fresh.len());
+    eprintln!(
+        "after the kill: {} of 13 nodes fresh, {lost} of them unknown to `show <id>` before the rerun",
+        fresh.len()
+    );
     let r = p.run_json(&args, 0);
     assert_eq!(ids(&r, "computed").len() + fresh.len(), 13, "{r}");
 
     let mut shown = Vec::new();
     for id in st.keys() {
         let out = p.run(&["show", id]);
-        assert!(out.status.success(), "show {id} after kill -9 + rerun (fresh at plan time: {}): {}", fresh.contains(&id), text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "show {id} after kill -9 + rerun (fresh at plan time: {}): {}",
+            fresh.contains(&id),
+            text(&out.stderr)
+        );
         let m = p.show(id);
         assert_eq!(m["node"], id.as_str(), "show {id} answered another node: {m}");
         shown.push(m["key"].as_str().unwrap().to_string());
     }
     shown.sort();
-    assert_eq!(shown, manifests(&p), "the keys `show <id>` names are not the cache's manifests");
+    assert_eq!(
+        shown,
+        manifests(&p),
+        "the keys `show <id>` names are not the cache's manifests"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -589,15 +756,34 @@ fn lm_dataset(dir: &Path) {
         ex("My cat purrs.", cats, Category::Positive, 0),
         ex("We rented a van.", rent, Category::Positive, 1),
     ];
-    write_parquet_atomic(&dir.join("train_data.parquet"), &examples_to_batch(&train, false).unwrap()).unwrap();
-    let mut eval: Vec<Example> = LM_ROWS.iter().map(|(tag, _)| ex(&format!("{tag} the cat sat on the mat."), cats, Category::Positive, 0)).collect();
+    write_parquet_atomic(
+        &dir.join("train_data.parquet"),
+        &examples_to_batch(&train, false).unwrap(),
+    )
+    .unwrap();
+    let mut eval: Vec<Example> = LM_ROWS
+        .iter()
+        .map(|(tag, _)| ex(&format!("{tag} the cat sat on the mat."), cats, Category::Positive, 0))
+        .collect();
     eval.push(ex("ROW-FINE-1 we rented a van.", rent, Category::Positive, 1));
     eval.push(ex("ROW-FINE-2 the sea is calm.", rent, Category::Negative, 1));
     for e in &mut eval {
         (e.sae_link, e.sae_id) = (Some(String::new()), Some(0));
     }
-    write_parquet_atomic(&dir.join("latent_eval_data.parquet"), &examples_to_batch(&eval, true).unwrap()).unwrap();
-    let meta: String = [(0, cats), (1, rent)].iter().map(|(id, c)| format!("{}\n", serde_json::json!({"concept_id": id, "concept": c, "ref": "", "concept_genres_map": {*c: ["text"]}}))).collect();
+    write_parquet_atomic(
+        &dir.join("latent_eval_data.parquet"),
+        &examples_to_batch(&eval, true).unwrap(),
+    )
+    .unwrap();
+    let meta: String = [(0, cats), (1, rent)]
+        .iter()
+        .map(|(id, c)| {
+            format!(
+                "{}\n",
+                serde_json::json!({"concept_id": id, "concept": c, "ref": "", "concept_genres_map": {*c: ["text"]}})
+            )
+        })
+        .collect();
     std::fs::write(dir.join("metadata.jsonl"), meta).unwrap();
 }
 
@@ -645,14 +831,20 @@ fn lm_faults_in_a_pipeline_fail_the_node_and_a_rerun_asks_only_the_failed_calls_
         let (healthy, seen) = (healthy.clone(), seen.clone());
         move |req: &ServedRequest| {
             let prompt = req.prompt();
-            let tag = prompt.find("ROW-").map(|i| prompt[i..].split_whitespace().next().unwrap().to_string()).unwrap_or_default();
+            let tag = prompt
+                .find("ROW-")
+                .map(|i| prompt[i..].split_whitespace().next().unwrap().to_string())
+                .unwrap_or_default();
             *seen.lock().unwrap().entry(tag.clone()).or_default() += 1;
             let ok = Reply::text("The cat is plainly there. Rating: [[2]]");
             if healthy.load(Ordering::SeqCst) {
                 return ok;
             }
             match (tag.as_str(), req.repeat) {
-                ("ROW-429", 0) => Reply::Fault(Fault::RateLimit { retry_after_s: None, retry_after_ms: Some(50) }),
+                ("ROW-429", 0) => Reply::Fault(Fault::RateLimit {
+                    retry_after_s: None,
+                    retry_after_ms: Some(50),
+                }),
                 ("ROW-EMPTY", 0) => Reply::Fault(Fault::EmptyChoices),
                 ("ROW-REFUSE", _) => Reply::Fault(Fault::Refusal("I can't rate that.".into())),
                 ("ROW-500", _) => Reply::Fault(Fault::ServerError(500)),
@@ -662,13 +854,21 @@ fn lm_faults_in_a_pipeline_fail_the_node_and_a_rerun_asks_only_the_failed_calls_
             }
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let server = rt.block_on(TestServer::with_fn(script)).unwrap();
 
     let p = Project::new();
     let data = p.path().join("data");
     lm_dataset(&data);
-    let sets = [format!("dataset.dir={}", data.display()), format!("prompts.dir={}", repo("configs/prompts")), format!("lm.base_url={}", server.base_url())];
+    let sets = [
+        format!("dataset.dir={}", data.display()),
+        format!("prompts.dir={}", repo("configs/prompts")),
+        format!("lm.base_url={}", server.base_url()),
+    ];
     let mut args: Vec<&str> = vec![LM_PIPELINE];
     for s in &sets {
         args.extend(["--set", s.as_str()]);
@@ -694,11 +894,23 @@ fn lm_faults_in_a_pipeline_fail_the_node_and_a_rerun_asks_only_the_failed_calls_
     // The report is the JSON line on stdout with a `computed` field (logs go elsewhere or are other lines).
     let report = |out: &std::process::Output, code: i32| -> serde_json::Value {
         let stdout = text(&out.stdout);
-        assert_eq!(out.status.code(), Some(code), "stdout {stdout}\nstderr {}", text(&out.stderr));
-        stdout.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v.get("computed").is_some()).unwrap_or_else(|| panic!("no report in {stdout}"))
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "stdout {stdout}\nstderr {}",
+            text(&out.stderr)
+        );
+        stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v.get("computed").is_some())
+            .unwrap_or_else(|| panic!("no report in {stdout}"))
     };
-    let counts = |seen: &Mutex<HashMap<String, u32>>| -> BTreeMap<String, u32> { seen.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect() };
-    let want = |pairs: &[(&str, u32)]| -> BTreeMap<String, u32> { pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect() };
+    let counts = |seen: &Mutex<HashMap<String, u32>>| -> BTreeMap<String, u32> {
+        seen.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect()
+    };
+    let want =
+        |pairs: &[(&str, u32)]| -> BTreeMap<String, u32> { pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect() };
 
     // 1. Faulty server.
     let t = Instant::now();
@@ -717,20 +929,65 @@ fn lm_faults_in_a_pipeline_fail_the_node_and_a_rerun_asks_only_the_failed_calls_
     );
     assert_eq!(
         counts(&seen),
-        want(&[("ROW-OK", 1), ("ROW-429", 2), ("ROW-EMPTY", 2), ("ROW-REFUSE", 1), ("ROW-500", 3), ("ROW-TRUNC", 3), ("ROW-HANG", 3), ("ROW-FINE-1", 1), ("ROW-FINE-2", 1)]),
+        want(&[
+            ("ROW-OK", 1),
+            ("ROW-429", 2),
+            ("ROW-EMPTY", 2),
+            ("ROW-REFUSE", 1),
+            ("ROW-500", 3),
+            ("ROW-TRUNC", 3),
+            ("ROW-HANG", 3),
+            ("ROW-FINE-1", 1),
+            ("ROW-FINE-2", 1)
+        ]),
         "requests per row: the retries are not bounded as configured"
     );
     let faults: BTreeMap<&str, u64> = server.faults_served().into_iter().collect();
-    assert_eq!(faults, [("empty_choices", 1), ("hang", 3), ("rate_limit", 1), ("refusal", 1), ("server_error", 3), ("truncated_json", 3)].into_iter().collect(), "faults served");
+    assert_eq!(
+        faults,
+        [
+            ("empty_choices", 1),
+            ("hang", 3),
+            ("rate_limit", 1),
+            ("refusal", 1),
+            ("server_error", 3),
+            ("truncated_json", 3)
+        ]
+        .into_iter()
+        .collect(),
+        "faults served"
+    );
     // The failed node's log records every failed call: class and attempts.
-    let log_path = failed[0]["log"].as_str().map(PathBuf::from).or_else(|| err.split_once("(log: ").and_then(|(_, s)| s.strip_suffix(')')).map(PathBuf::from)).unwrap_or_else(|| panic!("no log path in {r1}"));
+    let log_path = failed[0]["log"]
+        .as_str()
+        .map(PathBuf::from)
+        .or_else(|| {
+            err.split_once("(log: ")
+                .and_then(|(_, s)| s.strip_suffix(')'))
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| panic!("no log path in {r1}"));
     let log = std::fs::read_to_string(&log_path).unwrap_or_else(|e| panic!("{}: {e}", log_path.display()));
     for kind in ["server", "invalid_response", "timeout"] {
-        assert_eq!(log.matches(&format!("failed after 3 attempts: {kind}:")).count(), 1, "{kind} not recorded once in the node log:\n{log}");
+        assert_eq!(
+            log.matches(&format!("failed after 3 attempts: {kind}:")).count(),
+            1,
+            "{kind} not recorded once in the node log:\n{log}"
+        );
     }
     // The healthy concept's metadata counts its calls.
-    let meta1: serde_json::Value = serde_json::from_slice(&std::fs::read(p.blob_of("prompt_detect[concept=1]", "prompt_detect.json")).unwrap()).unwrap();
-    assert_eq!((meta1["calls"]["calls"].as_u64(), meta1["calls"]["completed"].as_u64(), meta1["calls"]["failed"].as_u64()), (Some(2), Some(2), Some(0)), "{meta1}");
+    let meta1: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.blob_of("prompt_detect[concept=1]", "prompt_detect.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (
+            meta1["calls"]["calls"].as_u64(),
+            meta1["calls"]["completed"].as_u64(),
+            meta1["calls"]["failed"].as_u64()
+        ),
+        (Some(2), Some(2), Some(0)),
+        "{meta1}"
+    );
 
     // 2. Healthy server: only the failed node runs, and only the failed calls are asked again.
     healthy.store(true, Ordering::SeqCst);
@@ -738,11 +995,25 @@ fn lm_faults_in_a_pipeline_fail_the_node_and_a_rerun_asks_only_the_failed_calls_
     let r2 = report(&axbench(&run), 0);
     assert_eq!(ids(&r2, "computed"), ["prompt_detect[concept=0]"], "{r2}");
     assert_eq!(ids(&r2, "cached"), ["concepts", "prompt_detect[concept=1]"], "{r2}");
-    assert_eq!(counts(&seen), want(&[("ROW-500", 1), ("ROW-TRUNC", 1), ("ROW-HANG", 1)]), "the rerun asked the LM for more than the failed calls");
-    let meta0: serde_json::Value = serde_json::from_slice(&std::fs::read(p.blob_of("prompt_detect[concept=0]", "prompt_detect.json")).unwrap()).unwrap();
+    assert_eq!(
+        counts(&seen),
+        want(&[("ROW-500", 1), ("ROW-TRUNC", 1), ("ROW-HANG", 1)]),
+        "the rerun asked the LM for more than the failed calls"
+    );
+    let meta0: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.blob_of("prompt_detect[concept=0]", "prompt_detect.json")).unwrap())
+            .unwrap();
     let c = &meta0["calls"];
     assert_eq!(
-        [&c["calls"], &c["cache_hits"], &c["backend_attempts"], &c["completed"], &c["refused"], &c["failed"]].map(|v| v.as_u64().unwrap()),
+        [
+            &c["calls"],
+            &c["cache_hits"],
+            &c["backend_attempts"],
+            &c["completed"],
+            &c["refused"],
+            &c["failed"]
+        ]
+        .map(|v| v.as_u64().unwrap()),
         [7, 4, 3, 6, 1, 0],
         "{meta0}"
     );
@@ -751,7 +1022,11 @@ fn lm_faults_in_a_pipeline_fail_the_node_and_a_rerun_asks_only_the_failed_calls_
     seen.lock().unwrap().clear();
     let r3 = report(&axbench(&run), 0);
     assert!(ids(&r3, "computed").is_empty(), "{r3}");
-    assert!(counts(&seen).is_empty(), "a no-op run asked the LM: {:?}", counts(&seen));
+    assert!(
+        counts(&seen).is_empty(),
+        "a no-op run asked the LM: {:?}",
+        counts(&seen)
+    );
     for node in ["concepts", "prompt_detect[concept=0]", "prompt_detect[concept=1]"] {
         let out = axbench(&["show", node]);
         assert!(out.status.success(), "show {node}: {}", text(&out.stderr));
@@ -761,7 +1036,10 @@ fn lm_faults_in_a_pipeline_fail_the_node_and_a_rerun_asks_only_the_failed_calls_
     // Secrets: sent on every request, found nowhere else.
     let auths = server.authorizations();
     assert_eq!(auths.len() as u64, server.requests(), "a request without the key");
-    assert!(auths.iter().all(|a| *a == format!("Bearer {marker}")), "the server got another key: {auths:?}");
+    assert!(
+        auths.iter().all(|a| *a == format!("Bearer {marker}")),
+        "the server got another key: {auths:?}"
+    );
     for (what, out) in &outputs {
         for s in [text(&out.stdout), text(&out.stderr)] {
             assert!(!s.contains(&marker), "{what} printed the key: {s}");
@@ -769,9 +1047,16 @@ fn lm_faults_in_a_pipeline_fail_the_node_and_a_rerun_asks_only_the_failed_calls_
     }
     let mut files = Vec::new();
     all_files(p.path(), &mut files);
-    assert!(files.iter().any(|f| f.to_string_lossy().contains("lm_cache")), "no LM cache files to search: {files:?}");
+    assert!(
+        files.iter().any(|f| f.to_string_lossy().contains("lm_cache")),
+        "no LM cache files to search: {files:?}"
+    );
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
-        assert!(!bytes.windows(marker.len()).any(|w| w == marker.as_bytes()), "{} contains the key", f.display());
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "{} contains the key",
+            f.display()
+        );
     }
 }

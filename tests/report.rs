@@ -19,10 +19,18 @@ fn report_on_a_pipeline_without_aggregate_is_bad_input() {
     let p = Project::new();
     let out = p.run(&["report", "tests/fixtures/engine/toy.toml"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("has no `axbench.aggregate` stage"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("has no `axbench.aggregate` stage"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = p.run(&["results", "tests/fixtures/engine/toy.toml"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("has no `axbench.evaluate` or `axbench.aggregate` stage"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("has no `axbench.evaluate` or `axbench.aggregate` stage"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -37,13 +45,28 @@ fn report_before_the_run_says_how_to_run_it() {
     let set_data = format!("dataset.dir={}", data.display());
     let out = Command::new(env!("CARGO_BIN_EXE_axbench"))
         .current_dir(root())
-        .args(["--cache-dir", cache.to_str().unwrap(), "report", "pipelines/axbench.toml", "--set", "concepts.limit=1", "--set", &set_data])
+        .args([
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "report",
+            "pipelines/axbench.toml",
+            "--set",
+            "concepts.limit=1",
+            "--set",
+            &set_data,
+        ])
         .env("RUST_LOG", "error")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let err = text(&out.stderr);
-    assert!(err.contains("is not computed") && err.contains(&format!("axbench run pipelines/axbench.toml --set concepts.limit=1 --set {set_data}")), "{err}");
+    assert!(
+        err.contains("is not computed")
+            && err.contains(&format!(
+                "axbench run pipelines/axbench.toml --set concepts.limit=1 --set {set_data}"
+            )),
+        "{err}"
+    );
 }
 
 /// One concept (the ocean) in AxBench's released layout: 2 positives and 2 shared negatives to fit on, 2 + 2 eval rows.
@@ -51,10 +74,22 @@ fn write_dataset(dir: &Path) {
     OneConcept {
         concept: "the ocean and the sea",
         sae_id: 7,
-        train_negatives: &[("Plan a weekend.", "Clean the garage, then bake bread on Sunday."), ("Name a color.", "Green, like fresh grass in a park.")],
-        train_positives: &[("Plan a weekend.", "Sail along the coast and swim in the salty waves."), ("Name a color.", "Deep blue, like the open sea at noon.")],
-        eval_positives: &[("Describe a trip.", "We watched whales breach beyond the reef."), ("Give advice.", "Respect the tide when you walk on the beach.")],
-        eval_negatives: &[("Describe a trip.", "We hiked through the desert canyon at dawn."), ("Give advice.", "Save a little money every month.")],
+        train_negatives: &[
+            ("Plan a weekend.", "Clean the garage, then bake bread on Sunday."),
+            ("Name a color.", "Green, like fresh grass in a park."),
+        ],
+        train_positives: &[
+            ("Plan a weekend.", "Sail along the coast and swim in the salty waves."),
+            ("Name a color.", "Deep blue, like the open sea at noon."),
+        ],
+        eval_positives: &[
+            ("Describe a trip.", "We watched whales breach beyond the reef."),
+            ("Give advice.", "Respect the tide when you walk on the beach."),
+        ],
+        eval_negatives: &[
+            ("Describe a trip.", "We hiked through the desert canyon at dawn."),
+            ("Give advice.", "Save a little money every month."),
+        ],
     }
     .write(dir);
 }
@@ -62,7 +97,10 @@ fn write_dataset(dir: &Path) {
 /// The scripted LM: a steering prompt, and one fixed rating per judge aspect, so every reported number is known:
 /// score = harmonic mean of 1, 2, 2 = 1.5, and every comparison a tie.
 fn rules() -> Rules {
-    scripted_lm("Talk about the sea in every answer.", ["Rating: [[1]]", "Rating: [[2]]", "Rating: [[2]]"])
+    scripted_lm(
+        "Talk about the sea in every answer.",
+        ["Rating: [[1]]", "Rating: [[2]]", "Rating: [[2]]"],
+    )
 }
 
 fn axbench(project: &Path, base_url: &str, args: &[&str]) -> Output {
@@ -84,7 +122,12 @@ fn axbench(project: &Path, base_url: &str, args: &[&str]) -> Output {
     for s in sets {
         c.arg("--set").arg(s);
     }
-    c.env("OMP_WAIT_POLICY", "PASSIVE").env("OPENAI_API_KEY", "test-key").env("RUST_LOG", "error").env_remove("AXBENCH_CACHE_DIR").output().unwrap()
+    c.env("OMP_WAIT_POLICY", "PASSIVE")
+        .env("OPENAI_API_KEY", "test-key")
+        .env("RUST_LOG", "error")
+        .env_remove("AXBENCH_CACHE_DIR")
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -93,7 +136,11 @@ fn report_and_results_after_a_tiny_run() {
         eprintln!("skipping: gemma-3-270m is not installed (scripts/setup.sh)");
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let server = rt.block_on(TestServer::with_rules(rules())).unwrap();
     let project = tempfile::tempdir().unwrap();
     for link in ["configs", "pipelines", ".deps"] {
@@ -103,7 +150,12 @@ fn report_and_results_after_a_tiny_run() {
     let url = server.base_url();
 
     let out = axbench(project.path(), &url, &["run"]);
-    assert!(out.status.success(), "run: {}\n{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "run: {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     // After the run, the steering tables are printed next to the AUROC table.
     assert!(text(&out.stdout).contains("Table 2: steering"), "{}", text(&out.stdout));
 
@@ -114,12 +166,27 @@ fn report_and_results_after_a_tiny_run() {
     let dir = project.path().join(".axbench/reports/axbench");
     assert_eq!(lines, vec![dir.join("report.html"), dir.join("report.md")]);
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-    assert!(md.contains("| tiny gemma |") && md.contains("Table 1: concept detection") && md.contains("Table 3: win rate against PromptSteering"), "{md}");
-    for link in md.lines().filter_map(|l| l.strip_prefix("![")).map(|l| &l[l.find("](").unwrap() + 2..l.len() - 1]) {
-        assert!(dir.join(link).is_file(), "report.md links {link}, which is not next to it");
+    assert!(
+        md.contains("| tiny gemma |")
+            && md.contains("Table 1: concept detection")
+            && md.contains("Table 3: win rate against PromptSteering"),
+        "{md}"
+    );
+    for link in md
+        .lines()
+        .filter_map(|l| l.strip_prefix("!["))
+        .map(|l| &l[l.find("](").unwrap() + 2..l.len() - 1])
+    {
+        assert!(
+            dir.join(link).is_file(),
+            "report.md links {link}, which is not next to it"
+        );
     }
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
-    assert!(html.matches("<svg").count() >= 3, "score, ratings and perplexity plots inline");
+    assert!(
+        html.matches("<svg").count() >= 3,
+        "score, ratings and perplexity plots inline"
+    );
     // `--open` without a desktop says where the file is instead of failing.
     let out = axbench(project.path(), &url, &["report", "--open"]);
     assert!(out.status.success(), "report --open: {}", text(&out.stderr));
@@ -130,12 +197,44 @@ fn report_and_results_after_a_tiny_run() {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = j["steering"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
-    let keys: BTreeSet<&str> = ["model", "layer", "method", "concept_id", "factor", "score", "concept", "instruction", "fluency"].into();
+    let keys: BTreeSet<&str> = [
+        "model",
+        "layer",
+        "method",
+        "concept_id",
+        "factor",
+        "score",
+        "concept",
+        "instruction",
+        "fluency",
+    ]
+    .into();
     for r in rows {
-        assert_eq!(r.as_object().unwrap().keys().map(String::as_str).collect::<BTreeSet<_>>(), keys, "{r}");
-        assert_eq!((r["model"].as_str(), r["layer"].as_i64(), r["concept_id"].as_i64()), (Some("gemma-3-270m-q4_k_m"), Some(9), Some(0)), "{r}");
+        assert_eq!(
+            r.as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect::<BTreeSet<_>>(),
+            keys,
+            "{r}"
+        );
+        assert_eq!(
+            (r["model"].as_str(), r["layer"].as_i64(), r["concept_id"].as_i64()),
+            (Some("gemma-3-270m-q4_k_m"), Some(9), Some(0)),
+            "{r}"
+        );
         // Ratings 1, 2, 2 everywhere: score 1.5, and each rating mean exactly the scripted value.
-        assert_eq!((r["score"].as_f64(), r["concept"].as_f64(), r["instruction"].as_f64(), r["fluency"].as_f64()), (Some(1.5), Some(1.0), Some(2.0), Some(2.0)), "{r}");
+        assert_eq!(
+            (
+                r["score"].as_f64(),
+                r["concept"].as_f64(),
+                r["instruction"].as_f64(),
+                r["fluency"].as_f64()
+            ),
+            (Some(1.5), Some(1.0), Some(2.0), Some(2.0)),
+            "{r}"
+        );
     }
     // All scores tie: the selection half keeps the smallest factor (np.argmax).
     let dm = rows.iter().find(|r| r["method"] == "DiffMean").unwrap();

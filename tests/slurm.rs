@@ -76,7 +76,10 @@ fn alive(job_ids: &[String]) -> Vec<String> {
     if job_ids.is_empty() {
         return vec![];
     }
-    let out = Command::new("squeue").args(["-h", "-r", "-o", "%i", "-j", &job_ids.join(",")]).output().unwrap();
+    let out = Command::new("squeue")
+        .args(["-h", "-r", "-o", "%i", "-j", &job_ids.join(",")])
+        .output()
+        .unwrap();
     text(&out.stdout).lines().map(str::to_string).collect()
 }
 
@@ -94,7 +97,12 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn manifests(p: &Project) -> usize {
-    std::fs::read_dir(p.cache().join("manifests")).into_iter().flatten().flatten().map(|d| std::fs::read_dir(d.path()).map(|f| f.count()).unwrap_or(0)).sum()
+    std::fs::read_dir(p.cache().join("manifests"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| std::fs::read_dir(d.path()).map(|f| f.count()).unwrap_or(0))
+        .sum()
 }
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -106,7 +114,12 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn job_ids(report: &serde_json::Value) -> Vec<String> {
-    report["slurm"]["job_ids"].as_array().unwrap().iter().map(|j| j.as_str().unwrap().to_string()).collect()
+    report["slurm"]["job_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j.as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -134,9 +147,16 @@ kind = "test.add"
 inputs = { a = "cpu", b = "gpu" }
 "#,
     );
-    let out = slurm_run(&p, &file, &["--gres", "gpu:1", "--array-limit", "3"]).output().unwrap();
+    let out = slurm_run(&p, &file, &["--gres", "gpu:1", "--array-limit", "3"])
+        .output()
+        .unwrap();
     let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "stderr: {err}\nstdout: {}", text(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {err}\nstdout: {}",
+        text(&out.stdout)
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(ids(&r, "computed").len(), 7, "{r}");
     assert_eq!(r["slurm"]["arrays"], 3, "one array per stage: {r}");
@@ -146,7 +166,12 @@ inputs = { a = "cpu", b = "gpu" }
     assert_eq!(tally(&p).len(), 6);
     // The sbatch lines: the GPU stage asks for the GPU, the CPU stages do not; the % limit holds.
     let sbatch: Vec<&str> = err.lines().filter(|l| l.contains("as Slurm job")).collect();
-    let line = |stage: &str| *sbatch.iter().find(|l| l.contains(&format!("--job-name=axb-{stage} "))).unwrap_or_else(|| panic!("no sbatch for {stage} in {err}"));
+    let line = |stage: &str| {
+        *sbatch
+            .iter()
+            .find(|l| l.contains(&format!("--job-name=axb-{stage} ")))
+            .unwrap_or_else(|| panic!("no sbatch for {stage} in {err}"))
+    };
     assert!(line("gpu").contains("--gres=gpu:1"), "{}", line("gpu"));
     assert!(!line("cpu").contains("--gres"), "{}", line("cpu"));
     assert!(!line("sum").contains("--gres"), "{}", line("sum"));
@@ -183,19 +208,35 @@ kind = "test.add"
 inputs = { a = "quick", b = "slow" }
 "#,
     );
-    let mut engine = slurm_run(&p, &file, &[]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut engine = slurm_run(&p, &file, &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     // Kill once the quick nodes are in the cache and the slow ones are running.
-    wait_until("quick nodes to finish and slow nodes to start", Duration::from_secs(60), || {
-        let t = tally(&p);
-        let slow_started = t.keys().filter(|k| k.starts_with("slow")).count() == 3;
-        // The engine holds the index, so count manifests: while the slow nodes run, the only
-        // finished nodes are the quick ones.
-        let quick_done = manifests(&p) == 3;
-        slow_started && quick_done
-    });
+    wait_until(
+        "quick nodes to finish and slow nodes to start",
+        Duration::from_secs(60),
+        || {
+            let t = tally(&p);
+            let slow_started = t.keys().filter(|k| k.starts_with("slow")).count() == 3;
+            // The engine holds the index, so count manifests: while the slow nodes run, the only
+            // finished nodes are the quick ones.
+            let quick_done = manifests(&p) == 3;
+            slow_started && quick_done
+        },
+    );
     engine.kill().unwrap(); // SIGKILL
     engine.wait().unwrap();
-    let running: Vec<String> = Command::new("squeue").args(["-h", "-r", "-o", "%j %i"]).output().map(|o| text(&o.stdout)).unwrap_or_default().lines().filter(|l| l.starts_with("axb-slow")).map(str::to_string).collect();
+    let running: Vec<String> = Command::new("squeue")
+        .args(["-h", "-r", "-o", "%j %i"])
+        .output()
+        .map(|o| text(&o.stdout))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("axb-slow"))
+        .map(str::to_string)
+        .collect();
     assert!(!running.is_empty(), "the slow tasks should outlive the engine");
 
     let out = slurm_run(&p, &file, &[]).output().unwrap();
@@ -205,8 +246,16 @@ inputs = { a = "quick", b = "slow" }
     for q in ["quick[i=1]", "quick[i=2]", "quick[i=3]"] {
         assert!(ids(&r, "cached").contains(&q.to_string()), "{q} not reused: {r}");
     }
-    assert_eq!(r["slurm"]["reattached"].as_u64().unwrap() + ids(&r, "cached").iter().filter(|n| n.starts_with("slow")).count() as u64, 3, "{r}");
-    assert!(r["slurm"]["reattached"].as_u64().unwrap() >= 1, "the slow tasks were still running: {r}");
+    assert_eq!(
+        r["slurm"]["reattached"].as_u64().unwrap()
+            + ids(&r, "cached").iter().filter(|n| n.starts_with("slow")).count() as u64,
+        3,
+        "{r}"
+    );
+    assert!(
+        r["slurm"]["reattached"].as_u64().unwrap() >= 1,
+        "the slow tasks were still running: {r}"
+    );
     assert_eq!(r["slurm"]["tasks"], 1, "only sum is new: {r}");
     let t = tally(&p);
     assert_eq!(t.len(), 6, "{t:?}");
@@ -247,12 +296,21 @@ inputs = { x = "good" }
     let failed = r["failed"].as_array().unwrap();
     assert_eq!(failed.len(), 1, "{r}");
     assert_eq!(failed[0]["node"], "bad");
-    assert!(failed[0]["error"].as_str().unwrap().contains("boom inside the Slurm task"), "{r}");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("boom inside the Slurm task"),
+        "{r}"
+    );
     let log = PathBuf::from(failed[0]["log"].as_str().unwrap());
     let log_text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("log {}: {e}", log.display()));
     assert!(log_text.contains("boom inside the Slurm task"), "{log_text}");
     assert_eq!(ids(&r, "skipped"), vec!["after_bad".to_string()]);
-    assert_eq!(ids(&r, "computed"), vec!["good[i=1]".to_string(), "good[i=2]".to_string(), "good_sum".to_string()]);
+    assert_eq!(
+        ids(&r, "computed"),
+        vec!["good[i=1]".to_string(), "good[i=2]".to_string(), "good_sum".to_string()]
+    );
     assert_eq!(value(&p, "good_sum"), serde_json::json!(3));
 }
 
@@ -271,18 +329,34 @@ foreach = { i = [1, 2] }
 params = { tally = "{tally}", value = "${i}", ms = 60000 }
 "#,
     );
-    let engine = slurm_run(&p, &file, &[]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let engine = slurm_run(&p, &file, &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_until("both tasks to start", Duration::from_secs(60), || tally(&p).len() == 2);
     let started = Instant::now();
-    assert!(Command::new("kill").args(["-INT", &engine.id().to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &engine.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let out = engine.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
-    assert!(started.elapsed() < Duration::from_secs(20), "Ctrl-C took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "Ctrl-C took {:?}",
+        started.elapsed()
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["cancelled"], true);
     let jobs = job_ids(&r);
     assert_eq!(jobs.len(), 1, "{r}");
-    wait_until("scancel to take effect", Duration::from_secs(30), || alive(&jobs).is_empty());
+    wait_until("scancel to take effect", Duration::from_secs(30), || {
+        alive(&jobs).is_empty()
+    });
     assert_eq!(manifests(&p), 0, "a cancelled node has no manifest");
 }
 
@@ -307,21 +381,42 @@ kind = "test.tally"
 params = { tally = "{tally}", value = 1 }
 "#,
     );
-    let engine = slurm_run(&p, &file, &[]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let engine = slurm_run(&p, &file, &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     // The task's `axbench exec-node` (its command line names this project's cache) and the batch
     // script that started it: freeze the first so it cannot react, kill the script, then it. Neither
     // writes the exit file (`scancel` would not do: exec-node catches its SIGTERM and writes one).
     let exec_nodes = || -> Vec<String> {
-        let pgrep = Command::new("pgrep").args(["-f", &format!("exec-node .*{}", p.cache().display())]).output().unwrap();
+        let pgrep = Command::new("pgrep")
+            .args(["-f", &format!("exec-node .*{}", p.cache().display())])
+            .output()
+            .unwrap();
         text(&pgrep.stdout).lines().map(str::to_string).collect()
     };
     // Once `fine` is done and gone, the one exec-node left is the doomed one's.
-    wait_until("the doomed task to start and `fine` to finish", Duration::from_secs(60), || tally(&p).contains_key("doomed") && manifests(&p) == 1 && exec_nodes().len() == 1);
+    wait_until(
+        "the doomed task to start and `fine` to finish",
+        Duration::from_secs(60),
+        || tally(&p).contains_key("doomed") && manifests(&p) == 1 && exec_nodes().len() == 1,
+    );
     let pids = exec_nodes();
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", pids[0])).unwrap();
-    let ppid = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().to_string();
+    let ppid = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
     for (signal, pid) in [("-STOP", &pids[0]), ("-KILL", &ppid), ("-KILL", &pids[0])] {
-        assert!(Command::new("kill").args([signal, pid]).status().unwrap().success(), "kill {signal} {pid}");
+        assert!(
+            Command::new("kill").args([signal, pid]).status().unwrap().success(),
+            "kill {signal} {pid}"
+        );
     }
     let out = engine.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
@@ -329,9 +424,15 @@ params = { tally = "{tally}", value = 1 }
     let failed = r["failed"].as_array().unwrap();
     assert_eq!(failed.len(), 1, "{r}");
     assert_eq!(failed[0]["node"], "doomed");
-    assert!(failed[0]["error"].as_str().unwrap().contains("without an exit code"), "{r}");
+    assert!(
+        failed[0]["error"].as_str().unwrap().contains("without an exit code"),
+        "{r}"
+    );
     assert_eq!(ids(&r, "computed"), vec!["fine".to_string()]);
-    assert!(!p.cache().join("manifests").exists() || manifests(&p) == 1, "the killed node left a manifest");
+    assert!(
+        !p.cache().join("manifests").exists() || manifests(&p) == 1,
+        "the killed node left a manifest"
+    );
 
     // The rerun submits it again and it completes; `fine` is not run twice.
     let again = slurm_run(&p, &file, &[]).output().unwrap();

@@ -42,13 +42,25 @@ fn direction(d: usize, seed: u64) -> Vec<f32> {
 }
 
 fn instructions() -> Vec<String> {
-    ["Write a short poem about the sea.", "Give me one tip for cooking rice.", "What is the capital of France?"].map(String::from).to_vec()
+    [
+        "Write a short poem about the sea.",
+        "Give me one tip for cooking rice.",
+        "What is the capital of France?",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 #[test]
 fn factor_zero_is_the_unsteered_model_and_a_large_factor_changes_generations() {
     let Some(model) = gemma() else { return };
-    let s = SteerSettings { layer: 9, max_new_tokens: 12, temperature: 1.0, seed: 7, batch_size: 2 };
+    let s = SteerSettings {
+        layer: 9,
+        max_new_tokens: 12,
+        temperature: 1.0,
+        seed: 7,
+        batch_size: 2,
+    };
     axbench_stages::stages::activations::with_model(&model, DeviceSpec::Cpu, DType::F32, |m| {
         let d = m.model.info().hidden_size;
         let dir = direction(d, 1);
@@ -60,14 +72,22 @@ fn factor_zero_is_the_unsteered_model_and_a_large_factor_changes_generations() {
         assert_eq!(plain, again, "generation is deterministic under a seed");
         let (big, _) = steered_generations(m, &ins, Some(&dir), 400.0, &s).unwrap();
         let changed = plain.iter().zip(&big).filter(|(a, b)| a != b).count();
-        assert_eq!(changed, ins.len(), "every generation changes under a large vector: {plain:?} vs {big:?}");
+        assert_eq!(
+            changed,
+            ins.len(),
+            "every generation changes under a large vector: {plain:?} vs {big:?}"
+        );
         Ok(())
     })
     .unwrap();
 }
 
 fn artifact(node: &str, files: &[(&str, PathBuf)]) -> InputArtifact {
-    InputArtifact { node: node.into(), coord: Coord::new(), files: files.iter().map(|(n, p)| (n.to_string(), p.clone())).collect() }
+    InputArtifact {
+        node: node.into(),
+        coord: Coord::new(),
+        files: files.iter().map(|(n, p)| (n.to_string(), p.clone())).collect(),
+    }
 }
 
 /// Writes a fit node (fit.json + direction.safetensors) and an infer node (scores.parquet) for concept 5.
@@ -80,17 +100,41 @@ fn upstream(dir: &Path, d: usize, max_acts: &[f64]) -> BTreeMap<String, Vec<Inpu
     .unwrap();
     let w: Vec<f32> = direction(d, 2).iter().map(|x| x * 3.0).collect(); // not unit: the stage normalizes
     let st = dir.join("direction.safetensors");
-    tch::Tensor::write_safetensors(&[("w", tch::Tensor::from_slice(&w)), ("bias", tch::Tensor::from_slice(&[0.0f32]))], &st).unwrap();
+    tch::Tensor::write_safetensors(
+        &[
+            ("w", tch::Tensor::from_slice(&w)),
+            ("bias", tch::Tensor::from_slice(&[0.0f32])),
+        ],
+        &st,
+    )
+    .unwrap();
     let rows: Vec<LatentScoreRow> = max_acts
         .iter()
         .enumerate()
-        .map(|(i, &m)| LatentScoreRow { concept_id: 5, example_index: i as u32, method: "DiffMean".into(), category: "positive".into(), max_act: m, max_act_idx: Some(0), acts: vec![m as f32] })
+        .map(|(i, &m)| LatentScoreRow {
+            concept_id: 5,
+            example_index: i as u32,
+            method: "DiffMean".into(),
+            category: "positive".into(),
+            max_act: m,
+            max_act_idx: Some(0),
+            acts: vec![m as f32],
+        })
         .collect();
     let sp = dir.join("scores.parquet");
     write_parquet_atomic(&sp, &latent_scores_batch(&rows).unwrap()).unwrap();
     let mut inputs = BTreeMap::new();
-    inputs.insert("fit".to_string(), vec![artifact("fit[concept=5,method=diffmean]", &[("fit.json", fit_json), ("direction.safetensors", st)])]);
-    inputs.insert("scores".to_string(), vec![artifact("infer[concept=5,method=diffmean]", &[("scores.parquet", sp)])]);
+    inputs.insert(
+        "fit".to_string(),
+        vec![artifact(
+            "fit[concept=5,method=diffmean]",
+            &[("fit.json", fit_json), ("direction.safetensors", st)],
+        )],
+    );
+    inputs.insert(
+        "scores".to_string(),
+        vec![artifact("infer[concept=5,method=diffmean]", &[("scores.parquet", sp)])],
+    );
     inputs
 }
 
@@ -106,14 +150,27 @@ fn steer_stage_writes_factor_by_instruction_rows_with_strength_from_max_act() {
     params.insert("layer".into(), Value::Int(9));
     params.insert("device".into(), Value::Str("cpu".into()));
     params.insert("dtype".into(), Value::Str("f32".into()));
-    params.insert("factors".into(), Value::List(vec![Value::Float(0.0), Value::Float(20.0)]));
-    params.insert("instructions".into(), Value::Str("configs/instructions/demo.json".into()));
+    params.insert(
+        "factors".into(),
+        Value::List(vec![Value::Float(0.0), Value::Float(20.0)]),
+    );
+    params.insert(
+        "instructions".into(),
+        Value::Str("configs/instructions/demo.json".into()),
+    );
     params.insert("per_concept".into(), Value::Int(4));
     params.insert("temperature".into(), Value::Float(1.0));
     params.insert("max_new_tokens".into(), Value::Int(8));
     params.insert("seed".into(), Value::Int(42));
     params.insert("batch_size".into(), Value::Int(4));
-    let mut ctx = StageContext::new("steer[concept=5,method=diffmean]", Coord::new(), params, inputs, out.clone(), root());
+    let mut ctx = StageContext::new(
+        "steer[concept=5,method=diffmean]",
+        Coord::new(),
+        params,
+        inputs,
+        out.clone(),
+        root(),
+    );
     steer::Steer.run(&mut ctx).unwrap();
 
     let rows = read_generations(&out.join("generations.parquet")).unwrap();
@@ -124,20 +181,53 @@ fn steer_stage_writes_factor_by_instruction_rows_with_strength_from_max_act() {
     }
     let all = steer::load_instructions(&root().join("configs/instructions/demo.json")).unwrap();
     let picked = steer::pick_instructions(&all, 5, 4);
-    let zero: Vec<&str> = rows.iter().filter(|r| r.factor == 0.0).map(|r| r.instruction.as_str()).collect();
+    let zero: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.factor == 0.0)
+        .map(|r| r.instruction.as_str())
+        .collect();
     assert_eq!(zero, picked.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(rows.iter().filter(|r| r.factor == 0.0).map(|r| r.input_id).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.factor == 0.0)
+            .map(|r| r.input_id)
+            .collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
 
     // Factor 0 rows are exactly what the unsteered model says with the same settings.
-    let s = SteerSettings { layer: 9, max_new_tokens: 8, temperature: 1.0, seed: 42, batch_size: 4 };
-    let plain = axbench_stages::stages::activations::with_model(&model, DeviceSpec::Cpu, DType::F32, |m| Ok(steered_generations(m, &picked, None, 0.0, &s).unwrap().0)).unwrap();
-    let zero_gens: Vec<String> = rows.iter().filter(|r| r.factor == 0.0).map(|r| r.generation.clone()).collect();
+    let s = SteerSettings {
+        layer: 9,
+        max_new_tokens: 8,
+        temperature: 1.0,
+        seed: 42,
+        batch_size: 4,
+    };
+    let plain = axbench_stages::stages::activations::with_model(&model, DeviceSpec::Cpu, DType::F32, |m| {
+        Ok(steered_generations(m, &picked, None, 0.0, &s).unwrap().0)
+    })
+    .unwrap();
+    let zero_gens: Vec<String> = rows
+        .iter()
+        .filter(|r| r.factor == 0.0)
+        .map(|r| r.generation.clone())
+        .collect();
     assert_eq!(zero_gens, plain);
-    let steered: Vec<String> = rows.iter().filter(|r| r.factor == 20.0).map(|r| r.generation.clone()).collect();
-    assert_ne!(steered, plain, "strength 240 along the direction changes the generations");
+    let steered: Vec<String> = rows
+        .iter()
+        .filter(|r| r.factor == 20.0)
+        .map(|r| r.generation.clone())
+        .collect();
+    assert_ne!(
+        steered, plain,
+        "strength 240 along the direction changes the generations"
+    );
 
     // Perplexity of prompt + generation under the unsteered model, per row.
-    assert!(rows.iter().all(|r| r.perplexity.is_finite() && r.perplexity > 1.0), "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.perplexity.is_finite() && r.perplexity > 1.0),
+        "{rows:?}"
+    );
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("steer.json")).unwrap()).unwrap();
     assert_eq!(meta["max_act"], 12.0);
     assert_eq!(meta["n_generations"], 8);
@@ -147,22 +237,41 @@ fn steer_stage_writes_factor_by_instruction_rows_with_strength_from_max_act() {
 /// AxBench's CrossEntropyLoss-mean-then-exp on the GGUF models loaded by transformers in f32).
 #[test]
 fn perplexity_matches_hf_transformers() {
-    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("tests/golden/steering/perplexity.json")).unwrap()).unwrap();
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/golden/steering/perplexity.json")).unwrap())
+            .unwrap();
     for (name, g) in golden.as_object().unwrap() {
         let path = root().join(".deps/models").join(g["file"].as_str().unwrap());
         if !path.exists() {
-            eprintln!("skipping {name}: {} is not installed (scripts/setup.sh)", path.display());
+            eprintln!(
+                "skipping {name}: {} is not installed (scripts/setup.sh)",
+                path.display()
+            );
             continue;
         }
         axbench_stages::stages::activations::with_model(&path, DeviceSpec::Cpu, DType::F32, |m| {
             for row in g["rows"].as_array().unwrap() {
-                let ids: Vec<i64> = row["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+                let ids: Vec<i64> = row["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_i64().unwrap())
+                    .collect();
                 let want = row["perplexity"].as_f64().unwrap();
                 let got = steer::perplexity_of_ids(m, &ids).unwrap();
-                assert!((got - want).abs() / want < 2e-3, "{name}: {:?}: perplexity {got} vs HF {want}", row["text"]);
+                assert!(
+                    (got - want).abs() / want < 2e-3,
+                    "{name}: {:?}: perplexity {got} vs HF {want}",
+                    row["text"]
+                );
             }
             // Our own tokenization of the same text gives a finite perplexity of the same order.
-            let texts: Vec<String> = g["rows"].as_array().unwrap().iter().map(|r| r["text"].as_str().unwrap().to_owned()).collect();
+            let texts: Vec<String> = g["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["text"].as_str().unwrap().to_owned())
+                .collect();
             for p in steer::perplexities(m, &texts).unwrap() {
                 assert!(p.is_finite() && p > 1.0, "{name}: {p}");
             }

@@ -17,7 +17,9 @@ use axbench_engine::{Coord, InputArtifact, Stage, StageContext, Value};
 use axbench_models::hooks::{Hooks, Logits};
 use axbench_models::lora::{Lora, LoraConfig};
 use axbench_models::model::{LoadOptions, Model};
-use axbench_models::train::{AdamW, TrainBatch, TrainConfig, TrainExample, TrainReport, Trainable, clip_grad_norm, lm_loss, train};
+use axbench_models::train::{
+    AdamW, TrainBatch, TrainConfig, TrainExample, TrainReport, Trainable, clip_grad_norm, lm_loss, train,
+};
 use axbench_stages::methods::finetune::{LoraTrainable, Sft};
 use axbench_stages::methods::loreft::{Loreft, prompt_positions};
 use axbench_stages::methods::reft_r1::{ReftR1, ReftR1Config};
@@ -34,7 +36,14 @@ fn golden() -> Json {
 }
 
 fn tiny() -> Model {
-    Model::load(&root().join("tests/golden/models/tiny-gemma3"), &LoadOptions { device: axbench_models::device::DeviceSpec::Cpu, ..Default::default() }).unwrap()
+    Model::load(
+        &root().join("tests/golden/models/tiny-gemma3"),
+        &LoadOptions {
+            device: axbench_models::device::DeviceSpec::Cpu,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn golden_rows(g: &Json) -> Vec<TrainExample> {
@@ -45,7 +54,11 @@ fn golden_rows(g: &Json) -> Vec<TrainExample> {
         .map(|r| {
             let p: Vec<i64> = serde_json::from_value(r["prompt"].clone()).unwrap();
             let resp: Vec<i64> = serde_json::from_value(r["response"].clone()).unwrap();
-            TrainExample { response_start: p.len(), ids: [p, resp].concat(), intervene: None }
+            TrainExample {
+                response_start: p.len(),
+                ids: [p, resp].concat(),
+                intervene: None,
+            }
         })
         .collect()
 }
@@ -58,7 +71,10 @@ fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-12);
     let err = got.iter().zip(want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-    assert!(err <= tol * scale, "{what}: max abs error {err:e} > {tol:e} x {scale:e}");
+    assert!(
+        err <= tol * scale,
+        "{what}: max abs error {err:e} > {tol:e} x {scale:e}"
+    );
 }
 
 fn to_vec(t: &Tensor) -> Vec<f64> {
@@ -73,7 +89,11 @@ fn lm_loss_on_response_tokens_matches_hf_transformers() {
     let batch = TrainBatch::new(&rows.iter().collect::<Vec<_>>(), 0, Device::Cpu).unwrap();
     let _ng = tch::no_grad_guard();
     let loss = lm_loss(&m, &batch, Hooks::none()).unwrap().double_value(&[]);
-    assert!((loss - g["lm_loss"].as_f64().unwrap()).abs() < 1e-5, "ours {loss}, HF {}", g["lm_loss"]);
+    assert!(
+        (loss - g["lm_loss"].as_f64().unwrap()).abs() < 1e-5,
+        "ours {loss}, HF {}",
+        g["lm_loss"]
+    );
 }
 
 #[test]
@@ -83,7 +103,12 @@ fn steering_vector_gradient_through_the_frozen_model_matches_hf() {
     let rows = golden_rows(&g);
     let batch = TrainBatch::new(&rows.iter().collect::<Vec<_>>(), 0, Device::Cpu).unwrap();
     let ssv = Ssv::new(2, 64, Device::Cpu);
-    let loss = lm_loss(&m, &batch, ssv.attach(Hooks::none().positions(batch.positions.shallow_clone()))).unwrap();
+    let loss = lm_loss(
+        &m,
+        &batch,
+        ssv.attach(Hooks::none().positions(batch.positions.shallow_clone())),
+    )
+    .unwrap();
     loss.backward();
     assert!((loss.double_value(&[]) - g["ssv_loss"].as_f64().unwrap()).abs() < 1e-5);
     assert_close(&to_vec(&ssv.w.grad()), &floats(&g["ssv_grad"]), 1e-4, "SSV gradient");
@@ -95,7 +120,13 @@ fn lora_loss_and_gradients_match_peft() {
     let m = tiny();
     let rows = golden_rows(&g);
     let batch = TrainBatch::new(&rows.iter().collect::<Vec<_>>(), 0, Device::Cpu).unwrap();
-    let cfg = LoraConfig { rank: 4, alpha: 32.0, rslora: true, dropout: 0.0, layers: vec![1, 3] };
+    let cfg = LoraConfig {
+        rank: 4,
+        alpha: 32.0,
+        rslora: true,
+        dropout: 0.0,
+        layers: vec![1, 3],
+    };
     let lora = Lora::load(&root().join("tests/golden/training/lora.safetensors"), cfg, Device::Cpu).unwrap();
     for p in lora.parameters() {
         let _ = p.set_requires_grad(true);
@@ -106,8 +137,16 @@ fn lora_loss_and_gradients_match_peft() {
     let grads = g["lora_grads"].as_object().unwrap();
     let mut checked = 0;
     for (name, t) in lora.named_tensors() {
-        let l = lora.layers.iter().find(|l| name.contains(&format!("layers.{}.", l.layer))).unwrap();
-        let ours = if name.contains("lora_A") { l.a.grad() } else { l.b.grad() };
+        let l = lora
+            .layers
+            .iter()
+            .find(|l| name.contains(&format!("layers.{}.", l.layer)))
+            .unwrap();
+        let ours = if name.contains("lora_A") {
+            l.a.grad()
+        } else {
+            l.b.grad()
+        };
         assert_close(&to_vec(&ours), &floats(&grads[&name]), 1e-4, &name);
         assert_eq!(t.size(), ours.size());
         checked += 1;
@@ -118,7 +157,8 @@ fn lora_loss_and_gradients_match_peft() {
 #[test]
 fn adamw_with_clipping_and_linear_schedule_matches_torch() {
     let g = &golden()["adamw"];
-    let p = Tensor::from_slice(&floats(&g["init"]).iter().map(|x| *x as f32).collect::<Vec<_>>()).set_requires_grad(true);
+    let p =
+        Tensor::from_slice(&floats(&g["init"]).iter().map(|x| *x as f32).collect::<Vec<_>>()).set_requires_grad(true);
     let target = Tensor::from_slice(&floats(&g["target"]).iter().map(|x| *x as f32).collect::<Vec<_>>());
     let weights = Tensor::from_slice(&floats(&g["weights"]).iter().map(|x| *x as f32).collect::<Vec<_>>());
     let steps = g["steps"].as_u64().unwrap() as usize;
@@ -150,7 +190,11 @@ fn synthetic(n: usize, positions: &dyn Fn(usize, usize) -> Option<Vec<bool>>) ->
             let rlen = 5 + (next() % 3) as usize;
             ids.extend((0..rlen).map(|i| [77i64, 78, 79][i % 3]));
             let len = ids.len();
-            TrainExample { ids, response_start: plen, intervene: positions(plen, len) }
+            TrainExample {
+                ids,
+                response_start: plen,
+                intervene: positions(plen, len),
+            }
         })
         .collect()
 }
@@ -167,7 +211,11 @@ fn logits(m: &Model, ids: &Tensor, hooks: Hooks) -> Tensor {
 fn assert_decreased(r: &TrainReport, what: &str) {
     let (first, last) = r.first_last_mean(3);
     eprintln!("{what}: loss {first:.4} -> {last:.4} in {} steps", r.steps);
-    assert!(last < 0.9 * first, "{what}: loss {first:.4} -> {last:.4} ({:?})", r.losses);
+    assert!(
+        last < 0.9 * first,
+        "{what}: loss {first:.4} -> {last:.4} ({:?})",
+        r.losses
+    );
     assert!(r.tokens > 0 && r.steps > 0);
 }
 
@@ -177,7 +225,13 @@ fn each_method_learns_and_is_the_identity_at_zero_strength() {
     let probe = Tensor::from_slice(&[2i64, 9, 30, 77, 78, 79, 5]).view([1, 7]);
     let plain = logits(&m, &probe, Hooks::none());
     let all = |_: usize, len: usize| Some((0..len).map(|i| i >= 1).collect::<Vec<bool>>());
-    let cfg = |epochs, lr| TrainConfig { epochs, batch_size: 4, grad_accum: 1, lr, ..Default::default() };
+    let cfg = |epochs, lr| TrainConfig {
+        epochs,
+        batch_size: 4,
+        grad_accum: 1,
+        lr,
+        ..Default::default()
+    };
 
     // SSV.
     tch::manual_seed(0);
@@ -185,17 +239,30 @@ fn each_method_learns_and_is_the_identity_at_zero_strength() {
     let mut ssv = Ssv::new(3, 64, Device::Cpu);
     assert_decreased(&fit(&m, &ssv, &ex, cfg(8, 1.0)), "SSV");
     ssv.strength = 0.0;
-    assert!(logits(&m, &probe, ssv.attach(Hooks::none())).equal(&plain), "SSV at strength 0");
+    assert!(
+        logits(&m, &probe, ssv.attach(Hooks::none())).equal(&plain),
+        "SSV at strength 0"
+    );
 
     // ReFT-r1 (top-k 2 on these short rows), trained on positives and negatives alike as AxBench does.
     // The tiny random model's latents are in the hundreds, so the L1 weight is scaled down with them.
-    let rc = ReftR1Config { topk: 2, coeff_latent_l1_loss: 1e-4, ..Default::default() };
+    let rc = ReftR1Config {
+        topk: 2,
+        coeff_latent_l1_loss: 1e-4,
+        ..Default::default()
+    };
     let mut reft = ReftR1::new(3, 64, &rc, Device::Cpu);
     assert_decreased(&fit(&m, &reft, &ex, cfg(8, 0.05)), "ReFT-r1");
-    assert!((reft.w.norm().double_value(&[]) - 1.0).abs() < 0.2, "w is renormalised before every step");
+    assert!(
+        (reft.w.norm().double_value(&[]) - 1.0).abs() < 0.2,
+        "w is renormalised before every step"
+    );
     assert!((reft.unit_w().norm().double_value(&[]) - 1.0).abs() < 1e-5);
     reft.strength = 0.0;
-    assert!(logits(&m, &probe, reft.attach(Hooks::none())).equal(&plain), "ReFT-r1 at strength 0");
+    assert!(
+        logits(&m, &probe, reft.attach(Hooks::none())).equal(&plain),
+        "ReFT-r1 at strength 0"
+    );
 
     // LoReFT at two layers on the prompt's first and last 5 positions.
     tch::manual_seed(1);
@@ -205,16 +272,34 @@ fn each_method_learns_and_is_the_identity_at_zero_strength() {
     let err = lo.orthonormality_error();
     assert!(err < 1e-4, "|R^T R - I| = {err:e} after training");
     lo.set_strength(0.0);
-    assert!(logits(&m, &probe, lo.attach(Hooks::none())).equal(&plain), "LoReFT at strength 0");
+    assert!(
+        logits(&m, &probe, lo.attach(Hooks::none())).equal(&plain),
+        "LoReFT at strength 0"
+    );
 
     // LoRA on o_proj of two layers.
     tch::manual_seed(2);
     let fex = synthetic(16, &|_, _| None);
-    let lora = LoraTrainable(Lora::new(&m, LoraConfig { rank: 4, alpha: 32.0, rslora: true, dropout: 0.05, layers: vec![1, 4] }).unwrap());
+    let lora = LoraTrainable(
+        Lora::new(
+            &m,
+            LoraConfig {
+                rank: 4,
+                alpha: 32.0,
+                rslora: true,
+                dropout: 0.05,
+                layers: vec![1, 4],
+            },
+        )
+        .unwrap(),
+    );
     assert_decreased(&fit(&m, &lora, &fex, cfg(8, 0.05)), "LoRA");
     lora.0.set_training(false);
     lora.0.set_strength(0.0);
-    assert!(logits(&m, &probe, lora.0.attach(Hooks::none())).equal(&plain), "LoRA at strength 0");
+    assert!(
+        logits(&m, &probe, lora.0.attach(Hooks::none())).equal(&plain),
+        "LoRA at strength 0"
+    );
 
     // The frozen model did not move through any of this.
     assert!(logits(&m, &probe, Hooks::none()).equal(&plain));
@@ -244,7 +329,10 @@ fn gemma() -> Option<PathBuf> {
 
 fn run_train(model: &Path, method: &str, overrides: Json, out: &Path) {
     let mut params = BTreeMap::new();
-    params.insert("dataset".to_string(), Value::Str("../shared/axbench-data/concept10/prod_2b_l20_v1".into()));
+    params.insert(
+        "dataset".to_string(),
+        Value::Str("../shared/axbench-data/concept10/prod_2b_l20_v1".into()),
+    );
     params.insert("concept".into(), Value::Int(0));
     params.insert("model".into(), Value::Str(model.display().to_string()));
     params.insert("layer".into(), Value::Int(9));
@@ -255,13 +343,28 @@ fn run_train(model: &Path, method: &str, overrides: Json, out: &Path) {
     params.insert("overrides".into(), Value::from_json(&overrides));
     params.insert("max_examples".into(), Value::Int(8));
     std::fs::create_dir_all(out).unwrap();
-    let mut ctx = StageContext::new(&format!("train[concept=0,method={method}]"), Coord::new(), params, BTreeMap::new(), out.to_path_buf(), root());
+    let mut ctx = StageContext::new(
+        &format!("train[concept=0,method={method}]"),
+        Coord::new(),
+        params,
+        BTreeMap::new(),
+        out.to_path_buf(),
+        root(),
+    );
     axbench_stages::stages::train::Train.run(&mut ctx).unwrap();
 }
 
 fn artifact(node: &str, dir: &Path) -> InputArtifact {
-    let files = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), p)).collect();
-    InputArtifact { node: node.into(), coord: Coord::new(), files }
+    let files = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), p))
+        .collect();
+    InputArtifact {
+        node: node.into(),
+        coord: Coord::new(),
+        files,
+    }
 }
 
 #[test]
@@ -274,12 +377,23 @@ fn train_stage_on_gemma_writes_a_detector_and_a_steerable_checkpoint() {
 
     // ReFT-r1: 4 positives + 4 negatives, one epoch of 2 steps.
     let reft = tmp.path().join("reft");
-    run_train(&model, "reft_r1", serde_json::json!({"LsReFT": {"n_epochs": 1, "batch_size": 4}}), &reft);
+    run_train(
+        &model,
+        "reft_r1",
+        serde_json::json!({"LsReFT": {"n_epochs": 1, "batch_size": 4}}),
+        &reft,
+    );
     let meta: TrainMeta = serde_json::from_slice(&std::fs::read(reft.join("train.json")).unwrap()).unwrap();
-    assert_eq!((meta.method_class.as_str(), meta.n_positive, meta.n_negative, meta.steps), ("LsReFT", 4, 4, 2));
+    assert_eq!(
+        (meta.method_class.as_str(), meta.n_positive, meta.n_negative, meta.steps),
+        ("LsReFT", 4, 4, 2)
+    );
     assert!(meta.losses.iter().all(|l| l.is_finite() && *l > 0.0) && meta.tokens_per_s > 0.0);
-    let det: axbench_stages::methods::FittedArtifact = serde_json::from_slice(&std::fs::read(reft.join("detector.json")).unwrap()).unwrap();
-    let axbench_stages::methods::FittedArtifact::ReluLinear { w, .. } = &det else { panic!("ReFT-r1 detects with ReLU(h·w)") };
+    let det: axbench_stages::methods::FittedArtifact =
+        serde_json::from_slice(&std::fs::read(reft.join("detector.json")).unwrap()).unwrap();
+    let axbench_stages::methods::FittedArtifact::ReluLinear { w, .. } = &det else {
+        panic!("ReFT-r1 detects with ReLU(h·w)")
+    };
     let norm = w.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     assert_eq!(w.len(), 640);
     assert!((norm - 1.0).abs() < 1e-4, "unit-norm w, got {norm}");
@@ -287,15 +401,34 @@ fn train_stage_on_gemma_writes_a_detector_and_a_steerable_checkpoint() {
 
     // LoReFT: a checkpoint with orthonormal R at L/4, L/2, 3L/4, L, applied during generation.
     let lo = tmp.path().join("loreft");
-    run_train(&model, "loreft", serde_json::json!({"LoReFT": {"n_epochs": 1, "batch_size": 4, "gradient_accumulation_steps": 1}}), &lo);
+    run_train(
+        &model,
+        "loreft",
+        serde_json::json!({"LoReFT": {"n_epochs": 1, "batch_size": 4, "gradient_accumulation_steps": 1}}),
+        &lo,
+    );
     let meta: TrainMeta = serde_json::from_slice(&std::fs::read(lo.join("train.json")).unwrap()).unwrap();
     assert_eq!(meta.layers, vec![2, 4, 6, 9]);
     assert_eq!(meta.positions, "f5+l5");
     assert!(meta.orthonormality_error.unwrap() < 1e-4);
-    let ck = Checkpoint::from_input(&artifact("train", &lo), Device::Cpu).unwrap().expect("a checkpoint");
-    let opts = LoadOptions { device: axbench_models::device::DeviceSpec::Cpu, ..Default::default() };
-    let s = SteerSettings { layer: 9, max_new_tokens: 6, temperature: 0.0, seed: 1, batch_size: 2 };
-    let (gens, tokens) = with_model(&model, opts.device, opts.dtype, |m| trained_generations(m, &model, opts, &ck, &["Write a haiku about the sea.".to_string()], &s)).unwrap();
+    let ck = Checkpoint::from_input(&artifact("train", &lo), Device::Cpu)
+        .unwrap()
+        .expect("a checkpoint");
+    let opts = LoadOptions {
+        device: axbench_models::device::DeviceSpec::Cpu,
+        ..Default::default()
+    };
+    let s = SteerSettings {
+        layer: 9,
+        max_new_tokens: 6,
+        temperature: 0.0,
+        seed: 1,
+        batch_size: 2,
+    };
+    let (gens, tokens) = with_model(&model, opts.device, opts.dtype, |m| {
+        trained_generations(m, &model, opts, &ck, &["Write a haiku about the sea.".to_string()], &s)
+    })
+    .unwrap();
     assert_eq!(gens.len(), 1);
     assert!(tokens > 0);
 
@@ -307,19 +440,39 @@ fn train_stage_on_gemma_writes_a_detector_and_a_steerable_checkpoint() {
     params.insert("layer".into(), Value::Int(9));
     params.insert("device".into(), Value::Str("cpu".into()));
     params.insert("dtype".into(), Value::Str("f32".into()));
-    params.insert("factors".into(), Value::List(vec![Value::Float(0.5), Value::Float(2.0)]));
-    params.insert("instructions".into(), Value::Str("configs/instructions/demo.json".into()));
+    params.insert(
+        "factors".into(),
+        Value::List(vec![Value::Float(0.5), Value::Float(2.0)]),
+    );
+    params.insert(
+        "instructions".into(),
+        Value::Str("configs/instructions/demo.json".into()),
+    );
     params.insert("per_concept".into(), Value::Int(2));
     params.insert("temperature".into(), Value::Float(1.0));
     params.insert("max_new_tokens".into(), Value::Int(4));
     params.insert("seed".into(), Value::Int(42));
     params.insert("batch_size".into(), Value::Int(2));
     let inputs = BTreeMap::from([("fit".to_string(), vec![artifact("train", &lo)])]);
-    let mut ctx = StageContext::new("steer[concept=0,method=loreft]", Coord::new(), params, inputs, out.clone(), root());
+    let mut ctx = StageContext::new(
+        "steer[concept=0,method=loreft]",
+        Coord::new(),
+        params,
+        inputs,
+        out.clone(),
+        root(),
+    );
     axbench_stages::stages::steer::Steer.run(&mut ctx).unwrap();
     let rows = axbench_stages::stages::steer::read_generations(&out.join("generations.parquet")).unwrap();
     assert_eq!(rows.len(), 2);
-    assert!(rows.iter().all(|r| r.factor == 1.0 && r.method == "LoReFT" && r.concept_id == 0));
+    assert!(
+        rows.iter()
+            .all(|r| r.factor == 1.0 && r.method == "LoReFT" && r.concept_id == 0)
+    );
     // A fit node's artifact is not a checkpoint.
-    assert!(Checkpoint::from_input(&artifact("train", &reft), Device::Cpu).unwrap().is_none());
+    assert!(
+        Checkpoint::from_input(&artifact("train", &reft), Device::Cpu)
+            .unwrap()
+            .is_none()
+    );
 }

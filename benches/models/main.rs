@@ -51,10 +51,7 @@ fn best<F: FnMut()>(reps: usize, mut f: F) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -118,13 +115,7 @@ fn main() {
             let step = best(5, || {
                 let mut cache = model.new_cache(batch, 17);
                 model
-                    .forward(
-                        &prompt,
-                        None,
-                        &Hooks::none(),
-                        Logits::Last,
-                        Some(&mut cache),
-                    )
+                    .forward(&prompt, None, &Hooks::none(), Logits::Last, Some(&mut cache))
                     .unwrap();
             });
             let h = Tensor::randn(
@@ -132,10 +123,7 @@ fn main() {
                 (tch::Kind::Float, tch::Device::Cpu),
             );
             let w = Tensor::randn(
-                [
-                    model.info().vocab_size as i64,
-                    model.info().hidden_size as i64,
-                ],
+                [model.info().vocab_size as i64, model.info().hidden_size as i64],
                 (tch::Kind::Float, tch::Device::Cpu),
             );
             let head_linear = best(5, || {
@@ -147,26 +135,14 @@ fn main() {
             let one = tensor(&ids(batch as usize, 1, 5));
             let mut cache = model.new_cache(batch, 64);
             model
-                .forward(
-                    &prompt,
-                    None,
-                    &Hooks::none(),
-                    Logits::Last,
-                    Some(&mut cache),
-                )
+                .forward(&prompt, None, &Hooks::none(), Logits::Last, Some(&mut cache))
                 .unwrap();
             let mut len = 16;
             let dec = best(5, || {
                 len += 1;
                 let mask = Tensor::ones([batch, len], (tch::Kind::Int64, tch::Device::Cpu));
                 model
-                    .forward(
-                        &one,
-                        Some(&mask),
-                        &Hooks::none(),
-                        Logits::Last,
-                        Some(&mut cache),
-                    )
+                    .forward(&one, Some(&mask), &Hooks::none(), Logits::Last, Some(&mut cache))
                     .unwrap();
             });
             println!(

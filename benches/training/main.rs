@@ -46,20 +46,56 @@ fn main() {
     let steps: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(4);
     axbench_models::device::set_threads(threads);
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/models/gemma-3-270m-q4_k_m.gguf");
-    let model = Model::load(&path, &LoadOptions { device: DeviceSpec::Cpu, ..Default::default() }).expect("gemma-3-270m (scripts/setup.sh)");
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            device: DeviceSpec::Cpu,
+            ..Default::default()
+        },
+    )
+    .expect("gemma-3-270m (scripts/setup.sh)");
     let seqs = sequences();
-    let examples = |pos: &dyn Fn(usize) -> Option<Vec<bool>>| -> Vec<TrainExample> { seqs.iter().map(|ids| TrainExample { ids: ids.clone(), response_start: PROMPT, intervene: pos(ids.len()) }).collect() };
+    let examples = |pos: &dyn Fn(usize) -> Option<Vec<bool>>| -> Vec<TrainExample> {
+        seqs.iter()
+            .map(|ids| TrainExample {
+                ids: ids.clone(),
+                response_start: PROMPT,
+                intervene: pos(ids.len()),
+            })
+            .collect()
+    };
     let all = |len: usize| Some((0..len).map(|i| i >= 1).collect::<Vec<bool>>());
     let f5l5 = |len: usize| Some(prompt_positions(PROMPT, len, 5, 5));
     let layers = vec![2usize, 4, 6, 9];
     tch::manual_seed(0);
     let ssv = Ssv::new(9, 640, Device::Cpu);
     let loreft = Loreft::new(&layers, 640, 4, Device::Cpu);
-    let lora = LoraTrainable(Lora::new(&model, LoraConfig { rank: 4, alpha: 32.0, rslora: true, dropout: 0.0, layers: layers.clone() }).unwrap());
-    let cases: Vec<(&str, &dyn Trainable, Vec<TrainExample>)> = vec![("SSV", &ssv, examples(&all)), ("LoReFT", &loreft, examples(&f5l5)), ("LoRA", &lora, examples(&|_| None))];
+    let lora = LoraTrainable(
+        Lora::new(
+            &model,
+            LoraConfig {
+                rank: 4,
+                alpha: 32.0,
+                rslora: true,
+                dropout: 0.0,
+                layers: layers.clone(),
+            },
+        )
+        .unwrap(),
+    );
+    let cases: Vec<(&str, &dyn Trainable, Vec<TrainExample>)> = vec![
+        ("SSV", &ssv, examples(&all)),
+        ("LoReFT", &loreft, examples(&f5l5)),
+        ("LoRA", &lora, examples(&|_| None)),
+    ];
     for (name, t, ex) in cases {
         let batch = &ex[..BATCH];
-        let cfg = TrainConfig { epochs: 1, batch_size: BATCH, lr: 1e-3, ..Default::default() };
+        let cfg = TrainConfig {
+            epochs: 1,
+            batch_size: BATCH,
+            lr: 1e-3,
+            ..Default::default()
+        };
         train(&model, t, batch, &cfg, 0, &mut |_| true).unwrap(); // warm-up
         let t0 = Instant::now();
         let mut tokens = 0;
@@ -68,6 +104,9 @@ fn main() {
             tokens += train(&model, t, b, &cfg, 0, &mut |_| true).unwrap().tokens;
         }
         let secs = t0.elapsed().as_secs_f64();
-        println!("{}", serde_json::json!({"runtime": "axbench (tch)", "method": name, "threads": threads, "steps": steps, "batch": BATCH, "seq_len": PROMPT + RESPONSE, "tokens": tokens, "seconds": secs, "tokens_per_s": tokens as f64 / secs}));
+        println!(
+            "{}",
+            serde_json::json!({"runtime": "axbench (tch)", "method": name, "threads": threads, "steps": steps, "batch": BATCH, "seq_len": PROMPT + RESPONSE, "tokens": tokens, "seconds": secs, "tokens_per_s": tokens as f64 / secs})
+        );
     }
 }

@@ -161,7 +161,6 @@ pub struct IndexReader {
 
 impl IndexReader {
     pub fn node(&self, key: &Digest) -> Result<Option<NodeEntry>, IndexError> {
-
         match self.nodes.get(key.to_hex().as_str())? {
             Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
             None => Ok(None),
@@ -169,17 +168,17 @@ impl IndexReader {
     }
 
     pub fn latest(&self, node: &str) -> Result<Option<Digest>, IndexError> {
-
         Ok(self.latest.get(node)?.and_then(|v| v.value().parse().ok()))
     }
 
     pub fn blob_stat(&self, digest: &Digest) -> Result<Option<FileStat>, IndexError> {
-
-        Ok(self.blob_stat.get(digest.to_hex().as_str())?.and_then(|v| FileStat::from_bytes(v.value())))
+        Ok(self
+            .blob_stat
+            .get(digest.to_hex().as_str())?
+            .and_then(|v| FileStat::from_bytes(v.value())))
     }
 
     pub fn file_stat(&self, path: &str) -> Result<Option<(FileStat, Digest)>, IndexError> {
-
         Ok(self.file_stat.get(path)?.and_then(|v| {
             let b = v.value();
             let stat = FileStat::from_bytes(b)?;

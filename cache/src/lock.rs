@@ -18,14 +18,20 @@ impl NodeLock {
     pub fn acquire(path: &Path) -> io::Result<NodeLock> {
         let file = Self::open(path)?;
         fs4::FileExt::lock(&file)?;
-        Ok(NodeLock { file, path: path.to_path_buf() })
+        Ok(NodeLock {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Takes the lock if nobody holds it; `Ok(None)` if another process (or thread) does.
     pub fn try_acquire(path: &Path) -> io::Result<Option<NodeLock>> {
         let file = Self::open(path)?;
         match fs4::FileExt::try_lock(&file) {
-            Ok(()) => Ok(Some(NodeLock { file, path: path.to_path_buf() })),
+            Ok(()) => Ok(Some(NodeLock {
+                file,
+                path: path.to_path_buf(),
+            })),
             Err(fs4::TryLockError::WouldBlock) => Ok(None),
             Err(fs4::TryLockError::Error(e)) => Err(e),
         }
@@ -35,7 +41,12 @@ impl NodeLock {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
     }
 
     pub fn path(&self) -> &Path {

@@ -23,7 +23,10 @@ impl FileStat {
         use std::os::unix::fs::MetadataExt;
         FileStat {
             size: meta.len(),
-            mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
+            mtime_ns: meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec()),
             inode: meta.ino(),
         }
     }

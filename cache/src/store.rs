@@ -23,7 +23,10 @@ pub enum StoreError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// One thing `verify` found wrong.
@@ -43,12 +46,24 @@ impl std::fmt::Display for VerifyProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             VerifyProblem::CorruptBlob { digest, node } => {
-                write!(f, "corrupt blob {} (output of {node}); quarantined, it will be recomputed", digest.short())
+                write!(
+                    f,
+                    "corrupt blob {} (output of {node}); quarantined, it will be recomputed",
+                    digest.short()
+                )
             }
             VerifyProblem::MissingBlob { digest, node } => {
-                write!(f, "missing blob {} (output of {node}); it will be recomputed", digest.short())
+                write!(
+                    f,
+                    "missing blob {} (output of {node}); it will be recomputed",
+                    digest.short()
+                )
             }
-            VerifyProblem::BadManifest { path, error } => write!(f, "unreadable manifest {}: {error}; quarantined, its node will be recomputed", path.display()),
+            VerifyProblem::BadManifest { path, error } => write!(
+                f,
+                "unreadable manifest {}: {error}; quarantined, its node will be recomputed",
+                path.display()
+            ),
         }
     }
 }
@@ -100,7 +115,10 @@ impl Store {
         }
         let tag = root.join("CACHEDIR.TAG");
         if !tag.exists() {
-            let _ = fs::write(&tag, "Signature: 8a477f597d28d172789f06886806bc55\n# axbench cache: content-addressed artifacts\n");
+            let _ = fs::write(
+                &tag,
+                "Signature: 8a477f597d28d172789f06886806bc55\n# axbench cache: content-addressed artifacts\n",
+            );
         }
         let mut store = Store {
             root: root.to_path_buf(),
@@ -134,7 +152,10 @@ impl Store {
                     Ok(Err(e)) => e.to_string(),
                     _ => "panic while opening".to_string(),
                 };
-                tracing::warn!("index {} is damaged ({why}); rebuilding it from manifests", path.display());
+                tracing::warn!(
+                    "index {} is damaged ({why}); rebuilding it from manifests",
+                    path.display()
+                );
                 let aside = self.root.join(format!("index.redb.damaged-{}", unix_ms()));
                 let _ = fs::rename(&path, &aside);
                 match Index::open(&path) {
@@ -186,7 +207,10 @@ impl Store {
         let n = self.staging_counter.fetch_add(1, Ordering::Relaxed);
         // `<key>-<pid>-<n>@<host>`: on a cache shared by cluster nodes, the pid only means
         // something on the host that made the dir.
-        let p = self.root.join("tmp").join(format!("{}-{}-{n}@{}", key.short(), std::process::id(), this_host()));
+        let p = self
+            .root
+            .join("tmp")
+            .join(format!("{}-{}-{n}@{}", key.short(), std::process::id(), this_host()));
         if p.exists() {
             fs::remove_dir_all(&p).map_err(io_err(&p))?;
         }
@@ -205,7 +229,11 @@ impl Store {
             if let Some((_, host)) = name.split_once('@')
                 && host != this_host()
             {
-                let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                let age = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok());
                 if age.is_none_or(|a| a < Duration::from_secs(24 * 3600)) {
                     continue;
                 }
@@ -232,7 +260,11 @@ impl Store {
         let dir = dst.parent().expect("blob path has a parent");
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         {
-            let f = fs::OpenOptions::new().read(true).write(true).open(src).map_err(io_err(src))?;
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(src)
+                .map_err(io_err(src))?;
             f.sync_all().map_err(io_err(src))?;
         }
         set_readonly(src).map_err(io_err(src))?;
@@ -246,7 +278,11 @@ impl Store {
 
     /// Stores bytes (convenience for small artifacts and tests).
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<OutputEntry, StoreError> {
-        let tmp = self.root.join("tmp").join(format!("put-{}-{}", std::process::id(), self.staging_counter.fetch_add(1, Ordering::Relaxed)));
+        let tmp = self.root.join("tmp").join(format!(
+            "put-{}-{}",
+            std::process::id(),
+            self.staging_counter.fetch_add(1, Ordering::Relaxed)
+        ));
         fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
         self.put_file(&tmp)
     }
@@ -265,9 +301,10 @@ impl Store {
         let Ok(stat) = FileStat::of(&path) else { return false };
         if let Some(r) = reader
             && let Ok(Some(known)) = r.blob_stat(digest)
-                && known == stat {
-                    return true;
-                }
+            && known == stat
+        {
+            return true;
+        }
         {
             let pending = self.pending.lock().unwrap();
             if pending.blob_stats.iter().any(|(d, s)| d == digest && *s == stat) {
@@ -291,7 +328,10 @@ impl Store {
     fn quarantine(&self, digest: &Digest) {
         let q = self.root.join("quarantine");
         let _ = fs::create_dir_all(&q);
-        let _ = fs::rename(self.blob_path(digest), q.join(format!("{}-{}", digest.to_hex(), unix_ms())));
+        let _ = fs::rename(
+            self.blob_path(digest),
+            q.join(format!("{}-{}", digest.to_hex(), unix_ms())),
+        );
         self.clear_fingerprints();
     }
 
@@ -300,7 +340,10 @@ impl Store {
     fn quarantine_manifest(&self, path: &Path) {
         let q = self.root.join("quarantine");
         let _ = fs::create_dir_all(&q);
-        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         let _ = fs::rename(path, q.join(format!("manifest-{name}-{}", unix_ms())));
         if let Some(key) = name.strip_suffix(".json").and_then(|h| h.parse::<Digest>().ok())
             && let Some(index) = &self.index
@@ -320,14 +363,28 @@ impl Store {
         for b in blobs {
             by_shard[b.0.0[0] as usize].push(b);
         }
-        let by_shard: Vec<(usize, Vec<&(Digest, FileStat)>)> = by_shard.into_iter().enumerate().filter(|(_, v)| !v.is_empty()).collect();
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8).min(by_shard.len().max(1));
+        let by_shard: Vec<(usize, Vec<&(Digest, FileStat)>)> = by_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8)
+            .min(by_shard.len().max(1));
         let blobs_dir = self.root.join("blobs");
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
                     let (by_shard, blobs_dir) = (&by_shard, &blobs_dir);
-                    s.spawn(move || by_shard.iter().skip(t).step_by(threads).all(|(shard, items)| shard_unchanged(&blobs_dir.join(format!("{shard:02x}")), items)))
+                    s.spawn(move || {
+                        by_shard
+                            .iter()
+                            .skip(t)
+                            .step_by(threads)
+                            .all(|(shard, items)| shard_unchanged(&blobs_dir.join(format!("{shard:02x}")), items))
+                    })
                 })
                 .collect();
             handles.into_iter().all(|h| h.join().unwrap_or(false))
@@ -426,9 +483,10 @@ impl Store {
     /// Looks a node key up: index first, then the manifest on disk (repairing the index).
     pub fn lookup(&self, reader: Option<&IndexReader>, key: &Digest) -> Result<Option<NodeEntry>, StoreError> {
         if let Some(r) = reader
-            && let Some(e) = r.node(key)? {
-                return Ok(Some(e));
-            }
+            && let Some(e) = r.node(key)?
+        {
+            return Ok(Some(e));
+        }
         let manifest = match self.read_manifest(key) {
             Ok(m) => m,
             // Damaged provenance: treat the node as not computed; the run recomputes it and
@@ -441,7 +499,10 @@ impl Store {
         };
         match manifest {
             Some(m) => {
-                let entry = NodeEntry { node: m.node.clone(), outputs: m.outputs.clone() };
+                let entry = NodeEntry {
+                    node: m.node.clone(),
+                    outputs: m.outputs.clone(),
+                };
                 self.pending.lock().unwrap().nodes.push((*key, entry.clone()));
                 Ok(Some(entry))
             }
@@ -458,7 +519,9 @@ impl Store {
     pub fn read_manifest(&self, key: &Digest) -> Result<Option<Manifest>, StoreError> {
         let path = self.manifest_path(key);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| StoreError::Manifest { path, source }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StoreError::Manifest { path, source }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::Io { path, source: e }),
         }
@@ -468,10 +531,19 @@ impl Store {
     /// place) and queues the index update.
     pub fn commit_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
         let path = self.manifest_path(&manifest.key);
-        let bytes = serde_json::to_vec_pretty(manifest).map_err(|source| StoreError::Manifest { path: path.clone(), source })?;
+        let bytes = serde_json::to_vec_pretty(manifest).map_err(|source| StoreError::Manifest {
+            path: path.clone(),
+            source,
+        })?;
         write_atomic(&path, &bytes).map_err(io_err(&path))?;
         let mut pending = self.pending.lock().unwrap();
-        pending.nodes.push((manifest.key, NodeEntry { node: manifest.node.clone(), outputs: manifest.outputs.clone() }));
+        pending.nodes.push((
+            manifest.key,
+            NodeEntry {
+                node: manifest.node.clone(),
+                outputs: manifest.outputs.clone(),
+            },
+        ));
         pending.latest.push((manifest.node.clone(), manifest.key));
         Ok(())
     }
@@ -505,9 +577,10 @@ impl Store {
         let abs_s = abs.to_string_lossy().to_string();
         if let Some(r) = reader
             && let Ok(Some((known, digest))) = r.file_stat(&abs_s)
-                && known == stat {
-                    return Ok(digest);
-                }
+            && known == stat
+        {
+            return Ok(digest);
+        }
         let digest = hash_file(path).map_err(io_err(path))?;
         self.pending.lock().unwrap().file_stats.push((abs_s, stat, digest));
         Ok(digest)
@@ -534,15 +607,20 @@ impl Store {
     /// All manifest keys on disk.
     pub fn manifest_keys(&self) -> Vec<(Digest, PathBuf)> {
         let mut out = Vec::new();
-        let Ok(shards) = fs::read_dir(self.root.join("manifests")) else { return out };
+        let Ok(shards) = fs::read_dir(self.root.join("manifests")) else {
+            return out;
+        };
         for shard in shards.flatten() {
-            let Ok(files) = fs::read_dir(shard.path()) else { continue };
+            let Ok(files) = fs::read_dir(shard.path()) else {
+                continue;
+            };
             for f in files.flatten() {
                 let name = f.file_name().to_string_lossy().to_string();
                 if let Some(hex) = name.strip_suffix(".json")
-                    && let Ok(d) = hex.parse() {
-                        out.push((d, f.path()));
-                    }
+                    && let Ok(d) = hex.parse()
+                {
+                    out.push((d, f.path()));
+                }
             }
         }
         out
@@ -561,13 +639,21 @@ impl Store {
         let mut manifests: Vec<Manifest> = Vec::new();
         for (_, path) in self.manifest_keys() {
             let Ok(bytes) = fs::read(&path) else { continue };
-            let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) else { continue };
+            let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) else {
+                continue;
+            };
             manifests.push(m);
         }
         // `latest` points at the newest manifest of each node.
         manifests.sort_by_key(|m| m.started_unix_ms);
         for m in manifests {
-            batch.nodes.push((m.key, NodeEntry { node: m.node.clone(), outputs: m.outputs.clone() }));
+            batch.nodes.push((
+                m.key,
+                NodeEntry {
+                    node: m.node.clone(),
+                    outputs: m.outputs.clone(),
+                },
+            ));
             batch.latest.push((m.node.clone(), m.key));
         }
         index.write(&batch)?;
@@ -586,7 +672,10 @@ impl Store {
         let mut seen: HashSet<Digest> = HashSet::new();
         for (_, path) in self.manifest_keys() {
             report.manifests += 1;
-            let m: Manifest = match fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+            let m: Manifest = match fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
                 Ok(m) => m,
                 Err(error) => {
                     self.quarantine_manifest(&path);
@@ -609,9 +698,15 @@ impl Store {
                     }
                     Ok(_) => {
                         self.quarantine(&out.digest);
-                        report.problems.push(VerifyProblem::CorruptBlob { digest: out.digest, node: m.node.clone() });
+                        report.problems.push(VerifyProblem::CorruptBlob {
+                            digest: out.digest,
+                            node: m.node.clone(),
+                        });
                     }
-                    Err(_) => report.problems.push(VerifyProblem::MissingBlob { digest: out.digest, node: m.node.clone() }),
+                    Err(_) => report.problems.push(VerifyProblem::MissingBlob {
+                        digest: out.digest,
+                        node: m.node.clone(),
+                    }),
                 }
             }
         }
@@ -636,7 +731,9 @@ impl Store {
     }
 
     fn new_run_path(&self) -> PathBuf {
-        self.root.join("runs").join(format!("{:013}-{}.txt", unix_ms(), std::process::id()))
+        self.root
+            .join("runs")
+            .join(format!("{:013}-{}.txt", unix_ms(), std::process::id()))
     }
 
     /// Records a run that reached exactly the keys of the run kept with fingerprint `fp` (see
@@ -659,7 +756,11 @@ impl Store {
         let mut report = GcReport::default();
         self.clear_fingerprints();
         let runs_dir = self.root.join("runs");
-        let mut runs: Vec<PathBuf> = fs::read_dir(&runs_dir).map_err(io_err(&runs_dir))?.flatten().map(|e| e.path()).collect();
+        let mut runs: Vec<PathBuf> = fs::read_dir(&runs_dir)
+            .map_err(io_err(&runs_dir))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         runs.sort();
         runs.reverse();
         let mut keep: HashSet<Digest> = HashSet::new();
@@ -699,7 +800,9 @@ impl Store {
         let blobs = self.root.join("blobs");
         for shard in fs::read_dir(&blobs).map_err(io_err(&blobs))?.flatten() {
             for f in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
-                let Ok(d) = f.file_name().to_string_lossy().parse::<Digest>() else { continue };
+                let Ok(d) = f.file_name().to_string_lossy().parse::<Digest>() else {
+                    continue;
+                };
                 if !live_blobs.contains(&d) {
                     report.freed_bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
                     let _ = fs::remove_file(f.path());
@@ -728,7 +831,9 @@ impl Store {
                 if ty.is_dir() {
                     walk_tmp(&e.path(), min_age, removed);
                 } else if e.file_name().to_string_lossy().starts_with(".tmp")
-                    && e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default() >= min_age)
+                    && e.metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t.elapsed().unwrap_or_default() >= min_age)
                     && fs::remove_file(e.path()).is_ok()
                 {
                     *removed += 1;
@@ -815,7 +920,13 @@ fn shard_unchanged(dir: &Path, items: &[&(Digest, FileStat)]) -> bool {
         let st = unsafe { st.assume_init() };
         // The field types of `libc::stat` differ between platforms; the casts are no-ops here.
         #[allow(clippy::unnecessary_cast)]
-        let now = FileStat { size: st.st_size as u64, mtime_ns: (st.st_mtime as i64).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as i64), inode: st.st_ino as u64 };
+        let now = FileStat {
+            size: st.st_size as u64,
+            mtime_ns: (st.st_mtime as i64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(st.st_mtime_nsec as i64),
+            inode: st.st_ino as u64,
+        };
         now == *want
     })
 }
@@ -847,12 +958,17 @@ fn set_readonly(path: &Path) -> io::Result<()> {
 
 /// This machine's name, as staging dirs record it.
 fn this_host() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[allow(dead_code)]
@@ -870,7 +986,11 @@ mod tests {
     use super::*;
 
     fn count(dir: &Path, ext: &str) -> usize {
-        fs::read_dir(dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == ext)).count()
+        fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == ext))
+            .count()
     }
 
     #[test]
@@ -882,7 +1002,9 @@ mod tests {
         for i in 0..n {
             let fp = crate::hash_bytes(format!("fp{i}").as_bytes());
             store.write_fingerprint(&fp, b"record", Some(&run)).unwrap();
-            store.write_alias(&crate::hash_bytes(format!("alias{i}").as_bytes()), &fp).unwrap();
+            store
+                .write_alias(&crate::hash_bytes(format!("alias{i}").as_bytes()), &fp)
+                .unwrap();
         }
         let fps = dir.path().join("fingerprints");
         assert_eq!(count(&fps, "bin"), Store::KEEP_FINGERPRINTS);
@@ -892,6 +1014,9 @@ mod tests {
         // The last written survive.
         let last = crate::hash_bytes(format!("fp{}", n - 1).as_bytes());
         assert!(store.read_fingerprint(&last).is_some());
-        assert_eq!(store.read_alias(&crate::hash_bytes(format!("alias{}", n - 1).as_bytes())), Some(last));
+        assert_eq!(
+            store.read_alias(&crate::hash_bytes(format!("alias{}", n - 1).as_bytes())),
+            Some(last)
+        );
     }
 }

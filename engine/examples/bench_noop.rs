@@ -12,7 +12,12 @@ use axbench_engine::{CancelFlag, LocalExecutor, PipelineSpec, Registry, RunOptio
 
 fn peak_rss_mib() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 fn main() {
@@ -25,7 +30,12 @@ fn main() {
     let store = Arc::new(Store::open(&project.join(".axbench")).expect("store"));
     let p = axbench_engine::plan(&spec, &registry, &store, &project, &mut HashMap::new()).expect("plan");
     let plan_s = t.elapsed().as_secs_f64();
-    println!("full plan: {} nodes, {} to run, {:.3} s", p.graph.nodes.len(), p.to_run(), plan_s);
+    println!(
+        "full plan: {} nodes, {} to run, {:.3} s",
+        p.graph.nodes.len(),
+        p.to_run(),
+        plan_s
+    );
     drop(p);
 
     // What `axbench plan` does first: the no-op record of the last complete run, if it holds.
@@ -42,15 +52,39 @@ fn main() {
             t_spec,
             t_open
         ),
-        None => println!("no-op plan (record): no valid record yet (a complete run writes one), {:.3} s", t.elapsed().as_secs_f64()),
+        None => println!(
+            "no-op plan (record): no valid record yet (a complete run writes one), {:.3} s",
+            t.elapsed().as_secs_f64()
+        ),
     }
     drop(store2);
 
     let t = Instant::now();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let exec = Arc::new(LocalExecutor::new(registry.clone(), store.clone()));
-    let opts = RunOptions { jobs: 2, project_dir: project.clone() };
-    let r = rt.block_on(axbench_engine::run(&spec, &registry, store.clone(), exec, &opts, Arc::new(Silent), CancelFlag::new())).expect("run");
-    println!("run: {} computed, {} cached, {:.3} s", r.computed.len(), r.cached.len(), t.elapsed().as_secs_f64());
+    let opts = RunOptions {
+        jobs: 2,
+        project_dir: project.clone(),
+    };
+    let r = rt
+        .block_on(axbench_engine::run(
+            &spec,
+            &registry,
+            store.clone(),
+            exec,
+            &opts,
+            Arc::new(Silent),
+            CancelFlag::new(),
+        ))
+        .expect("run");
+    println!(
+        "run: {} computed, {} cached, {:.3} s",
+        r.computed.len(),
+        r.cached.len(),
+        t.elapsed().as_secs_f64()
+    );
     println!("peak RSS: {:.0} MiB", peak_rss_mib());
 }

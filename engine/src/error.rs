@@ -12,7 +12,12 @@ pub enum EngineError {
     Spec(#[from] SpecError),
     /// A `Path` param names a file or directory that cannot be read.
     #[error("node `{node}`: param `{param}` names {path}, which cannot be read: {error}")]
-    PathParam { node: String, param: String, path: PathBuf, error: String },
+    PathParam {
+        node: String,
+        param: String,
+        path: PathBuf,
+        error: String,
+    },
     #[error(transparent)]
     Store(#[from] axbench_cache::StoreError),
     #[error("{0}")]

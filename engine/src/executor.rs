@@ -48,7 +48,10 @@ pub struct NodeJob {
 #[derive(Debug)]
 pub enum ExecOutcome {
     /// This executor computed it.
-    Computed { outputs: BTreeMap<String, OutputEntry>, duration_ms: u64 },
+    Computed {
+        outputs: BTreeMap<String, OutputEntry>,
+        duration_ms: u64,
+    },
     /// Someone else (another process) computed it while we waited for its lock.
     Cached { outputs: BTreeMap<String, OutputEntry> },
 }
@@ -74,7 +77,12 @@ pub enum ExecError {
 
 /// Runs nodes. Blocking: the scheduler calls it from `spawn_blocking`.
 pub trait Executor: Send + Sync {
-    fn execute(&self, job: &NodeJob, cancel: &CancelFlag, progress: Arc<dyn ProgressSink>) -> Result<ExecOutcome, ExecError>;
+    fn execute(
+        &self,
+        job: &NodeJob,
+        cancel: &CancelFlag,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<ExecOutcome, ExecError>;
 
     /// Whether the scheduler should hold resource-class semaphores (`gpu = 1`) around
     /// [`Executor::execute`]. True for executors that run on this machine; a cluster executor
@@ -98,30 +106,51 @@ impl LocalExecutor {
 }
 
 impl Executor for LocalExecutor {
-    fn execute(&self, job: &NodeJob, cancel: &CancelFlag, progress: Arc<dyn ProgressSink>) -> Result<ExecOutcome, ExecError> {
+    fn execute(
+        &self,
+        job: &NodeJob,
+        cancel: &CancelFlag,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<ExecOutcome, ExecError> {
         let store = &self.store;
         // Only one process computes a key; the others wait here and then find it cached.
         let _lock = store.lock_node(&job.key)?;
         if let Some(e) = store.lookup(store.reader().as_ref(), &job.key)?
-            && e.outputs.values().all(|o| store.check_blob(&o.digest)) {
-                return Ok(ExecOutcome::Cached { outputs: e.outputs });
-            }
+            && e.outputs.values().all(|o| store.check_blob(&o.digest))
+        {
+            return Ok(ExecOutcome::Cached { outputs: e.outputs });
+        }
         if cancel.is_cancelled() {
             return Err(ExecError::Cancelled);
         }
         let log_path = store.log_path(&job.key);
-        let stage = self.registry.get(&job.kind).ok_or_else(|| ExecError::Failed { message: format!("no stage kind `{}` in this binary", job.kind), log: log_path.clone() })?;
+        let stage = self.registry.get(&job.kind).ok_or_else(|| ExecError::Failed {
+            message: format!("no stage kind `{}` in this binary", job.kind),
+            log: log_path.clone(),
+        })?;
         let staging = store.staging_dir(&job.key)?;
         let out_dir = staging.join("out");
-        std::fs::create_dir_all(&out_dir).map_err(|source| axbench_cache::StoreError::Io { path: out_dir.clone(), source })?;
+        std::fs::create_dir_all(&out_dir).map_err(|source| axbench_cache::StoreError::Io {
+            path: out_dir.clone(),
+            source,
+        })?;
 
         let mut inputs: BTreeMap<String, Vec<InputArtifact>> = BTreeMap::new();
         let mut manifest_inputs = Vec::new();
         for (name, ups) in &job.inputs {
             let mut arts = Vec::new();
             for u in ups {
-                arts.push(InputArtifact { node: u.node.clone(), coord: u.coord.clone(), files: u.outputs.iter().map(|(f, d)| (f.clone(), store.blob_path(d))).collect() });
-                manifest_inputs.push(ManifestInput { name: name.clone(), node: u.node.clone(), key: u.key.unwrap_or(Digest([0; 32])), outputs: u.outputs.clone() });
+                arts.push(InputArtifact {
+                    node: u.node.clone(),
+                    coord: u.coord.clone(),
+                    files: u.outputs.iter().map(|(f, d)| (f.clone(), store.blob_path(d))).collect(),
+                });
+                manifest_inputs.push(ManifestInput {
+                    name: name.clone(),
+                    node: u.node.clone(),
+                    key: u.key.unwrap_or(Digest([0; 32])),
+                    outputs: u.outputs.clone(),
+                });
             }
             inputs.insert(name.clone(), arts);
         }
@@ -143,7 +172,11 @@ impl Executor for LocalExecutor {
         let result: Result<(), StageError> = match result {
             Ok(r) => r,
             Err(panic) => {
-                let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "panic".into());
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".into());
                 Err(StageError::msg(format!("stage panicked: {msg}")))
             }
         };
@@ -152,7 +185,11 @@ impl Executor for LocalExecutor {
                 let _ = std::fs::create_dir_all(dir);
             }
             if let Ok(mut f) = std::fs::File::create(&log_path) {
-                let _ = writeln!(f, "node: {}\nstage: {} v{}\nkey: {}", job.node, job.kind, job.version, job.key);
+                let _ = writeln!(
+                    f,
+                    "node: {}\nstage: {} v{}\nkey: {}",
+                    job.node, job.kind, job.version, job.key
+                );
                 for l in &ctx.log {
                     let _ = writeln!(f, "{l}");
                 }
@@ -183,7 +220,13 @@ impl Executor for LocalExecutor {
         }
         // Promote: hash each file into the store.
         let mut outputs = BTreeMap::new();
-        let mut files: Vec<_> = std::fs::read_dir(&out_dir).map_err(|source| axbench_cache::StoreError::Io { path: out_dir.clone(), source })?.flatten().collect();
+        let mut files: Vec<_> = std::fs::read_dir(&out_dir)
+            .map_err(|source| axbench_cache::StoreError::Io {
+                path: out_dir.clone(),
+                source,
+            })?
+            .flatten()
+            .collect();
         files.sort_by_key(|e| e.file_name());
         for f in files {
             let name = f.file_name().to_string_lossy().to_string();
@@ -225,10 +268,16 @@ impl Executor for LocalExecutor {
 }
 
 fn axbench_cache_unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// This machine's name, for manifests.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into())
 }

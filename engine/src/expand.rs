@@ -79,7 +79,13 @@ fn params_use_dims(values: &[&Value], dims: &[&String]) -> bool {
 /// list), so a bad value fails the plan on a cold cache too: each param whose value resolves from the pipeline params
 /// alone, or from them and one literal or list-param dim, is checked for every value of that dim. Params that need a
 /// pending dim are checked once their nodes expand.
-fn validate_pending(spec: &PipelineSpec, sname: &str, stage: &dyn crate::Stage, declared: &[crate::ParamSpec], params: &HashMap<&str, &Value>) -> Result<(), SpecError> {
+fn validate_pending(
+    spec: &PipelineSpec,
+    sname: &str,
+    stage: &dyn crate::Stage,
+    declared: &[crate::ParamSpec],
+    params: &HashMap<&str, &Value>,
+) -> Result<(), SpecError> {
     let s = &spec.stages[sname];
     let mut scopes: Vec<Coord> = vec![Coord::new()];
     for (dim, d) in &s.foreach {
@@ -93,17 +99,31 @@ fn validate_pending(spec: &PipelineSpec, sname: &str, stage: &dyn crate::Stage, 
     for p in declared {
         let Some(raw) = s.params.get(p.name) else { continue };
         for scope in &scopes {
-            let lookup = |name: &str| -> Option<Value> { scope.get(name).cloned().or_else(|| params.get(name).map(|v| (*v).clone())) };
-            let Ok(v) = substitute(&raw.value, &lookup) else { continue };
+            let lookup = |name: &str| -> Option<Value> {
+                scope
+                    .get(name)
+                    .cloned()
+                    .or_else(|| params.get(name).map(|v| (*v).clone()))
+            };
+            let Ok(v) = substitute(&raw.value, &lookup) else {
+                continue;
+            };
             let Some(v) = p.ty.coerce(&v) else { continue };
-            stage.validate_param(p.name, &v).map_err(|m| SpecError::new(&raw.loc, format!("stages.{sname}.params.{}", p.name), m))?;
+            stage
+                .validate_param(p.name, &v)
+                .map_err(|m| SpecError::new(&raw.loc, format!("stages.{sname}.params.{}", p.name), m))?;
         }
     }
     Ok(())
 }
 
 /// Expands `spec`. `lists` holds the known list outputs (node id → items) of list stages.
-pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, lists: &HashMap<String, Vec<Value>>) -> Result<NodeGraph, SpecError> {
+pub fn expand(
+    spec: &PipelineSpec,
+    registry: &Registry,
+    graph: &StageGraph,
+    lists: &HashMap<String, Vec<Value>>,
+) -> Result<NodeGraph, SpecError> {
     let mut out = NodeGraph::default();
     // Duplicate-id detection by 64-bit hash (ids are compared on a hash match).
     let id_hasher = std::collections::hash_map::RandomState::new();
@@ -132,7 +152,11 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
             .find(|u| stage_pending.get(u).copied().unwrap_or(false));
         if let Some(u) = waits_on {
             validate_pending(spec, sname, stage.as_ref(), &declared, &params)?;
-            out.pending.push(Pending { id: format!("{sname}[*]"), stage: sname.clone(), reason: format!("waits for `{u}` to be expanded") });
+            out.pending.push(Pending {
+                id: format!("{sname}[*]"),
+                stage: sname.clone(),
+                reason: format!("waits for `{u}` to be expanded"),
+            });
             stage_pending.insert(sname, true);
             continue;
         }
@@ -167,13 +191,25 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
                         // The upstream node whose coordinate agrees with ours on its dims.
                         let matches: Vec<usize> = stage_nodes
                             .get(up.as_str())
-                            .map(|v| v.iter().copied().filter(|&i| up_dims.iter().all(|ud| c.get(*ud).is_none_or(|x| out.nodes[i].coord.get(*ud) == Some(x)))).collect())
+                            .map(|v| {
+                                v.iter()
+                                    .copied()
+                                    .filter(|&i| {
+                                        up_dims
+                                            .iter()
+                                            .all(|ud| c.get(*ud).is_none_or(|x| out.nodes[i].coord.get(*ud) == Some(x)))
+                                    })
+                                    .collect()
+                            })
                             .unwrap_or_default();
                         if matches.len() > 1 {
                             return Err(SpecError::new(
                                 &d.loc,
                                 key,
-                                format!("`{up}` fans out over {} which `{sname}` does not, so the list to fan out over is ambiguous; add those dims to `{sname}`", up_dims.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
+                                format!(
+                                    "`{up}` fans out over {} which `{sname}` does not, so the list to fan out over is ambiguous; add those dims to `{sname}`",
+                                    up_dims.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                                ),
                             ));
                         }
                         let Some(&ui) = matches.first() else { continue };
@@ -195,8 +231,22 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
         }
         if pending_here {
             validate_pending(spec, sname, stage.as_ref(), &declared, &params)?;
-            let from: Vec<String> = s.foreach.values().filter_map(|d| if let Dim::From(u) = &d.value { Some(u.clone()) } else { None }).collect();
-            out.pending.push(Pending { id: format!("{sname}[*]"), stage: sname.clone(), reason: format!("fan-out waits for the list of `{}`", from.join("`, `")) });
+            let from: Vec<String> = s
+                .foreach
+                .values()
+                .filter_map(|d| {
+                    if let Dim::From(u) = &d.value {
+                        Some(u.clone())
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            out.pending.push(Pending {
+                id: format!("{sname}[*]"),
+                stage: sname.clone(),
+                reason: format!("fan-out waits for the list of `{}`", from.join("`, `")),
+            });
             stage_pending.insert(sname, true);
             continue;
         }
@@ -206,7 +256,12 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
         let mut input_tables: Vec<InputTable> = Vec::new();
         for (iname, up) in &s.inputs {
             let up_stage = &spec.stages[&up.value];
-            let shared: Vec<String> = up_stage.foreach.keys().filter(|d| s.foreach.contains_key(*d)).cloned().collect();
+            let shared: Vec<String> = up_stage
+                .foreach
+                .keys()
+                .filter(|d| s.foreach.contains_key(*d))
+                .cloned()
+                .collect();
             let mut table: HashMap<String, Vec<usize>> = HashMap::new();
             for &i in stage_nodes.get(up.value.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
                 table.entry(project(&out.nodes[i].coord, &shared)).or_default().push(i);
@@ -214,7 +269,8 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
             input_tables.push((iname.clone(), shared, table));
         }
 
-        let mut resources: BTreeMap<String, u32> = stage.resources().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let mut resources: BTreeMap<String, u32> =
+            stage.resources().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         for (k, v) in &s.resources {
             resources.insert(k.clone(), v.value);
         }
@@ -231,36 +287,66 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
             // `${dim}`, `${param}`, or `${dim.field}` for table-valued dimensions (e.g.
             // `method = [{ name = "lora", lr = 1e-3 }]` with `lr = "${method.lr}"`).
             let lookup = |name: &str| -> Option<Value> {
-                coord.get(name).cloned().or_else(|| params.get(name).map(|v| (*v).clone())).or_else(|| {
-                    let (d, f) = name.split_once('.')?;
-                    match coord.get(d)? {
-                        Value::Table(t) => t.get(f).cloned(),
-                        _ => None,
-                    }
-                })
+                coord
+                    .get(name)
+                    .cloned()
+                    .or_else(|| params.get(name).map(|v| (*v).clone()))
+                    .or_else(|| {
+                        let (d, f) = name.split_once('.')?;
+                        match coord.get(d)? {
+                            Value::Table(t) => t.get(f).cloned(),
+                            _ => None,
+                        }
+                    })
             };
             let resolved = match (&shared_params, per_node_params) {
                 (Some(shared), false) => shared.clone(),
                 _ => {
-            let mut resolved = BTreeMap::new();
-            for p in &declared {
-                let key = format!("stages.{sname}.params.{}", p.name);
-                let (raw, loc) = match s.params.get(p.name) {
-                    Some(v) => (v.value.clone(), v.loc.clone()),
-                    None => match &p.default {
-                        Some(d) => (d.clone(), s.loc.clone()),
-                        None => {
-                            return Err(SpecError::new(&s.loc, key, format!("stage kind `{}` needs param `{}` ({}): {}", s.kind.value, p.name, p.ty.name(), p.doc)));
-                        }
-                    },
-                };
-                let v = substitute(&raw, &lookup).map_err(|missing| {
-                    SpecError::new(&loc, key.clone(), format!("unknown reference `${{{missing}}}`; valid params: {}{}", spec.param_list(), dims_hint(&dims)))
-                })?;
-                let v = p.ty.coerce(&v).ok_or_else(|| SpecError::new(&loc, key.clone(), format!("expected {}, got {} {}", p.ty.name(), v.type_name(), v.to_json())))?;
-                stage.validate_param(p.name, &v).map_err(|m| SpecError::new(&loc, key.clone(), m))?;
-                resolved.insert(p.name.to_string(), v);
-            }
+                    let mut resolved = BTreeMap::new();
+                    for p in &declared {
+                        let key = format!("stages.{sname}.params.{}", p.name);
+                        let (raw, loc) = match s.params.get(p.name) {
+                            Some(v) => (v.value.clone(), v.loc.clone()),
+                            None => match &p.default {
+                                Some(d) => (d.clone(), s.loc.clone()),
+                                None => {
+                                    return Err(SpecError::new(
+                                        &s.loc,
+                                        key,
+                                        format!(
+                                            "stage kind `{}` needs param `{}` ({}): {}",
+                                            s.kind.value,
+                                            p.name,
+                                            p.ty.name(),
+                                            p.doc
+                                        ),
+                                    ));
+                                }
+                            },
+                        };
+                        let v = substitute(&raw, &lookup).map_err(|missing| {
+                            SpecError::new(
+                                &loc,
+                                key.clone(),
+                                format!(
+                                    "unknown reference `${{{missing}}}`; valid params: {}{}",
+                                    spec.param_list(),
+                                    dims_hint(&dims)
+                                ),
+                            )
+                        })?;
+                        let v = p.ty.coerce(&v).ok_or_else(|| {
+                            SpecError::new(
+                                &loc,
+                                key.clone(),
+                                format!("expected {}, got {} {}", p.ty.name(), v.type_name(), v.to_json()),
+                            )
+                        })?;
+                        stage
+                            .validate_param(p.name, &v)
+                            .map_err(|m| SpecError::new(&loc, key.clone(), m))?;
+                        resolved.insert(p.name.to_string(), v);
+                    }
                     let resolved = Arc::new(resolved);
                     if !per_node_params {
                         shared_params = Some(resolved.clone());
@@ -287,20 +373,42 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
                     return Err(SpecError::new(
                         &up.loc,
                         format!("stages.{sname}.inputs.{iname}"),
-                        format!("node `{}` finds no node of `{}` at {}; the two stages fan out over different values", node_id(sname, &coord), up.value, shared.iter().map(|d| format!("{d}={}", coord[d])).collect::<Vec<_>>().join(",")),
+                        format!(
+                            "node `{}` finds no node of `{}` at {}; the two stages fan out over different values",
+                            node_id(sname, &coord),
+                            up.value,
+                            shared
+                                .iter()
+                                .map(|d| format!("{d}={}", coord[d]))
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ),
                     ));
                 }
                 inputs.push((input_names[ii].clone(), ups));
             }
             let id = node_id(sname, &coord);
             let idx = out.nodes.len();
-            
-            
+
             let prev = seen_ids.insert(id_hasher.hash_one(&id), idx);
             if prev.is_some_and(|p| out.nodes[p].id == id) {
-                return Err(SpecError::new(&s.loc, format!("stages.{sname}.foreach"), format!("two fan-out elements give the same node id `{id}`; give table elements distinct `name`s")));
+                return Err(SpecError::new(
+                    &s.loc,
+                    format!("stages.{sname}.foreach"),
+                    format!("two fan-out elements give the same node id `{id}`; give table elements distinct `name`s"),
+                ));
             }
-            out.nodes.push(Node { id, stage: stage_name.clone(), kind: kind.clone(), version: stage.version(), coord, params: resolved, inputs, resources: resources.clone(), list_output });
+            out.nodes.push(Node {
+                id,
+                stage: stage_name.clone(),
+                kind: kind.clone(),
+                version: stage.version(),
+                coord,
+                params: resolved,
+                inputs,
+                resources: resources.clone(),
+                list_output,
+            });
             mine.push(idx);
         }
         stage_nodes.insert(sname, mine);
@@ -310,7 +418,14 @@ pub fn expand(spec: &PipelineSpec, registry: &Registry, graph: &StageGraph, list
 }
 
 fn dims_hint(dims: &[&String]) -> String {
-    if dims.is_empty() { String::new() } else { format!("; fan-out dims: {}", dims.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")) }
+    if dims.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; fan-out dims: {}",
+            dims.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        )
+    }
 }
 
 /// The values of `dims` in `coord`, as a lookup key.
@@ -349,7 +464,12 @@ fn check_static_size(spec: &PipelineSpec, graph: &StageGraph, params: &HashMap<&
             product = product.saturating_mul(len);
             let would = total.saturating_add(product);
             if would > spec.max_nodes {
-                return Err(size_error(spec, would, &d.loc, &format!("stages.{sname}.foreach.{dim}")));
+                return Err(size_error(
+                    spec,
+                    would,
+                    &d.loc,
+                    &format!("stages.{sname}.foreach.{dim}"),
+                ));
             }
         }
         total = total.saturating_add(product);
@@ -361,7 +481,15 @@ fn size_error(spec: &PipelineSpec, total: usize, loc: &Loc, key: &str) -> SpecEr
     SpecError::new(
         loc,
         key,
-        format!("fan-out would create {} nodes in all, over the limit of {} (raise [pipeline] max_nodes, or pass --max-nodes, if this is intended)", if total == usize::MAX { "too many".to_string() } else { total.to_string() }, spec.max_nodes),
+        format!(
+            "fan-out would create {} nodes in all, over the limit of {} (raise [pipeline] max_nodes, or pass --max-nodes, if this is intended)",
+            if total == usize::MAX {
+                "too many".to_string()
+            } else {
+                total.to_string()
+            },
+            spec.max_nodes
+        ),
     )
 }
 

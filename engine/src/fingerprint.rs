@@ -52,7 +52,16 @@ pub fn fingerprint(spec: &PipelineSpec, registry: &Registry, project_dir: &Path)
         h.update(b"\0kind\0");
         h.update(kind.as_bytes());
         if let Some(stage) = registry.get(kind) {
-            h.update(format!("\0{}\0{:?}\0{:?}\0{:?}", stage.version(), stage.params(), stage.output_kind(), stage.resources()).as_bytes());
+            h.update(
+                format!(
+                    "\0{}\0{:?}\0{:?}\0{:?}",
+                    stage.version(),
+                    stage.params(),
+                    stage.output_kind(),
+                    stage.resources()
+                )
+                .as_bytes(),
+            );
         }
     }
     h.finalize().into()
@@ -93,7 +102,16 @@ impl FreshPlan {
     /// The `plan --json` form: every node fresh, nothing to run.
     pub fn to_json(&self) -> PlanJson {
         PlanJson {
-            nodes: self.nodes.iter().map(|n| PlanJsonNode { id: n.id.clone(), stage: n.stage.to_string(), state: NodeState::Fresh, reason: "up to date".to_string() }).collect(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| PlanJsonNode {
+                    id: n.id.clone(),
+                    stage: n.stage.to_string(),
+                    state: NodeState::Fresh,
+                    reason: "up to date".to_string(),
+                })
+                .collect(),
             to_run: 0,
         }
     }
@@ -118,7 +136,12 @@ impl FreshPlan {
                 }
             }
         }
-        Some(FreshPlan { nodes, paths, blobs, fingerprint: None })
+        Some(FreshPlan {
+            nodes,
+            paths,
+            blobs,
+            fingerprint: None,
+        })
     }
 
     /// The binary record: a magic, then counted sections (strings length-prefixed, indices
@@ -138,7 +161,12 @@ impl FreshPlan {
                 }
             }
         };
-        let blob_index: HashMap<Digest, u32> = self.blobs.iter().enumerate().map(|(i, (d, _))| (*d, i as u32)).collect();
+        let blob_index: HashMap<Digest, u32> = self
+            .blobs
+            .iter()
+            .enumerate()
+            .map(|(i, (d, _))| (*d, i as u32))
+            .collect();
         let mut body = Writer(Vec::with_capacity(self.nodes.len() * 128));
         body.u32(self.nodes.len() as u32);
         for n in &self.nodes {
@@ -212,9 +240,19 @@ impl FreshPlan {
                 let digest = blobs.get(r.u32()? as usize)?.0;
                 outputs.push((name, OutputEntry { digest, size: r.u64()? }));
             }
-            nodes.push(FreshNode { id, stage, key, outputs });
+            nodes.push(FreshNode {
+                id,
+                stage,
+                key,
+                outputs,
+            });
         }
-        r.0.is_empty().then_some(FreshPlan { nodes, paths, blobs, fingerprint: None })
+        r.0.is_empty().then_some(FreshPlan {
+            nodes,
+            paths,
+            blobs,
+            fingerprint: None,
+        })
     }
 
     /// Whether every blob still has its recorded `stat`: one `stat` per distinct blob (this is
@@ -304,7 +342,14 @@ pub fn launch_fresh_plan(spec: &PipelineSpec, store: &Store, project_dir: &Path,
 /// Stores `record` under `spec`'s fingerprint, with `run`, the run record of a run that
 /// reached exactly the record's keys (later no-op runs link to it instead of writing their
 /// own). Best effort: a record that cannot be written only means the next no-op plans in full.
-pub fn save(spec: &PipelineSpec, registry: &Registry, store: &Store, project_dir: &Path, record: &FreshPlan, run: Option<&Path>) {
+pub fn save(
+    spec: &PipelineSpec,
+    registry: &Registry,
+    store: &Store,
+    project_dir: &Path,
+    record: &FreshPlan,
+    run: Option<&Path>,
+) {
     let fp = fingerprint(spec, registry, project_dir);
     if let Err(e) = store.write_fingerprint(&fp, &record.encode(), run) {
         tracing::warn!("could not write the no-op record: {e}");
@@ -357,10 +402,25 @@ mod tests {
         let stage: Arc<str> = Arc::from("fit");
         let name: Arc<str> = Arc::from("value.json");
         let nodes = vec![
-            FreshNode { id: "fit[c=1]".into(), stage: stage.clone(), key: axbench_cache::hash_bytes(b"k1"), outputs: vec![(name.clone(), a.clone())] },
-            FreshNode { id: "fit[c=2]".into(), stage, key: axbench_cache::hash_bytes(b"k2"), outputs: vec![(name.clone(), a), (Arc::from("x.bin"), b)] },
+            FreshNode {
+                id: "fit[c=1]".into(),
+                stage: stage.clone(),
+                key: axbench_cache::hash_bytes(b"k1"),
+                outputs: vec![(name.clone(), a.clone())],
+            },
+            FreshNode {
+                id: "fit[c=2]".into(),
+                stage,
+                key: axbench_cache::hash_bytes(b"k2"),
+                outputs: vec![(name.clone(), a), (Arc::from("x.bin"), b)],
+            },
         ];
-        FreshPlan::from_nodes(nodes, vec![(PathBuf::from("/p/data.txt"), axbench_cache::hash_bytes(b"d"))], store).unwrap()
+        FreshPlan::from_nodes(
+            nodes,
+            vec![(PathBuf::from("/p/data.txt"), axbench_cache::hash_bytes(b"d"))],
+            store,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -372,7 +432,10 @@ mod tests {
         let back = FreshPlan::decode(&bytes).unwrap();
         assert_eq!(back.nodes.len(), 2);
         assert_eq!(back.nodes[1].id, "fit[c=2]");
-        assert_eq!(back.nodes[1].output("x.bin").unwrap().digest, rec.nodes[1].outputs[1].1.digest);
+        assert_eq!(
+            back.nodes[1].output("x.bin").unwrap().digest,
+            rec.nodes[1].outputs[1].1.digest
+        );
         assert_eq!(back.paths, rec.paths);
         assert_eq!(back.blobs, rec.blobs);
         assert_eq!(back.keys(), rec.keys());
@@ -392,7 +455,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("cache")).unwrap();
         let registry = crate::toy::register(Registry::new());
-        let spec = PipelineSpec::parse("p.toml", "[stages.a]\nkind = \"test.const\"\nparams = { value = 1 }\n").unwrap();
+        let spec =
+            PipelineSpec::parse("p.toml", "[stages.a]\nkind = \"test.const\"\nparams = { value = 1 }\n").unwrap();
         let exe = dir.path().join("axbench-full");
         std::fs::write(&exe, b"binary").unwrap();
         let project = dir.path();
@@ -402,12 +466,19 @@ mod tests {
         let mut record = sample(&store);
         record.paths.clear(); // its path param names no real file
         save(&spec, &registry, &store, project, &record, None);
-        assert!(launch_fresh_plan(&spec, &store, project, &exe).is_none(), "no alias filed yet");
+        assert!(
+            launch_fresh_plan(&spec, &store, project, &exe).is_none(),
+            "no alias filed yet"
+        );
         save_launch_alias(&spec, &registry, &store, project, &exe);
         let found = launch_fresh_plan(&spec, &store, project, &exe).unwrap();
-        assert_eq!(found.keys(), fresh_plan(&spec, &registry, &store, project).unwrap().keys());
+        assert_eq!(
+            found.keys(),
+            fresh_plan(&spec, &registry, &store, project).unwrap().keys()
+        );
         // Another pipeline, another project dir: no answer.
-        let other = PipelineSpec::parse("p.toml", "[stages.a]\nkind = \"test.const\"\nparams = { value = 2 }\n").unwrap();
+        let other =
+            PipelineSpec::parse("p.toml", "[stages.a]\nkind = \"test.const\"\nparams = { value = 2 }\n").unwrap();
         assert!(launch_fresh_plan(&other, &store, project, &exe).is_none());
         assert!(launch_fresh_plan(&spec, &store, &project.join("cache"), &exe).is_none());
         // A rebuilt binary (new mtime and size) may have other stage versions: no answer.

@@ -38,17 +38,29 @@ impl StageGraph {
         let stage_list = || spec.stages.keys().cloned().collect::<Vec<_>>().join(", ");
         for (name, s) in &spec.stages {
             let Some(stage) = registry.get(&s.kind.value) else {
-                return Err(SpecError::new(
-                    &s.kind.loc,
-                    format!("stages.{name}.kind"),
-                    {
-                        // Suggest kinds of the same namespace (`test.`, `axbench.`) if there are any.
-                        let ns = s.kind.value.split_once('.').map(|(n, _)| format!("{n}.")).unwrap_or_default();
-                        let same: Vec<&str> = registry.kinds().filter(|k| !ns.is_empty() && k.starts_with(&ns)).collect();
-                        let list = if same.is_empty() { registry.kinds().collect::<Vec<_>>() } else { same };
-                        format!("unknown stage kind `{}`; known kinds: {}", s.kind.value, list.join(", "))
-                    },
-                ));
+                return Err(SpecError::new(&s.kind.loc, format!("stages.{name}.kind"), {
+                    // Suggest kinds of the same namespace (`test.`, `axbench.`) if there are any.
+                    let ns = s
+                        .kind
+                        .value
+                        .split_once('.')
+                        .map(|(n, _)| format!("{n}."))
+                        .unwrap_or_default();
+                    let same: Vec<&str> = registry
+                        .kinds()
+                        .filter(|k| !ns.is_empty() && k.starts_with(&ns))
+                        .collect();
+                    let list = if same.is_empty() {
+                        registry.kinds().collect::<Vec<_>>()
+                    } else {
+                        same
+                    };
+                    format!(
+                        "unknown stage kind `{}`; known kinds: {}",
+                        s.kind.value,
+                        list.join(", ")
+                    )
+                }));
             };
             let declared = stage.params();
             for (p, v) in &s.params {
@@ -60,7 +72,11 @@ impl StageGraph {
                         format!(
                             "stage kind `{}` does not read param `{p}`; it reads: {}",
                             s.kind.value,
-                            if names.is_empty() { "(nothing)".to_string() } else { names.join(", ") }
+                            if names.is_empty() {
+                                "(nothing)".to_string()
+                            } else {
+                                names.join(", ")
+                            }
                         ),
                     ));
                 }
@@ -70,7 +86,11 @@ impl StageGraph {
                     return Err(SpecError::new(
                         &up.loc,
                         format!("stages.{name}.inputs.{input}"),
-                        format!("input `{input}` of stage `{name}` names stage `{}`, which does not exist; stages: {}", up.value, stage_list()),
+                        format!(
+                            "input `{input}` of stage `{name}` names stage `{}`, which does not exist; stages: {}",
+                            up.value,
+                            stage_list()
+                        ),
                     ));
                 };
                 graph.add_edge(u, index[name], EdgeKind::Input(input.clone()));
@@ -80,33 +100,78 @@ impl StageGraph {
                 match &d.value {
                     Dim::From(up) => {
                         let Some(&u) = index.get(up) else {
-                            return Err(SpecError::new(&d.loc, key, format!("fan-out `{dim}` of stage `{name}` reads stage `{up}`, which does not exist; stages: {}", stage_list())));
+                            return Err(SpecError::new(
+                                &d.loc,
+                                key,
+                                format!(
+                                    "fan-out `{dim}` of stage `{name}` reads stage `{up}`, which does not exist; stages: {}",
+                                    stage_list()
+                                ),
+                            ));
                         };
                         let up_kind = &spec.stages[up].kind.value;
-                        if registry.get(up_kind).is_some_and(|st| st.output_kind() != OutputKind::List) {
-                            return Err(SpecError::new(&d.loc, key, format!("stage `{up}` (kind `{up_kind}`) does not produce a list to fan out over")));
+                        if registry
+                            .get(up_kind)
+                            .is_some_and(|st| st.output_kind() != OutputKind::List)
+                        {
+                            return Err(SpecError::new(
+                                &d.loc,
+                                key,
+                                format!("stage `{up}` (kind `{up_kind}`) does not produce a list to fan out over"),
+                            ));
                         }
                         graph.add_edge(u, index[name], EdgeKind::FanOut(dim.clone()));
                     }
                     Dim::Param(p) => {
                         let Some(decl) = spec.params.get(p) else {
-                            return Err(SpecError::new(&d.loc, key, format!("unknown param `{p}`; valid params: {}", spec.param_list())));
+                            return Err(SpecError::new(
+                                &d.loc,
+                                key,
+                                format!("unknown param `{p}`; valid params: {}", spec.param_list()),
+                            ));
                         };
                         if decl.value.as_list().is_none() {
-                            return Err(SpecError::new(&d.loc, key, format!("param `{p}` is {} {}, not a list", decl.value.type_name(), decl.value.to_json())));
+                            return Err(SpecError::new(
+                                &d.loc,
+                                key,
+                                format!(
+                                    "param `{p}` is {} {}, not a list",
+                                    decl.value.type_name(),
+                                    decl.value.to_json()
+                                ),
+                            ));
                         }
                     }
                     Dim::Values(_) => {}
                 }
                 if spec.params.contains_key(dim) {
-                    return Err(SpecError::new(&d.loc, key, format!("fan-out dimension `{dim}` has the name of a pipeline param; `${{{dim}}}` would be ambiguous")));
+                    return Err(SpecError::new(
+                        &d.loc,
+                        key,
+                        format!(
+                            "fan-out dimension `{dim}` has the name of a pipeline param; `${{{dim}}}` would be ambiguous"
+                        ),
+                    ));
                 }
             }
-            for (class, n) in s.resources.iter().map(|(c, n)| (c.as_str(), n.value)).chain(stage.resources()) {
+            for (class, n) in s
+                .resources
+                .iter()
+                .map(|(c, n)| (c.as_str(), n.value))
+                .chain(stage.resources())
+            {
                 let cap = spec.resources.get(class).copied().unwrap_or(1);
                 if n > cap {
-                    let loc = s.resources.get(class).map(|l| l.loc.clone()).unwrap_or_else(|| s.loc.clone());
-                    return Err(SpecError::new(&loc, format!("stages.{name}.resources.{class}"), format!("needs {n} `{class}` but the pipeline has {cap} (set [resources] {class} = …)")));
+                    let loc = s
+                        .resources
+                        .get(class)
+                        .map(|l| l.loc.clone())
+                        .unwrap_or_else(|| s.loc.clone());
+                    return Err(SpecError::new(
+                        &loc,
+                        format!("stages.{name}.resources.{class}"),
+                        format!("needs {n} `{class}` but the pipeline has {cap} (set [resources] {class} = …)"),
+                    ));
                 }
             }
         }
@@ -147,7 +212,11 @@ impl StageGraph {
                     Dim::From(u) => format!("{d} from {u}"),
                 })
                 .collect();
-            let label = if dims.is_empty() { format!("{name}\\n{}", s.kind.value) } else { format!("{name}\\n{}\\n[{}]", s.kind.value, dims.join(", ")) };
+            let label = if dims.is_empty() {
+                format!("{name}\\n{}", s.kind.value)
+            } else {
+                format!("{name}\\n{}\\n[{}]", s.kind.value, dims.join(", "))
+            };
             out.push_str(&format!("  \"{name}\" [label=\"{label}\"];\n"));
         }
         for e in self.graph.edge_indices() {
@@ -156,8 +225,15 @@ impl StageGraph {
                 EdgeKind::Input(i) => i.clone(),
                 EdgeKind::FanOut(d) => format!("foreach {d}"),
             };
-            let style = if matches!(self.graph[e], EdgeKind::FanOut(_)) { ", style=dashed" } else { "" };
-            out.push_str(&format!("  \"{}\" -> \"{}\" [label=\"{label}\"{style}];\n", self.graph[a], self.graph[b]));
+            let style = if matches!(self.graph[e], EdgeKind::FanOut(_)) {
+                ", style=dashed"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "  \"{}\" -> \"{}\" [label=\"{label}\"{style}];\n",
+                self.graph[a], self.graph[b]
+            ));
         }
         out.push_str("}\n");
         out
@@ -167,8 +243,15 @@ impl StageGraph {
 /// Kahn's algorithm with a sorted ready set: the same pipeline always yields the same order.
 fn stable_topo(graph: &DiGraph<String, EdgeKind>) -> Vec<String> {
     use std::collections::BTreeSet;
-    let mut indeg: Vec<usize> = graph.node_indices().map(|n| graph.neighbors_directed(n, petgraph::Incoming).count()).collect();
-    let mut ready: BTreeSet<(String, NodeIndex)> = graph.node_indices().filter(|n| indeg[n.index()] == 0).map(|n| (graph[n].clone(), n)).collect();
+    let mut indeg: Vec<usize> = graph
+        .node_indices()
+        .map(|n| graph.neighbors_directed(n, petgraph::Incoming).count())
+        .collect();
+    let mut ready: BTreeSet<(String, NodeIndex)> = graph
+        .node_indices()
+        .filter(|n| indeg[n.index()] == 0)
+        .map(|n| (graph[n].clone(), n))
+        .collect();
     let mut order = Vec::new();
     while let Some((name, n)) = ready.pop_first() {
         order.push(name);

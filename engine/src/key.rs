@@ -81,7 +81,11 @@ impl CacheKey for f64 {
             Value::Int(i) => i.cache_key(h),
             _ => {
                 h.tag(b'f');
-                let bits = if self.is_nan() { f64::NAN.to_bits() } else { self.to_bits() };
+                let bits = if self.is_nan() {
+                    f64::NAN.to_bits()
+                } else {
+                    self.to_bits()
+                };
                 h.u64(bits);
             }
         }
@@ -178,7 +182,12 @@ impl CacheKey for KeyParam {
 }
 
 /// The plan-time part of a node key.
-pub fn static_key(kind: &str, version: u32, coord: &BTreeMap<String, Value>, params: &BTreeMap<String, KeyParam>) -> Digest {
+pub fn static_key(
+    kind: &str,
+    version: u32,
+    coord: &BTreeMap<String, Value>,
+    params: &BTreeMap<String, KeyParam>,
+) -> Digest {
     let mut h = KeyHasher::new("axbench.node.static.v1");
     kind.cache_key(&mut h);
     version.cache_key(&mut h);
@@ -214,7 +223,10 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, Value)]) -> BTreeMap<String, KeyParam> {
-        pairs.iter().map(|(k, v)| (k.to_string(), KeyParam::Value(v.clone()))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), KeyParam::Value(v.clone())))
+            .collect()
     }
 
     #[test]
@@ -243,7 +255,10 @@ mod tests {
         c1.insert("f".to_string(), KeyParam::Content(axbench_cache::hash_bytes(b"one")));
         let mut c2 = BTreeMap::new();
         c2.insert("f".to_string(), KeyParam::Content(axbench_cache::hash_bytes(b"two")));
-        assert_ne!(static_key("k", 1, &BTreeMap::new(), &c1), static_key("k", 1, &BTreeMap::new(), &c2));
+        assert_ne!(
+            static_key("k", 1, &BTreeMap::new(), &c1),
+            static_key("k", 1, &BTreeMap::new(), &c2)
+        );
     }
 
     #[test]

@@ -81,5 +81,8 @@ pub use plan::{NodeState, Plan, PlanJson, plan, plan_preview};
 pub use report::BarReporter;
 pub use schedule::{Failure, Reporter, RunOptions, RunReport, Silent, run};
 pub use spec::{Loc, PipelineSpec, SpecError};
-pub use stage::{CancelFlag, InputArtifact, OutputKind, ParamSpec, ParamType, ProgressSink, Registry, Stage, StageContext, StageError};
+pub use stage::{
+    CancelFlag, InputArtifact, OutputKind, ParamSpec, ParamType, ProgressSink, Registry, Stage, StageContext,
+    StageError,
+};
 pub use value::{Coord, Value};

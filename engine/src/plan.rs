@@ -88,53 +88,109 @@ impl Plan {
             .nodes
             .iter()
             .zip(&self.nodes)
-            .map(|(n, p)| PlanJsonNode { id: n.id.clone(), stage: n.stage.to_string(), state: p.state, reason: if p.state == NodeState::Fresh { "up to date".to_string() } else { p.reason.clone() } })
+            .map(|(n, p)| PlanJsonNode {
+                id: n.id.clone(),
+                stage: n.stage.to_string(),
+                state: p.state,
+                reason: if p.state == NodeState::Fresh {
+                    "up to date".to_string()
+                } else {
+                    p.reason.clone()
+                },
+            })
             .collect();
-        nodes.extend(self.graph.pending.iter().map(|p| PlanJsonNode { id: p.id.clone(), stage: p.stage.clone(), state: NodeState::Missing, reason: p.reason.clone() }));
-        PlanJson { to_run: self.to_run(), nodes }
+        nodes.extend(self.graph.pending.iter().map(|p| PlanJsonNode {
+            id: p.id.clone(),
+            stage: p.stage.clone(),
+            state: NodeState::Missing,
+            reason: p.reason.clone(),
+        }));
+        PlanJson {
+            to_run: self.to_run(),
+            nodes,
+        }
     }
 }
 
 /// Resolves a `Path` param against the project dir.
 pub fn resolve_path(project_dir: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
-    if p.is_absolute() { p.to_path_buf() } else { project_dir.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        project_dir.join(p)
+    }
 }
 
 /// Plans `spec` against `store`. `lists` carries list outputs known so far and is extended
 /// with those of fresh list nodes (which may let more of the pipeline expand).
-pub fn plan(spec: &PipelineSpec, registry: &Registry, store: &Store, project_dir: &Path, lists: &mut HashMap<String, Vec<Value>>) -> Result<Plan, EngineError> {
+pub fn plan(
+    spec: &PipelineSpec,
+    registry: &Registry,
+    store: &Store,
+    project_dir: &Path,
+    lists: &mut HashMap<String, Vec<Value>>,
+) -> Result<Plan, EngineError> {
     plan_with(spec, registry, store, project_dir, lists, false)
 }
 
 /// [`plan`] for showing, not running: a node whose `Path` param names something absent here is listed as missing
 /// (with the path as the reason) instead of failing the plan, so `axbench plan` works on a setting whose weights or
 /// data live on another machine (configs/paper/*.toml). A run still refuses such a node ([`plan`] is strict).
-pub fn plan_preview(spec: &PipelineSpec, registry: &Registry, store: &Store, project_dir: &Path, lists: &mut HashMap<String, Vec<Value>>) -> Result<Plan, EngineError> {
+pub fn plan_preview(
+    spec: &PipelineSpec,
+    registry: &Registry,
+    store: &Store,
+    project_dir: &Path,
+    lists: &mut HashMap<String, Vec<Value>>,
+) -> Result<Plan, EngineError> {
     plan_with(spec, registry, store, project_dir, lists, true)
 }
 
-fn plan_with(spec: &PipelineSpec, registry: &Registry, store: &Store, project_dir: &Path, lists: &mut HashMap<String, Vec<Value>>, unreadable_paths_ok: bool) -> Result<Plan, EngineError> {
+fn plan_with(
+    spec: &PipelineSpec,
+    registry: &Registry,
+    store: &Store,
+    project_dir: &Path,
+    lists: &mut HashMap<String, Vec<Value>>,
+    unreadable_paths_ok: bool,
+) -> Result<Plan, EngineError> {
     let sg = StageGraph::build(spec, registry)?;
     let reader = store.reader();
     let mut path_memo: HashMap<PathBuf, Digest> = HashMap::new();
     loop {
         let graph = expand(spec, registry, &sg, lists)?;
-        let nodes = plan_nodes(&graph, registry, store, reader.as_ref(), project_dir, &mut path_memo, unreadable_paths_ok)?;
+        let nodes = plan_nodes(
+            &graph,
+            registry,
+            store,
+            reader.as_ref(),
+            project_dir,
+            &mut path_memo,
+            unreadable_paths_ok,
+        )?;
         let mut learned = false;
         if !graph.pending.is_empty() {
             for (n, p) in graph.nodes.iter().zip(&nodes) {
-                if n.list_output && p.state == NodeState::Fresh && !lists.contains_key(&n.id)
-                    && let Some(items) = read_list(store, p.outputs.as_ref().unwrap()) {
-                        lists.insert(n.id.clone(), items);
-                        learned = true;
-                    }
+                if n.list_output
+                    && p.state == NodeState::Fresh
+                    && !lists.contains_key(&n.id)
+                    && let Some(items) = read_list(store, p.outputs.as_ref().unwrap())
+                {
+                    lists.insert(n.id.clone(), items);
+                    learned = true;
+                }
             }
         }
         if !learned {
             let mut paths: Vec<(PathBuf, Digest)> = path_memo.into_iter().collect();
             paths.sort();
-            return Ok(Plan { graph, nodes, project_dir: project_dir.to_path_buf(), paths });
+            return Ok(Plan {
+                graph,
+                nodes,
+                project_dir: project_dir.to_path_buf(),
+                paths,
+            });
         }
     }
 }
@@ -172,22 +228,41 @@ pub fn node_static_key(
             let d = match path_memo.get(&abs) {
                 Some(d) => *d,
                 None => {
-                    let d = store.path_digest(reader, &abs).map_err(|e| EngineError::PathParam { node: node.id.clone(), param: p.name.to_string(), path: abs.clone(), error: e.to_string() })?;
+                    let d = store.path_digest(reader, &abs).map_err(|e| EngineError::PathParam {
+                        node: node.id.clone(),
+                        param: p.name.to_string(),
+                        path: abs.clone(),
+                        error: e.to_string(),
+                    })?;
                     path_memo.insert(abs.clone(), d);
                     d
                 }
             };
             kp.insert(p.name.to_string(), KeyParam::Content(d));
-            shown.insert(p.name.to_string(), serde_json::json!({ "path": s, "content": d.to_hex() }));
+            shown.insert(
+                p.name.to_string(),
+                serde_json::json!({ "path": s, "content": d.to_hex() }),
+            );
         } else {
             kp.insert(p.name.to_string(), KeyParam::Value(v.normalized()));
             shown.insert(p.name.to_string(), v.normalized().to_json());
         }
     }
-    Ok((static_key(&node.kind, node.version, &node.coord, &kp), serde_json::Value::Object(shown)))
+    Ok((
+        static_key(&node.kind, node.version, &node.coord, &kp),
+        serde_json::Value::Object(shown),
+    ))
 }
 
-fn plan_nodes(graph: &NodeGraph, registry: &Registry, store: &Store, reader: Option<&IndexReader>, project_dir: &Path, path_memo: &mut HashMap<PathBuf, Digest>, unreadable_paths_ok: bool) -> Result<Vec<PlannedNode>, EngineError> {
+fn plan_nodes(
+    graph: &NodeGraph,
+    registry: &Registry,
+    store: &Store,
+    reader: Option<&IndexReader>,
+    project_dir: &Path,
+    path_memo: &mut HashMap<PathBuf, Digest>,
+    unreadable_paths_ok: bool,
+) -> Result<Vec<PlannedNode>, EngineError> {
     let mut planned: Vec<PlannedNode> = Vec::with_capacity(graph.nodes.len());
     // Output digests by file name of fresh nodes, for key computation.
     let mut out_digests: Vec<Option<BTreeMap<String, Digest>>> = Vec::with_capacity(graph.nodes.len());
@@ -197,7 +272,14 @@ fn plan_nodes(graph: &NodeGraph, registry: &Registry, store: &Store, reader: Opt
             // Preview only: the node cannot be keyed, so it cannot be fresh; nothing downstream gets a key either.
             Err(EngineError::PathParam { param, error, .. }) if unreadable_paths_ok => {
                 let reason = format!("param `{param}`: {error}: not on this machine (a run needs it)");
-                planned.push(PlannedNode { state: NodeState::Missing, reason, static_key: Digest([0; 32]), key: None, outputs: None, manifest_params: serde_json::Value::Null });
+                planned.push(PlannedNode {
+                    state: NodeState::Missing,
+                    reason,
+                    static_key: Digest([0; 32]),
+                    key: None,
+                    outputs: None,
+                    manifest_params: serde_json::Value::Null,
+                });
                 out_digests.push(None);
                 continue;
             }
@@ -208,7 +290,11 @@ fn plan_nodes(graph: &NodeGraph, registry: &Registry, store: &Store, reader: Opt
         for (iname, ups) in &node.inputs {
             for &u in ups {
                 match &out_digests[u] {
-                    Some(outs) => key_inputs.push(KeyInput { name: iname.as_ref(), coord: &graph.nodes[u].coord, outputs: outs }),
+                    Some(outs) => key_inputs.push(KeyInput {
+                        name: iname.as_ref(),
+                        coord: &graph.nodes[u].coord,
+                        outputs: outs,
+                    }),
                     None => {
                         if unready.is_none() {
                             unready = Some((iname.to_string(), graph.nodes[u].id.clone()));
@@ -217,14 +303,29 @@ fn plan_nodes(graph: &NodeGraph, registry: &Registry, store: &Store, reader: Opt
                 }
             }
         }
-        let mut p = PlannedNode { state: NodeState::Missing, reason: String::new(), static_key: sk, key: None, outputs: None, manifest_params };
+        let mut p = PlannedNode {
+            state: NodeState::Missing,
+            reason: String::new(),
+            static_key: sk,
+            key: None,
+            outputs: None,
+            manifest_params,
+        };
         // The node's previous key is only needed to explain a change, so fresh nodes (the
         // whole of a no-op plan) skip that lookup.
         let latest_of = || store.latest(reader, &node.id);
         if let Some((iname, up)) = unready {
             let latest = latest_of();
-            p.state = if latest.is_some() { NodeState::Stale } else { NodeState::Missing };
-            p.reason = if latest.is_some() { format!("input `{iname}` ({up}) will be recomputed") } else { "never computed".to_string() };
+            p.state = if latest.is_some() {
+                NodeState::Stale
+            } else {
+                NodeState::Missing
+            };
+            p.reason = if latest.is_some() {
+                format!("input `{iname}` ({up}) will be recomputed")
+            } else {
+                "never computed".to_string()
+            };
             planned.push(p);
             out_digests.push(None);
             continue;
@@ -234,7 +335,12 @@ fn plan_nodes(graph: &NodeGraph, registry: &Registry, store: &Store, reader: Opt
         let entry = store.lookup(reader, &key)?;
         match entry {
             Some(e) => {
-                let broken: Vec<&String> = e.outputs.iter().filter(|(_, o)| !store.check_blob_with(reader, &o.digest)).map(|(n, _)| n).collect();
+                let broken: Vec<&String> = e
+                    .outputs
+                    .iter()
+                    .filter(|(_, o)| !store.check_blob_with(reader, &o.digest))
+                    .map(|(n, _)| n)
+                    .collect();
                 if broken.is_empty() {
                     p.state = NodeState::Fresh;
                     // Only needed to build jobs and explain changes: not for fresh nodes.
@@ -243,7 +349,10 @@ fn plan_nodes(graph: &NodeGraph, registry: &Registry, store: &Store, reader: Opt
                     p.outputs = Some(e.outputs);
                 } else {
                     p.state = NodeState::Stale;
-                    p.reason = format!("output `{}` is missing or corrupted", broken.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("`, `"));
+                    p.reason = format!(
+                        "output `{}` is missing or corrupted",
+                        broken.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("`, `")
+                    );
                     out_digests.push(None);
                 }
             }
@@ -268,13 +377,23 @@ fn plan_nodes(graph: &NodeGraph, registry: &Registry, store: &Store, reader: Opt
 
 /// Why a node's key differs from the one it had last time: the params, inputs or code
 /// version that changed.
-fn explain(store: &Store, prev: &Digest, node: &crate::expand::Node, params: &serde_json::Value, inputs: &[KeyInput<'_>], graph: &NodeGraph) -> String {
+fn explain(
+    store: &Store,
+    prev: &Digest,
+    node: &crate::expand::Node,
+    params: &serde_json::Value,
+    inputs: &[KeyInput<'_>],
+    graph: &NodeGraph,
+) -> String {
     let Ok(Some(m)) = store.read_manifest(prev) else {
         return "key changed (previous manifest unavailable)".to_string();
     };
     let mut why = Vec::new();
     if m.stage_version != node.version {
-        why.push(format!("stage `{}` code version {} -> {}", node.kind, m.stage_version, node.version));
+        why.push(format!(
+            "stage `{}` code version {} -> {}",
+            node.kind, m.stage_version, node.version
+        ));
     }
     if m.stage != *node.kind {
         why.push(format!("stage kind {} -> {}", m.stage, node.kind));
@@ -304,7 +423,11 @@ fn explain(store: &Store, prev: &Digest, node: &crate::expand::Node, params: &se
     for (name, ups) in &node.inputs {
         if cur.get(name.as_ref()) != prev_in.get(name.as_ref()) {
             let from: Vec<&str> = ups.iter().take(3).map(|&u| graph.nodes[u].id.as_str()).collect();
-            let more = if ups.len() > 3 { format!(" and {} more", ups.len() - 3) } else { String::new() };
+            let more = if ups.len() > 3 {
+                format!(" and {} more", ups.len() - 3)
+            } else {
+                String::new()
+            };
             why.push(format!("input `{name}` changed ({}{more})", from.join(", ")));
         }
     }
@@ -349,7 +472,12 @@ params = { offset = "${a}" }
         spec.apply_sets(sets).unwrap();
         let store = Store::open(cache).unwrap();
         let p = plan(&spec, &registry, &store, project, &mut HashMap::new()).unwrap();
-        p.graph.nodes.iter().zip(&p.nodes).map(|(n, pn)| (n.id.clone(), pn.key, pn.static_key)).collect()
+        p.graph
+            .nodes
+            .iter()
+            .zip(&p.nodes)
+            .map(|(n, pn)| (n.id.clone(), pn.key, pn.static_key))
+            .collect()
     }
 
     fn project_with(content: &[u8]) -> tempfile::TempDir {

@@ -48,8 +48,18 @@ impl BarReporter {
     /// `tty = false` prints plain lines (at most one per node per `plain_interval`) instead of
     /// drawing bars.
     pub fn with_mode(tty: bool, plain_interval: Duration) -> Self {
-        let target = if tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
-        BarReporter { multi: MultiProgress::with_draw_target(target), bars: Mutex::new(HashMap::new()), nodes: Mutex::new(HashMap::new()), tty, plain_interval }
+        let target = if tty {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        BarReporter {
+            multi: MultiProgress::with_draw_target(target),
+            bars: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(HashMap::new()),
+            tty,
+            plain_interval,
+        }
     }
 
     /// Whether bars are drawn (stderr is a terminal).
@@ -70,7 +80,9 @@ impl Reporter for BarReporter {
             }
         }
         let mut bars = self.bars.lock().unwrap();
-        let style = ProgressStyle::with_template("{prefix:>24.bold} [{bar:30.cyan/blue}] {pos}/{len} {wide_msg}").unwrap().progress_chars("=> ");
+        let style = ProgressStyle::with_template("{prefix:>24.bold} [{bar:30.cyan/blue}] {pos}/{len} {wide_msg}")
+            .unwrap()
+            .progress_chars("=> ");
         for (stage, c) in counts {
             let bar = bars.entry(stage.clone()).or_insert_with(|| {
                 let b = self.multi.add(ProgressBar::new(0));
@@ -111,7 +123,14 @@ impl Reporter for BarReporter {
             stage_bar,
             tty: self.tty,
             interval: self.plain_interval,
-            state: Mutex::new(State { bar: None, len: 0, pos: 0, msg: String::new(), last_line: Instant::now(), closed: false }),
+            state: Mutex::new(State {
+                bar: None,
+                len: 0,
+                pos: 0,
+                msg: String::new(),
+                last_line: Instant::now(),
+                closed: false,
+            }),
         });
         self.nodes.lock().unwrap().insert(node.id.clone(), p.clone());
         p
@@ -156,7 +175,13 @@ impl NodeProgress {
                     Some(stage) => self.multi.insert_after(stage, b),
                     None => self.multi.add(b),
                 };
-                b.set_style(ProgressStyle::with_template("{prefix:>24.dim} [{bar:30.green/white}] {pos}/{len} {per_sec} eta {eta} {wide_msg}").unwrap().progress_chars("=> "));
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>24.dim} [{bar:30.green/white}] {pos}/{len} {per_sec} eta {eta} {wide_msg}",
+                    )
+                    .unwrap()
+                    .progress_chars("=> "),
+                );
                 b.set_prefix(format!("└ {}", short(&self.node, 22)));
                 b
             });
@@ -207,7 +232,11 @@ pub fn plain_line(node: &str, pos: u64, len: u64, msg: &str) -> String {
 /// The last `max` characters of a node id, with `…` in front when cut.
 fn short(id: &str, max: usize) -> String {
     let n = id.chars().count();
-    if n <= max { id.to_string() } else { format!("…{}", id.chars().skip(n - max + 1).collect::<String>()) }
+    if n <= max {
+        id.to_string()
+    } else {
+        format!("…{}", id.chars().skip(n - max + 1).collect::<String>())
+    }
 }
 
 #[cfg(test)]
@@ -216,7 +245,10 @@ mod tests {
 
     #[test]
     fn plain_lines_show_done_total_and_percent() {
-        assert_eq!(plain_line("activations[concept=3]", 120, 450, "145 rows, layer 9"), "activations[concept=3]: 120/450 (26%) 145 rows, layer 9");
+        assert_eq!(
+            plain_line("activations[concept=3]", 120, 450, "145 rows, layer 9"),
+            "activations[concept=3]: 120/450 (26%) 145 rows, layer 9"
+        );
         assert_eq!(plain_line("n", 5, 0, ""), "n: 5");
     }
 

@@ -85,8 +85,15 @@ pub struct Silent;
 impl Reporter for Silent {}
 
 enum Done {
-    Ok { idx: usize, key: Digest, outcome: ExecOutcome },
-    Err { idx: usize, err: ExecError },
+    Ok {
+        idx: usize,
+        key: Digest,
+        outcome: ExecOutcome,
+    },
+    Err {
+        idx: usize,
+        err: ExecError,
+    },
 }
 
 /// Plans and runs `spec` to completion (all waves), or until cancelled.
@@ -123,7 +130,20 @@ pub async fn run(
     loop {
         let p = plan(spec, registry, &store, &opts.project_dir, &mut lists)?;
         reporter.wave(&p);
-        let (learned, complete) = run_wave(&p, &store, &executor, &jobs, &mut classes, &reporter, &cancel, &mut report, &mut lists, &mut done_ids, &mut failed_ids).await?;
+        let (learned, complete) = run_wave(
+            &p,
+            &store,
+            &executor,
+            &jobs,
+            &mut classes,
+            &reporter,
+            &cancel,
+            &mut report,
+            &mut lists,
+            &mut done_ids,
+            &mut failed_ids,
+        )
+        .await?;
         let _ = store.flush_index();
         if cancel.is_cancelled() {
             report.cancelled = true;
@@ -142,14 +162,25 @@ pub async fn run(
     // A node skipped in one wave is skipped again in the next: list it once.
     let mut seen = std::collections::HashSet::new();
     report.skipped.retain(|id| seen.insert(id.clone()));
-    let run_file = if report.cancelled { None } else { Some(store.record_run(&report.keys)?) };
+    let run_file = if report.cancelled {
+        None
+    } else {
+        Some(store.record_run(&report.keys)?)
+    };
     // Every node reached: the next run with an unchanged pipeline can skip planning.
     if report.ok()
         && let Some((nodes, paths)) = record
         && let Some(fresh) = crate::fingerprint::FreshPlan::from_nodes(nodes, paths, &store)
     {
         let same_keys = fresh.keys() == report.keys;
-        crate::fingerprint::save(spec, registry, &store, &opts.project_dir, &fresh, run_file.as_deref().filter(|_| same_keys));
+        crate::fingerprint::save(
+            spec,
+            registry,
+            &store,
+            &opts.project_dir,
+            &fresh,
+            run_file.as_deref().filter(|_| same_keys),
+        );
     }
     Ok(report)
 }
@@ -203,7 +234,9 @@ async fn run_wave(
         }
         remaining[i] = ups.iter().filter(|&&u| p.nodes[u].state != NodeState::Fresh).count();
     }
-    let mut ready: Vec<usize> = (0..n).filter(|&i| p.nodes[i].state != NodeState::Fresh && remaining[i] == 0).collect();
+    let mut ready: Vec<usize> = (0..n)
+        .filter(|&i| p.nodes[i].state != NodeState::Fresh && remaining[i] == 0)
+        .collect();
     ready.reverse();
     let mut running: JoinSet<Done> = JoinSet::new();
     let mut last_flush = Instant::now();
@@ -226,13 +259,26 @@ async fn run_wave(
             let digests: Vec<BTreeMap<String, Digest>> = node
                 .inputs
                 .iter()
-                .flat_map(|(_, ups)| ups.iter().map(|&u| outputs[u].as_ref().expect("inputs done").iter().map(|(k, o)| (k.clone(), o.digest)).collect()))
+                .flat_map(|(_, ups)| {
+                    ups.iter().map(|&u| {
+                        outputs[u]
+                            .as_ref()
+                            .expect("inputs done")
+                            .iter()
+                            .map(|(k, o)| (k.clone(), o.digest))
+                            .collect()
+                    })
+                })
                 .collect();
             let mut key_inputs = Vec::new();
             let mut di = 0;
             for (iname, ups) in &node.inputs {
                 for &u in ups {
-                    key_inputs.push(KeyInput { name: iname.as_ref(), coord: &nodes[u].coord, outputs: &digests[di] });
+                    key_inputs.push(KeyInput {
+                        name: iname.as_ref(),
+                        coord: &nodes[u].coord,
+                        outputs: &digests[di],
+                    });
                     di += 1;
                 }
             }
@@ -240,17 +286,42 @@ async fn run_wave(
             // Early cutoff: the key may already be in the cache.
             let reader = store.reader();
             if let Some(e) = store.lookup(reader.as_ref(), &key)?
-                && e.outputs.values().all(|o| store.check_blob_with(reader.as_ref(), &o.digest)) {
-                    store.note_latest(&node.id, &key);
-                    finish(i, key, e.outputs, false, nodes, &mut outputs, &mut keys, &mut remaining, &dependents, &mut ready, report, done_ids, reporter, lists, store, &mut learned);
-                    continue;
-                }
+                && e.outputs
+                    .values()
+                    .all(|o| store.check_blob_with(reader.as_ref(), &o.digest))
+            {
+                store.note_latest(&node.id, &key);
+                finish(
+                    i,
+                    key,
+                    e.outputs,
+                    false,
+                    nodes,
+                    &mut outputs,
+                    &mut keys,
+                    &mut remaining,
+                    &dependents,
+                    &mut ready,
+                    report,
+                    done_ids,
+                    reporter,
+                    lists,
+                    store,
+                    &mut learned,
+                );
+                continue;
+            }
             let mut inputs: BTreeMap<String, Vec<JobInput>> = BTreeMap::new();
             let mut di = 0;
             for (iname, ups) in &node.inputs {
                 let v = inputs.entry(iname.to_string()).or_default();
                 for &u in ups {
-                    v.push(JobInput { node: nodes[u].id.clone(), coord: nodes[u].coord.clone(), key: keys[u], outputs: digests[di].clone() });
+                    v.push(JobInput {
+                        node: nodes[u].id.clone(),
+                        coord: nodes[u].coord.clone(),
+                        key: keys[u],
+                        outputs: digests[di].clone(),
+                    });
                     di += 1;
                 }
             }
@@ -267,10 +338,22 @@ async fn run_wave(
                 project_dir: p.project_dir.clone(),
                 list_output: node.list_output,
             };
-            let local_resources = if executor.uses_local_resources() { &node.resources } else { &no_resources };
+            let local_resources = if executor.uses_local_resources() {
+                &node.resources
+            } else {
+                &no_resources
+            };
             let needs: Vec<(Arc<Semaphore>, u32)> = local_resources
                 .iter()
-                .map(|(c, k)| (classes.entry(c.clone()).or_insert_with(|| Arc::new(Semaphore::new(1))).clone(), *k))
+                .map(|(c, k)| {
+                    (
+                        classes
+                            .entry(c.clone())
+                            .or_insert_with(|| Arc::new(Semaphore::new(1)))
+                            .clone(),
+                        *k,
+                    )
+                })
                 .collect();
             let jobs = jobs.clone();
             let executor = executor.clone();
@@ -286,7 +369,10 @@ async fn run_wave(
                 }
                 let _slot = jobs.acquire_owned().await.expect("semaphore open");
                 if cancel.is_cancelled() {
-                    return Done::Err { idx: i, err: ExecError::Cancelled };
+                    return Done::Err {
+                        idx: i,
+                        err: ExecError::Cancelled,
+                    };
                 }
                 reporter2.started(&node2);
                 let res = tokio::task::spawn_blocking(move || executor.execute(&job, &cancel, progress)).await;
@@ -294,7 +380,13 @@ async fn run_wave(
                 match res {
                     Ok(Ok(outcome)) => Done::Ok { idx: i, key, outcome },
                     Ok(Err(err)) => Done::Err { idx: i, err },
-                    Err(join) => Done::Err { idx: i, err: ExecError::Failed { message: format!("executor panicked: {join}"), log: PathBuf::new() } },
+                    Err(join) => Done::Err {
+                        idx: i,
+                        err: ExecError::Failed {
+                            message: format!("executor panicked: {join}"),
+                            log: PathBuf::new(),
+                        },
+                    },
                 }
             });
         }
@@ -306,7 +398,24 @@ async fn run_wave(
                 let outs = match outcome {
                     ExecOutcome::Computed { outputs, .. } | ExecOutcome::Cached { outputs } => outputs,
                 };
-                finish(idx, key, outs, computed, nodes, &mut outputs, &mut keys, &mut remaining, &dependents, &mut ready, report, done_ids, reporter, lists, store, &mut learned);
+                finish(
+                    idx,
+                    key,
+                    outs,
+                    computed,
+                    nodes,
+                    &mut outputs,
+                    &mut keys,
+                    &mut remaining,
+                    &dependents,
+                    &mut ready,
+                    report,
+                    done_ids,
+                    reporter,
+                    lists,
+                    store,
+                    &mut learned,
+                );
             }
             Done::Err { idx, err } => match err {
                 ExecError::Cancelled => {
@@ -316,13 +425,21 @@ async fn run_wave(
                     reporter.finished(&nodes[idx], "failed");
                     tracing::error!(node = %nodes[idx].id, "failed: {message}");
                     failed_ids.insert(nodes[idx].id.clone());
-                    report.failed.push(Failure { node: nodes[idx].id.clone(), error: message, log: (!log.as_os_str().is_empty()).then_some(log) });
+                    report.failed.push(Failure {
+                        node: nodes[idx].id.clone(),
+                        error: message,
+                        log: (!log.as_os_str().is_empty()).then_some(log),
+                    });
                     skip_dependents(idx, &dependents, &mut dead, nodes, report);
                 }
                 ExecError::Store(e) => {
                     reporter.finished(&nodes[idx], "failed");
                     failed_ids.insert(nodes[idx].id.clone());
-                    report.failed.push(Failure { node: nodes[idx].id.clone(), error: e.to_string(), log: None });
+                    report.failed.push(Failure {
+                        node: nodes[idx].id.clone(),
+                        error: e.to_string(),
+                        log: None,
+                    });
                     skip_dependents(idx, &dependents, &mut dead, nodes, report);
                 }
             },
@@ -337,8 +454,24 @@ async fn run_wave(
     let complete = (0..n)
         .map(|i| {
             let outs = outputs[i].as_ref()?;
-            let outputs = outs.iter().map(|(name, e)| (names.entry(name.clone()).or_insert_with(|| Arc::from(name.as_str())).clone(), e.clone())).collect();
-            Some(FreshNode { id: nodes[i].id.clone(), stage: nodes[i].stage.clone(), key: keys[i]?, outputs })
+            let outputs = outs
+                .iter()
+                .map(|(name, e)| {
+                    (
+                        names
+                            .entry(name.clone())
+                            .or_insert_with(|| Arc::from(name.as_str()))
+                            .clone(),
+                        e.clone(),
+                    )
+                })
+                .collect();
+            Some(FreshNode {
+                id: nodes[i].id.clone(),
+                stage: nodes[i].stage.clone(),
+                key: keys[i]?,
+                outputs,
+            })
         })
         .collect::<Option<Vec<FreshNode>>>();
     Ok((learned, complete))
@@ -364,11 +497,13 @@ fn finish(
     learned: &mut bool,
 ) {
     let node = &nodes[i];
-    if node.list_output && !lists.contains_key(&node.id)
-        && let Some(items) = read_list(store, &outs) {
-            lists.insert(node.id.clone(), items);
-            *learned = true;
-        }
+    if node.list_output
+        && !lists.contains_key(&node.id)
+        && let Some(items) = read_list(store, &outs)
+    {
+        lists.insert(node.id.clone(), items);
+        *learned = true;
+    }
     outputs[i] = Some(outs);
     keys[i] = Some(key);
     report.keys.push(key);
@@ -440,14 +575,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
         let exec = Arc::new(crate::LocalExecutor::new(registry.clone(), store.clone()));
-        let opts = RunOptions { jobs, project_dir: dir.path().to_path_buf() };
-        run(&spec, &registry, store, exec, &opts, Arc::new(Silent), CancelFlag::new()).await.unwrap()
+        let opts = RunOptions {
+            jobs,
+            project_dir: dir.path().to_path_buf(),
+        };
+        run(
+            &spec,
+            &registry,
+            store,
+            exec,
+            &opts,
+            Arc::new(Silent),
+            CancelFlag::new(),
+        )
+        .await
+        .unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn resource_classes_keep_gpu_stages_apart_while_others_run_in_parallel() {
         let (now, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let registry = toy::register(Registry::new()).register(Box::new(Gpu { now: now.clone(), max: max.clone() }));
+        let registry = toy::register(Registry::new()).register(Box::new(Gpu {
+            now: now.clone(),
+            max: max.clone(),
+        }));
         let text = r#"
 [stages.g]
 kind = "test.gpu"
@@ -465,7 +616,11 @@ params = { ms = 30, value = "${i}" }
         assert_eq!(report.computed.len(), 12);
         assert_eq!(max.load(Ordering::SeqCst), 1, "two gpu stages overlapped");
         // 6 × 30 ms of GPU work is serialized, so this cannot be faster.
-        assert!(started.elapsed() >= Duration::from_millis(6 * 30), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_millis(6 * 30),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,7 +630,10 @@ params = { ms = 30, value = "${i}" }
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
         let exec = Arc::new(crate::LocalExecutor::new(registry.clone(), store.clone()));
-        let opts = RunOptions { jobs: 4, project_dir: dir.path().to_path_buf() };
+        let opts = RunOptions {
+            jobs: 4,
+            project_dir: dir.path().to_path_buf(),
+        };
         let cancel = CancelFlag::new();
         let c2 = cancel.clone();
         tokio::spawn(async move {
@@ -483,11 +641,21 @@ params = { ms = 30, value = "${i}" }
             c2.cancel();
         });
         let started = Instant::now();
-        let report = run(&spec, &registry, store.clone(), exec, &opts, Arc::new(Silent), cancel).await.unwrap();
+        let report = run(&spec, &registry, store.clone(), exec, &opts, Arc::new(Silent), cancel)
+            .await
+            .unwrap();
         assert!(report.cancelled);
         assert!(report.computed.is_empty());
-        assert!(started.elapsed() < Duration::from_millis(1500), "stages did not stop: {:?}", started.elapsed());
-        assert_eq!(std::fs::read_dir(dir.path().join("cache/tmp")).unwrap().count(), 0, "staging left behind");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "stages did not stop: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("cache/tmp")).unwrap().count(),
+            0,
+            "staging left behind"
+        );
         assert!(store.manifest_keys().is_empty());
     }
 }

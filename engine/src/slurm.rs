@@ -97,7 +97,12 @@ impl SlurmOptions {
 
     /// Rejects values that cannot be passed to sbatch safely. `Err((".field", message))`.
     pub fn check(&self) -> Result<(), (String, String)> {
-        let strings = [("partition", &self.partition), ("gres", &self.gres), ("time", &self.time), ("mem", &self.mem)];
+        let strings = [
+            ("partition", &self.partition),
+            ("gres", &self.gres),
+            ("time", &self.time),
+            ("mem", &self.mem),
+        ];
         for (field, v) in strings {
             if let Some(v) = v {
                 check_value(v).map_err(|m| (format!(".{field}"), m))?;
@@ -135,12 +140,16 @@ fn check_value(v: &str) -> Result<(), String> {
 }
 
 fn check_option_name(k: &str) -> Result<(), String> {
-    let ok = !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') && k.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+    let ok = !k.is_empty()
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && k.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
     if !ok {
         return Err(format!("`{k}` is not an sbatch option name (letters, digits, `-`)"));
     }
     // These are how the executor itself runs a batch: changing them would break it.
-    const OURS: &[&str] = &["array", "output", "error", "parsable", "chdir", "wrap", "job-name", "export"];
+    const OURS: &[&str] = &[
+        "array", "output", "error", "parsable", "chdir", "wrap", "job-name", "export",
+    ];
     if OURS.contains(&k) {
         return Err(format!("`--{k}` is set by the Slurm executor itself"));
     }
@@ -236,7 +245,11 @@ impl StageRequest {
             a.push(format!("--mem={v}"));
         }
         for (k, v) in &o.options {
-            a.push(if v.is_empty() { format!("--{k}") } else { format!("--{k}={v}") });
+            a.push(if v.is_empty() {
+                format!("--{k}")
+            } else {
+                format!("--{k}={v}")
+            });
         }
         a.push(batch_dir.join("job.sh").display().to_string());
         a
@@ -253,8 +266,14 @@ pub fn job_spec_path(store: &Store, key: &Digest) -> PathBuf {
 /// Writes a node's job spec into the cache (atomically), for `axbench exec-node` to replay.
 pub fn write_job_spec(store: &Store, job: &NodeJob) -> Result<PathBuf, StoreError> {
     let path = job_spec_path(store, &job.key);
-    let bytes = serde_json::to_vec_pretty(job).map_err(|source| StoreError::Manifest { path: path.clone(), source })?;
-    write_atomic(&path, &bytes).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+    let bytes = serde_json::to_vec_pretty(job).map_err(|source| StoreError::Manifest {
+        path: path.clone(),
+        source,
+    })?;
+    write_atomic(&path, &bytes).map_err(|source| StoreError::Io {
+        path: path.clone(),
+        source,
+    })?;
     Ok(path)
 }
 
@@ -268,7 +287,11 @@ pub enum JobSpecError {
     #[error("{path}: not a job spec: {source}")]
     Parse { path: PathBuf, source: serde_json::Error },
     #[error("{path}: field `key` is {found}, but the file is named after {expected}")]
-    KeyMismatch { path: PathBuf, found: Digest, expected: Digest },
+    KeyMismatch {
+        path: PathBuf,
+        found: Digest,
+        expected: Digest,
+    },
 }
 
 /// Reads the job spec of `key` back.
@@ -279,9 +302,16 @@ pub fn read_job_spec(store: &Store, key: &Digest) -> Result<NodeJob, JobSpecErro
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(JobSpecError::Missing { path }),
         Err(source) => return Err(JobSpecError::Io { path, source }),
     };
-    let job: NodeJob = serde_json::from_slice(&bytes).map_err(|source| JobSpecError::Parse { path: path.clone(), source })?;
+    let job: NodeJob = serde_json::from_slice(&bytes).map_err(|source| JobSpecError::Parse {
+        path: path.clone(),
+        source,
+    })?;
     if job.key != *key {
-        return Err(JobSpecError::KeyMismatch { path, found: job.key, expected: *key });
+        return Err(JobSpecError::KeyMismatch {
+            path,
+            found: job.key,
+            expected: *key,
+        });
     }
     Ok(job)
 }
@@ -313,12 +343,28 @@ pub enum TaskState {
 
 /// Parses `squeue -h -r -t all -o %i|%T` output into `"job_task"` (or `"job"`) → state.
 pub fn parse_squeue(out: &str) -> HashMap<String, TaskState> {
-    const ENDED: &[&str] = &["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED", "SPECIAL_EXIT", "REVOKED"];
+    const ENDED: &[&str] = &[
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "PREEMPTED",
+        "SPECIAL_EXIT",
+        "REVOKED",
+    ];
     out.lines()
         .filter_map(|l| {
             let (id, state) = l.trim().split_once('|')?;
             let state = state.split_whitespace().next().unwrap_or("").to_string();
-            let st = if ENDED.contains(&state.as_str()) { TaskState::Ended(state) } else { TaskState::Alive(state) };
+            let st = if ENDED.contains(&state.as_str()) {
+                TaskState::Ended(state)
+            } else {
+                TaskState::Alive(state)
+            };
             Some((id.trim().to_string(), st))
         })
         .collect()
@@ -346,7 +392,10 @@ fn squeue(job_ids: &[String]) -> Result<HashMap<String, TaskState>, String> {
 
 /// Whether a Slurm cluster answers here (`sinfo` works): the tests' skip condition.
 pub fn cluster_reachable() -> Result<(), String> {
-    let out = Command::new("sinfo").args(["-h", "-o", "%T"]).output().map_err(|e| format!("sinfo: {e}"))?;
+    let out = Command::new("sinfo")
+        .args(["-h", "-o", "%T"])
+        .output()
+        .map_err(|e| format!("sinfo: {e}"))?;
     if !out.status.success() {
         return Err(format!("sinfo failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
@@ -392,11 +441,21 @@ struct SubmitRecord<'a> {
 /// How an array task ended, as the manager tells the waiting `execute` call.
 enum TaskEnd {
     /// The exit file says `code`.
-    Exit { code: i32, status: String, log: PathBuf },
+    Exit {
+        code: i32,
+        status: String,
+        log: PathBuf,
+    },
     /// squeue no longer lists it and it left no exit file.
-    Lost { state: String, log: PathBuf },
+    Lost {
+        state: String,
+        log: PathBuf,
+    },
     /// sbatch failed.
-    NotSubmitted { message: String, log: PathBuf },
+    NotSubmitted {
+        message: String,
+        log: PathBuf,
+    },
     Cancelled,
 }
 
@@ -468,15 +527,31 @@ impl SlurmExecutor {
     pub fn new(cfg: SlurmConfig, store: Arc<Store>, spec: &PipelineSpec, registry: &Registry) -> SlurmExecutor {
         let mut stages = HashMap::new();
         for (name, s) in &spec.stages {
-            let mut resources: BTreeMap<String, u32> = registry.get(&s.kind.value).map(|k| k.resources().into_iter().map(|(c, n)| (c.to_string(), n)).collect()).unwrap_or_default();
+            let mut resources: BTreeMap<String, u32> = registry
+                .get(&s.kind.value)
+                .map(|k| k.resources().into_iter().map(|(c, n)| (c.to_string(), n)).collect())
+                .unwrap_or_default();
             resources.extend(s.resources.iter().map(|(c, n)| (c.clone(), n.value)));
             stages.insert(name.clone(), StageRequest::resolve(&cfg, &s.slurm, &resources));
         }
-        let inner = Arc::new(Inner { cfg, store, stages, state: Mutex::new(State::default()), wake: Condvar::new(), batch_counter: AtomicU64::new(0) });
+        let inner = Arc::new(Inner {
+            cfg,
+            store,
+            stages,
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            batch_counter: AtomicU64::new(0),
+        });
         inner.forget_finished_records();
         let i2 = inner.clone();
-        let manager = std::thread::Builder::new().name("slurm-manager".into()).spawn(move || i2.manage()).expect("spawn the slurm manager thread");
-        SlurmExecutor { inner, manager: Some(manager) }
+        let manager = std::thread::Builder::new()
+            .name("slurm-manager".into())
+            .spawn(move || i2.manage())
+            .expect("spawn the slurm manager thread");
+        SlurmExecutor {
+            inner,
+            manager: Some(manager),
+        }
     }
 
     /// What was submitted and re-attached so far.
@@ -507,7 +582,12 @@ impl Drop for SlurmExecutor {
 }
 
 impl Executor for SlurmExecutor {
-    fn execute(&self, job: &NodeJob, cancel: &CancelFlag, _progress: Arc<dyn ProgressSink>) -> Result<ExecOutcome, ExecError> {
+    fn execute(
+        &self,
+        job: &NodeJob,
+        cancel: &CancelFlag,
+        _progress: Arc<dyn ProgressSink>,
+    ) -> Result<ExecOutcome, ExecError> {
         let inner = &self.inner;
         let store = &inner.store;
         // Computed since the plan (by a job an earlier engine submitted)?
@@ -527,7 +607,10 @@ impl Executor for SlurmExecutor {
                 if st.cancelled {
                     return Err(ExecError::Cancelled);
                 }
-                st.queue.entry(job.stage.clone()).or_default().push(Queued { job: job.clone(), tx });
+                st.queue
+                    .entry(job.stage.clone())
+                    .or_default()
+                    .push(Queued { job: job.clone(), tx });
                 st.queued_since.get_or_insert_with(Instant::now);
                 inner.wake.notify_all();
             }
@@ -542,7 +625,10 @@ impl Executor for SlurmExecutor {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(ExecError::Failed { message: "the Slurm executor stopped watching this node".into(), log: inner.record_path(&job.key) });
+                    return Err(ExecError::Failed {
+                        message: "the Slurm executor stopped watching this node".into(),
+                        log: inner.record_path(&job.key),
+                    });
                 }
             }
         }
@@ -576,7 +662,9 @@ impl Inner {
         let store = &self.store;
         let reader = store.reader();
         if let Some(e) = store.lookup(reader.as_ref(), key)?
-            && e.outputs.values().all(|o| store.check_blob_with(reader.as_ref(), &o.digest))
+            && e.outputs
+                .values()
+                .all(|o| store.check_blob_with(reader.as_ref(), &o.digest))
         {
             return Ok(Some(e.outputs));
         }
@@ -600,8 +688,12 @@ impl Inner {
     /// Looks for a task an earlier engine submitted for this key.
     fn reattach(&self, job: &NodeJob, tx: mpsc::Sender<TaskEnd>) -> Reattach {
         let path = self.record_path(&job.key);
-        let Ok(bytes) = std::fs::read(&path) else { return Reattach::No };
-        let Ok(rec) = serde_json::from_slice::<TaskRecord>(&bytes) else { return Reattach::No };
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Reattach::No;
+        };
+        let Ok(rec) = serde_json::from_slice::<TaskRecord>(&bytes) else {
+            return Reattach::No;
+        };
         let batch_dir = self.slurm_dir().join("batches").join(&rec.batch);
         let mut st = self.state.lock().unwrap();
         if st.inflight.values().any(|t| t.key == job.key) {
@@ -609,11 +701,23 @@ impl Inner {
             // submission waits on the node lock and then finds it cached.
             return Reattach::No;
         }
-        let task = InFlight { key: job.key, job_id: rec.job_id, batch_dir, index: rec.index, tx, reattached: Some(job.clone()), gone: None };
+        let task = InFlight {
+            key: job.key,
+            job_id: rec.job_id,
+            batch_dir,
+            index: rec.index,
+            tx,
+            reattached: Some(job.clone()),
+            gone: None,
+        };
         if let Some((code, status)) = read_exit_file(&task.exit_path()) {
             // It finished. A success is collected (and verified); a failure is retried.
             if code == 0 {
-                return Reattach::Finished(TaskEnd::Exit { code, status, log: task.log_path() });
+                return Reattach::Finished(TaskEnd::Exit {
+                    code,
+                    status,
+                    log: task.log_path(),
+                });
             }
             return Reattach::No;
         }
@@ -633,12 +737,17 @@ impl Inner {
             TaskEnd::Cancelled => Err(ExecError::Cancelled),
             TaskEnd::NotSubmitted { message, log } => Err(ExecError::Failed { message, log }),
             TaskEnd::Lost { state, log } => Err(ExecError::Failed {
-                message: format!("the Slurm task ended ({state}) without an exit code: a time or memory limit, scancel or a node failure"),
+                message: format!(
+                    "the Slurm task ended ({state}) without an exit code: a time or memory limit, scancel or a node failure"
+                ),
                 log,
             }),
             TaskEnd::Exit { code, log, .. } if code != 0 => {
                 let why = last_error_line(&log).unwrap_or_else(|| describe_code(code));
-                Err(ExecError::Failed { message: format!("exec-node exited with code {code}: {why}"), log })
+                Err(ExecError::Failed {
+                    message: format!("exec-node exited with code {code}: {why}"),
+                    log,
+                })
             }
             TaskEnd::Exit { status, log, .. } => {
                 let store = &self.store;
@@ -649,7 +758,13 @@ impl Inner {
                 // Verification: every output re-hashed here, on the engine's view of the files.
                 for (name, o) in &m.outputs {
                     if !store.check_blob(&o.digest) {
-                        return Err(ExecError::Failed { message: format!("output `{name}` ({}) is missing or does not match its digest", o.digest.short()), log });
+                        return Err(ExecError::Failed {
+                            message: format!(
+                                "output `{name}` ({}) is missing or does not match its digest",
+                                o.digest.short()
+                            ),
+                            log,
+                        });
                     }
                 }
                 let _ = store.lookup(None, &job.key);
@@ -658,7 +773,10 @@ impl Inner {
                 if status == "cached" {
                     Ok(ExecOutcome::Cached { outputs: m.outputs })
                 } else {
-                    Ok(ExecOutcome::Computed { outputs: m.outputs, duration_ms: m.duration_ms })
+                    Ok(ExecOutcome::Computed {
+                        outputs: m.outputs,
+                        duration_ms: m.duration_ms,
+                    })
                 }
             }
         }
@@ -674,7 +792,8 @@ impl Inner {
             let mut ids: Vec<String> = st.inflight.values().map(|t| t.job_id.clone()).collect();
             ids.sort();
             ids.dedup();
-            let mut waiting: Vec<mpsc::Sender<TaskEnd>> = st.queue.values_mut().flat_map(|q| q.drain(..).map(|q| q.tx)).collect();
+            let mut waiting: Vec<mpsc::Sender<TaskEnd>> =
+                st.queue.values_mut().flat_map(|q| q.drain(..).map(|q| q.tx)).collect();
             for (_, t) in st.inflight.drain() {
                 let _ = std::fs::remove_file(self.record_path(&t.key));
                 waiting.push(t.tx);
@@ -685,7 +804,11 @@ impl Inner {
             tracing::warn!("cancelling Slurm jobs {}", ids.join(","));
             match Command::new("scancel").args(&ids).output() {
                 Ok(o) if o.status.success() => {}
-                Ok(o) => tracing::error!("scancel {}: {}", ids.join(" "), String::from_utf8_lossy(&o.stderr).trim()),
+                Ok(o) => tracing::error!(
+                    "scancel {}: {}",
+                    ids.join(" "),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
                 Err(e) => tracing::error!("cannot run scancel: {e}"),
             }
         }
@@ -744,9 +867,19 @@ impl Inner {
 
     fn poll_exit_files(&self) {
         // Stat the files without holding the lock (a network filesystem may be slow).
-        let paths: Vec<(u64, PathBuf)> = self.state.lock().unwrap().inflight.iter().map(|(id, t)| (*id, t.exit_path())).collect();
+        let paths: Vec<(u64, PathBuf)> = self
+            .state
+            .lock()
+            .unwrap()
+            .inflight
+            .iter()
+            .map(|(id, t)| (*id, t.exit_path()))
+            .collect();
         // Written atomically, but a network filesystem may show the name before the bytes.
-        let ended: Vec<(u64, i32, String)> = paths.into_iter().filter_map(|(id, p)| read_exit_file(&p).map(|(code, status)| (id, code, status))).collect();
+        let ended: Vec<(u64, i32, String)> = paths
+            .into_iter()
+            .filter_map(|(id, p)| read_exit_file(&p).map(|(code, status)| (id, code, status)))
+            .collect();
         let mut st = self.state.lock().unwrap();
         for (id, code, status) in ended {
             let Some(t) = st.inflight.remove(&id) else { continue };
@@ -754,11 +887,20 @@ impl Inner {
                 b.0 -= 1;
                 b.1 |= code != 0;
             }
-            let _ = t.tx.send(TaskEnd::Exit { code, status, log: t.log_path() });
+            let _ = t.tx.send(TaskEnd::Exit {
+                code,
+                status,
+                log: t.log_path(),
+            });
         }
         // A batch whose every task succeeded leaves nothing worth keeping (the node logs are
         // in logs/); a batch with a failure keeps its Slurm logs, which the report points at.
-        let finished: Vec<PathBuf> = st.batches.iter().filter(|(_, (left, failed))| *left == 0 && !failed).map(|(d, _)| d.clone()).collect();
+        let finished: Vec<PathBuf> = st
+            .batches
+            .iter()
+            .filter(|(_, (left, failed))| *left == 0 && !failed)
+            .map(|(d, _)| d.clone())
+            .collect();
         for d in finished {
             st.batches.remove(&d);
             let _ = std::fs::remove_dir_all(&d);
@@ -792,7 +934,8 @@ impl Inner {
                     t.gone.get_or_insert_with(|| (Instant::now(), s.clone()));
                 }
                 None => {
-                    t.gone.get_or_insert_with(|| (Instant::now(), "no longer known to Slurm".into()));
+                    t.gone
+                        .get_or_insert_with(|| (Instant::now(), "no longer known to Slurm".into()));
                 }
             }
             if let Some((since, _)) = &t.gone
@@ -839,7 +982,10 @@ impl Inner {
         let fail_all = |items: Vec<Queued>, message: String, log: PathBuf| {
             tracing::error!("{message}");
             for q in items {
-                let _ = q.tx.send(TaskEnd::NotSubmitted { message: message.clone(), log: log.clone() });
+                let _ = q.tx.send(TaskEnd::NotSubmitted {
+                    message: message.clone(),
+                    log: log.clone(),
+                });
             }
         };
         let default_req;
@@ -852,7 +998,11 @@ impl Inner {
         };
         let args = req.sbatch_args(&format!("axb-{stage}"), items.len(), &batch_dir);
         if let Err(e) = self.write_batch(&batch_dir, stage, &items) {
-            return fail_all(items, format!("cannot write Slurm batch {}: {e}", batch_dir.display()), batch_dir);
+            return fail_all(
+                items,
+                format!("cannot write Slurm batch {}: {e}", batch_dir.display()),
+                batch_dir,
+            );
         }
         let out = Command::new("sbatch").args(&args).output();
         let job_id = match out {
@@ -867,12 +1017,22 @@ impl Inner {
                 let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
                 return fail_all(items, format!("sbatch {} failed: {err}", args.join(" ")), log);
             }
-            Err(e) => return fail_all(items, format!("cannot run sbatch (is Slurm installed here?): {e}"), batch_dir),
+            Err(e) => {
+                return fail_all(
+                    items,
+                    format!("cannot run sbatch (is Slurm installed here?): {e}"),
+                    batch_dir,
+                );
+            }
         };
         if job_id.is_empty() || !job_id.chars().all(|c| c.is_ascii_digit()) {
             return fail_all(items, format!("sbatch printed no job id ({job_id:?})"), batch_dir);
         }
-        tracing::info!("submitted {} node(s) of stage {stage} as Slurm job {job_id}: sbatch {}", items.len(), args.join(" "));
+        tracing::info!(
+            "submitted {} node(s) of stage {stage} as Slurm job {job_id}: sbatch {}",
+            items.len(),
+            args.join(" ")
+        );
         let rec = SubmitRecord {
             job_id: &job_id,
             stage,
@@ -882,7 +1042,10 @@ impl Inner {
             submitted_unix_ms: axbench_cache_unix_ms(),
             host: crate::executor::hostname(),
         };
-        let _ = write_atomic(&batch_dir.join("submit.json"), &serde_json::to_vec_pretty(&rec).expect("serializes"));
+        let _ = write_atomic(
+            &batch_dir.join("submit.json"),
+            &serde_json::to_vec_pretty(&rec).expect("serializes"),
+        );
         let mut st = self.state.lock().unwrap();
         st.stats.arrays += 1;
         st.stats.tasks += items.len();
@@ -890,11 +1053,30 @@ impl Inner {
         st.batches.insert(batch_dir.clone(), (items.len(), false));
         let cancelled = st.cancelled;
         for (index, q) in items.into_iter().enumerate() {
-            let rec = TaskRecord { job_id: job_id.clone(), batch: batch.clone(), index, node: q.job.node.clone() };
-            let _ = write_atomic(&self.record_path(&q.job.key), &serde_json::to_vec(&rec).expect("serializes"));
+            let rec = TaskRecord {
+                job_id: job_id.clone(),
+                batch: batch.clone(),
+                index,
+                node: q.job.node.clone(),
+            };
+            let _ = write_atomic(
+                &self.record_path(&q.job.key),
+                &serde_json::to_vec(&rec).expect("serializes"),
+            );
             st.next_task += 1;
             let id = st.next_task;
-            st.inflight.insert(id, InFlight { key: q.job.key, job_id: job_id.clone(), batch_dir: batch_dir.clone(), index, tx: q.tx, reattached: None, gone: None });
+            st.inflight.insert(
+                id,
+                InFlight {
+                    key: q.job.key,
+                    job_id: job_id.clone(),
+                    batch_dir: batch_dir.clone(),
+                    index,
+                    tx: q.tx,
+                    reattached: None,
+                    gone: None,
+                },
+            );
         }
         drop(st);
         if cancelled {
@@ -952,7 +1134,9 @@ pub fn shell_quote(s: &str) -> String {
 
 fn last_error_line(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
-    text.lines().rev().find_map(|l| l.trim().strip_prefix("error:").map(|m| m.trim().to_string()))
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error:").map(|m| m.trim().to_string()))
 }
 
 fn describe_code(code: i32) -> String {
@@ -965,7 +1149,10 @@ fn describe_code(code: i32) -> String {
 }
 
 fn axbench_cache_unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[allow(dead_code)]
@@ -977,7 +1164,12 @@ fn _assert_send_sync() {
 /// The batch dirs under `<cache>/slurm/batches/`, oldest first (what is left of submitted
 /// arrays: batches whose every task succeeded are removed).
 pub fn submitted_batches(store: &Store) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(store.root().join("slurm").join("batches")).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(store.root().join("slurm").join("batches"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     v.sort();
     v
 }
@@ -1002,20 +1194,32 @@ pub const SLURM_FILES_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// batch dir older than `max_age` (a task that has not finished in that time is gone). A run in
 /// flight only has younger files, so it is never disturbed.
 pub fn gc_files(store: &Store, max_age: Duration) -> SlurmGc {
-    let old = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > max_age);
+    let old = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > max_age)
+    };
     let per_key = |dir: PathBuf| -> usize {
         let mut n = 0;
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let path = e.path();
             let name = e.file_name().to_string_lossy().to_string();
-            let Some(key) = name.strip_suffix(".json").and_then(|h| h.parse::<Digest>().ok()) else { continue };
+            let Some(key) = name.strip_suffix(".json").and_then(|h| h.parse::<Digest>().ok()) else {
+                continue;
+            };
             if (store.manifest_path(&key).exists() || old(&path)) && std::fs::remove_file(&path).is_ok() {
                 n += 1;
             }
         }
         n
     };
-    let mut r = SlurmGc { job_specs: per_key(store.root().join("jobs")), task_records: per_key(store.root().join("slurm").join("keys")), batches: 0 };
+    let mut r = SlurmGc {
+        job_specs: per_key(store.root().join("jobs")),
+        task_records: per_key(store.root().join("slurm").join("keys")),
+        batches: 0,
+    };
     for batch in submitted_batches(store) {
         if old(&batch) && std::fs::remove_dir_all(&batch).is_ok() {
             r.batches += 1;
@@ -1037,7 +1241,12 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, b"{}").unwrap();
             if old {
-                std::fs::File::options().append(true).open(&p).unwrap().set_modified(long_ago).unwrap();
+                std::fs::File::options()
+                    .append(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(long_ago)
+                    .unwrap();
             }
             p
         };
@@ -1048,9 +1257,18 @@ mod tests {
         let mut kept = Vec::new();
         let mut gone = Vec::new();
         for sub in ["jobs", "slurm/keys"] {
-            gone.push(write(store.root().join(sub).join(format!("{}.json", done.to_hex())), false));
-            kept.push(write(store.root().join(sub).join(format!("{}.json", young.to_hex())), false));
-            gone.push(write(store.root().join(sub).join(format!("{}.json", stale.to_hex())), true));
+            gone.push(write(
+                store.root().join(sub).join(format!("{}.json", done.to_hex())),
+                false,
+            ));
+            kept.push(write(
+                store.root().join(sub).join(format!("{}.json", young.to_hex())),
+                false,
+            ));
+            gone.push(write(
+                store.root().join(sub).join(format!("{}.json", stale.to_hex())),
+                true,
+            ));
         }
         kept.push(write(store.root().join("jobs/notes.txt"), true)); // not ours: left alone
         let young_batch = write(store.root().join("slurm/batches/0001-a/job.sh"), false);
@@ -1058,7 +1276,14 @@ mod tests {
         write(old_batch.join("task-0.log"), true);
         std::fs::File::open(&old_batch).unwrap().set_modified(long_ago).unwrap();
         let r = gc_files(&store, SLURM_FILES_AGE);
-        assert_eq!(r, SlurmGc { job_specs: 2, task_records: 2, batches: 1 });
+        assert_eq!(
+            r,
+            SlurmGc {
+                job_specs: 2,
+                task_records: 2,
+                batches: 1
+            }
+        );
         assert!(kept.iter().chain([&young_batch]).all(|p| p.exists()));
         assert!(gone.iter().chain([&old_batch]).all(|p| !p.exists()));
         assert!(store.manifest_path(&done).exists());
@@ -1099,11 +1324,26 @@ mod tests {
     #[test]
     fn a_stage_table_overrides_the_run_defaults() {
         let c = cfg();
-        let stage = SlurmOptions { gres: Some("gpu:a100:2".into()), time: Some("2:00:00".into()), array_limit: Some(4), cpus_per_task: Some(8), options: [("account".into(), "proj2".into()), ("exclusive".into(), String::new())].into(), ..Default::default() };
+        let stage = SlurmOptions {
+            gres: Some("gpu:a100:2".into()),
+            time: Some("2:00:00".into()),
+            array_limit: Some(4),
+            cpus_per_task: Some(8),
+            options: [("account".into(), "proj2".into()), ("exclusive".into(), String::new())].into(),
+            ..Default::default()
+        };
         // A gres set on the stage applies even though the stage holds no GPU class.
         let r = StageRequest::resolve(&c, &stage, &BTreeMap::new());
         let a = r.sbatch_args("x", 10, Path::new("/b"));
-        for want in ["--gres=gpu:a100:2", "--time=2:00:00", "--array=0-9%4", "--cpus-per-task=8", "--account=proj2", "--exclusive", "--partition=main"] {
+        for want in [
+            "--gres=gpu:a100:2",
+            "--time=2:00:00",
+            "--array=0-9%4",
+            "--cpus-per-task=8",
+            "--account=proj2",
+            "--exclusive",
+            "--partition=main",
+        ] {
             assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
         }
         assert!(!a.contains(&"--account=proj1".to_string()));
@@ -1112,13 +1352,20 @@ mod tests {
     #[test]
     fn options_that_would_break_the_executor_are_refused() {
         let mut o = SlurmOptions::default();
-        assert!(o.parse_opt("array=0-3").unwrap_err().contains("set by the Slurm executor"));
+        assert!(
+            o.parse_opt("array=0-3")
+                .unwrap_err()
+                .contains("set by the Slurm executor")
+        );
         assert!(o.parse_opt("--output=x").is_err());
         assert!(o.parse_opt("qos=a\nb").unwrap_err().contains("control character"));
         assert!(o.parse_opt("bad name=1").is_err());
         o.parse_opt("--qos=long").unwrap();
         assert_eq!(o.options["qos"], "long");
-        let bad = SlurmOptions { array_limit: Some(0), ..Default::default() };
+        let bad = SlurmOptions {
+            array_limit: Some(0),
+            ..Default::default()
+        };
         assert_eq!(bad.check().unwrap_err().0, ".array_limit");
     }
 
@@ -1133,9 +1380,19 @@ mod tests {
         assert_eq!(s.gres.as_deref(), Some("gpu:1"));
         assert_eq!(s.time.as_deref(), Some("2:00:00"));
         assert_eq!(s.options["qos"], "long");
-        let err = PipelineSpec::parse("p.toml", "[stages.a]\nkind = \"test.const\"\n[stages.a.slurm]\ngpus = 1\n").unwrap_err().to_string();
+        let err = PipelineSpec::parse(
+            "p.toml",
+            "[stages.a]\nkind = \"test.const\"\n[stages.a.slurm]\ngpus = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("p.toml:") && err.contains("gpus"), "{err}");
-        let err = PipelineSpec::parse("p.toml", "[stages.a]\nkind = \"test.const\"\n[stages.a.slurm]\noptions = { array = \"1\" }\n").unwrap_err().to_string();
+        let err = PipelineSpec::parse(
+            "p.toml",
+            "[stages.a]\nkind = \"test.const\"\n[stages.a.slurm]\noptions = { array = \"1\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("stages.a.slurm.options.array"), "{err}");
     }
 
@@ -1151,8 +1408,16 @@ mod tests {
 
     #[test]
     fn job_script_quotes_paths_and_always_leaves_an_exit_file() {
-        let s = job_script(Path::new("/opt/ax bench/axbench"), Path::new("/shared/it's/cache"), Path::new("/shared/c/slurm/batches/b"), "fit");
-        assert!(s.contains("'/opt/ax bench/axbench' exec-node \"$key\" --cache-dir '/shared/it'\\''s/cache'"), "{s}");
+        let s = job_script(
+            Path::new("/opt/ax bench/axbench"),
+            Path::new("/shared/it's/cache"),
+            Path::new("/shared/c/slurm/batches/b"),
+            "fit",
+        );
+        assert!(
+            s.contains("'/opt/ax bench/axbench' exec-node \"$key\" --cache-dir '/shared/it'\\''s/cache'"),
+            "{s}"
+        );
         assert!(s.contains("mv \"$dir/$i.exit.tmp\" \"$dir/$i.exit\""));
         // The script is valid sh.
         let out = Command::new("sh").args(["-n", "-c", &s]).output().unwrap();
@@ -1167,7 +1432,11 @@ mod tests {
         std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         std::fs::write(d.path().join("keys"), "ab12\n").unwrap();
         std::fs::write(d.path().join("job.sh"), job_script(&bin, d.path(), d.path(), "s")).unwrap();
-        Command::new("sh").arg(d.path().join("job.sh")).env("SLURM_ARRAY_TASK_ID", "0").status().unwrap();
+        Command::new("sh")
+            .arg(d.path().join("job.sh"))
+            .env("SLURM_ARRAY_TASK_ID", "0")
+            .status()
+            .unwrap();
         let exit = read_exit_file(&d.path().join("0.exit"));
         (d, exit)
     }
@@ -1178,8 +1447,19 @@ mod tests {
         let (_d, exit) = run_job_script("#!/bin/sh\nkill -9 $$\n");
         assert_eq!(exit, Some((137, "crashed".into())));
         // exec-node wrote its own (here: a failure) and the key reached it as its argument.
-        let (d, exit) = run_job_script("#!/bin/sh\n[ \"$1\" = exec-node ] && [ \"$2\" = ab12 ] || exit 7\nprintf '1\\nfailed\\n' > \"$6\"\nexit 1\n");
-        assert_eq!(exit, Some((1, "failed".into())), "{:?}", std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>());
+        let (d, exit) = run_job_script(
+            "#!/bin/sh\n[ \"$1\" = exec-node ] && [ \"$2\" = ab12 ] || exit 7\nprintf '1\\nfailed\\n' > \"$6\"\nexit 1\n",
+        );
+        assert_eq!(
+            exit,
+            Some((1, "failed".into())),
+            "{:?}",
+            std::fs::read_dir(d.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]

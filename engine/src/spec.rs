@@ -64,7 +64,11 @@ pub struct Loc {
 
 impl Loc {
     pub fn cli(flag: &str) -> Loc {
-        Loc { file: Arc::from(flag), line: 0, col: 0 }
+        Loc {
+            file: Arc::from(flag),
+            line: 0,
+            col: 0,
+        }
     }
 }
 
@@ -91,7 +95,11 @@ pub struct SpecError {
 
 impl SpecError {
     pub fn new(loc: &Loc, key: impl Into<String>, message: impl Into<String>) -> SpecError {
-        SpecError { loc: loc.clone(), key: key.into(), message: message.into() }
+        SpecError {
+            loc: loc.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -229,14 +237,27 @@ impl Source {
     fn new(name: &str, text: String) -> Source {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        Source { name: Arc::from(name), text, line_starts }
+        Source {
+            name: Arc::from(name),
+            text,
+            line_starts,
+        }
     }
 
     fn loc(&self, offset: usize) -> Loc {
         let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
         let start = self.line_starts[line - 1];
-        let col = self.text.get(start..offset.min(self.text.len())).map(|s| s.chars().count()).unwrap_or(0) + 1;
-        Loc { file: self.name.clone(), line: line as u32, col: col as u32 }
+        let col = self
+            .text
+            .get(start..offset.min(self.text.len()))
+            .map(|s| s.chars().count())
+            .unwrap_or(0)
+            + 1;
+        Loc {
+            file: self.name.clone(),
+            line: line as u32,
+            col: col as u32,
+        }
     }
 
     fn loc_of(&self, span: Range<usize>) -> Loc {
@@ -249,7 +270,10 @@ impl Source {
         let offset = offset.min(self.text.len());
         let before = &self.text[..offset];
         let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        let line_end = self.text[offset..].find('\n').map(|i| offset + i).unwrap_or(self.text.len());
+        let line_end = self.text[offset..]
+            .find('\n')
+            .map(|i| offset + i)
+            .unwrap_or(self.text.len());
         let line = self.text[line_start..line_end].trim();
         let mut header = String::new();
         for l in self.text[..line_start].lines().rev() {
@@ -264,14 +288,27 @@ impl Source {
             parts.push(header);
         }
         if line.starts_with('[') {
-            parts.push(line.trim_start_matches('[').trim_end_matches(']').trim().replace('"', ""));
+            parts.push(
+                line.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .trim()
+                    .replace('"', ""),
+            );
         } else if let Some((k, _)) = line.split_once('=') {
             parts.push(k.trim().replace('"', ""));
         }
         // The token at the offset, if it is a key inside an inline table.
-        let tok: String = self.text[offset..].chars().take_while(|c| c.is_alphanumeric() || "_-.\"".contains(*c)).collect();
+        let tok: String = self.text[offset..]
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || "_-.\"".contains(*c))
+            .collect();
         let tok = tok.replace('"', "");
-        if !tok.is_empty() && parts.last().is_none_or(|p| !p.ends_with(&tok)) && self.text[offset..].trim_start_matches(|c: char| c != '=' && c != '\n').starts_with('=') {
+        if !tok.is_empty()
+            && parts.last().is_none_or(|p| !p.ends_with(&tok))
+            && self.text[offset..]
+                .trim_start_matches(|c: char| c != '=' && c != '\n')
+                .starts_with('=')
+        {
             parts.push(tok);
         }
         parts.join(".")
@@ -280,14 +317,22 @@ impl Source {
     fn toml_error(&self, e: &toml::de::Error) -> SpecError {
         let offset = e.span().map(|s| s.start).unwrap_or(0);
         let message = e.message().trim().to_string();
-        SpecError { loc: self.loc(offset), key: self.key_at(offset), message }
+        SpecError {
+            loc: self.loc(offset),
+            key: self.key_at(offset),
+            message,
+        }
     }
 }
 
 fn read_source(path: &Path, loc: Option<&Loc>) -> Result<Source, SpecError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
-        let l = loc.cloned().unwrap_or_else(|| Loc { file: Arc::from(shown.as_str()), line: 0, col: 0 });
+        let l = loc.cloned().unwrap_or_else(|| Loc {
+            file: Arc::from(shown.as_str()),
+            line: 0,
+            col: 0,
+        });
         SpecError::new(&l, "file", format!("cannot read {shown}: {e}"))
     })?;
     Ok(Source::new(&shown, text))
@@ -296,7 +341,11 @@ fn read_source(path: &Path, loc: Option<&Loc>) -> Result<Source, SpecError> {
 fn positive(src: &Source, key: String, v: &Spanned<i64>) -> Result<u32, SpecError> {
     let n = *v.get_ref();
     if !(0..=1_000_000).contains(&n) {
-        return Err(SpecError::new(&src.loc_of(v.span()), key, format!("expected a count between 0 and 1000000, got {n}")));
+        return Err(SpecError::new(
+            &src.loc_of(v.span()),
+            key,
+            format!("expected a count between 0 and 1000000, got {n}"),
+        ));
     }
     Ok(n as u32)
 }
@@ -312,7 +361,11 @@ pub fn check_name(what: &str, name: &str, loc: &Loc, key: &str) -> Result<(), Sp
     if ok {
         Ok(())
     } else {
-        Err(SpecError::new(loc, key, format!("invalid {what} {name:?}: use letters, digits, `_`, `-` and `.` (no `/`, no `..`)")))
+        Err(SpecError::new(
+            loc,
+            key,
+            format!("invalid {what} {name:?}: use letters, digits, `_`, `-` and `.` (no `/`, no `..`)"),
+        ))
     }
 }
 
@@ -326,12 +379,20 @@ impl PipelineSpec {
             let ext_loc = src.loc_of(raw.extends.span());
             let base_path = path.parent().unwrap_or(Path::new(".")).join(raw.extends.get_ref());
             if !base_path.exists() {
-                return Err(SpecError::new(&ext_loc, "extends", format!("base pipeline {} does not exist", base_path.display())));
+                return Err(SpecError::new(
+                    &ext_loc,
+                    "extends",
+                    format!("base pipeline {} does not exist", base_path.display()),
+                ));
             }
             let base_src = read_source(&base_path, Some(&ext_loc))?;
             let base_table: toml::Table = toml::from_str(&base_src.text).map_err(|e| base_src.toml_error(&e))?;
             if base_table.contains_key("extends") {
-                return Err(SpecError::new(&ext_loc, "extends", "a sweep file must extend a pipeline, not another sweep file"));
+                return Err(SpecError::new(
+                    &ext_loc,
+                    "extends",
+                    "a sweep file must extend a pipeline, not another sweep file",
+                ));
             }
             let base_raw: RawPipeline = toml::from_str(&base_src.text).map_err(|e| base_src.toml_error(&e))?;
             let mut spec = Self::from_raw(&base_src, base_raw, path)?;
@@ -352,7 +413,10 @@ impl PipelineSpec {
 
     fn from_raw(src: &Source, raw: RawPipeline, file: &Path) -> Result<PipelineSpec, SpecError> {
         let mut spec = PipelineSpec {
-            name: file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
+            name: file
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default(),
             description: String::new(),
             file: file.to_path_buf(),
             params: BTreeMap::new(),
@@ -368,16 +432,31 @@ impl PipelineSpec {
             let name = name.into_inner();
             let key = format!("params.{name}");
             if !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) || name.is_empty() {
-                return Err(SpecError::new(&loc, key, "param names use letters, digits, `_`, `-` and `.`"));
+                return Err(SpecError::new(
+                    &loc,
+                    key,
+                    "param names use letters, digits, `_`, `-` and `.`",
+                ));
             }
             let p = p.into_inner();
             if p.description.trim().is_empty() || p.description.contains('\n') {
-                return Err(SpecError::new(&loc, format!("{key}.description"), "every param needs a one-line description"));
+                return Err(SpecError::new(
+                    &loc,
+                    format!("{key}.description"),
+                    "every param needs a one-line description",
+                ));
             }
             let default = Value::from_toml(p.default.get_ref());
             spec.params.insert(
                 name.clone(),
-                ParamDecl { name, value: default.clone(), default, description: p.description, set_by: None, loc },
+                ParamDecl {
+                    name,
+                    value: default.clone(),
+                    default,
+                    description: p.description,
+                    set_by: None,
+                    loc,
+                },
             );
         }
         for (class, n) in raw.resources {
@@ -392,11 +471,18 @@ impl PipelineSpec {
             check_name("stage name", &name, &loc, &format!("stages.{name}"))?;
             let stage = stage.into_inner();
             let Some(kind) = &stage.kind else {
-                return Err(SpecError::new(&loc, format!("stages.{name}.kind"), "missing `kind` (the stage implementation to run)"));
+                return Err(SpecError::new(
+                    &loc,
+                    format!("stages.{name}.kind"),
+                    "missing `kind` (the stage implementation to run)",
+                ));
             };
             let mut s = StageSpec {
                 name: name.clone(),
-                kind: Located { value: kind.get_ref().clone(), loc: src.loc_of(kind.span()) },
+                kind: Located {
+                    value: kind.get_ref().clone(),
+                    loc: src.loc_of(kind.span()),
+                },
                 description: String::new(),
                 params: BTreeMap::new(),
                 inputs: BTreeMap::new(),
@@ -420,7 +506,11 @@ impl PipelineSpec {
         }
         if let Some(m) = meta.max_nodes {
             if *m.get_ref() < 1 {
-                return Err(SpecError::new(&src.loc_of(m.span()), "pipeline.max_nodes", "must be at least 1"));
+                return Err(SpecError::new(
+                    &src.loc_of(m.span()),
+                    "pipeline.max_nodes",
+                    "must be at least 1",
+                ));
             }
             self.max_nodes = *m.get_ref() as usize;
         }
@@ -456,7 +546,10 @@ impl PipelineSpec {
                     };
                     let mut s = StageSpec {
                         name: name.clone(),
-                        kind: Located { value: kind.get_ref().clone(), loc: src.loc_of(kind.span()) },
+                        kind: Located {
+                            value: kind.get_ref().clone(),
+                            loc: src.loc_of(kind.span()),
+                        },
                         description: String::new(),
                         params: BTreeMap::new(),
                         inputs: BTreeMap::new(),
@@ -478,7 +571,11 @@ impl PipelineSpec {
     pub fn set_param(&mut self, name: &str, value: Value, loc: &Loc) -> Result<(), SpecError> {
         let valid = self.param_list();
         let Some(decl) = self.params.get_mut(name) else {
-            return Err(SpecError::new(loc, name, format!("unknown param `{name}`; valid params: {valid}")));
+            return Err(SpecError::new(
+                loc,
+                name,
+                format!("unknown param `{name}`; valid params: {valid}"),
+            ));
         };
         let value = coerce_like(&decl.default, value).map_err(|got| {
             SpecError::new(
@@ -501,7 +598,11 @@ impl PipelineSpec {
         for s in sets {
             let loc = Loc::cli(&format!("--set {s}"));
             let Some((name, value)) = s.split_once('=') else {
-                return Err(SpecError::new(&loc, s, format!("expected name=value; valid params: {}", self.param_list())));
+                return Err(SpecError::new(
+                    &loc,
+                    s,
+                    format!("expected name=value; valid params: {}", self.param_list()),
+                ));
             };
             self.set_param(name.trim(), Value::parse_cli(value.trim()), &loc)?;
         }
@@ -519,7 +620,11 @@ impl PipelineSpec {
 }
 
 fn article(t: &str) -> String {
-    if t.starts_with(['a', 'e', 'i', 'o', 'u']) { format!("an {t}") } else { format!("a {t}") }
+    if t.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {t}")
+    } else {
+        format!("a {t}")
+    }
 }
 
 /// Checks a new value against a param's default type; integers are accepted for floats.
@@ -541,20 +646,40 @@ fn coerce_like(default: &Value, v: Value) -> Result<Value, String> {
 fn merge_stage(src: &Source, s: &mut StageSpec, raw: RawStage) -> Result<(), SpecError> {
     let name = s.name.clone();
     if let Some(kind) = raw.kind {
-        s.kind = Located { value: kind.get_ref().clone(), loc: src.loc_of(kind.span()) };
+        s.kind = Located {
+            value: kind.get_ref().clone(),
+            loc: src.loc_of(kind.span()),
+        };
     }
     if !raw.description.is_empty() {
         s.description = raw.description;
     }
     for (k, v) in raw.params {
         let loc = src.loc_of(k.span());
-        s.params.insert(k.into_inner(), Located { value: Value::from_toml(v.get_ref()), loc });
+        s.params.insert(
+            k.into_inner(),
+            Located {
+                value: Value::from_toml(v.get_ref()),
+                loc,
+            },
+        );
     }
     for (k, v) in raw.inputs {
         let loc = src.loc_of(k.span());
-        check_name("input name", k.get_ref(), &loc, &format!("stages.{name}.inputs.{}", k.get_ref()))?;
+        check_name(
+            "input name",
+            k.get_ref(),
+            &loc,
+            &format!("stages.{name}.inputs.{}", k.get_ref()),
+        )?;
         let vloc = src.loc_of(v.span());
-        s.inputs.insert(k.into_inner(), Located { value: v.into_inner(), loc: vloc });
+        s.inputs.insert(
+            k.into_inner(),
+            Located {
+                value: v.into_inner(),
+                loc: vloc,
+            },
+        );
     }
     for (k, v) in raw.foreach {
         let loc = src.loc_of(k.span());
@@ -565,22 +690,43 @@ fn merge_stage(src: &Source, s: &mut StageSpec, raw: RawStage) -> Result<(), Spe
             toml::Value::Array(a) => {
                 let vals: Vec<Value> = a.iter().map(Value::from_toml).collect();
                 if vals.is_empty() {
-                    return Err(SpecError::new(&vloc, key, "an empty fan-out list would make the stage vanish"));
+                    return Err(SpecError::new(
+                        &vloc,
+                        key,
+                        "an empty fan-out list would make the stage vanish",
+                    ));
                 }
                 Dim::Values(vals)
             }
             toml::Value::String(s) => match whole_ref(s) {
                 Some(p) => Dim::Param(p.to_string()),
                 None => {
-                    return Err(SpecError::new(&vloc, key, format!("expected a list, \"${{param}}\" or {{ from = \"stage\" }}, got string {s:?}")));
+                    return Err(SpecError::new(
+                        &vloc,
+                        key,
+                        format!("expected a list, \"${{param}}\" or {{ from = \"stage\" }}, got string {s:?}"),
+                    ));
                 }
             },
             toml::Value::Table(t) => match (t.get("from"), t.len()) {
                 (Some(toml::Value::String(from)), 1) => Dim::From(from.clone()),
-                _ => return Err(SpecError::new(&vloc, key, "a dynamic fan-out is written { from = \"stage\" }")),
+                _ => {
+                    return Err(SpecError::new(
+                        &vloc,
+                        key,
+                        "a dynamic fan-out is written { from = \"stage\" }",
+                    ));
+                }
             },
             other => {
-                return Err(SpecError::new(&vloc, key, format!("expected a list, \"${{param}}\" or {{ from = \"stage\" }}, got {}", other.type_str())));
+                return Err(SpecError::new(
+                    &vloc,
+                    key,
+                    format!(
+                        "expected a list, \"${{param}}\" or {{ from = \"stage\" }}, got {}",
+                        other.type_str()
+                    ),
+                ));
             }
         };
         s.foreach.insert(k.into_inner(), Located { value: dim, loc: vloc });
@@ -588,12 +734,20 @@ fn merge_stage(src: &Source, s: &mut StageSpec, raw: RawStage) -> Result<(), Spe
     for (k, v) in raw.resources {
         let key = format!("stages.{name}.resources.{}", k.get_ref());
         let n = positive(src, key, &v)?;
-        s.resources.insert(k.into_inner(), Located { value: n, loc: src.loc_of(v.span()) });
+        s.resources.insert(
+            k.into_inner(),
+            Located {
+                value: n,
+                loc: src.loc_of(v.span()),
+            },
+        );
     }
     if let Some(slurm) = raw.slurm {
         let loc = src.loc_of(slurm.span());
         let slurm = slurm.into_inner();
-        slurm.check().map_err(|(field, message)| SpecError::new(&loc, format!("stages.{name}.slurm{field}"), message))?;
+        slurm
+            .check()
+            .map_err(|(field, message)| SpecError::new(&loc, format!("stages.{name}.slurm{field}"), message))?;
         s.slurm.merge(slurm);
     }
     Ok(())
@@ -648,8 +802,14 @@ pub fn substitute(v: &Value, lookup: &dyn Fn(&str) -> Option<Value>) -> Result<V
             out.push_str(rest);
             Ok(Value::Str(out))
         }
-        Value::List(l) => Ok(Value::List(l.iter().map(|x| substitute(x, lookup)).collect::<Result<_, _>>()?)),
-        Value::Table(t) => Ok(Value::Table(t.iter().map(|(k, x)| Ok((k.clone(), substitute(x, lookup)?))).collect::<Result<_, String>>()?)),
+        Value::List(l) => Ok(Value::List(
+            l.iter().map(|x| substitute(x, lookup)).collect::<Result<_, _>>()?,
+        )),
+        Value::Table(t) => Ok(Value::Table(
+            t.iter()
+                .map(|(k, x)| Ok((k.clone(), substitute(x, lookup)?)))
+                .collect::<Result<_, String>>()?,
+        )),
         other => Ok(other.clone()),
     }
 }
@@ -694,7 +854,11 @@ params = { value = "${model.layer}" }
         spec.apply_sets(&["model.layer=12".into()]).unwrap();
         assert_eq!(spec.params["model.layer"].value, Value::Int(12));
         let e = spec.apply_sets(&["model.layr=1".into()]).unwrap_err();
-        assert!(e.message.contains("unknown param `model.layr`; valid params: model.layer"), "{e}");
+        assert!(
+            e.message
+                .contains("unknown param `model.layr`; valid params: model.layer"),
+            "{e}"
+        );
         let e = spec.apply_sets(&["model.layer=abc".into()]).unwrap_err();
         assert!(e.message.contains("expects an integer"), "{e}");
     }
@@ -703,7 +867,10 @@ params = { value = "${model.layer}" }
     fn substitution_keeps_types_for_whole_references() {
         let look = |n: &str| (n == "x").then_some(Value::Int(3));
         assert_eq!(substitute(&Value::from("${x}"), &look).unwrap(), Value::Int(3));
-        assert_eq!(substitute(&Value::from("l${x}.bin"), &look).unwrap(), Value::from("l3.bin"));
+        assert_eq!(
+            substitute(&Value::from("l${x}.bin"), &look).unwrap(),
+            Value::from("l3.bin")
+        );
         assert_eq!(substitute(&Value::from("${y}"), &look).unwrap_err(), "y");
     }
 

@@ -67,10 +67,20 @@ pub struct ParamSpec {
 
 impl ParamSpec {
     pub fn required(name: &'static str, ty: ParamType, doc: &'static str) -> ParamSpec {
-        ParamSpec { name, ty, default: None, doc }
+        ParamSpec {
+            name,
+            ty,
+            default: None,
+            doc,
+        }
     }
     pub fn optional(name: &'static str, ty: ParamType, default: impl Into<Value>, doc: &'static str) -> ParamSpec {
-        ParamSpec { name, ty, default: Some(default.into()), doc }
+        ParamSpec {
+            name,
+            ty,
+            default: Some(default.into()),
+            doc,
+        }
     }
 }
 
@@ -154,17 +164,27 @@ pub struct InputArtifact {
 impl InputArtifact {
     /// Path of the upstream output file `name`.
     pub fn file(&self, name: &str) -> Result<&Path, StageError> {
-        self.files.get(name).map(PathBuf::as_path).ok_or_else(|| StageError::Input {
-            name: self.node.clone(),
-            message: format!("has no output file `{name}` (it has: {})", self.files.keys().cloned().collect::<Vec<_>>().join(", ")),
-        })
+        self.files
+            .get(name)
+            .map(PathBuf::as_path)
+            .ok_or_else(|| StageError::Input {
+                name: self.node.clone(),
+                message: format!(
+                    "has no output file `{name}` (it has: {})",
+                    self.files.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            })
     }
 
     /// Reads and parses the upstream `list.json`.
     pub fn list(&self) -> Result<Vec<Value>, StageError> {
         let p = self.file(LIST_FILE)?;
-        let text = std::fs::read(p).map_err(|source| StageError::Io { context: p.display().to_string(), source })?;
-        let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| StageError::msg(format!("{}: {e}", p.display())))?;
+        let text = std::fs::read(p).map_err(|source| StageError::Io {
+            context: p.display().to_string(),
+            source,
+        })?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| StageError::msg(format!("{}: {e}", p.display())))?;
         match Value::from_json(&v) {
             Value::List(l) => Ok(l),
             _ => Err(StageError::msg(format!("{}: not a JSON array", p.display()))),
@@ -214,8 +234,25 @@ pub struct StageContext {
 
 impl StageContext {
     /// A context for running a stage by hand (tests, `exec-node`-style tools).
-    pub fn new(node: &str, coord: Coord, params: BTreeMap<String, Value>, inputs: BTreeMap<String, Vec<InputArtifact>>, out_dir: PathBuf, project_dir: PathBuf) -> Self {
-        StageContext { node: node.to_string(), coord, params, inputs, out_dir, project_dir, progress: Arc::new(NoProgress), cancel: CancelFlag::new(), log: Vec::new() }
+    pub fn new(
+        node: &str,
+        coord: Coord,
+        params: BTreeMap<String, Value>,
+        inputs: BTreeMap<String, Vec<InputArtifact>>,
+        out_dir: PathBuf,
+        project_dir: PathBuf,
+    ) -> Self {
+        StageContext {
+            node: node.to_string(),
+            coord,
+            params,
+            inputs,
+            out_dir,
+            project_dir,
+            progress: Arc::new(NoProgress),
+            cancel: CancelFlag::new(),
+            log: Vec::new(),
+        }
     }
 
     /// The node id, e.g. `fit[concept=3,method=pca]`.
@@ -230,43 +267,71 @@ impl StageContext {
 
     /// A param value (declared params only; defaults filled in).
     pub fn param(&self, name: &str) -> Result<&Value, StageError> {
-        self.params.get(name).ok_or_else(|| StageError::Param { name: name.into(), message: "not declared by this stage".into() })
+        self.params.get(name).ok_or_else(|| StageError::Param {
+            name: name.into(),
+            message: "not declared by this stage".into(),
+        })
     }
     pub fn param_i64(&self, name: &str) -> Result<i64, StageError> {
         let v = self.param(name)?;
-        v.as_i64().ok_or_else(|| StageError::Param { name: name.into(), message: format!("expected an integer, got {v}") })
+        v.as_i64().ok_or_else(|| StageError::Param {
+            name: name.into(),
+            message: format!("expected an integer, got {v}"),
+        })
     }
     pub fn param_f64(&self, name: &str) -> Result<f64, StageError> {
         let v = self.param(name)?;
-        v.as_f64().ok_or_else(|| StageError::Param { name: name.into(), message: format!("expected a number, got {v}") })
+        v.as_f64().ok_or_else(|| StageError::Param {
+            name: name.into(),
+            message: format!("expected a number, got {v}"),
+        })
     }
     pub fn param_bool(&self, name: &str) -> Result<bool, StageError> {
         let v = self.param(name)?;
-        v.as_bool().ok_or_else(|| StageError::Param { name: name.into(), message: format!("expected a boolean, got {v}") })
+        v.as_bool().ok_or_else(|| StageError::Param {
+            name: name.into(),
+            message: format!("expected a boolean, got {v}"),
+        })
     }
     pub fn param_str(&self, name: &str) -> Result<&str, StageError> {
         let v = self.param(name)?;
-        v.as_str().ok_or_else(|| StageError::Param { name: name.into(), message: format!("expected a string, got {v}") })
+        v.as_str().ok_or_else(|| StageError::Param {
+            name: name.into(),
+            message: format!("expected a string, got {v}"),
+        })
     }
     /// A `Path` param resolved against the project dir.
     pub fn param_path(&self, name: &str) -> Result<PathBuf, StageError> {
         let p = Path::new(self.param_str(name)?);
-        Ok(if p.is_absolute() { p.to_path_buf() } else { self.project_dir.join(p) })
+        Ok(if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.project_dir.join(p)
+        })
     }
 
     /// All artifacts bound to input `name` (several when the input gathers a fan-out).
     pub fn inputs(&self, name: &str) -> Result<&[InputArtifact], StageError> {
-        self.inputs.get(name).map(Vec::as_slice).ok_or_else(|| StageError::Input {
-            name: name.into(),
-            message: format!("not bound (inputs: {})", self.inputs.keys().cloned().collect::<Vec<_>>().join(", ")),
-        })
+        self.inputs
+            .get(name)
+            .map(Vec::as_slice)
+            .ok_or_else(|| StageError::Input {
+                name: name.into(),
+                message: format!(
+                    "not bound (inputs: {})",
+                    self.inputs.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            })
     }
 
     /// The single artifact bound to input `name`.
     pub fn input(&self, name: &str) -> Result<&InputArtifact, StageError> {
         match self.inputs(name)? {
             [one] => Ok(one),
-            many => Err(StageError::Input { name: name.into(), message: format!("expected one artifact, got {}", many.len()) }),
+            many => Err(StageError::Input {
+                name: name.into(),
+                message: format!("expected one artifact, got {}", many.len()),
+            }),
         }
     }
 
@@ -277,9 +342,13 @@ impl StageContext {
 
     /// Path to write output file `name` to. Names are flat (no `/`, no `..`).
     pub fn output_path(&self, name: &str) -> Result<PathBuf, StageError> {
-        let ok = !name.is_empty() && !name.starts_with('.') && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        let ok = !name.is_empty()
+            && !name.starts_with('.')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
         if !ok {
-            return Err(StageError::msg(format!("invalid output name {name:?}: flat names of letters, digits, `_`, `-`, `.`")));
+            return Err(StageError::msg(format!(
+                "invalid output name {name:?}: flat names of letters, digits, `_`, `-`, `.`"
+            )));
         }
         Ok(self.out_dir.join(name))
     }
@@ -287,7 +356,10 @@ impl StageContext {
     /// Writes an output file in one go.
     pub fn write_output(&self, name: &str, bytes: &[u8]) -> Result<(), StageError> {
         let p = self.output_path(name)?;
-        std::fs::write(&p, bytes).map_err(|source| StageError::Io { context: p.display().to_string(), source })
+        std::fs::write(&p, bytes).map_err(|source| StageError::Io {
+            context: p.display().to_string(),
+            source,
+        })
     }
 
     /// Writes `list.json` (for stages whose output kind is [`OutputKind::List`]).
@@ -306,7 +378,11 @@ impl StageContext {
 
     /// `Err(Cancelled)` once Ctrl-C was pressed: `ctx.check_cancelled()?` in loops.
     pub fn check_cancelled(&self) -> Result<(), StageError> {
-        if self.is_cancelled() { Err(StageError::Cancelled) } else { Ok(()) }
+        if self.is_cancelled() {
+            Err(StageError::Cancelled)
+        } else {
+            Ok(())
+        }
     }
 
     pub fn project_dir(&self) -> &Path {

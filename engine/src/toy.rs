@@ -21,8 +21,12 @@ pub fn register(reg: Registry) -> Registry {
 }
 
 fn read_value(path: &std::path::Path) -> Result<Value, StageError> {
-    let bytes = std::fs::read(path).map_err(|source| StageError::Io { context: path.display().to_string(), source })?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| StageError::msg(format!("{}: {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|source| StageError::Io {
+        context: path.display().to_string(),
+        source,
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| StageError::msg(format!("{}: {e}", path.display())))?;
     Ok(Value::from_json(&v))
 }
 
@@ -80,7 +84,9 @@ impl Stage for Add {
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let mut sum = ctx.param_f64("offset")?;
         for v in input_values(ctx)? {
-            sum += v.as_f64().ok_or_else(|| StageError::msg(format!("input value {v} is not a number")))?;
+            sum += v
+                .as_f64()
+                .ok_or_else(|| StageError::msg(format!("input value {v} is not a number")))?;
         }
         write_value(ctx, &Value::Float(sum).normalized())
     }
@@ -118,7 +124,10 @@ impl Stage for Sleep {
         1
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![ParamSpec::optional("ms", ParamType::Int, 100, "milliseconds to sleep"), ParamSpec::optional("value", ParamType::Any, 0, "the value to output")]
+        vec![
+            ParamSpec::optional("ms", ParamType::Int, 100, "milliseconds to sleep"),
+            ParamSpec::optional("value", ParamType::Any, 0, "the value to output"),
+        ]
     }
     fn doc(&self) -> &str {
         "Sleeps, then outputs a value (for scheduling tests)"
@@ -148,7 +157,12 @@ impl Stage for Fail {
         1
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![ParamSpec::optional("message", ParamType::Str, "test.fail always fails", "the error")]
+        vec![ParamSpec::optional(
+            "message",
+            ParamType::Str,
+            "test.fail always fails",
+            "the error",
+        )]
     }
     fn doc(&self) -> &str {
         "Always fails (for failure-handling tests)"
@@ -169,7 +183,10 @@ impl Stage for List {
         1
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![ParamSpec::optional("items", ParamType::List, Value::List(vec![]), "the list"), ParamSpec::optional("n", ParamType::Int, 0, "if items is empty: 0..n")]
+        vec![
+            ParamSpec::optional("items", ParamType::List, Value::List(vec![]), "the list"),
+            ParamSpec::optional("n", ParamType::Int, 0, "if items is empty: 0..n"),
+        ]
     }
     fn output_kind(&self) -> OutputKind {
         OutputKind::List
@@ -179,7 +196,11 @@ impl Stage for List {
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let items = ctx.param("items")?.as_list().unwrap_or_default().to_vec();
-        let items = if items.is_empty() { (0..ctx.param_i64("n")?).map(Value::Int).collect() } else { items };
+        let items = if items.is_empty() {
+            (0..ctx.param_i64("n")?).map(Value::Int).collect()
+        } else {
+            items
+        };
         ctx.write_list(&items)?;
         write_value(ctx, &Value::Int(items.len() as i64))
     }
@@ -214,7 +235,10 @@ impl Stage for FileSize {
             }
         }
         let p = ctx.param_path("path")?;
-        let n = size(&p).map_err(|source| StageError::Io { context: p.display().to_string(), source })?;
+        let n = size(&p).map_err(|source| StageError::Io {
+            context: p.display().to_string(),
+            source,
+        })?;
         write_value(ctx, &Value::Int(n as i64))
     }
 }
@@ -233,7 +257,11 @@ impl Stage for Tally {
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec::required("tally", ParamType::Str, "file to append this node's id to, once per run of the stage"),
+            ParamSpec::required(
+                "tally",
+                ParamType::Str,
+                "file to append this node's id to, once per run of the stage",
+            ),
             ParamSpec::optional("ms", ParamType::Int, 0, "milliseconds to sleep after appending"),
             ParamSpec::optional("value", ParamType::Any, 0, "the value to output"),
         ]
@@ -245,8 +273,20 @@ impl Stage for Tally {
         use std::io::Write;
         let path = std::path::PathBuf::from(ctx.param_str("tally")?);
         let line = format!("{}\n", ctx.node());
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|source| StageError::Io { context: path.display().to_string(), source })?;
-        f.write_all(line.as_bytes()).and_then(|_| f.sync_all()).map_err(|source| StageError::Io { context: path.display().to_string(), source })?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| StageError::Io {
+                context: path.display().to_string(),
+                source,
+            })?;
+        f.write_all(line.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|source| StageError::Io {
+                context: path.display().to_string(),
+                source,
+            })?;
         let ms = ctx.param_i64("ms")?.max(0) as u64;
         for _ in 0..ms.div_ceil(10) {
             ctx.check_cancelled()?;

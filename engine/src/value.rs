@@ -106,7 +106,9 @@ impl Value {
             },
             serde_json::Value::String(s) => Value::Str(s.clone()),
             serde_json::Value::Array(a) => Value::List(a.iter().map(Value::from_json).collect()),
-            serde_json::Value::Object(o) => Value::Table(o.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect()),
+            serde_json::Value::Object(o) => {
+                Value::Table(o.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect())
+            }
         }
     }
 
@@ -115,7 +117,9 @@ impl Value {
         match self {
             Value::Bool(b) => serde_json::Value::Bool(*b),
             Value::Int(i) => serde_json::Value::from(*i),
-            Value::Float(f) => serde_json::Number::from_f64(*f).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
             Value::Str(s) => serde_json::Value::String(s.clone()),
             Value::List(l) => serde_json::Value::Array(l.iter().map(Value::to_json).collect()),
             Value::Table(t) => serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
@@ -127,7 +131,10 @@ impl Value {
     pub fn parse_cli(text: &str) -> Value {
         let doc = format!("v = {text}");
         match doc.parse::<toml::Table>() {
-            Ok(t) => t.get("v").map(Value::from_toml).unwrap_or_else(|| Value::Str(text.to_string())),
+            Ok(t) => t
+                .get("v")
+                .map(Value::from_toml)
+                .unwrap_or_else(|| Value::Str(text.to_string())),
             Err(_) => Value::Str(text.to_string()),
         }
     }
@@ -212,7 +219,10 @@ mod tests {
         assert_eq!(Value::parse_cli("9"), Value::Int(9));
         assert_eq!(Value::parse_cli("0.5"), Value::Float(0.5));
         assert_eq!(Value::parse_cli("true"), Value::Bool(true));
-        assert_eq!(Value::parse_cli("[1, 2]"), Value::List(vec![Value::Int(1), Value::Int(2)]));
+        assert_eq!(
+            Value::parse_cli("[1, 2]"),
+            Value::List(vec![Value::Int(1), Value::Int(2)])
+        );
         assert_eq!(Value::parse_cli("models/m.gguf"), Value::Str("models/m.gguf".into()));
         assert_eq!(Value::parse_cli("\"9\""), Value::Str("9".into()));
     }

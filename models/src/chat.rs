@@ -48,13 +48,22 @@ pub struct Message {
 
 impl Message {
     pub fn system(content: impl Into<String>) -> Message {
-        Message { role: Role::System, content: content.into() }
+        Message {
+            role: Role::System,
+            content: content.into(),
+        }
     }
     pub fn user(content: impl Into<String>) -> Message {
-        Message { role: Role::User, content: content.into() }
+        Message {
+            role: Role::User,
+            content: content.into(),
+        }
     }
     pub fn assistant(content: impl Into<String>) -> Message {
-        Message { role: Role::Assistant, content: content.into() }
+        Message {
+            role: Role::Assistant,
+            content: content.into(),
+        }
     }
 }
 
@@ -88,7 +97,9 @@ pub enum ChatTemplate {
 impl ChatTemplate {
     /// SmolLM2-Instruct's template.
     pub fn smollm2() -> ChatTemplate {
-        ChatTemplate::ChatMl { default_system: Some(SMOLLM2_DEFAULT_SYSTEM.to_string()) }
+        ChatTemplate::ChatMl {
+            default_system: Some(SMOLLM2_DEFAULT_SYSTEM.to_string()),
+        }
     }
 
     /// The template of a GGUF model: from `tokenizer.chat_template` when present, else from
@@ -103,7 +114,10 @@ impl ChatTemplate {
                 start: t.chars().take(80).collect(),
             }),
             None if arch.starts_with("gemma") => Ok(ChatTemplate::Gemma),
-            None => Err(ChatError::NoTemplate { source_name, arch: arch.to_string() }),
+            None => Err(ChatError::NoTemplate {
+                source_name,
+                arch: arch.to_string(),
+            }),
         }
     }
 
@@ -117,13 +131,15 @@ impl ChatTemplate {
         }
         // A default system message is a literal `<|im_start|>system\n...<|im_end|>` in the
         // template (inside a Jinja string, so the newline may be written `\n`).
-        let default_system = ["<|im_start|>system\\n", "<|im_start|>system\n"].iter().find_map(|open| {
-            let start = jinja.find(open)? + open.len();
-            let len = jinja[start..].find("<|im_end|>")?;
-            let text = &jinja[start..start + len];
-            // `'<|im_start|>system\n' + message['content']` is the per-message form, not a default.
-            (!text.contains('\'') && !text.contains('{')).then(|| text.replace("\\n", "\n"))
-        });
+        let default_system = ["<|im_start|>system\\n", "<|im_start|>system\n"]
+            .iter()
+            .find_map(|open| {
+                let start = jinja.find(open)? + open.len();
+                let len = jinja[start..].find("<|im_end|>")?;
+                let text = &jinja[start..start + len];
+                // `'<|im_start|>system\n' + message['content']` is the per-message form, not a default.
+                (!text.contains('\'') && !text.contains('{')).then(|| text.replace("\\n", "\n"))
+            });
         Some(ChatTemplate::ChatMl { default_system })
     }
 
@@ -140,9 +156,16 @@ impl ChatTemplate {
                 };
                 for (i, m) in rest.iter().enumerate() {
                     if (m.role == Role::User) != (i % 2 == 0) {
-                        return Err(ChatError::RolesNotAlternating { index: i, role: m.role.as_str() });
+                        return Err(ChatError::RolesNotAlternating {
+                            index: i,
+                            role: m.role.as_str(),
+                        });
                     }
-                    let role = if m.role == Role::Assistant { "model" } else { m.role.as_str() };
+                    let role = if m.role == Role::Assistant {
+                        "model"
+                    } else {
+                        m.role.as_str()
+                    };
                     out.push_str("<start_of_turn>");
                     out.push_str(role);
                     out.push('\n');
@@ -180,7 +203,12 @@ impl ChatTemplate {
     }
 
     /// Token ids of the rendered conversation (no extra BOS: the text carries its own).
-    pub fn encode(&self, tokenizer: &Tokenizer, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>, ChatError> {
+    pub fn encode(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, ChatError> {
         Ok(tokenizer.encode(&self.render(messages, add_generation_prompt)?, false)?)
     }
 }
@@ -196,7 +224,12 @@ mod tests {
 
     #[test]
     fn gemma_folds_system_and_trims() {
-        let msgs = [Message::system("Be brief."), Message::user("  Hi \n"), Message::assistant("Hello!"), Message::user("Bye")];
+        let msgs = [
+            Message::system("Be brief."),
+            Message::user("  Hi \n"),
+            Message::assistant("Hello!"),
+            Message::user("Bye"),
+        ];
         let s = ChatTemplate::Gemma.render(&msgs, true).unwrap();
         assert_eq!(
             s,
@@ -217,7 +250,9 @@ mod tests {
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
              <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
-        let s = ChatTemplate::smollm2().render(&[Message::system("S"), Message::user("Hi")], false).unwrap();
+        let s = ChatTemplate::smollm2()
+            .render(&[Message::system("S"), Message::user("Hi")], false)
+            .unwrap();
         assert_eq!(s, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
     }
 
@@ -226,7 +261,10 @@ mod tests {
         let t = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
         assert_eq!(ChatTemplate::detect(t), Some(ChatTemplate::smollm2()));
         let plain = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}";
-        assert_eq!(ChatTemplate::detect(plain), Some(ChatTemplate::ChatMl { default_system: None }));
+        assert_eq!(
+            ChatTemplate::detect(plain),
+            Some(ChatTemplate::ChatMl { default_system: None })
+        );
         assert_eq!(ChatTemplate::detect("{{ messages }}"), None);
     }
 }

@@ -10,10 +10,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{LayerType, ModelInfo, TokenIds, default_rms_eps, default_true};
-use crate::layers::{
-    Activation, Attention, LayerCache, Linear, Mlp, NormStyle, RmsNorm, Rotary, project_vocab,
-};
 use crate::hooks::LinearAdapter;
+use crate::layers::{Activation, Attention, LayerCache, Linear, Mlp, NormStyle, RmsNorm, Rotary, project_vocab};
 use crate::model::{Decoder, ModelError, check_divisible};
 use crate::weights::Weights;
 
@@ -194,10 +192,7 @@ pub(crate) fn load_gemma_layer(
         ))
     };
     let (q_norm, k_norm) = if qk_norm {
-        (
-            Some(norm("self_attn.q_norm", hd)?),
-            Some(norm("self_attn.k_norm", hd)?),
-        )
+        (Some(norm("self_attn.q_norm", hd)?), Some(norm("self_attn.k_norm", hd)?))
     } else {
         (None, None)
     };
@@ -267,14 +262,10 @@ impl Model {
             config.head_dim as i64,
         );
         check_divisible(path, "num_attention_heads / num_key_value_heads", heads, kv)?;
-        let act =
-            Activation::from_hf(&config.hidden_activation).ok_or_else(|| ModelError::Config {
-                path: path.to_path_buf(),
-                msg: format!(
-                    "unsupported hidden_activation `{}`",
-                    config.hidden_activation
-                ),
-            })?;
+        let act = Activation::from_hf(&config.hidden_activation).ok_or_else(|| ModelError::Config {
+            path: path.to_path_buf(),
+            msg: format!("unsupported hidden_activation `{}`", config.hidden_activation),
+        })?;
         let layer_types = config.layer_types();
         if layer_types.len() != config.num_hidden_layers {
             return Err(ModelError::Config {
@@ -325,11 +316,9 @@ impl Model {
             NormStyle::OnePlus,
         );
         let rotary =
-            Rotary::new(config.rope_theta, config.head_dim, None, w.device()).map_err(|msg| {
-                ModelError::Config {
-                    path: path.to_path_buf(),
-                    msg,
-                }
+            Rotary::new(config.rope_theta, config.head_dim, None, w.device()).map_err(|msg| ModelError::Config {
+                path: path.to_path_buf(),
+                msg,
             })?;
         let info = ModelInfo {
             arch: crate::config::Arch::Gemma2,
@@ -337,11 +326,7 @@ impl Model {
             hidden_size: config.hidden_size,
             vocab_size: config.vocab_size,
             bos_token_id: config.bos_token_id,
-            eos_token_ids: config
-                .eos_token_id
-                .as_ref()
-                .map(TokenIds::to_vec)
-                .unwrap_or_default(),
+            eos_token_ids: config.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default(),
             pad_token_id: config.pad_token_id,
         };
         Ok(Self {
@@ -371,10 +356,7 @@ impl Decoder for Model {
         self.device
     }
     fn kv_shape(&self) -> (i64, i64) {
-        (
-            self.config.num_key_value_heads as i64,
-            self.config.head_dim as i64,
-        )
+        (self.config.num_key_value_heads as i64, self.config.head_dim as i64)
     }
     fn layer_type(&self, layer: usize) -> LayerType {
         self.layer_types[layer]
@@ -406,9 +388,7 @@ impl Decoder for Model {
             &l.pre_feedforward_layernorm,
             &l.post_feedforward_layernorm,
         ];
-        gemma_layer_forward(
-            &l.attn, &l.mlp, norms, h, cos, sin, mask, cache, past, o_adapter,
-        )
+        gemma_layer_forward(&l.attn, &l.mlp, norms, h, cos, sin, mask, cache, past, o_adapter)
     }
     fn head(&self, h: &Tensor) -> Tensor {
         let logits = project_vocab(&self.norm.forward(h), &self.lm_head);
@@ -431,9 +411,12 @@ impl Model {
             l.attn.push_named(&format!("{p}.self_attn"), &mut out);
             l.mlp.push_named(&format!("{p}.mlp"), &mut out);
             l.input_layernorm.push_named(&format!("{p}.input_layernorm"), &mut out);
-            l.post_attention_layernorm.push_named(&format!("{p}.post_attention_layernorm"), &mut out);
-            l.pre_feedforward_layernorm.push_named(&format!("{p}.pre_feedforward_layernorm"), &mut out);
-            l.post_feedforward_layernorm.push_named(&format!("{p}.post_feedforward_layernorm"), &mut out);
+            l.post_attention_layernorm
+                .push_named(&format!("{p}.post_attention_layernorm"), &mut out);
+            l.pre_feedforward_layernorm
+                .push_named(&format!("{p}.pre_feedforward_layernorm"), &mut out);
+            l.post_feedforward_layernorm
+                .push_named(&format!("{p}.post_feedforward_layernorm"), &mut out);
         }
         self.norm.push_named("model.norm", &mut out);
         // Tied embeddings share one tensor: list it once so it is updated once.
@@ -487,10 +470,9 @@ mod tests {
 
     #[test]
     fn explicit_layer_types_win() {
-        let cfg: Config = serde_json::from_str(
-            r#"{"num_hidden_layers": 2, "layer_types": ["full_attention", "sliding_attention"]}"#,
-        )
-        .unwrap();
+        let cfg: Config =
+            serde_json::from_str(r#"{"num_hidden_layers": 2, "layer_types": ["full_attention", "sliding_attention"]}"#)
+                .unwrap();
         assert_eq!(
             cfg.layer_types(),
             vec![LayerType::FullAttention, LayerType::SlidingAttention]

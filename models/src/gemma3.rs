@@ -11,10 +11,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::{LayerType, ModelInfo, RopeScaling, TokenIds, default_rms_eps, default_true};
 use crate::gemma2::{embed_scale, gemma_layer_forward, load_gemma_layer};
-use crate::layers::{
-    Activation, Attention, LayerCache, Mlp, NormStyle, RmsNorm, Rotary, project_vocab,
-};
 use crate::hooks::LinearAdapter;
+use crate::layers::{Activation, Attention, LayerCache, Mlp, NormStyle, RmsNorm, Rotary, project_vocab};
 use crate::model::{Decoder, ModelError, check_divisible};
 use crate::weights::Weights;
 
@@ -186,12 +184,8 @@ impl Model {
             config.head_dim as i64,
         );
         check_divisible(path, "num_attention_heads / num_key_value_heads", heads, kv)?;
-        let act = Activation::from_hf(&config.hidden_activation).ok_or_else(|| {
-            cfg_err(format!(
-                "unsupported hidden_activation `{}`",
-                config.hidden_activation
-            ))
-        })?;
+        let act = Activation::from_hf(&config.hidden_activation)
+            .ok_or_else(|| cfg_err(format!("unsupported hidden_activation `{}`", config.hidden_activation)))?;
         let layer_types = config.layer_types();
         if layer_types.len() != config.num_hidden_layers {
             return Err(cfg_err(format!(
@@ -238,24 +232,15 @@ impl Model {
             w.device(),
         )
         .map_err(cfg_err)?;
-        let rotary_local = Rotary::new(
-            config.rope_local_base_freq,
-            config.head_dim,
-            None,
-            w.device(),
-        )
-        .map_err(cfg_err)?;
+        let rotary_local =
+            Rotary::new(config.rope_local_base_freq, config.head_dim, None, w.device()).map_err(cfg_err)?;
         let info = ModelInfo {
             arch: crate::config::Arch::Gemma3,
             num_layers: config.num_hidden_layers,
             hidden_size: config.hidden_size,
             vocab_size: config.vocab_size,
             bos_token_id: config.bos_token_id,
-            eos_token_ids: config
-                .eos_token_id
-                .as_ref()
-                .map(TokenIds::to_vec)
-                .unwrap_or_default(),
+            eos_token_ids: config.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default(),
             pad_token_id: config.pad_token_id,
         };
         Ok(Self {
@@ -286,10 +271,7 @@ impl Decoder for Model {
         self.device
     }
     fn kv_shape(&self) -> (i64, i64) {
-        (
-            self.config.num_key_value_heads as i64,
-            self.config.head_dim as i64,
-        )
+        (self.config.num_key_value_heads as i64, self.config.head_dim as i64)
     }
     fn layer_type(&self, layer: usize) -> LayerType {
         self.layer_types[layer]
@@ -319,18 +301,7 @@ impl Decoder for Model {
     ) -> Tensor {
         let l = &self.layers[i];
         let [a, b, c, d] = &l.norms;
-        gemma_layer_forward(
-            &l.attn,
-            &l.mlp,
-            [a, b, c, d],
-            h,
-            cos,
-            sin,
-            mask,
-            cache,
-            past,
-            o_adapter,
-        )
+        gemma_layer_forward(&l.attn, &l.mlp, [a, b, c, d], h, cos, sin, mask, cache, past, o_adapter)
     }
     fn head(&self, h: &Tensor) -> Tensor {
         let logits = project_vocab(&self.norm.forward(h), &self.lm_head);
@@ -352,7 +323,12 @@ impl Model {
             let p = format!("model.layers.{i}");
             l.attn.push_named(&format!("{p}.self_attn"), &mut out);
             l.mlp.push_named(&format!("{p}.mlp"), &mut out);
-            let names = ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"];
+            let names = [
+                "input_layernorm",
+                "post_attention_layernorm",
+                "pre_feedforward_layernorm",
+                "post_feedforward_layernorm",
+            ];
             for (n, norm) in names.iter().zip(&l.norms) {
                 norm.push_named(&format!("{p}.{n}"), &mut out);
             }
@@ -375,9 +351,7 @@ mod tests {
     fn five_local_layers_per_global_layer() {
         let cfg: Config = serde_json::from_str(r#"{"num_hidden_layers": 18}"#).unwrap();
         let t = cfg.layer_types();
-        let global: Vec<usize> = (0..18)
-            .filter(|&i| t[i] == LayerType::FullAttention)
-            .collect();
+        let global: Vec<usize> = (0..18).filter(|&i| t[i] == LayerType::FullAttention).collect();
         assert_eq!(global, vec![5, 11, 17]);
         assert_eq!(cfg.rope_local_base_freq, 10_000.0);
         assert_eq!(cfg.rope_theta, 1_000_000.0);
@@ -386,9 +360,7 @@ mod tests {
 
     #[test]
     fn sliding_window_pattern_is_honoured() {
-        let cfg: Config =
-            serde_json::from_str(r#"{"num_hidden_layers": 4, "sliding_window_pattern": 2}"#)
-                .unwrap();
+        let cfg: Config = serde_json::from_str(r#"{"num_hidden_layers": 4, "sliding_window_pattern": 2}"#).unwrap();
         assert_eq!(
             cfg.layer_types(),
             vec![

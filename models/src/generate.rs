@@ -154,9 +154,7 @@ pub fn generate_with(
         }
     }
     let hooks = if any_positions {
-        hooks.with_positions(Some(
-            Tensor::from_slice(&iv_pos).view([b, t]).to_device(dev),
-        ))
+        hooks.with_positions(Some(Tensor::from_slice(&iv_pos).view([b, t]).to_device(dev)))
     } else {
         hooks.with_positions(hooks.prompt_positions.as_ref().map(Tensor::shallow_clone))
     };
@@ -237,9 +235,7 @@ fn pick(logits: &Tensor, sampling: Sampling, rngs: &mut [StdRng]) -> Result<Vec<
                 let remove = cum.le(1.0 - top_p);
                 let _ = remove.narrow(1, v - 1, 1).fill_(0);
                 let remove = remove.scatter(1, &idx, &remove);
-                scaled
-                    .masked_fill(&remove, f64::NEG_INFINITY)
-                    .softmax(-1, Kind::Float)
+                scaled.masked_fill(&remove, f64::NEG_INFINITY).softmax(-1, Kind::Float)
             } else {
                 scaled.softmax(-1, Kind::Float)
             };

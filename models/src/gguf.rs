@@ -53,26 +53,57 @@ pub enum GgufError {
     #[error("{}: not a GGUF file (magic {found:02x?}, expected \"GGUF\")", path.display())]
     BadMagic { path: PathBuf, found: [u8; 4] },
     #[error("{}: unsupported GGUF version {version} (this reader handles versions 2 and 3{hint})", path.display())]
-    UnsupportedVersion { path: PathBuf, version: u32, hint: &'static str },
+    UnsupportedVersion {
+        path: PathBuf,
+        version: u32,
+        hint: &'static str,
+    },
     #[error(
         "{}: truncated: {what} at byte {offset} needs {needed} bytes, but the file has {file_len}",
         path.display()
     )]
-    Truncated { path: PathBuf, what: String, offset: u64, needed: u64, file_len: u64 },
+    Truncated {
+        path: PathBuf,
+        what: String,
+        offset: u64,
+        needed: u64,
+        file_len: u64,
+    },
     #[error("{}: invalid {what}: {reason}", path.display())]
-    Invalid { path: PathBuf, what: String, reason: String },
+    Invalid {
+        path: PathBuf,
+        what: String,
+        reason: String,
+    },
     #[error("{}: tensor `{tensor}`: {reason}", path.display())]
-    BadTensor { path: PathBuf, tensor: String, reason: String },
+    BadTensor {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
     #[error("{}: tensor `{tensor}` has type {ty}, which cannot be dequantized", path.display())]
-    UnsupportedType { path: PathBuf, tensor: String, ty: GgmlType },
+    UnsupportedType {
+        path: PathBuf,
+        tensor: String,
+        ty: GgmlType,
+    },
     #[error("{}: no tensor named `{tensor}`", path.display())]
     TensorNotFound { path: PathBuf, tensor: String },
     #[error("{}: metadata key `{key}` is missing", path.display())]
     MissingKey { path: PathBuf, key: String },
     #[error("{}: metadata key `{key}` is {found}, expected {expected}", path.display())]
-    WrongType { path: PathBuf, key: String, expected: &'static str, found: String },
+    WrongType {
+        path: PathBuf,
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
     #[error("{}: tensor `{tensor}`: {source}", path.display())]
-    Torch { path: PathBuf, tensor: String, source: tch::TchError },
+    Torch {
+        path: PathBuf,
+        tensor: String,
+        source: tch::TchError,
+    },
 }
 
 pub type Result<T, E = GgufError> = std::result::Result<T, E>;
@@ -320,7 +351,10 @@ impl GgufFile {
     /// Opens, maps and validates `path`. Tensor data is not touched until [`GgufFile::tensor`].
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| GgufError::Io { path: path.clone(), source };
+        let io = |source| GgufError::Io {
+            path: path.clone(),
+            source,
+        };
         let file = std::fs::File::open(&path).map_err(io)?;
         // SAFETY: the map is read-only; like every mmap-based model loader we assume the file is
         // not truncated or rewritten while open (doing so is a bug of whoever does it, and at worst
@@ -330,10 +364,17 @@ impl GgufFile {
     }
 
     fn parse(path: PathBuf, mmap: memmap2::Mmap) -> Result<GgufFile> {
-        let mut r = Reader { buf: &mmap, pos: 0, path: &path };
+        let mut r = Reader {
+            buf: &mmap,
+            pos: 0,
+            path: &path,
+        };
         let magic: [u8; 4] = r.bytes(4, || "magic".into())?.try_into().expect("4 bytes");
         if magic != GGUF_MAGIC {
-            return Err(GgufError::BadMagic { path: path.clone(), found: magic });
+            return Err(GgufError::BadMagic {
+                path: path.clone(),
+                found: magic,
+            });
         }
         let version = r.u32(|| "version".into())?;
         if version != 2 && version != 3 {
@@ -344,7 +385,11 @@ impl GgufFile {
             } else {
                 ""
             };
-            return Err(GgufError::UnsupportedVersion { path: path.clone(), version, hint });
+            return Err(GgufError::UnsupportedVersion {
+                path: path.clone(),
+                version,
+                hint,
+            });
         }
         let tensor_count = r.u64(|| "tensor count".into())?;
         let kv_count = r.u64(|| "metadata count".into())?;
@@ -412,12 +457,22 @@ impl GgufFile {
                 }
             };
             if !offset.is_multiple_of(alignment) {
-                return Err(r.bad_tensor(&name, format!("data offset {offset} is not a multiple of the alignment {alignment}")));
+                return Err(r.bad_tensor(
+                    &name,
+                    format!("data offset {offset} is not a multiple of the alignment {alignment}"),
+                ));
             }
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
                 return Err(r.bad_tensor(&name, "name appears twice in the tensor directory".into()));
             }
-            tensors.push(TensorInfo { name, ggml_type, dims, offset, n_elements, n_bytes });
+            tensors.push(TensorInfo {
+                name,
+                ggml_type,
+                dims,
+                offset,
+                n_elements,
+                n_bytes,
+            });
         }
 
         let data_offset = (r.pos as u64).next_multiple_of(alignment);
@@ -442,7 +497,17 @@ impl GgufFile {
             }
         }
 
-        Ok(GgufFile { path, mmap, version, metadata, metadata_index, tensors, tensor_index, alignment, data_offset })
+        Ok(GgufFile {
+            path,
+            mmap,
+            version,
+            metadata,
+            metadata_index,
+            tensors,
+            tensor_index,
+            alignment,
+            data_offset,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -473,11 +538,19 @@ impl GgufFile {
     }
 
     fn require(&self, key: &str) -> Result<&MetadataValue> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey { path: self.path.clone(), key: key.into() })
+        self.get(key).ok_or_else(|| GgufError::MissingKey {
+            path: self.path.clone(),
+            key: key.into(),
+        })
     }
 
     fn wrong_type(&self, key: &str, expected: &'static str, found: &MetadataValue) -> GgufError {
-        GgufError::WrongType { path: self.path.clone(), key: key.into(), expected, found: found.type_name() }
+        GgufError::WrongType {
+            path: self.path.clone(),
+            key: key.into(),
+            expected,
+            found: found.type_name(),
+        }
     }
 
     pub fn get_str(&self, key: &str) -> Result<&str> {
@@ -488,19 +561,25 @@ impl GgufFile {
     /// Any integer type whose value fits in u32.
     pub fn get_u32(&self, key: &str) -> Result<u32> {
         let v = self.require(key)?;
-        v.as_i128().and_then(|x| u32::try_from(x).ok()).ok_or_else(|| self.wrong_type(key, "an integer in u32 range", v))
+        v.as_i128()
+            .and_then(|x| u32::try_from(x).ok())
+            .ok_or_else(|| self.wrong_type(key, "an integer in u32 range", v))
     }
 
     /// Any integer type whose value fits in u64.
     pub fn get_u64(&self, key: &str) -> Result<u64> {
         let v = self.require(key)?;
-        v.as_i128().and_then(|x| u64::try_from(x).ok()).ok_or_else(|| self.wrong_type(key, "an integer in u64 range", v))
+        v.as_i128()
+            .and_then(|x| u64::try_from(x).ok())
+            .ok_or_else(|| self.wrong_type(key, "an integer in u64 range", v))
     }
 
     /// A float32/float64 (or integer) value as f32.
     pub fn get_f32(&self, key: &str) -> Result<f32> {
         let v = self.require(key)?;
-        v.as_f64().map(|x| x as f32).ok_or_else(|| self.wrong_type(key, "a number", v))
+        v.as_f64()
+            .map(|x| x as f32)
+            .ok_or_else(|| self.wrong_type(key, "a number", v))
     }
 
     pub fn get_bool(&self, key: &str) -> Result<bool> {
@@ -543,37 +622,65 @@ impl GgufFile {
 
     /// `Ok(None)` when the key is absent; an error when present with the wrong type.
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
-        if self.get(key).is_none() { Ok(None) } else { self.get_str(key).map(Some) }
+        if self.get(key).is_none() {
+            Ok(None)
+        } else {
+            self.get_str(key).map(Some)
+        }
     }
 
     /// `Ok(None)` when the key is absent; an error when present with the wrong type.
     pub fn opt_u32(&self, key: &str) -> Result<Option<u32>> {
-        if self.get(key).is_none() { Ok(None) } else { self.get_u32(key).map(Some) }
+        if self.get(key).is_none() {
+            Ok(None)
+        } else {
+            self.get_u32(key).map(Some)
+        }
     }
 
     /// `Ok(None)` when the key is absent; an error when present with the wrong type.
     pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
-        if self.get(key).is_none() { Ok(None) } else { self.get_f32(key).map(Some) }
+        if self.get(key).is_none() {
+            Ok(None)
+        } else {
+            self.get_f32(key).map(Some)
+        }
     }
 
     /// `Ok(None)` when the key is absent; an error when present with the wrong type.
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        if self.get(key).is_none() { Ok(None) } else { self.get_bool(key).map(Some) }
+        if self.get(key).is_none() {
+            Ok(None)
+        } else {
+            self.get_bool(key).map(Some)
+        }
     }
 
     /// `Ok(None)` when the key is absent; an error when present with the wrong type.
     pub fn opt_str_array(&self, key: &str) -> Result<Option<&[String]>> {
-        if self.get(key).is_none() { Ok(None) } else { self.get_str_array(key).map(Some) }
+        if self.get(key).is_none() {
+            Ok(None)
+        } else {
+            self.get_str_array(key).map(Some)
+        }
     }
 
     /// `Ok(None)` when the key is absent; an error when present with the wrong type.
     pub fn opt_f32_array(&self, key: &str) -> Result<Option<&[f32]>> {
-        if self.get(key).is_none() { Ok(None) } else { self.get_f32_array(key).map(Some) }
+        if self.get(key).is_none() {
+            Ok(None)
+        } else {
+            self.get_f32_array(key).map(Some)
+        }
     }
 
     /// `Ok(None)` when the key is absent; an error when present with the wrong type.
     pub fn opt_i64_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
-        if self.get(key).is_none() { Ok(None) } else { self.get_i64_array(key).map(Some) }
+        if self.get(key).is_none() {
+            Ok(None)
+        } else {
+            self.get_i64_array(key).map(Some)
+        }
     }
 
     /// `general.architecture`.
@@ -627,7 +734,10 @@ impl GgufFile {
         self.tensor_index
             .get(name)
             .map(|&i| &self.tensors[i])
-            .ok_or_else(|| GgufError::TensorNotFound { path: self.path.clone(), tensor: name.into() })
+            .ok_or_else(|| GgufError::TensorNotFound {
+                path: self.path.clone(),
+                tensor: name.into(),
+            })
     }
 
     pub fn has_tensor(&self, name: &str) -> bool {
@@ -659,8 +769,16 @@ impl GgufFile {
             });
         }
         quant::dequantize(info.ggml_type, bytes, out).map_err(|e| match e {
-            QuantError::Unsupported { ty } => GgufError::UnsupportedType { path: self.path.clone(), tensor: name.into(), ty },
-            other => GgufError::BadTensor { path: self.path.clone(), tensor: name.into(), reason: other.to_string() },
+            QuantError::Unsupported { ty } => GgufError::UnsupportedType {
+                path: self.path.clone(),
+                tensor: name.into(),
+                ty,
+            },
+            other => GgufError::BadTensor {
+                path: self.path.clone(),
+                tensor: name.into(),
+                reason: other.to_string(),
+            },
         })
     }
 
@@ -676,9 +794,17 @@ impl GgufFile {
     pub fn tensor(&self, name: &str) -> Result<tch::Tensor> {
         let info = self.tensor_info(name)?;
         if !info.ggml_type.can_dequantize() {
-            return Err(GgufError::UnsupportedType { path: self.path.clone(), tensor: name.into(), ty: info.ggml_type });
+            return Err(GgufError::UnsupportedType {
+                path: self.path.clone(),
+                tensor: name.into(),
+                ty: info.ggml_type,
+            });
         }
-        let torch_err = |source| GgufError::Torch { path: self.path.clone(), tensor: name.into(), source };
+        let torch_err = |source| GgufError::Torch {
+            path: self.path.clone(),
+            tensor: name.into(),
+            source,
+        };
         let t = tch::Tensor::f_empty(info.shape(), (tch::Kind::Float, tch::Device::Cpu)).map_err(torch_err)?;
         let n = info.n_elements as usize;
         if n > 0 {
@@ -695,7 +821,11 @@ impl GgufFile {
         let t = self.tensor(name)?;
         t.f_to_kind(kind)
             .and_then(|t| t.f_to_device(device))
-            .map_err(|source| GgufError::Torch { path: self.path.clone(), tensor: name.into(), source })
+            .map_err(|source| GgufError::Torch {
+                path: self.path.clone(),
+                tensor: name.into(),
+                source,
+            })
     }
 }
 
@@ -754,11 +884,19 @@ impl<'a> Reader<'a> {
     }
 
     fn invalid(&self, what: String, reason: String) -> GgufError {
-        GgufError::Invalid { path: self.path.to_path_buf(), what, reason }
+        GgufError::Invalid {
+            path: self.path.to_path_buf(),
+            what,
+            reason,
+        }
     }
 
     fn bad_tensor(&self, tensor: &str, reason: String) -> GgufError {
-        GgufError::BadTensor { path: self.path.to_path_buf(), tensor: tensor.into(), reason }
+        GgufError::BadTensor {
+            path: self.path.to_path_buf(),
+            tensor: tensor.into(),
+            reason,
+        }
     }
 
     fn value(&mut self, key: &str, depth: usize) -> Result<MetadataValue> {
@@ -796,7 +934,10 @@ impl<'a> Reader<'a> {
 
     fn metadata_array(&mut self, key: &str, depth: usize) -> Result<MetadataArray> {
         if depth >= MAX_ARRAY_DEPTH {
-            return Err(self.invalid(format!("metadata `{key}`"), format!("arrays nested deeper than {MAX_ARRAY_DEPTH}")));
+            return Err(self.invalid(
+                format!("metadata `{key}`"),
+                format!("arrays nested deeper than {MAX_ARRAY_DEPTH}"),
+            ));
         }
         let ty = self.u32(|| format!("element type of metadata array `{key}`"))?;
         let len = self.u64(|| format!("length of metadata array `{key}`"))?;
@@ -805,8 +946,15 @@ impl<'a> Reader<'a> {
             ($variant:ident, $t:ty) => {{
                 const S: usize = std::mem::size_of::<$t>();
                 let total = len.checked_mul(S as u64).unwrap_or(u64::MAX);
-                let bytes = self.bytes(total, || format!("metadata array `{key}` ({len} x {})", stringify!($t)))?;
-                MetadataArray::$variant(bytes.chunks_exact(S).map(|c| <$t>::from_le_bytes(c.try_into().unwrap())).collect())
+                let bytes = self.bytes(total, || {
+                    format!("metadata array `{key}` ({len} x {})", stringify!($t))
+                })?;
+                MetadataArray::$variant(
+                    bytes
+                        .chunks_exact(S)
+                        .map(|c| <$t>::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                )
             }};
         }
         Ok(match ty {
@@ -842,7 +990,10 @@ impl<'a> Reader<'a> {
             11 => fixed!(I64, i64),
             12 => fixed!(F64, f64),
             other => {
-                return Err(self.invalid(format!("metadata array `{key}`"), format!("unknown element type {other}")));
+                return Err(self.invalid(
+                    format!("metadata array `{key}`"),
+                    format!("unknown element type {other}"),
+                ));
             }
         })
     }

@@ -53,16 +53,8 @@ impl AddVectors {
 impl Intervention for AddVectors {
     fn apply(&self, h: &Tensor, ctx: &InterventionCtx) -> Tensor {
         let d = *h.size().last().unwrap();
-        let v = self
-            .vectors
-            .reshape([-1, 1, d])
-            .to_kind(h.kind())
-            .to_device(h.device());
-        let s = self
-            .scales
-            .reshape([-1, 1, 1])
-            .to_kind(h.kind())
-            .to_device(h.device());
+        let v = self.vectors.reshape([-1, 1, d]).to_kind(h.kind()).to_device(h.device());
+        let s = self.scales.reshape([-1, 1, 1]).to_kind(h.kind()).to_device(h.device());
         let m = ctx.mask.unsqueeze(-1).to_kind(h.kind());
         h + m * s * v
     }
@@ -97,16 +89,9 @@ impl std::fmt::Debug for Hooks<'_> {
             .field("stop_after", &self.stop_after)
             .field(
                 "interventions_at",
-                &self
-                    .interventions
-                    .iter()
-                    .map(|(l, _)| *l)
-                    .collect::<Vec<_>>(),
+                &self.interventions.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
             )
-            .field(
-                "prompt_positions",
-                &self.prompt_positions.as_ref().map(|t| t.size()),
-            )
+            .field("prompt_positions", &self.prompt_positions.as_ref().map(|t| t.size()))
             .field("skip_generated", &self.skip_generated)
             .field(
                 "o_proj_adapters_at",
@@ -182,27 +167,15 @@ impl<'a> Hooks<'a> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.capture.is_empty()
-            && self.stop_after.is_none()
-            && self.interventions.is_empty()
-            && self.o_proj.is_empty()
+        self.capture.is_empty() && self.stop_after.is_none() && self.interventions.is_empty() && self.o_proj.is_empty()
     }
 
     /// The `[B, T]` bool mask of positions to intervene on for a chunk of `t` tokens after `past`.
-    pub(crate) fn intervention_mask(
-        &self,
-        b: i64,
-        t: i64,
-        past: i64,
-        device: tch::Device,
-    ) -> Result<Tensor, String> {
+    pub(crate) fn intervention_mask(&self, b: i64, t: i64, past: i64, device: tch::Device) -> Result<Tensor, String> {
         if past == 0 {
             if let Some(m) = &self.prompt_positions {
                 if m.size() != [b, t] {
-                    return Err(format!(
-                        "position mask has shape {:?}, input is [{b}, {t}]",
-                        m.size()
-                    ));
+                    return Err(format!("position mask has shape {:?}, input is [{b}, {t}]", m.size()));
                 }
                 return Ok(m.ne(0).to_device(device));
             }
@@ -229,10 +202,7 @@ pub struct ForwardOutput {
 impl ForwardOutput {
     /// The captured output of `layer`, if it was captured.
     pub fn hidden(&self, layer: usize) -> Option<&Tensor> {
-        self.hidden
-            .iter()
-            .find(|(l, _)| *l == layer)
-            .map(|(_, t)| t)
+        self.hidden.iter().find(|(l, _)| *l == layer).map(|(_, t)| t)
     }
 }
 
@@ -276,13 +246,7 @@ mod tests {
         let m = tiny("tiny-gemma2");
         let (ids, mask) = batch();
         let plain = m
-            .forward(
-                &ids,
-                Some(&mask),
-                &Hooks::none().capture(2),
-                Logits::All,
-                None,
-            )
+            .forward(&ids, Some(&mask), &Hooks::none().capture(2), Logits::All, None)
             .unwrap();
         let zero = AddVectors::new(
             Tensor::randn([2, 64], (Kind::Float, tch::Device::Cpu)),
@@ -297,13 +261,7 @@ mod tests {
                 None,
             )
             .unwrap();
-        assert!(
-            plain
-                .logits
-                .as_ref()
-                .unwrap()
-                .equal(hooked.logits.as_ref().unwrap())
-        );
+        assert!(plain.logits.as_ref().unwrap().equal(hooked.logits.as_ref().unwrap()));
         assert!(plain.hidden(2).unwrap().equal(hooked.hidden(2).unwrap()));
     }
 
@@ -313,22 +271,14 @@ mod tests {
         let m = tiny("tiny-llama");
         let (ids, mask) = batch();
         let base = m
-            .forward(
-                &ids,
-                Some(&mask),
-                &Hooks::none().capture(1),
-                Logits::None,
-                None,
-            )
+            .forward(&ids, Some(&mask), &Hooks::none().capture(1), Logits::None, None)
             .unwrap();
         let v = Tensor::ones([1, 64], (Kind::Float, tch::Device::Cpu));
         // Row 0 scale 0, row 1 scale 3; only the last two positions.
         let add = AddVectors::new(v, Tensor::from_slice(&[0.0f32, 3.0]));
         let pos = Tensor::from_slice(&[0i64, 0, 0, 1, 1, 0, 0, 0, 1, 1]).view([2, 5]);
         let hooks = Hooks::none().capture(1).intervene(1, &add).positions(pos);
-        let out = m
-            .forward(&ids, Some(&mask), &hooks, Logits::None, None)
-            .unwrap();
+        let out = m.forward(&ids, Some(&mask), &hooks, Logits::None, None).unwrap();
         let delta = out.hidden(1).unwrap() - base.hidden(1).unwrap();
         assert_eq!(delta.get(0).abs().max().double_value(&[]), 0.0);
         let row1 = delta.get(1);
@@ -354,27 +304,16 @@ mod tests {
             w: Tensor::zeros([64], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true),
         };
         let out = m
-            .forward(
-                &ids,
-                Some(&mask),
-                &Hooks::none().intervene(2, &iv),
-                Logits::All,
-                None,
-            )
+            .forward(&ids, Some(&mask), &Hooks::none().intervene(2, &iv), Logits::All, None)
             .unwrap();
         let logits = out.logits.unwrap();
         assert!(logits.requires_grad());
-        let loss = logits
-            .log_softmax(-1, Kind::Float)
-            .select(-1, 5)
-            .mean(Kind::Float);
+        let loss = logits.log_softmax(-1, Kind::Float).select(-1, 5).mean(Kind::Float);
         loss.backward();
         let g = iv.w.grad();
         assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
         // Nothing of the model's own requires grad, so only the intervention is trained.
-        let plain = m
-            .forward(&ids, Some(&mask), &Hooks::none(), Logits::All, None)
-            .unwrap();
+        let plain = m.forward(&ids, Some(&mask), &Hooks::none(), Logits::All, None).unwrap();
         assert!(!plain.logits.unwrap().requires_grad());
     }
 
@@ -383,13 +322,7 @@ mod tests {
         let m = tiny("tiny-llama");
         let (ids, mask) = batch();
         let err = m
-            .forward(
-                &ids,
-                Some(&mask),
-                &Hooks::none().capture(3),
-                Logits::None,
-                None,
-            )
+            .forward(&ids, Some(&mask), &Hooks::none().capture(3), Logits::None, None)
             .unwrap_err();
         assert!(err.to_string().contains("layer 3 out of range"), "{err}");
     }

@@ -35,9 +35,7 @@ impl Linear {
 /// products, summed in a possibly different order.
 pub fn project_vocab(h: &Tensor, w: &Tensor) -> Tensor {
     let mut shape = h.size();
-    let d = *shape
-        .last()
-        .expect("hidden states have a feature dimension");
+    let d = *shape.last().expect("hidden states have a feature dimension");
     let rows = h.numel() as i64 / d.max(1);
     if rows > 64 {
         return h.linear::<&Tensor>(w, None);
@@ -96,16 +94,10 @@ pub struct Rotary {
 impl Rotary {
     /// Mirrors HF's `_compute_default_rope_parameters` (computed with torch in f32 so results are
     /// bit-identical) plus the `linear` and `llama3` scalings.
-    pub fn new(
-        base: f64,
-        head_dim: usize,
-        scaling: Option<&RopeScaling>,
-        device: tch::Device,
-    ) -> Result<Self, String> {
-        let exps =
-            Tensor::arange_start_step(0, head_dim as i64, 2, (Kind::Int64, tch::Device::Cpu))
-                .to_kind(Kind::Float)
-                / head_dim as f64;
+    pub fn new(base: f64, head_dim: usize, scaling: Option<&RopeScaling>, device: tch::Device) -> Result<Self, String> {
+        let exps = Tensor::arange_start_step(0, head_dim as i64, 2, (Kind::Int64, tch::Device::Cpu))
+            .to_kind(Kind::Float)
+            / head_dim as f64;
         let mut inv = Tensor::from(base as f32).pow(&exps).reciprocal();
         if let Some(s) = scaling {
             match s.rope_type.as_deref().unwrap_or("default") {
@@ -172,9 +164,7 @@ pub enum Activation {
 impl Activation {
     pub fn from_hf(name: &str) -> Option<Self> {
         match name {
-            "gelu_pytorch_tanh" | "gelu_tanh" | "gelu_new" | "gelu_fast" => {
-                Some(Activation::GeluTanh)
-            }
+            "gelu_pytorch_tanh" | "gelu_tanh" | "gelu_new" | "gelu_fast" => Some(Activation::GeluTanh),
             "silu" | "swish" => Some(Activation::Silu),
             _ => None,
         }
@@ -261,21 +251,10 @@ impl Attention {
             None => (k, v),
         };
         let out = match self.softcap {
-            None => Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                Some(mask),
-                0.0,
-                false,
-                self.scale,
-                true,
-            ),
+            None => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, self.scale, true),
             Some(cap) => self.eager_softcapped(&q, &k, &v, mask, cap),
         };
-        let out = out
-            .transpose(1, 2)
-            .reshape([b, t, self.num_heads * self.head_dim]);
+        let out = out.transpose(1, 2).reshape([b, t, self.num_heads * self.head_dim]);
         match o_adapter {
             // LoRA on o_proj (crate::lora): base projection plus the adapter's delta.
             Some(a) => self.o.forward(&out) + a.delta(&out),
@@ -285,14 +264,7 @@ impl Attention {
 
     /// Scores, soft-cap, mask, f32 softmax, weighted sum: HF's eager path. Query heads sharing a KV
     /// head are folded into the row dimension instead of copying K and V per head.
-    fn eager_softcapped(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        mask: &Tensor,
-        cap: f64,
-    ) -> Tensor {
+    fn eager_softcapped(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, cap: f64) -> Tensor {
         let (b, h, t, d) = q.size4().expect("q is [B, H, T, D]");
         let s = k.size()[2];
         let rep = h / self.num_kv_heads;
@@ -373,8 +345,7 @@ impl LayerCache {
                 shape[2] = need.max(cap * 2).max(16);
                 let buf = Tensor::zeros(&shape, (new.kind(), new.device()));
                 if let Some(old) = slot.as_ref() {
-                    buf.narrow(2, 0, past_len)
-                        .copy_(&old.narrow(2, 0, past_len));
+                    buf.narrow(2, 0, past_len).copy_(&old.narrow(2, 0, past_len));
                 }
                 *slot = Some(buf);
             }
@@ -425,14 +396,8 @@ impl KvCache {
     ) -> Self {
         let layers = (0..num_layers)
             .map(|_| LayerCache {
-                k: Some(Tensor::zeros(
-                    [batch, kv_heads, capacity, head_dim],
-                    (kind, device),
-                )),
-                v: Some(Tensor::zeros(
-                    [batch, kv_heads, capacity, head_dim],
-                    (kind, device),
-                )),
+                k: Some(Tensor::zeros([batch, kv_heads, capacity, head_dim], (kind, device))),
+                v: Some(Tensor::zeros([batch, kv_heads, capacity, head_dim], (kind, device))),
             })
             .collect();
         Self { layers, len: 0 }
@@ -440,9 +405,7 @@ impl KvCache {
 
     /// Batch size the buffers were allocated for, if any are allocated yet.
     pub fn batch(&self) -> Option<i64> {
-        self.layers
-            .iter()
-            .find_map(|l| l.k.as_ref().map(|k| k.size()[0]))
+        self.layers.iter().find_map(|l| l.k.as_ref().map(|k| k.size()[0]))
     }
 
     /// Number of positions stored.
@@ -467,13 +430,7 @@ impl KvCache {
 /// (`attention_mask[b, j] != 0`), `j <= past + i` (causal) and, for sliding-window layers,
 /// `j > past + i - window` (HF's `sliding_window_overlay`). Indices count slots, padding included,
 /// exactly like HF's `cache_position`.
-pub fn attention_bias(
-    attention_mask: &Tensor,
-    past: i64,
-    t: i64,
-    window: Option<i64>,
-    kind: Kind,
-) -> Tensor {
+pub fn attention_bias(attention_mask: &Tensor, past: i64, t: i64, window: Option<i64>, kind: Kind) -> Tensor {
     let device = attention_mask.device();
     let s = attention_mask.size()[1];
     let q = Tensor::arange_start(past, past + t, (Kind::Int64, device)).view([t, 1]);
@@ -498,11 +455,7 @@ pub fn attention_bias(
 /// unpadded sequence. This is what HF `generate` passes to the model.
 pub fn position_ids(attention_mask: &Tensor, t: i64) -> Tensor {
     let s = attention_mask.size()[1];
-    let pos = attention_mask
-        .ne(0)
-        .to_kind(Kind::Int64)
-        .cumsum(1, Kind::Int64)
-        - 1;
+    let pos = attention_mask.ne(0).to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1;
     pos.clamp_min(0).narrow(1, s - t, t)
 }
 
@@ -510,13 +463,7 @@ pub fn position_ids(attention_mask: &Tensor, t: i64) -> Tensor {
 mod tests {
     use super::*;
 
-    fn allowed(
-        mask: &[i64],
-        b: i64,
-        past: i64,
-        t: i64,
-        window: Option<i64>,
-    ) -> Vec<Vec<Vec<bool>>> {
+    fn allowed(mask: &[i64], b: i64, past: i64, t: i64, window: Option<i64>) -> Vec<Vec<Vec<bool>>> {
         let s = mask.len() as i64 / b;
         let m = Tensor::from_slice(mask).view([b, s]);
         let bias = attention_bias(&m, past, t, window, Kind::Float);
@@ -524,11 +471,7 @@ mod tests {
         (0..b)
             .map(|bi| {
                 (0..t)
-                    .map(|i| {
-                        (0..s)
-                            .map(|j| bias.double_value(&[bi, 0, i, j]) == 0.0)
-                            .collect()
-                    })
+                    .map(|i| (0..s).map(|j| bias.double_value(&[bi, 0, i, j]) == 0.0).collect())
                     .collect()
             })
             .collect()

@@ -6,10 +6,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{LayerType, ModelInfo, RopeScaling, TokenIds};
-use crate::layers::{
-    Activation, Attention, LayerCache, Linear, Mlp, NormStyle, RmsNorm, Rotary, project_vocab,
-};
 use crate::hooks::LinearAdapter;
+use crate::layers::{Activation, Attention, LayerCache, Linear, Mlp, NormStyle, RmsNorm, Rotary, project_vocab};
 use crate::model::{Decoder, ModelError, check_divisible};
 use crate::weights::Weights;
 
@@ -188,29 +186,16 @@ impl Model {
                 post_attention_layernorm: norm("post_attention_layernorm")?,
             });
         }
-        let norm = RmsNorm::new(
-            w.get("model.norm.weight", &[hidden])?,
-            eps,
-            NormStyle::Plain,
-        );
-        let rotary = Rotary::new(
-            config.rope_theta,
-            hd as usize,
-            config.rope_scaling.as_ref(),
-            w.device(),
-        )
-        .map_err(cfg_err)?;
+        let norm = RmsNorm::new(w.get("model.norm.weight", &[hidden])?, eps, NormStyle::Plain);
+        let rotary =
+            Rotary::new(config.rope_theta, hd as usize, config.rope_scaling.as_ref(), w.device()).map_err(cfg_err)?;
         let info = ModelInfo {
             arch: crate::config::Arch::Llama,
             num_layers: config.num_hidden_layers,
             hidden_size: config.hidden_size,
             vocab_size: config.vocab_size,
             bos_token_id: config.bos_token_id,
-            eos_token_ids: config
-                .eos_token_id
-                .as_ref()
-                .map(TokenIds::to_vec)
-                .unwrap_or_default(),
+            eos_token_ids: config.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default(),
             pad_token_id: config.pad_token_id,
         };
         Ok(Self {
@@ -238,10 +223,7 @@ impl Decoder for Model {
         self.device
     }
     fn kv_shape(&self) -> (i64, i64) {
-        (
-            self.config.num_kv_heads() as i64,
-            self.config.head_dim() as i64,
-        )
+        (self.config.num_kv_heads() as i64, self.config.head_dim() as i64)
     }
     fn layer_type(&self, _: usize) -> LayerType {
         LayerType::FullAttention
@@ -267,15 +249,9 @@ impl Decoder for Model {
         o_adapter: Option<&dyn LinearAdapter>,
     ) -> Tensor {
         let l = &self.layers[i];
-        let a = l.attn.forward(
-            &l.input_layernorm.forward(h),
-            cos,
-            sin,
-            mask,
-            cache,
-            past,
-            o_adapter,
-        );
+        let a = l
+            .attn
+            .forward(&l.input_layernorm.forward(h), cos, sin, mask, cache, past, o_adapter);
         let h = h + a;
         let m = l.mlp.forward(&l.post_attention_layernorm.forward(&h));
         h + m
@@ -297,7 +273,8 @@ impl Model {
             l.attn.push_named(&format!("{p}.self_attn"), &mut out);
             l.mlp.push_named(&format!("{p}.mlp"), &mut out);
             l.input_layernorm.push_named(&format!("{p}.input_layernorm"), &mut out);
-            l.post_attention_layernorm.push_named(&format!("{p}.post_attention_layernorm"), &mut out);
+            l.post_attention_layernorm
+                .push_named(&format!("{p}.post_attention_layernorm"), &mut out);
         }
         self.norm.push_named("model.norm", &mut out);
         // Tied embeddings share one tensor: list it once so it is updated once.
@@ -315,8 +292,7 @@ mod tests {
 
     #[test]
     fn hf_defaults_fill_missing_fields() {
-        let cfg: Config =
-            serde_json::from_str(r#"{"hidden_size": 576, "num_attention_heads": 9}"#).unwrap();
+        let cfg: Config = serde_json::from_str(r#"{"hidden_size": 576, "num_attention_heads": 9}"#).unwrap();
         assert_eq!(cfg.head_dim(), 64);
         assert_eq!(cfg.num_kv_heads(), 9);
         assert!(!cfg.tie_word_embeddings);

@@ -102,9 +102,18 @@ impl Lora {
         for &l in &config.layers {
             let (out, inp) = o_proj_shape(model, l)?;
             let bound = 1.0 / (inp as f64).sqrt();
-            let a = (Tensor::rand([config.rank, inp], (Kind::Float, device)) * (2.0 * bound) - bound).set_requires_grad(true);
+            let a = (Tensor::rand([config.rank, inp], (Kind::Float, device)) * (2.0 * bound) - bound)
+                .set_requires_grad(true);
             let b = Tensor::zeros([out, config.rank], (Kind::Float, device)).set_requires_grad(true);
-            layers.push(LoraLayer { layer: l, a, b, scaling: config.scaling(), dropout: config.dropout, training: Cell::new(false), strength: Cell::new(1.0) });
+            layers.push(LoraLayer {
+                layer: l,
+                a,
+                b,
+                scaling: config.scaling(),
+                dropout: config.dropout,
+                training: Cell::new(false),
+                strength: Cell::new(1.0),
+            });
         }
         Ok(Self { config, layers })
     }
@@ -118,7 +127,10 @@ impl Lora {
     }
 
     pub fn parameters(&self) -> Vec<Tensor> {
-        self.layers.iter().flat_map(|l| [l.a.shallow_clone(), l.b.shallow_clone()]).collect()
+        self.layers
+            .iter()
+            .flat_map(|l| [l.a.shallow_clone(), l.b.shallow_clone()])
+            .collect()
     }
 
     /// Dropout on (training) or off (inference).
@@ -139,7 +151,12 @@ impl Lora {
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         self.layers
             .iter()
-            .flat_map(|l| [(tensor_name(l.layer, "A"), l.a.detach().to_device(Device::Cpu)), (tensor_name(l.layer, "B"), l.b.detach().to_device(Device::Cpu))])
+            .flat_map(|l| {
+                [
+                    (tensor_name(l.layer, "A"), l.a.detach().to_device(Device::Cpu)),
+                    (tensor_name(l.layer, "B"), l.b.detach().to_device(Device::Cpu)),
+                ]
+            })
             .collect()
     }
 
@@ -151,17 +168,40 @@ impl Lora {
     /// Reads adapters saved by [`Lora::save`] for `config.layers` onto `device`; errors name the
     /// file and the missing or misshapen tensor.
     pub fn load(path: &Path, config: LoraConfig, device: Device) -> Result<Self, ModelError> {
-        let tensors = Tensor::read_safetensors(path).map_err(|e| ModelError::Format { path: path.to_path_buf(), msg: e.to_string() })?;
+        let tensors = Tensor::read_safetensors(path).map_err(|e| ModelError::Format {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
         let get = |name: String| -> Result<Tensor, ModelError> {
-            tensors.iter().find(|(n, _)| *n == name).map(|(_, t)| t.to_kind(Kind::Float).to_device(device)).ok_or(ModelError::MissingTensor { path: path.to_path_buf(), tensor: name })
+            tensors
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| t.to_kind(Kind::Float).to_device(device))
+                .ok_or(ModelError::MissingTensor {
+                    path: path.to_path_buf(),
+                    tensor: name,
+                })
         };
         let mut layers = Vec::new();
         for &l in &config.layers {
             let (a, b) = (get(tensor_name(l, "A"))?, get(tensor_name(l, "B"))?);
             if a.size()[0] != config.rank || b.size()[1] != config.rank {
-                return Err(ModelError::ShapeMismatch { path: path.to_path_buf(), tensor: tensor_name(l, "A"), expected: vec![config.rank, -1], found: a.size() });
+                return Err(ModelError::ShapeMismatch {
+                    path: path.to_path_buf(),
+                    tensor: tensor_name(l, "A"),
+                    expected: vec![config.rank, -1],
+                    found: a.size(),
+                });
             }
-            layers.push(LoraLayer { layer: l, a, b, scaling: config.scaling(), dropout: config.dropout, training: Cell::new(false), strength: Cell::new(1.0) });
+            layers.push(LoraLayer {
+                layer: l,
+                a,
+                b,
+                scaling: config.scaling(),
+                dropout: config.dropout,
+                training: Cell::new(false),
+                strength: Cell::new(1.0),
+            });
         }
         Ok(Self { config, layers })
     }
@@ -175,7 +215,14 @@ mod tests {
 
     fn tiny() -> Model {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/models/tiny-gemma3");
-        Model::load(&dir, &LoadOptions { device: crate::device::DeviceSpec::Cpu, ..Default::default() }).unwrap()
+        Model::load(
+            &dir,
+            &LoadOptions {
+                device: crate::device::DeviceSpec::Cpu,
+                ..Default::default()
+            },
+        )
+        .unwrap()
     }
 
     #[test]
@@ -183,20 +230,42 @@ mod tests {
         let _g = tch::no_grad_guard();
         tch::manual_seed(0);
         let m = tiny();
-        let cfg = LoraConfig { rank: 4, alpha: 32.0, rslora: true, dropout: 0.05, layers: vec![1, 3] };
+        let cfg = LoraConfig {
+            rank: 4,
+            alpha: 32.0,
+            rslora: true,
+            dropout: 0.05,
+            layers: vec![1, 3],
+        };
         assert_eq!(cfg.scaling(), 16.0);
         let lora = Lora::new(&m, cfg.clone()).unwrap();
         assert_eq!(lora.layers[0].a.size(), vec![4, 64]); // 4 heads x 16 = 64 inputs
         let ids = Tensor::from_slice(&[2i64, 17, 33, 45]).view([1, 4]);
-        let plain = m.forward(&ids, None, &Hooks::none(), Logits::All, None).unwrap().logits.unwrap();
-        let with = m.forward(&ids, None, &lora.attach(Hooks::none()), Logits::All, None).unwrap().logits.unwrap();
+        let plain = m
+            .forward(&ids, None, &Hooks::none(), Logits::All, None)
+            .unwrap()
+            .logits
+            .unwrap();
+        let with = m
+            .forward(&ids, None, &lora.attach(Hooks::none()), Logits::All, None)
+            .unwrap()
+            .logits
+            .unwrap();
         assert!(plain.equal(&with), "B = 0 at init: the adapter changes nothing");
         // A non-zero B changes the output; strength 0 restores the base model exactly.
         let _ = lora.layers[0].b.shallow_clone().fill_(0.1);
-        let changed = m.forward(&ids, None, &lora.attach(Hooks::none()), Logits::All, None).unwrap().logits.unwrap();
+        let changed = m
+            .forward(&ids, None, &lora.attach(Hooks::none()), Logits::All, None)
+            .unwrap()
+            .logits
+            .unwrap();
         assert!((&changed - &plain).abs().max().double_value(&[]) > 1e-4);
         lora.set_strength(0.0);
-        let off = m.forward(&ids, None, &lora.attach(Hooks::none()), Logits::All, None).unwrap().logits.unwrap();
+        let off = m
+            .forward(&ids, None, &lora.attach(Hooks::none()), Logits::All, None)
+            .unwrap()
+            .logits
+            .unwrap();
         assert!(off.equal(&plain));
         // Save / load round trip under peft's names.
         let dir = tempfile::tempdir().unwrap();
@@ -204,7 +273,19 @@ mod tests {
         lora.save(&p).unwrap();
         let back = Lora::load(&p, cfg, Device::Cpu).unwrap();
         assert!(back.layers[0].b.equal(&lora.layers[0].b.detach()));
-        let bad = Lora::load(&p, LoraConfig { rank: 4, alpha: 32.0, rslora: true, dropout: 0.0, layers: vec![2] }, Device::Cpu).unwrap_err().to_string();
+        let bad = Lora::load(
+            &p,
+            LoraConfig {
+                rank: 4,
+                alpha: 32.0,
+                rslora: true,
+                dropout: 0.0,
+                layers: vec![2],
+            },
+            Device::Cpu,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(bad.contains("layers.2.self_attn.o_proj.lora_A"), "{bad}");
     }
 }

@@ -25,15 +25,9 @@ use crate::{gemma2, gemma3, llama};
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{}: invalid JSON: {source}", path.display())]
-    Json {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Json { path: PathBuf, source: serde_json::Error },
     #[error("{}: {msg}", path.display())]
     Config { path: PathBuf, msg: String },
     #[error("{}: {msg}", path.display())]
@@ -123,10 +117,7 @@ impl Model {
         let _guard = tch::no_grad_guard();
         if path.is_dir() {
             Self::load_hf_dir(path, kind, device)
-        } else if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        {
+        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
             let (file, config) = crate::weights::open_gguf(path)?;
             Self::from_tensor_store(path, Box::new(file), config, kind, device)
         } else if !path.exists() {
@@ -145,18 +136,13 @@ impl Model {
     fn load_hf_dir(dir: &Path, kind: Kind, device: Device) -> Result<Model, ModelError> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| ModelError::json(&cfg_path, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::json(&cfg_path, e))?;
         let weights = Weights::from_hf_dir(dir, kind, device)?;
         Self::from_config_json(&cfg_path, json, &weights)
     }
 
     /// Builds the architecture named by `model_type` in `json` (an HF `config.json` value).
-    pub(crate) fn from_config_json(
-        cfg_path: &Path,
-        json: serde_json::Value,
-        w: &Weights,
-    ) -> Result<Model, ModelError> {
+    pub(crate) fn from_config_json(cfg_path: &Path, json: serde_json::Value, w: &Weights) -> Result<Model, ModelError> {
         // Gemma-3 multimodal checkpoints nest the language model under `text_config`.
         let json = match json.get("text_config") {
             Some(tc) if json.get("model_type").and_then(|t| t.as_str()) == Some("gemma3") => {
@@ -171,28 +157,18 @@ impl Model {
             .and_then(|t| t.as_str())
             .unwrap_or_default()
             .to_string();
-        let arch =
-            Arch::from_model_type(&model_type).ok_or_else(|| ModelError::UnsupportedArch {
-                path: cfg_path.to_path_buf(),
-                arch: model_type.clone(),
-            })?;
+        let arch = Arch::from_model_type(&model_type).ok_or_else(|| ModelError::UnsupportedArch {
+            path: cfg_path.to_path_buf(),
+            arch: model_type.clone(),
+        })?;
         let bad = |e: serde_json::Error| ModelError::Config {
             path: cfg_path.to_path_buf(),
             msg: e.to_string(),
         };
         Ok(match arch {
-            Arch::Gemma2 => Model::Gemma2(gemma2::Model::new(
-                serde_json::from_value(json).map_err(bad)?,
-                w,
-            )?),
-            Arch::Gemma3 => Model::Gemma3(gemma3::Model::new(
-                serde_json::from_value(json).map_err(bad)?,
-                w,
-            )?),
-            Arch::Llama => Model::Llama(llama::Model::new(
-                serde_json::from_value(json).map_err(bad)?,
-                w,
-            )?),
+            Arch::Gemma2 => Model::Gemma2(gemma2::Model::new(serde_json::from_value(json).map_err(bad)?, w)?),
+            Arch::Gemma3 => Model::Gemma3(gemma3::Model::new(serde_json::from_value(json).map_err(bad)?, w)?),
+            Arch::Llama => Model::Llama(llama::Model::new(serde_json::from_value(json).map_err(bad)?, w)?),
         })
     }
 
@@ -210,15 +186,11 @@ impl Model {
             .and_then(|t| t.as_str())
             .unwrap_or_default()
             .to_string();
-        let arch =
-            Arch::from_model_type(&model_type).ok_or_else(|| ModelError::UnsupportedArch {
-                path: path.to_path_buf(),
-                arch: model_type.clone(),
-            })?;
-        let heads = config
-            .get("num_attention_heads")
-            .and_then(|v| v.as_i64())
-            .unwrap_or(0);
+        let arch = Arch::from_model_type(&model_type).ok_or_else(|| ModelError::UnsupportedArch {
+            path: path.to_path_buf(),
+            arch: model_type.clone(),
+        })?;
+        let heads = config.get("num_attention_heads").and_then(|v| v.as_i64()).unwrap_or(0);
         let kv = config
             .get("num_key_value_heads")
             .and_then(|v| v.as_i64())
@@ -249,15 +221,7 @@ impl Model {
     pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
         let d = self.decoder();
         let (kv, hd) = d.kv_shape();
-        KvCache::with_capacity(
-            d.info().num_layers,
-            batch,
-            kv,
-            hd,
-            capacity,
-            d.kind(),
-            d.device(),
-        )
+        KvCache::with_capacity(d.info().num_layers, batch, kv, hd, capacity, d.kind(), d.device())
     }
 
     /// One forward pass over `input_ids: [B, T]` (int64).
@@ -279,12 +243,9 @@ impl Model {
         let d = self.decoder();
         let info = d.info();
         let dev = d.device();
-        let (b, t) = input_ids.size2().map_err(|_| {
-            ModelError::Input(format!(
-                "input_ids must be [B, T], got {:?}",
-                input_ids.size()
-            ))
-        })?;
+        let (b, t) = input_ids
+            .size2()
+            .map_err(|_| ModelError::Input(format!("input_ids must be [B, T], got {:?}", input_ids.size())))?;
         if t == 0 {
             return Err(ModelError::Input("input_ids has no positions".into()));
         }
@@ -350,11 +311,9 @@ impl Model {
         let pos = position_ids(&mask, t);
         let types: Vec<LayerType> = (0..=last).map(|i| d.layer_type(i)).collect();
         let need = |lt: LayerType| types.contains(&lt);
-        let full_mask =
-            need(LayerType::FullAttention).then(|| attention_bias(&mask, past, t, None, kind));
+        let full_mask = need(LayerType::FullAttention).then(|| attention_bias(&mask, past, t, None, kind));
         let window = d.sliding_window();
-        let sliding_mask =
-            need(LayerType::SlidingAttention).then(|| attention_bias(&mask, past, t, window, kind));
+        let sliding_mask = need(LayerType::SlidingAttention).then(|| attention_bias(&mask, past, t, window, kind));
         let rope_full = d.rotary(LayerType::FullAttention);
         let rope_sliding = d.rotary(LayerType::SlidingAttention);
         let cs_full = need(LayerType::FullAttention).then(|| rope_full.cos_sin(&pos, kind));
@@ -366,11 +325,7 @@ impl Model {
         let iv_mask = if hooks.interventions.is_empty() {
             None
         } else {
-            Some(
-                hooks
-                    .intervention_mask(b, t, past, dev)
-                    .map_err(ModelError::Input)?,
-            )
+            Some(hooks.intervention_mask(b, t, past, dev).map_err(ModelError::Input)?)
         };
         let real = mask.narrow(1, past, t).ne(0);
 
@@ -429,12 +384,7 @@ pub fn pad(rows: &[Vec<i64>], pad_id: i64, side: Padding) -> (Tensor, Tensor) {
     let mut ids = vec![pad_id; b * t];
     let mut mask = vec![0i64; b * t];
     for (r, row) in rows.iter().enumerate() {
-        let off = r * t
-            + if side == Padding::Left {
-                t - row.len()
-            } else {
-                0
-            };
+        let off = r * t + if side == Padding::Left { t - row.len() } else { 0 };
         ids[off..off + row.len()].copy_from_slice(row);
         mask[off..off + row.len()].fill(1);
     }
@@ -461,12 +411,7 @@ impl Model {
             Logits::None,
             None,
         )?;
-        Ok(out
-            .hidden
-            .into_iter()
-            .next()
-            .map(|(_, h)| h)
-            .expect("captured layer"))
+        Ok(out.hidden.into_iter().next().map(|(_, h)| h).expect("captured layer"))
     }
 }
 

@@ -75,7 +75,12 @@ impl ModelVocab {
         // chat paths report the missing format when they need it.
         let template = ChatTemplate::from_gguf(file).ok();
         let context_length = file.opt_u32(&file.arch_key("context_length")?)?.map(|c| c as usize);
-        Ok(ModelVocab { tokenizer, template, template_in_file, context_length })
+        Ok(ModelVocab {
+            tokenizer,
+            template,
+            template_in_file,
+            context_length,
+        })
     }
 
     fn from_hf_dir(dir: &Path) -> Result<ModelVocab, OpenError> {
@@ -87,9 +92,15 @@ impl ModelVocab {
         let read = |name: &str| -> Result<Option<serde_json::Value>, OpenError> {
             let path = dir.join(name);
             match std::fs::read_to_string(&path) {
-                Ok(s) => serde_json::from_str(&s).map(Some).map_err(|e| OpenError::Json { path, reason: e.to_string() }),
+                Ok(s) => serde_json::from_str(&s).map(Some).map_err(|e| OpenError::Json {
+                    path,
+                    reason: e.to_string(),
+                }),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(OpenError::Json { path, reason: e.to_string() }),
+                Err(e) => Err(OpenError::Json {
+                    path,
+                    reason: e.to_string(),
+                }),
             }
         };
         let jinja = read("tokenizer_config.json")?
@@ -108,7 +119,12 @@ impl ModelVocab {
             .as_ref()
             .and_then(|c| c.get("max_position_embeddings")?.as_u64())
             .map(|c| c as usize);
-        Ok(ModelVocab { tokenizer, template, template_in_file: jinja.is_some(), context_length })
+        Ok(ModelVocab {
+            tokenizer,
+            template,
+            template_in_file: jinja.is_some(),
+            context_length,
+        })
     }
 }
 
@@ -134,7 +150,10 @@ mod tests {
     fn hf_dir_without_tokenizer_names_the_dir() {
         let dir = tempfile::tempdir().unwrap();
         let e = ModelVocab::open(dir.path()).unwrap_err().to_string();
-        assert!(e.contains(&dir.path().display().to_string()) && e.contains("tokenizer.json"), "{e}");
+        assert!(
+            e.contains(&dir.path().display().to_string()) && e.contains("tokenizer.json"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -152,7 +171,11 @@ mod tests {
         let e = ModelVocab::open(dir.path()).unwrap_err().to_string();
         assert!(e.contains("config.json"), "{e}");
         // A Gemma config without a chat template gets Gemma's turns; a Llama one gets none.
-        std::fs::write(dir.path().join("config.json"), r#"{"model_type": "gemma3_text", "max_position_embeddings": 32768}"#).unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"model_type": "gemma3_text", "max_position_embeddings": 32768}"#,
+        )
+        .unwrap();
         let v = ModelVocab::open(dir.path()).unwrap();
         assert_eq!(v.template, Some(ChatTemplate::Gemma));
         assert!(!v.template_in_file);

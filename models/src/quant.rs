@@ -178,7 +178,12 @@ pub enum QuantError {
     #[error("{ty}: {n} values is not a whole number of {block}-value blocks")]
     PartialBlock { ty: GgmlType, n: usize, block: usize },
     #[error("{ty}: {n} values need {needed} bytes, got {got}")]
-    WrongByteLength { ty: GgmlType, n: usize, needed: usize, got: usize },
+    WrongByteLength {
+        ty: GgmlType,
+        n: usize,
+        needed: usize,
+        got: usize,
+    },
 }
 
 /// Bytes needed to store `n` values of `ty`, or an error if `n` is not a whole number of blocks
@@ -190,7 +195,12 @@ pub fn byte_len(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
     }
     // n / block * size cannot overflow when n itself fits, unless size > block (true for F64
     // etc.): use checked arithmetic anyway.
-    (n / block).checked_mul(size).ok_or(QuantError::WrongByteLength { ty, n, needed: usize::MAX, got: 0 })
+    (n / block).checked_mul(size).ok_or(QuantError::WrongByteLength {
+        ty,
+        n,
+        needed: usize::MAX,
+        got: 0,
+    })
 }
 
 /// Dequantizes `data` (exactly the bytes of `out.len()` values of type `ty`) into `out`.
@@ -205,7 +215,12 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Quan
     let n = out.len();
     let needed = byte_len(ty, n)?;
     if data.len() != needed {
-        return Err(QuantError::WrongByteLength { ty, n, needed, got: data.len() });
+        return Err(QuantError::WrongByteLength {
+            ty,
+            n,
+            needed,
+            got: data.len(),
+        });
     }
     dequantize_serial(ty, data, out);
     Ok(())
@@ -388,7 +403,10 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -584,11 +602,17 @@ mod tests {
             dequantize_to_vec(GgmlType::Q8_0, &[0u8; 33], 32),
             Err(QuantError::WrongByteLength { .. })
         ));
-        assert!(matches!(dequantize_to_vec(GgmlType::Q8_0, &[0u8; 34], 31), Err(QuantError::PartialBlock { .. })));
+        assert!(matches!(
+            dequantize_to_vec(GgmlType::Q8_0, &[0u8; 34], 31),
+            Err(QuantError::PartialBlock { .. })
+        ));
         assert!(matches!(
             dequantize_to_vec(GgmlType::Other(39), &[], 0),
             Err(QuantError::Unsupported { .. })
         ));
-        assert!(matches!(dequantize_to_vec(GgmlType::Q8_K, &[0u8; 291], 256), Err(QuantError::WrongByteLength { .. })));
+        assert!(matches!(
+            dequantize_to_vec(GgmlType::Q8_K, &[0u8; 291], 256),
+            Err(QuantError::WrongByteLength { .. })
+        ));
     }
 }

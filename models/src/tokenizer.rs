@@ -85,7 +85,11 @@ pub enum TokenizerError {
     #[error("{source_name}: cannot build tokenizer: {reason}")]
     Build { source_name: String, reason: String },
     #[error("{source_name}: {op} failed: {reason}")]
-    Run { source_name: String, op: &'static str, reason: String },
+    Run {
+        source_name: String,
+        op: &'static str,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = TokenizerError> = std::result::Result<T, E>;
@@ -162,15 +166,18 @@ impl Tokenizer {
     pub fn from_hf_file(tokenizer_json: impl AsRef<Path>) -> Result<Tokenizer> {
         let path = tokenizer_json.as_ref();
         let source_name = path.display().to_string();
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| TokenizerError::Build { source_name: source_name.clone(), reason: e.to_string() })?;
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::Build {
+            source_name: source_name.clone(),
+            reason: e.to_string(),
+        })?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let read_json = |name: &str| -> Result<Option<serde_json::Value>> {
             let p = dir.join(name);
             match std::fs::read_to_string(&p) {
-                Ok(s) => serde_json::from_str(&s)
-                    .map(Some)
-                    .map_err(|e| TokenizerError::Build { source_name: p.display().to_string(), reason: e.to_string() }),
+                Ok(s) => serde_json::from_str(&s).map(Some).map_err(|e| TokenizerError::Build {
+                    source_name: p.display().to_string(),
+                    reason: e.to_string(),
+                }),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(source) => Err(TokenizerError::Io { path: p, source }),
             }
@@ -184,7 +191,9 @@ impl Tokenizer {
         let config = read_json("tokenizer_config.json")?;
         let generation = read_json("generation_config.json")?;
         let bos_id = token_of(config.as_ref().and_then(|c| c.get("bos_token")));
-        let mut eos_ids: Vec<u32> = token_of(config.as_ref().and_then(|c| c.get("eos_token"))).into_iter().collect();
+        let mut eos_ids: Vec<u32> = token_of(config.as_ref().and_then(|c| c.get("eos_token")))
+            .into_iter()
+            .collect();
         if let Some(g) = generation.as_ref().and_then(|g| g.get("eos_token_id")) {
             let ids: Vec<u32> = match g {
                 serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
@@ -203,14 +212,24 @@ impl Tokenizer {
             _ => false,
         };
         let n_ids = count_ids(&inner);
-        Ok(Tokenizer { inner, source_name, bos_id, eos_ids, add_bos, n_ids })
+        Ok(Tokenizer {
+            inner,
+            source_name,
+            bos_id,
+            eos_ids,
+            add_bos,
+            n_ids,
+        })
     }
 
     /// Token ids of `text`. With `add_special_tokens`, BOS (and EOS) are added as the model's
     /// reference does (Gemma: `<bos>` first; SmolLM2: nothing). Special-token texts in `text`
     /// (`<start_of_turn>`, `<|im_start|>`, `<bos>`) are parsed as those tokens either way.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode_fast(text, add_special_tokens).map_err(|e| self.run_err("encode", e))?;
+        let enc = self
+            .inner
+            .encode_fast(text, add_special_tokens)
+            .map_err(|e| self.run_err("encode", e))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -226,7 +245,9 @@ impl Tokenizer {
     /// Text of `ids`. `skip_special` drops the tokens registered as special (for GGUF byte-level
     /// vocabularies: control tokens; for Gemma: `<pad> <eos> <bos> <unk>`).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(|e| self.run_err("decode", e))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| self.run_err("decode", e))
     }
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {
@@ -265,12 +286,21 @@ impl Tokenizer {
     }
 
     fn run_err(&self, op: &'static str, e: impl std::fmt::Display) -> TokenizerError {
-        TokenizerError::Run { source_name: self.source_name.clone(), op, reason: e.to_string() }
+        TokenizerError::Run {
+            source_name: self.source_name.clone(),
+            op,
+            reason: e.to_string(),
+        }
     }
 }
 
 fn count_ids(inner: &tokenizers::Tokenizer) -> usize {
-    let max_added = inner.get_added_tokens_decoder().keys().map(|&id| id as usize + 1).max().unwrap_or(0);
+    let max_added = inner
+        .get_added_tokens_decoder()
+        .keys()
+        .map(|&id| id as usize + 1)
+        .max()
+        .unwrap_or(0);
     inner.get_vocab_size(false).max(max_added)
 }
 
@@ -326,7 +356,10 @@ impl<'a> GgufVocab<'a> {
         };
         let scores = f.opt_f32_array("tokenizer.ggml.scores")?;
         let types = f.opt_i64_array("tokenizer.ggml.token_type")?;
-        for (key, len) in [("tokenizer.ggml.scores", scores.map(|s| s.len())), ("tokenizer.ggml.token_type", types.as_ref().map(|t| t.len()))] {
+        for (key, len) in [
+            ("tokenizer.ggml.scores", scores.map(|s| s.len())),
+            ("tokenizer.ggml.token_type", types.as_ref().map(|t| t.len())),
+        ] {
             if let Some(len) = len
                 && len != n
             {
@@ -357,7 +390,10 @@ impl<'a> GgufVocab<'a> {
     }
 
     fn err(&self, reason: impl Into<String>) -> TokenizerError {
-        TokenizerError::Build { source_name: self.source_name.clone(), reason: reason.into() }
+        TokenizerError::Build {
+            source_name: self.source_name.clone(),
+            reason: reason.into(),
+        }
     }
 
     fn token_type(&self, id: usize) -> i64 {
@@ -420,14 +456,23 @@ impl<'a> GgufVocab<'a> {
         }
         add_eog_texts(&inner, &mut eos_ids);
         let n_ids = count_ids(&inner).max(self.tokens.len());
-        Ok(Tokenizer { inner, source_name: self.source_name, bos_id: self.bos_id, eos_ids, add_bos, n_ids })
+        Ok(Tokenizer {
+            inner,
+            source_name: self.source_name,
+            bos_id: self.bos_id,
+            eos_ids,
+            add_bos,
+            n_ids,
+        })
     }
 
     /// SentencePiece vocabularies. For Gemma this is exactly transformers' `GGUFGemmaConverter`;
     /// other SentencePiece models (Llama-2 style, `add_space_prefix` true) get the same Unigram
     /// model with a `▁` prefix, which is SentencePiece's own behaviour but not reference-tested here.
     fn build_spm(&self) -> Result<(tokenizers::Tokenizer, bool)> {
-        let scores = self.scores.ok_or_else(|| self.err("SentencePiece vocabulary without tokenizer.ggml.scores"))?;
+        let scores = self
+            .scores
+            .ok_or_else(|| self.err("SentencePiece vocabulary without tokenizer.ggml.scores"))?;
         let gemma = self.arch.starts_with("gemma");
         let vocab: Vec<(String, f64)> = self
             .tokens
@@ -460,8 +505,12 @@ impl<'a> GgufVocab<'a> {
         inner.with_normalizer(Some(normalizer));
         // GemmaConverter's pre-tokenizer; after the normalizer there are no spaces left, so this
         // splits nothing, but it is kept to mirror the reference pipeline exactly.
-        let split = Split::new(SplitPattern::String(" ".into()), SplitDelimiterBehavior::MergedWithPrevious, false)
-            .map_err(|e| self.err(e.to_string()))?;
+        let split = Split::new(
+            SplitPattern::String(" ".into()),
+            SplitDelimiterBehavior::MergedWithPrevious,
+            false,
+        )
+        .map_err(|e| self.err(e.to_string()))?;
         inner.with_pre_tokenizer(Some(split));
         let mut decoders: Vec<DecoderWrapper> = vec![
             Replace::new("▁", " ").map_err(|e| self.err(e.to_string()))?.into(),
@@ -494,8 +543,15 @@ impl<'a> GgufVocab<'a> {
     /// are every split `(l, r)` of every token with both halves in the vocabulary, ranked by the
     /// token's score (HF's `GGUFLlamaConverter` builds merges the same way).
     fn build_spm_bpe(&self) -> Result<(tokenizers::Tokenizer, bool)> {
-        let scores = self.scores.ok_or_else(|| self.err("SentencePiece vocabulary without tokenizer.ggml.scores"))?;
-        let vocab: Vocab = self.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let scores = self
+            .scores
+            .ok_or_else(|| self.err("SentencePiece vocabulary without tokenizer.ggml.scores"))?;
+        let vocab: Vocab = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let mut ranked: Vec<(f32, usize, usize)> = Vec::new(); // (score, token id, split byte offset)
         for (id, t) in self.tokens.iter().enumerate() {
             // llama.cpp does not look at the token type here: whitespace runs like `▁▁` are
@@ -545,9 +601,15 @@ impl<'a> GgufVocab<'a> {
     fn add_typed_tokens(&self, inner: &mut tokenizers::Tokenizer) {
         let (mut special, mut user) = (Vec::new(), Vec::new());
         for (i, t) in self.tokens.iter().enumerate() {
-            let ty = if EOG_TEXTS.contains(&t.as_str()) { token_type::CONTROL } else { self.token_type(i) };
+            let ty = if EOG_TEXTS.contains(&t.as_str()) {
+                token_type::CONTROL
+            } else {
+                self.token_type(i)
+            };
             match ty {
-                token_type::CONTROL | token_type::UNKNOWN => special.push(AddedToken::from(t.clone(), true).normalized(false)),
+                token_type::CONTROL | token_type::UNKNOWN => {
+                    special.push(AddedToken::from(t.clone(), true).normalized(false))
+                }
                 token_type::USER_DEFINED => user.push(AddedToken::from(t.clone(), false).normalized(false)),
                 _ => {}
             }
@@ -558,14 +620,23 @@ impl<'a> GgufVocab<'a> {
 
     /// Byte-level BPE as llama.cpp runs it.
     fn build_bpe(&self) -> Result<(tokenizers::Tokenizer, bool)> {
-        let merges_raw = self.merges.ok_or_else(|| self.err("byte-level BPE vocabulary without tokenizer.ggml.merges"))?;
-        let vocab: Vocab = self.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let merges_raw = self
+            .merges
+            .ok_or_else(|| self.err("byte-level BPE vocabulary without tokenizer.ggml.merges"))?;
+        let vocab: Vocab = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let mut merges = Vec::with_capacity(merges_raw.len());
         for (i, m) in merges_raw.iter().enumerate() {
             // llama.cpp splits at the first space after position 0.
             let pos = m.char_indices().skip(1).find(|&(_, c)| c == ' ').map(|(p, _)| p);
             let Some(pos) = pos else {
-                return Err(self.err(format!("tokenizer.ggml.merges[{i}] = {m:?} is not two tokens separated by a space")));
+                return Err(self.err(format!(
+                    "tokenizer.ggml.merges[{i}] = {m:?} is not two tokens separated by a space"
+                )));
             };
             merges.push((m[..pos].to_string(), m[pos + 1..].to_string()));
         }
@@ -582,7 +653,9 @@ impl<'a> GgufVocab<'a> {
             "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
                 PreSequence::new(vec![Digits::new(true).into(), byte_level(true)]).into()
             }
-            "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" | "default" => byte_level(true),
+            "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" | "default" => {
+                byte_level(true)
+            }
             "llama3" | "llama-v3" | "llama-bpe" | "dbrx" | "smaug-bpe" | "falcon3" | "pixtral" => {
                 let split = Split::new(
                     SplitPattern::Regex(

@@ -356,7 +356,10 @@ pub fn train(
                 }
                 let value = loss.double_value(&[]);
                 if !value.is_finite() {
-                    return Err(TrainError::Diverged { step: step + 1, loss: value });
+                    return Err(TrainError::Diverged {
+                        step: step + 1,
+                        loss: value,
+                    });
                 }
                 (loss / group.len() as f64).backward();
                 step_loss += value / group.len() as f64;
@@ -379,7 +382,13 @@ pub fn train(
             trainable.after_step();
             step += 1;
             report.losses.push(step_loss);
-            let info = StepInfo { step, total_steps: total, epoch, loss: step_loss, lr };
+            let info = StepInfo {
+                step,
+                total_steps: total,
+                epoch,
+                loss: step_loss,
+                lr,
+            };
             if !on_step(&info) {
                 return Err(TrainError::Cancelled);
             }
@@ -404,7 +413,12 @@ mod tests {
 
     #[test]
     fn total_steps_counts_like_hf() {
-        let cfg = TrainConfig { epochs: 3, batch_size: 6, grad_accum: 2, ..Default::default() };
+        let cfg = TrainConfig {
+            epochs: 3,
+            batch_size: 6,
+            grad_accum: 2,
+            ..Default::default()
+        };
         // 144 examples: 24 micro-batches, 12 steps per epoch.
         assert_eq!(cfg.total_steps(144), 36);
         assert_eq!(cfg.total_steps(7), 3);
@@ -412,15 +426,27 @@ mod tests {
 
     #[test]
     fn batch_marks_targets_and_positions() {
-        let a = TrainExample { ids: vec![1, 2, 3, 4], response_start: 2, intervene: None };
-        let b = TrainExample { ids: vec![5, 6, 7], response_start: 1, intervene: Some(vec![false, true, true]) };
+        let a = TrainExample {
+            ids: vec![1, 2, 3, 4],
+            response_start: 2,
+            intervene: None,
+        };
+        let b = TrainExample {
+            ids: vec![5, 6, 7],
+            response_start: 1,
+            intervene: Some(vec![false, true, true]),
+        };
         let batch = TrainBatch::new(&[&a, &b], 0, tch::Device::Cpu).unwrap();
         let t: Vec<bool> = Vec::try_from(batch.targets.view([-1])).unwrap();
         assert_eq!(t, vec![false, false, true, true, false, true, true, false]);
         let p: Vec<bool> = Vec::try_from(batch.positions.view([-1])).unwrap();
         assert_eq!(p, vec![true, true, true, true, false, true, true, false]);
         assert_eq!((batch.n_tokens, batch.n_targets), (7, 4));
-        let bad = TrainExample { ids: vec![1, 2], response_start: 2, intervene: None };
+        let bad = TrainExample {
+            ids: vec![1, 2],
+            response_start: 2,
+            intervene: None,
+        };
         assert!(TrainBatch::new(&[&bad], 0, tch::Device::Cpu).is_err());
     }
 

@@ -46,7 +46,10 @@ pub enum VectorError {
 }
 
 fn format_err(path: &Path, msg: impl Into<String>) -> VectorError {
-    VectorError::Format { path: path.to_path_buf(), msg: msg.into() }
+    VectorError::Format {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
 }
 
 /// One steering direction with where it came from.
@@ -75,7 +78,10 @@ pub struct VectorFile {
 impl VectorFile {
     /// Writes the file; names must be unique and every direction the same, non-zero length.
     pub fn save_safetensors(&self, path: &Path) -> Result<(), VectorError> {
-        let invalid = |msg: String| VectorError::Invalid { path: path.to_path_buf(), msg };
+        let invalid = |msg: String| VectorError::Invalid {
+            path: path.to_path_buf(),
+            msg,
+        };
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), SAFETENSORS_FORMAT.to_string());
         meta.insert("model".to_string(), self.model.clone());
@@ -83,12 +89,23 @@ impl VectorFile {
         let mut bytes: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
         for v in &self.vectors {
             if v.name.is_empty() || v.name.contains('.') {
-                return Err(invalid(format!("vector name {:?} must be non-empty and contain no `.`", v.name)));
+                return Err(invalid(format!(
+                    "vector name {:?} must be non-empty and contain no `.`",
+                    v.name
+                )));
             }
             if Some(v.direction.len()) != dim || v.direction.is_empty() {
-                return Err(invalid(format!("vector `{}` has {} elements, expected {}", v.name, v.direction.len(), dim.unwrap_or(0))));
+                return Err(invalid(format!(
+                    "vector `{}` has {} elements, expected {}",
+                    v.name,
+                    v.direction.len(),
+                    dim.unwrap_or(0)
+                )));
             }
-            if bytes.insert(&v.name, v.direction.iter().flat_map(|x| x.to_le_bytes()).collect()).is_some() {
+            if bytes
+                .insert(&v.name, v.direction.iter().flat_map(|x| x.to_le_bytes()).collect())
+                .is_some()
+            {
                 return Err(invalid(format!("duplicate vector name `{}`", v.name)));
             }
             meta.insert(format!("{}.layer", v.name), v.layer.to_string());
@@ -101,7 +118,8 @@ impl VectorFile {
         let views = bytes
             .iter()
             .map(|(name, b)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![b.len() / 4], b).map(|t| (name.to_string(), t))
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![b.len() / 4], b)
+                    .map(|t| (name.to_string(), t))
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid(e.to_string()))?;
@@ -110,13 +128,21 @@ impl VectorFile {
 
     /// Reads a file written by [`VectorFile::save_safetensors`], in file order of names.
     pub fn load_safetensors(path: &Path) -> Result<VectorFile, VectorError> {
-        let buf = std::fs::read(path).map_err(|source| VectorError::Io { path: path.to_path_buf(), source })?;
+        let buf = std::fs::read(path).map_err(|source| VectorError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let st = safetensors::SafeTensors::deserialize(&buf).map_err(|e| format_err(path, e.to_string()))?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&buf).map_err(|e| format_err(path, e.to_string()))?;
         let meta = header.metadata().clone().unwrap_or_default();
         match meta.get("format").map(String::as_str) {
             Some(SAFETENSORS_FORMAT) => {}
-            other => return Err(format_err(path, format!("metadata `format` is {other:?}, expected {SAFETENSORS_FORMAT:?}"))),
+            other => {
+                return Err(format_err(
+                    path,
+                    format!("metadata `format` is {other:?}, expected {SAFETENSORS_FORMAT:?}"),
+                ));
+            }
         }
         let model = meta.get("model").cloned().unwrap_or_default();
         let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
@@ -125,16 +151,26 @@ impl VectorFile {
         for name in names {
             let t = st.tensor(&name).map_err(|e| format_err(path, e.to_string()))?;
             if t.dtype() != safetensors::Dtype::F32 || t.shape().len() != 1 {
-                return Err(format_err(path, format!("tensor `{name}` must be 1-D F32, is {:?} {:?}", t.dtype(), t.shape())));
+                return Err(format_err(
+                    path,
+                    format!("tensor `{name}` must be 1-D F32, is {:?} {:?}", t.dtype(), t.shape()),
+                ));
             }
-            let direction: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let direction: Vec<f32> = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
             let field = |k: &str| meta.get(&format!("{name}.{k}"));
             let layer = field("layer")
                 .ok_or_else(|| format_err(path, format!("metadata `{name}.layer` is missing")))?
                 .parse::<usize>()
                 .map_err(|e| format_err(path, format!("metadata `{name}.layer`: {e}")))?;
             let concept_id = match field("concept_id") {
-                Some(s) => Some(s.parse::<i64>().map_err(|e| format_err(path, format!("metadata `{name}.concept_id`: {e}")))?),
+                Some(s) => Some(
+                    s.parse::<i64>()
+                        .map_err(|e| format_err(path, format!("metadata `{name}.concept_id`: {e}")))?,
+                ),
                 None => None,
             };
             vectors.push(SteeringVector {
@@ -165,16 +201,24 @@ impl ControlVector {
     /// `strength * direction` with strength 1 by default, so bake the magnitude in here).
     pub fn from_vector(model_hint: &str, v: &SteeringVector, scale: f32) -> ControlVector {
         let dir = v.direction.iter().map(|x| x * scale).collect();
-        ControlVector { model_hint: model_hint.to_string(), directions: BTreeMap::from([(v.layer, dir)]) }
+        ControlVector {
+            model_hint: model_hint.to_string(),
+            directions: BTreeMap::from([(v.layer, dir)]),
+        }
     }
 
     /// Writes a GGUF v3 file: `general.architecture = "controlvector"`,
     /// `controlvector.model_hint`, `controlvector.layer_count` (u32, number of directions, as
     /// repeng writes it) and one F32 tensor `direction.{layer}` per layer.
     pub fn save_gguf(&self, path: &Path) -> Result<(), VectorError> {
-        let invalid = |msg: String| VectorError::Invalid { path: path.to_path_buf(), msg };
+        let invalid = |msg: String| VectorError::Invalid {
+            path: path.to_path_buf(),
+            msg,
+        };
         if self.directions.contains_key(&0) {
-            return Err(invalid("llama.cpp cannot steer layer 0 (it rejects `direction.0`); use layer >= 1".into()));
+            return Err(invalid(
+                "llama.cpp cannot steer layer 0 (it rejects `direction.0`); use layer >= 1".into(),
+            ));
         }
         let dim = self.directions.values().next().map_or(0, Vec::len);
         if dim == 0 || self.directions.values().any(|d| d.len() != dim) {
@@ -188,8 +232,14 @@ impl ControlVector {
             w.tensor_f32(&format!("direction.{layer}"), d);
         }
         let bytes = w.finish();
-        let mut f = std::fs::File::create(path).map_err(|source| VectorError::Io { path: path.to_path_buf(), source })?;
-        f.write_all(&bytes).map_err(|source| VectorError::Io { path: path.to_path_buf(), source })
+        let mut f = std::fs::File::create(path).map_err(|source| VectorError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        f.write_all(&bytes).map_err(|source| VectorError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Reads a control vector GGUF (ours, repeng's or llama.cpp's `cvector-generator`'s), with the
@@ -198,9 +248,15 @@ impl ControlVector {
         let file = GgufFile::open(path)?;
         let arch = file.architecture()?;
         if arch != CONTROL_VECTOR_ARCH {
-            return Err(format_err(path, format!("general.architecture is `{arch}`, expected `{CONTROL_VECTOR_ARCH}`")));
+            return Err(format_err(
+                path,
+                format!("general.architecture is `{arch}`, expected `{CONTROL_VECTOR_ARCH}`"),
+            ));
         }
-        let model_hint = file.opt_str("controlvector.model_hint")?.unwrap_or_default().to_string();
+        let model_hint = file
+            .opt_str("controlvector.model_hint")?
+            .unwrap_or_default()
+            .to_string();
         let mut directions = BTreeMap::new();
         let mut dim = None;
         for info in file.tensor_infos() {
@@ -212,11 +268,22 @@ impl ControlVector {
                 .ok_or_else(|| format_err(path, format!("tensor `{}` is not `direction.N` with N >= 1", info.name)))?;
             let shape = info.shape();
             if shape.len() != 1 {
-                return Err(format_err(path, format!("tensor `{}` must be 1-D, has shape {shape:?}", info.name)));
+                return Err(format_err(
+                    path,
+                    format!("tensor `{}` must be 1-D, has shape {shape:?}", info.name),
+                ));
             }
             let data = file.tensor_f32(&info.name)?;
             if *dim.get_or_insert(data.len()) != data.len() {
-                return Err(format_err(path, format!("tensor `{}` has {} elements, others have {}", info.name, data.len(), dim.unwrap())));
+                return Err(format_err(
+                    path,
+                    format!(
+                        "tensor `{}` has {} elements, others have {}",
+                        info.name,
+                        data.len(),
+                        dim.unwrap()
+                    ),
+                ));
             }
             directions.insert(layer, data);
         }
@@ -239,17 +306,33 @@ pub struct NamedSteer {
 /// Loads every steer in a vector file: each vector of a `.safetensors` file by its name, or a
 /// `.gguf` control vector as one steer named after the file stem.
 pub fn load_steers(path: &Path) -> Result<Vec<NamedSteer>, VectorError> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     match ext.as_str() {
         "safetensors" => Ok(VectorFile::load_safetensors(path)?
             .vectors
             .into_iter()
-            .map(|v| NamedSteer { name: v.name, layers: BTreeMap::from([(v.layer, v.direction)]), source: path.to_path_buf() })
+            .map(|v| NamedSteer {
+                name: v.name,
+                layers: BTreeMap::from([(v.layer, v.direction)]),
+                source: path.to_path_buf(),
+            })
             .collect()),
         "gguf" => {
             let cv = ControlVector::load_gguf(path)?;
-            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("control").to_string();
-            Ok(vec![NamedSteer { name, layers: cv.directions, source: path.to_path_buf() }])
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("control")
+                .to_string();
+            Ok(vec![NamedSteer {
+                name,
+                layers: cv.directions,
+                source: path.to_path_buf(),
+            }])
         }
         _ => Err(format_err(path, "expected a .safetensors or .gguf vector file")),
     }
@@ -335,7 +418,10 @@ mod tests {
     fn safetensors_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.safetensors");
-        let file = VectorFile { model: "google/gemma-3-270m".into(), vectors: vec![vector("a", 3, 1.0), vector("b", 5, -0.25)] };
+        let file = VectorFile {
+            model: "google/gemma-3-270m".into(),
+            vectors: vec![vector("a", 3, 1.0), vector("b", 5, -0.25)],
+        };
         file.save_safetensors(&path).unwrap();
         assert_eq!(VectorFile::load_safetensors(&path).unwrap(), file);
         let steers = load_steers(&path).unwrap();
@@ -347,8 +433,16 @@ mod tests {
     fn safetensors_rejects_bad_input() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.safetensors");
-        let dup = VectorFile { model: "m".into(), vectors: vec![vector("a", 1, 1.0), vector("a", 2, 1.0)] };
-        assert!(dup.save_safetensors(&path).unwrap_err().to_string().contains("duplicate vector name `a`"));
+        let dup = VectorFile {
+            model: "m".into(),
+            vectors: vec![vector("a", 1, 1.0), vector("a", 2, 1.0)],
+        };
+        assert!(
+            dup.save_safetensors(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("duplicate vector name `a`")
+        );
         std::fs::write(&path, b"not a safetensors file").unwrap();
         let err = VectorFile::load_safetensors(&path).unwrap_err().to_string();
         assert!(err.contains("v.safetensors"), "{err}");
@@ -368,7 +462,10 @@ mod tests {
         assert_eq!(ControlVector::load_gguf(&path).unwrap(), cv);
         let steers = load_steers(&path).unwrap();
         assert_eq!(steers[0].name, "cv");
-        let zero = ControlVector { model_hint: "llama".into(), directions: BTreeMap::from([(0, vec![1.0])]) };
+        let zero = ControlVector {
+            model_hint: "llama".into(),
+            directions: BTreeMap::from([(0, vec![1.0])]),
+        };
         assert!(zero.save_gguf(&path).unwrap_err().to_string().contains("layer 0"));
     }
 }

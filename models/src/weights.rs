@@ -80,10 +80,8 @@ impl Weights {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let shard_paths: Vec<PathBuf> = if index_path.exists() {
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
-            let json: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| ModelError::json(&index_path, e))?;
+            let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::json(&index_path, e))?;
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -91,10 +89,7 @@ impl Weights {
                     path: index_path.clone(),
                     msg: "missing object field `weight_map`".into(),
                 })?;
-            let mut files: Vec<String> = map
-                .values()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect();
+            let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
             files.sort();
             files.dedup();
             files.into_iter().map(|f| dir.join(f)).collect()
@@ -187,9 +182,7 @@ impl Weights {
     pub fn contains(&self, name: &str) -> bool {
         match &self.source {
             Source::SafeTensors { index, .. } => index.contains_key(name),
-            Source::Gguf { file, arch, .. } => {
-                gguf_name(name, *arch).is_some_and(|g| file.has_tensor(&g))
-            }
+            Source::Gguf { file, arch, .. } => gguf_name(name, *arch).is_some_and(|g| file.has_tensor(&g)),
         }
     }
 
@@ -197,9 +190,7 @@ impl Weights {
     pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
         match &self.source {
             Source::SafeTensors { index, .. } => index.get(name).map(|e| e.shape.clone()),
-            Source::Gguf { file, arch, .. } => {
-                gguf_name(name, *arch).and_then(|g| file.tensor_shape(&g))
-            }
+            Source::Gguf { file, arch, .. } => gguf_name(name, *arch).and_then(|g| file.tensor_shape(&g)),
         }
     }
 
@@ -214,9 +205,7 @@ impl Weights {
                 found: t.size(),
             });
         }
-        Ok(t.to_kind(self.kind)
-            .to_device(self.device)
-            .set_requires_grad(false))
+        Ok(t.to_kind(self.kind).to_device(self.device).set_requires_grad(false))
     }
 
     /// The stored tensor in its stored dtype (f32 for GGUF), on the CPU, unchecked.
@@ -241,11 +230,7 @@ impl Weights {
                         });
                     }
                 };
-                Ok(Tensor::from_data_size(
-                    &mmap[e.start..e.end],
-                    &e.shape,
-                    kind,
-                ))
+                Ok(Tensor::from_data_size(&mmap[e.start..e.end], &e.shape, kind))
             }
             Source::Gguf {
                 file,
@@ -264,9 +249,7 @@ impl Weights {
                 match arch {
                     Arch::Gemma2 | Arch::Gemma3 if g.ends_with("norm.weight") => t -= 1.0,
                     Arch::Llama if g.ends_with("attn_q.weight") => t = unpermute_qk(&t, *num_heads),
-                    Arch::Llama if g.ends_with("attn_k.weight") => {
-                        t = unpermute_qk(&t, *num_kv_heads)
-                    }
+                    Arch::Llama if g.ends_with("attn_k.weight") => t = unpermute_qk(&t, *num_kv_heads),
                     _ => {}
                 }
                 Ok(t)
@@ -364,10 +347,7 @@ pub fn open_gguf(path: &Path) -> Result<(GgufFile, serde_json::Value), ModelErro
             }
         }
     }
-    put(
-        "tie_word_embeddings",
-        (!file.has_tensor("output.weight")).into(),
-    );
+    put("tie_word_embeddings", (!file.has_tensor("output.weight")).into());
     for (key, field) in [
         ("tokenizer.ggml.bos_token_id", "bos_token_id"),
         ("tokenizer.ggml.eos_token_id", "eos_token_id"),
@@ -388,9 +368,7 @@ fn unpermute_qk(w: &Tensor, heads: i64) -> Tensor {
     let half = rows / heads / 2;
     let mut view = vec![heads, half, 2];
     view.extend_from_slice(&shape[1..]);
-    w.reshape(view.as_slice())
-        .transpose(1, 2)
-        .reshape(shape.as_slice())
+    w.reshape(view.as_slice()).transpose(1, 2).reshape(shape.as_slice())
 }
 
 /// HF tensor name → llama.cpp GGUF tensor name (the subset the three architectures use).
@@ -441,11 +419,7 @@ mod tests {
             "blk.12.attn_output.weight"
         );
         assert_eq!(
-            gguf_name(
-                "model.layers.0.post_feedforward_layernorm.weight",
-                Arch::Gemma3
-            )
-            .unwrap(),
+            gguf_name("model.layers.0.post_feedforward_layernorm.weight", Arch::Gemma3).unwrap(),
             "blk.0.post_ffw_norm.weight"
         );
         assert_eq!(
@@ -453,19 +427,11 @@ mod tests {
             "token_embd.weight"
         );
         assert_eq!(
-            gguf_name(
-                "model.layers.1.post_attention_layernorm.weight",
-                Arch::Llama
-            )
-            .unwrap(),
+            gguf_name("model.layers.1.post_attention_layernorm.weight", Arch::Llama).unwrap(),
             "blk.1.ffn_norm.weight"
         );
         assert_eq!(
-            gguf_name(
-                "model.layers.1.post_attention_layernorm.weight",
-                Arch::Gemma2
-            )
-            .unwrap(),
+            gguf_name("model.layers.1.post_attention_layernorm.weight", Arch::Gemma2).unwrap(),
             "blk.1.post_attention_norm.weight"
         );
         assert!(gguf_name("model.layers.x.mlp.up_proj.weight", Arch::Llama).is_none());
@@ -476,10 +442,7 @@ mod tests {
         // llama.cpp: w.reshape(h, 2, d/2, in).swapaxes(1, 2).reshape(shape)
         let (h, d, inp) = (3i64, 8i64, 5i64);
         let w = Tensor::arange(h * d * inp, (Kind::Float, Device::Cpu)).view([h * d, inp]);
-        let permuted = w
-            .reshape([h, 2, d / 2, inp])
-            .transpose(1, 2)
-            .reshape([h * d, inp]);
+        let permuted = w.reshape([h, 2, d / 2, inp]).transpose(1, 2).reshape([h * d, inp]);
         assert!(unpermute_qk(&permuted, h).equal(&w));
     }
 }

@@ -24,7 +24,15 @@ fn put_str(buf: &mut Vec<u8>, s: &str) {
 
 impl Writer {
     fn new() -> Writer {
-        Writer { version: 3, kv: vec![], n_kv: 0, infos: vec![], n_tensors: 0, data: vec![], alignment: 32 }
+        Writer {
+            version: 3,
+            kv: vec![],
+            n_kv: 0,
+            infos: vec![],
+            n_tensors: 0,
+            data: vec![],
+            alignment: 32,
+        }
     }
 
     /// A raw KV: key, type id, already-encoded value bytes.
@@ -176,7 +184,10 @@ fn valid_file_parses_exactly() {
         &MetadataArray::Array(vec![MetadataArray::I32(vec![1, 2]), MetadataArray::I32(vec![])])
     );
     let hp = f.hparams().unwrap();
-    assert_eq!((hp.block_count, hp.embedding_length, hp.head_count, hp.head_count_kv), (2, 3, 1, 1));
+    assert_eq!(
+        (hp.block_count, hp.embedding_length, hp.head_count, hp.head_count_kv),
+        (2, 3, 1, 1)
+    );
     assert_eq!(hp.rope_freq_base, Some(10000.0));
     assert_eq!(hp.vocab_size, Some(3));
     assert_eq!(hp.sliding_window, None);
@@ -261,7 +272,10 @@ fn tensor_past_end_of_file() {
     let mut w = valid();
     w.tensor_info("ghost", &[64, 64], 0, 4096);
     let (e, msg) = open_err(&w.bytes());
-    assert!(matches!(e, GgufError::BadTensor { ref tensor, .. } if tensor == "ghost"), "{msg}");
+    assert!(
+        matches!(e, GgufError::BadTensor { ref tensor, .. } if tensor == "ghost"),
+        "{msg}"
+    );
     assert!(msg.contains("past the end of the file"), "{msg}");
 
     // Offset so large that data_offset + offset overflows u64.
@@ -318,7 +332,10 @@ fn unsupported_quant_type() {
         let e = f.tensor(name).unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, GgufError::UnsupportedType { .. }), "{msg}");
-        assert!(msg.contains(&format!("`{name}`")) && msg.contains("hand-made.gguf"), "{msg}");
+        assert!(
+            msg.contains(&format!("`{name}`")) && msg.contains("hand-made.gguf"),
+            "{msg}"
+        );
     }
     // The other tensors still load.
     assert_eq!(f.tensor("f32").unwrap().size(), vec![3, 2]);
@@ -346,7 +363,10 @@ fn metadata_lengths_beyond_the_file() {
     v.extend(b"short");
     w.kv_raw("general.name", 8, &v);
     let (_, msg) = open_err(&w.bytes());
-    assert!(msg.contains("metadata `general.name`") && msg.contains("1000 bytes"), "{msg}");
+    assert!(
+        msg.contains("metadata `general.name`") && msg.contains("1000 bytes"),
+        "{msg}"
+    );
 
     // Array claiming 2^62 u32 elements: rejected before allocating anything.
     let mut w = Writer::new();
@@ -381,7 +401,10 @@ fn metadata_type_errors() {
     let mut w = Writer::new();
     w.kv_raw("weird", 13, &[0; 8]);
     let (_, msg) = open_err(&w.bytes());
-    assert!(msg.contains("`weird`") && msg.contains("unknown value type 13"), "{msg}");
+    assert!(
+        msg.contains("`weird`") && msg.contains("unknown value type 13"),
+        "{msg}"
+    );
 
     let mut w = Writer::new();
     w.kv_raw("flag", 7, &[2]);

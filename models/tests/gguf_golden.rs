@@ -22,18 +22,26 @@ fn golden_dir() -> PathBuf {
 }
 
 fn model_path(file: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("AXBENCH_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join(".deps/models"));
+    let dir = std::env::var_os("AXBENCH_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".deps/models"));
     let p = dir.join(file);
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("SKIP: {} not found (run scripts/setup.sh or set AXBENCH_MODELS_DIR)", p.display());
+        eprintln!(
+            "SKIP: {} not found (run scripts/setup.sh or set AXBENCH_MODELS_DIR)",
+            p.display()
+        );
         None
     }
 }
 
 fn type_by_name(name: &str) -> GgmlType {
-    (0..64).map(GgmlType::from_u32).find(|t| t.name() == name).unwrap_or_else(|| panic!("unknown type {name}"))
+    (0..64)
+        .map(GgmlType::from_u32)
+        .find(|t| t.name() == name)
+        .unwrap_or_else(|| panic!("unknown type {name}"))
 }
 
 /// Relative 1e-6 (absolute near zero): gguf-py computes in f32 with the same operation order, so
@@ -46,7 +54,10 @@ fn close(a: f64, b: f64, scale: f64) -> bool {
 fn synthetic_blocks_match_gguf_py() {
     let dir = golden_dir().join("synthetic");
     let mut n_types = 0;
-    for name in ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "Q8_K"] {
+    for name in [
+        "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL",
+        "Q8_K",
+    ] {
         let input = std::fs::read(dir.join(format!("{name}.in"))).unwrap();
         let expected: Vec<f32> = std::fs::read(dir.join(format!("{name}.f32")))
             .unwrap()
@@ -64,15 +75,23 @@ fn synthetic_blocks_match_gguf_py() {
                 mismatches += 1;
             }
         }
-        assert_eq!(mismatches, 0, "{name}: {mismatches} of {} values differ", expected.len());
+        assert_eq!(
+            mismatches,
+            0,
+            "{name}: {mismatches} of {} values differ",
+            expected.len()
+        );
         n_types += 1;
     }
     assert_eq!(n_types, 15);
 }
 
 fn check_model(golden_file: &str) {
-    let golden: Value = serde_json::from_str(&std::fs::read_to_string(golden_dir().join(golden_file)).unwrap()).unwrap();
-    let Some(path) = model_path(golden["file"].as_str().unwrap()) else { return };
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(golden_dir().join(golden_file)).unwrap()).unwrap();
+    let Some(path) = model_path(golden["file"].as_str().unwrap()) else {
+        return;
+    };
     let f = GgufFile::open(&path).unwrap();
 
     assert_eq!(f.version() as u64, golden["version"].as_u64().unwrap());
@@ -86,9 +105,19 @@ fn check_model(golden_file: &str) {
     for (info, g) in f.tensor_infos().iter().zip(dir) {
         assert_eq!(info.name, g["name"].as_str().unwrap());
         assert_eq!(info.ggml_type.name(), g["type"].as_str().unwrap(), "{}", info.name);
-        let shape: Vec<i64> = g["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+        let shape: Vec<i64> = g["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_i64().unwrap())
+            .collect();
         assert_eq!(info.shape(), shape, "{}", info.name);
-        assert_eq!(f.data_offset() + info.offset, g["abs_offset"].as_u64().unwrap(), "{}", info.name);
+        assert_eq!(
+            f.data_offset() + info.offset,
+            g["abs_offset"].as_u64().unwrap(),
+            "{}",
+            info.name
+        );
     }
 
     // Hyperparameters under `{arch}.*`.
@@ -118,7 +147,12 @@ fn check_model(golden_file: &str) {
     for g in tensors {
         let name = g["name"].as_str().unwrap();
         let t = f.tensor(name).unwrap();
-        let shape: Vec<i64> = g["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+        let shape: Vec<i64> = g["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_i64().unwrap())
+            .collect();
         assert_eq!(t.size(), shape, "{name}");
         assert_eq!(t.kind(), tch::Kind::Float);
         let flat: Vec<f32> = Vec::<f32>::try_from(t.reshape([-1])).unwrap();
@@ -131,13 +165,26 @@ fn check_model(golden_file: &str) {
         }
         let g_abs = g["abs_sum"].as_f64().unwrap();
         assert!(close(abs_sum, g_abs, g_abs), "{name}: abs_sum {abs_sum} vs {g_abs}");
-        assert!(close(sum, g["sum"].as_f64().unwrap(), g_abs), "{name}: sum {sum} vs {}", g["sum"]);
+        assert!(
+            close(sum, g["sum"].as_f64().unwrap(), g_abs),
+            "{name}: sum {sum} vs {}",
+            g["sum"]
+        );
         let g_sq = g["sq_sum"].as_f64().unwrap();
         assert!(close(sq_sum, g_sq, g_sq), "{name}: sq_sum {sq_sum} vs {g_sq}");
-        for (i, v) in g["indices"].as_array().unwrap().iter().zip(g["values"].as_array().unwrap()) {
+        for (i, v) in g["indices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(g["values"].as_array().unwrap())
+        {
             let i = i.as_u64().unwrap() as usize;
             let v = v.as_f64().unwrap();
-            assert!(close(flat[i] as f64, v, 1e-6), "{name}[{i}]: {} vs gguf-py {v}", flat[i]);
+            assert!(
+                close(flat[i] as f64, v, 1e-6),
+                "{name}[{i}]: {} vs gguf-py {v}",
+                flat[i]
+            );
         }
         types_seen.insert(g["type"].as_str().unwrap().to_string());
     }
@@ -204,9 +251,17 @@ fn dequant_speed_report() {
             e.0 += info.n_elements;
             e.1 += dt;
         }
-        eprintln!("{file}: all tensors via tensor() in {:.3} s", t0.elapsed().as_secs_f64());
+        eprintln!(
+            "{file}: all tensors via tensor() in {:.3} s",
+            t0.elapsed().as_secs_f64()
+        );
         for (ty, (n, dt)) in per_type {
-            eprintln!("  {ty:>5}: {:7.1} M values in {:.3} s = {:.0} M values/s", n as f64 / 1e6, dt, n as f64 / dt / 1e6);
+            eprintln!(
+                "  {ty:>5}: {:7.1} M values in {:.3} s = {:.0} M values/s",
+                n as f64 / 1e6,
+                dt,
+                n as f64 / dt / 1e6
+            );
         }
         // The embedding again into an already-touched buffer: the kernel without page faults.
         let info = f.tensor_info("token_embd.weight").unwrap();
@@ -214,6 +269,10 @@ fn dequant_speed_report() {
         let t1 = Instant::now();
         f.dequantize_into(&info.name, &mut buf).unwrap();
         let dt = t1.elapsed().as_secs_f64();
-        eprintln!("  token_embd.weight ({}) into a reused buffer: {:.0} M values/s", info.ggml_type, info.n_elements as f64 / dt / 1e6);
+        eprintln!(
+            "  token_embd.weight ({}) into a reused buffer: {:.0} M values/s",
+            info.ggml_type,
+            info.n_elements as f64 / dt / 1e6
+        );
     }
 }

@@ -16,10 +16,7 @@ use serde_json::Value;
 use tch::{Kind, Tensor};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 fn golden_dir() -> PathBuf {
@@ -27,10 +24,7 @@ fn golden_dir() -> PathBuf {
 }
 
 fn read_json(p: &Path) -> Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
-    )
-    .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
 
 fn floats(v: &Value) -> Vec<f32> {
@@ -42,11 +36,7 @@ fn floats(v: &Value) -> Vec<f32> {
 }
 
 fn ints(v: &Value) -> Vec<i64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_i64().unwrap())
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
 }
 
 fn ints2(v: &Value) -> Vec<Vec<i64>> {
@@ -79,10 +69,7 @@ fn real_positions(t: &Tensor, mask: &[Vec<i64>]) -> Vec<f32> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn load(path: &Path, dtype: DType) -> Model {
@@ -123,10 +110,7 @@ fn check_tiny(name: &str) {
         let hidden = real_positions(out.hidden(layer).unwrap(), &mask);
         let d = max_abs_diff(&hidden, &floats(&case["hidden"]));
         eprintln!("{name} {padding}: max |Δhidden L{layer}| {d:.2e}");
-        assert!(
-            d < 1e-4,
-            "{name} {padding}: layer {layer} hidden differs by {d}"
-        );
+        assert!(d < 1e-4, "{name} {padding}: layer {layer} hidden differs by {d}");
 
         // Early stop returns the same activations without running later layers or the head.
         let early = model
@@ -139,12 +123,7 @@ fn check_tiny(name: &str) {
             )
             .unwrap();
         assert!(early.logits.is_none());
-        assert!(
-            early
-                .hidden(layer)
-                .unwrap()
-                .equal(out.hidden(layer).unwrap())
-        );
+        assert!(early.hidden(layer).unwrap().equal(out.hidden(layer).unwrap()));
     }
 
     // Steering with a different vector and scale per row.
@@ -158,13 +137,7 @@ fn check_tiny(name: &str) {
     );
     let hooks = Hooks::none().intervene(layer, &steer);
     let out = model
-        .forward(
-            &tensor2(&ids),
-            Some(&tensor2(&mask)),
-            &hooks,
-            Logits::All,
-            None,
-        )
+        .forward(&tensor2(&ids), Some(&tensor2(&mask)), &hooks, Logits::All, None)
         .unwrap();
     let d = max_abs_diff(
         &real_positions(out.logits.as_ref().unwrap(), &mask),
@@ -183,11 +156,7 @@ fn check_tiny(name: &str) {
     assert_eq!(got, ints2(&g["greedy"]), "{name}: greedy continuation");
     let gens = generate(&model, &prompts, &cfg, &hooks).unwrap();
     let got: Vec<Vec<i64>> = gens.into_iter().map(|g| g.tokens).collect();
-    assert_eq!(
-        got,
-        ints2(&g["steer"]["greedy"]),
-        "{name}: steered greedy continuation"
-    );
+    assert_eq!(got, ints2(&g["steer"]["greedy"]), "{name}: steered greedy continuation");
 }
 
 #[test]
@@ -233,14 +202,9 @@ fn bf16_stays_close_to_f32() {
 
 fn check_gguf(name: &str) {
     let g = read_json(&golden_dir().join(format!("{name}.json")));
-    let path = root()
-        .join(".deps/models")
-        .join(g["file"].as_str().unwrap());
+    let path = root().join(".deps/models").join(g["file"].as_str().unwrap());
     if !path.exists() {
-        eprintln!(
-            "skipping {name}: {} not present (run scripts/setup.sh)",
-            path.display()
-        );
+        eprintln!("skipping {name}: {} not present (run scripts/setup.sh)", path.display());
         return;
     }
     let model = load(&path, DType::F32);
@@ -268,10 +232,7 @@ fn check_gguf(name: &str) {
         for (k, (a, b)) in top_ids.iter().zip(&ref_ids).enumerate() {
             if a != b {
                 let tie = ref_logits.windows(2).any(|w| (w[0] - w[1]).abs() < 2e-3);
-                assert!(
-                    tie,
-                    "{name}/{key}: top-5 ids {top_ids:?} vs {ref_ids:?} (rank {k})"
-                );
+                assert!(tie, "{name}/{key}: top-5 ids {top_ids:?} vs {ref_ids:?} (rank {k})");
             }
         }
         let d = max_abs_diff(&to_vec(&vals), &ref_logits);
@@ -303,28 +264,18 @@ fn check_gguf(name: &str) {
             .map(|((a, b), n)| max_abs_diff(a, b) / n)
             .fold(0.0, f32::max);
         eprintln!("{name}/{key}: layer {layer} activations: max relative difference {d:.2e}");
-        assert!(
-            d <= 1e-3,
-            "{name}/{key}: activation slices differ by {d} relative"
-        );
+        assert!(d <= 1e-3, "{name}/{key}: activation slices differ by {d} relative");
 
         let cfg = GenerateConfig {
             max_new_tokens: 20,
             ..Default::default()
         };
         let got = generate(&model, &[Prompt::from(ids.clone())], &cfg, &Hooks::none()).unwrap();
-        assert_eq!(
-            got[0].tokens,
-            ints(&p["greedy"]),
-            "{name}/{key}: greedy continuation"
-        );
+        assert_eq!(got[0].tokens, ints(&p["greedy"]), "{name}/{key}: greedy continuation");
         batch.push((ids, ints(&p["greedy"])));
     }
     // The same prompts as one left-padded batch give the same continuations.
-    let prompts: Vec<Prompt> = batch
-        .iter()
-        .map(|(ids, _)| Prompt::from(ids.clone()))
-        .collect();
+    let prompts: Vec<Prompt> = batch.iter().map(|(ids, _)| Prompt::from(ids.clone())).collect();
     let cfg = GenerateConfig {
         max_new_tokens: 20,
         sampling: Sampling::Greedy,
@@ -354,11 +305,7 @@ fn bad_inputs_get_clear_errors() {
     let mut cfg = read_json(&src.join("config.json"));
     cfg["intermediate_size"] = 100.into();
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
-    std::fs::copy(
-        src.join("model.safetensors"),
-        dir.path().join("model.safetensors"),
-    )
-    .unwrap();
+    std::fs::copy(src.join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
     let err = Model::load(dir.path(), &LoadOptions::default())
         .unwrap_err()
         .to_string();

@@ -40,10 +40,7 @@ fn sharded_checkpoint_loads_like_a_single_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
     let tensors = Tensor::read_safetensors(src.join("model.safetensors")).unwrap();
-    let (a, b): (Vec<_>, Vec<_>) = tensors
-        .into_iter()
-        .enumerate()
-        .partition(|(i, _)| i % 2 == 0);
+    let (a, b): (Vec<_>, Vec<_>) = tensors.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
     let mut map = serde_json::Map::new();
     for (file, part) in [
         ("model-00001-of-00002.safetensors", a),
@@ -56,11 +53,7 @@ fn sharded_checkpoint_loads_like_a_single_file() {
         Tensor::write_safetensors(&part, dir.path().join(file)).unwrap();
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": map});
-    std::fs::write(
-        dir.path().join("model.safetensors.index.json"),
-        index.to_string(),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
 
     let _g = tch::no_grad_guard();
     let ids = Tensor::from_slice(&prompts()[0]).view([1, -1]);
@@ -114,14 +107,8 @@ fn cached_decoding_equals_a_full_forward_pass() {
         steps.push(out.logits.unwrap());
     }
     let cached = Tensor::cat(&steps, 1);
-    let d = (cached - full.logits.unwrap())
-        .abs()
-        .max()
-        .double_value(&[]);
-    assert!(
-        d < 1e-4,
-        "cached decoding differs from the full pass by {d}"
-    );
+    let d = (cached - full.logits.unwrap()).abs().max().double_value(&[]);
+    assert!(d < 1e-4, "cached decoding differs from the full pass by {d}");
     assert_eq!(cache.len(), seq.len() as i64);
 }
 
@@ -190,13 +177,7 @@ fn interventions_stay_active_while_generating() {
     let v = Tensor::randn([1, 64], (Kind::Float, tch::Device::Cpu)) * 5.0;
     let add = AddVectors::new(v, Tensor::from_slice(&[1.0f32]));
     // Only on the prompt: the first token changes, later tokens see the prompt's cached keys.
-    let prompt_only = generate(
-        &model,
-        &ps,
-        &cfg,
-        &Hooks::none().intervene(1, &add).prompt_only(),
-    )
-    .unwrap();
+    let prompt_only = generate(&model, &ps, &cfg, &Hooks::none().intervene(1, &add).prompt_only()).unwrap();
     let always = generate(&model, &ps, &cfg, &Hooks::none().intervene(1, &add)).unwrap();
     assert_ne!(plain, always);
     assert_ne!(prompt_only, always);
@@ -209,13 +190,7 @@ fn interventions_stay_active_while_generating() {
             ..p.clone()
         })
         .collect();
-    let masked_prompt_only = generate(
-        &model,
-        &masked,
-        &cfg,
-        &Hooks::none().intervene(1, &add).prompt_only(),
-    )
-    .unwrap();
+    let masked_prompt_only = generate(&model, &masked, &cfg, &Hooks::none().intervene(1, &add).prompt_only()).unwrap();
     assert_eq!(masked_prompt_only, plain);
 }
 
@@ -233,13 +208,7 @@ fn padding_helper_and_activations_agree_with_forward() {
     let acts = model.activations(&ids, Some(&mask), 2).unwrap();
     let _g = tch::no_grad_guard();
     let full = model
-        .forward(
-            &ids,
-            Some(&mask),
-            &Hooks::none().capture(2),
-            Logits::All,
-            None,
-        )
+        .forward(&ids, Some(&mask), &Hooks::none().capture(2), Logits::All, None)
         .unwrap();
     assert!(acts.equal(full.hidden(2).unwrap()));
     // Right padding: real positions agree with the left-padded batch.

@@ -23,12 +23,17 @@ fn repo() -> PathBuf {
 }
 
 fn model_path(file: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("AXBENCH_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join(".deps/models"));
+    let dir = std::env::var_os("AXBENCH_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".deps/models"));
     let p = dir.join(file);
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("SKIP: {} not found (run scripts/setup.sh or set AXBENCH_MODELS_DIR)", p.display());
+        eprintln!(
+            "SKIP: {} not found (run scripts/setup.sh or set AXBENCH_MODELS_DIR)",
+            p.display()
+        );
         None
     }
 }
@@ -66,7 +71,10 @@ fn texts() -> Vec<(String, String)> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap();
-            (v["id"].as_str().unwrap().to_string(), v["text"].as_str().unwrap().to_string())
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["text"].as_str().unwrap().to_string(),
+            )
         })
         .collect()
 }
@@ -76,7 +84,11 @@ fn golden(name: &str) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Compares `tok` with the golden rows; `reference` picks the object holding the reference's
@@ -92,16 +104,24 @@ fn check_texts(tok: &Tokenizer, golden_name: &str, reference: impl Fn(&Value) ->
         let r = reference(row);
         let with = tok.encode(text, true).unwrap();
         if with != ids(&r["ids"]) {
-            failures.push(format!("{id}: encode(add_special=true)\n  got  {with:?}\n  want {:?}", ids(&r["ids"])));
+            failures.push(format!(
+                "{id}: encode(add_special=true)\n  got  {with:?}\n  want {:?}",
+                ids(&r["ids"])
+            ));
         }
         let plain = tok.encode(text, false).unwrap();
         let want_plain = ids(&r["ids_no_special"]);
         if plain != want_plain {
-            failures.push(format!("{id}: encode(add_special=false)\n  got  {plain:?}\n  want {want_plain:?}"));
+            failures.push(format!(
+                "{id}: encode(add_special=false)\n  got  {plain:?}\n  want {want_plain:?}"
+            ));
         }
         let dec = tok.decode(&want_plain, false).unwrap();
         if dec != r["decode"].as_str().unwrap() {
-            failures.push(format!("{id}: decode\n  got  {dec:?}\n  want {:?}", r["decode"].as_str().unwrap()));
+            failures.push(format!(
+                "{id}: decode\n  got  {dec:?}\n  want {:?}",
+                r["decode"].as_str().unwrap()
+            ));
         }
         if check_skip_decode {
             let dec = tok.decode(&ids(&r["ids"]), true).unwrap();
@@ -111,7 +131,12 @@ fn check_texts(tok: &Tokenizer, golden_name: &str, reference: impl Fn(&Value) ->
             }
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn check_chats(file: &'static str, golden_name: &str, expected: ChatTemplate) {
@@ -137,7 +162,11 @@ fn check_chats(file: &'static str, golden_name: &str, expected: ChatTemplate) {
         let add_gen = c["add_generation_prompt"].as_bool().unwrap();
         let text = template.render(&messages, add_gen).unwrap();
         assert_eq!(text, c["text"].as_str().unwrap(), "render of {messages:?}");
-        assert_eq!(template.encode(&l.tok, &messages, add_gen).unwrap(), ids(&c["ids"]), "ids of {text:?}");
+        assert_eq!(
+            template.encode(&l.tok, &messages, add_gen).unwrap(),
+            ids(&c["ids"]),
+            "ids of {text:?}"
+        );
     }
 }
 
@@ -169,13 +198,26 @@ fn smollm2_chats_match_hf_template() {
 fn gemma3_transformers_flavor_matches_transformers() {
     let Some(l) = load(GEMMA) else { return };
     let t0 = Instant::now();
-    let tok = Tokenizer::from_gguf_with(&l.file, GgufTokenizerOptions { spm: SpmFlavor::Transformers }).unwrap();
-    eprintln!("gemma transformers-flavor tokenizer build {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
+    let tok = Tokenizer::from_gguf_with(
+        &l.file,
+        GgufTokenizerOptions {
+            spm: SpmFlavor::Transformers,
+        },
+    )
+    .unwrap();
+    eprintln!(
+        "gemma transformers-flavor tokenizer build {:.0} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     check_texts(&tok, "gemma-3-270m.json", |row| &row["transformers"], true);
     for c in golden("gemma-3-270m.json")["chats"].as_array().unwrap() {
         let text = c["text"].as_str().unwrap();
         // The rendered text carries `<bos>` itself.
-        assert_eq!(tok.encode(text, false).unwrap(), ids(&c["transformers_ids"]), "{text:?}");
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            ids(&c["transformers_ids"]),
+            "{text:?}"
+        );
     }
 }
 
@@ -183,7 +225,13 @@ fn gemma3_transformers_flavor_matches_transformers() {
 #[test]
 fn gemma3_flavors_differ_on_plain_text() {
     let Some(l) = load(GEMMA) else { return };
-    let hf = Tokenizer::from_gguf_with(&l.file, GgufTokenizerOptions { spm: SpmFlavor::Transformers }).unwrap();
+    let hf = Tokenizer::from_gguf_with(
+        &l.file,
+        GgufTokenizerOptions {
+            spm: SpmFlavor::Transformers,
+        },
+    )
+    .unwrap();
     let text = "The quick brown fox jumps over the lazy dog.";
     let ours = l.tok.encode(text, true).unwrap();
     assert_eq!(ours.len(), 11, "{ours:?}"); // <bos> + 10 words/punctuation, as llama.cpp
@@ -247,8 +295,16 @@ fn tokenizer_throughput() {
 fn hf_tokenizer_json_round_trip() {
     let texts = texts();
     for (file, config, generation) in [
-        (GEMMA, r#"{"bos_token": "<bos>", "eos_token": {"content": "<eos>", "special": true}}"#, r#"{"eos_token_id": [1, 106]}"#),
-        (SMOL, r#"{"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}"#, r#"{"eos_token_id": 2}"#),
+        (
+            GEMMA,
+            r#"{"bos_token": "<bos>", "eos_token": {"content": "<eos>", "special": true}}"#,
+            r#"{"eos_token_id": [1, 106]}"#,
+        ),
+        (
+            SMOL,
+            r#"{"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}"#,
+            r#"{"eos_token_id": 2}"#,
+        ),
     ] {
         let Some(l) = load(file) else { continue };
         let dir = tempfile::tempdir().unwrap();
@@ -262,10 +318,16 @@ fn hf_tokenizer_json_round_trip() {
         assert_eq!(hf.eos_ids(), l.tok.eos_ids(), "{file}");
         assert_eq!(hf.vocab_size(), l.tok.vocab_size(), "{file}");
         for (id, text) in &texts {
-            assert_eq!(hf.encode(text, true).unwrap(), l.tok.encode(text, true).unwrap(), "{file} {id}");
+            assert_eq!(
+                hf.encode(text, true).unwrap(),
+                l.tok.encode(text, true).unwrap(),
+                "{file} {id}"
+            );
         }
     }
-    let e = Tokenizer::from_hf_file("/nonexistent/tokenizer.json").unwrap_err().to_string();
+    let e = Tokenizer::from_hf_file("/nonexistent/tokenizer.json")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("/nonexistent/tokenizer.json"), "{e}");
 }
 
@@ -306,7 +368,11 @@ fn bad_gguf_vocabulary_is_a_clear_error() {
     };
     let arch = ("general.architecture", 8, s("llama"));
     // Unknown tokenizer model.
-    let (_d, p) = write(&[arch.clone(), ("tokenizer.ggml.model", 8, s("wordpiece")), ("tokenizer.ggml.tokens", 9, tokens.clone())]);
+    let (_d, p) = write(&[
+        arch.clone(),
+        ("tokenizer.ggml.model", 8, s("wordpiece")),
+        ("tokenizer.ggml.tokens", 9, tokens.clone()),
+    ]);
     let e = Tokenizer::from_gguf_path(&p).unwrap_err().to_string();
     assert!(e.contains("vocab.gguf") && e.contains("`wordpiece`"), "{e}");
     // BOS id outside the vocabulary.
@@ -317,12 +383,23 @@ fn bad_gguf_vocabulary_is_a_clear_error() {
         ("tokenizer.ggml.bos_token_id", 4, 7u32.to_le_bytes().to_vec()),
     ]);
     let e = Tokenizer::from_gguf_path(&p).unwrap_err().to_string();
-    assert!(e.contains("vocab.gguf") && e.contains("tokenizer.ggml.bos_token_id"), "{e}");
+    assert!(
+        e.contains("vocab.gguf") && e.contains("tokenizer.ggml.bos_token_id"),
+        "{e}"
+    );
     // Byte-level BPE without merges; SentencePiece without scores; missing tokens.
-    let (_d, p) = write(&[arch.clone(), ("tokenizer.ggml.model", 8, s("gpt2")), ("tokenizer.ggml.tokens", 9, tokens.clone())]);
+    let (_d, p) = write(&[
+        arch.clone(),
+        ("tokenizer.ggml.model", 8, s("gpt2")),
+        ("tokenizer.ggml.tokens", 9, tokens.clone()),
+    ]);
     let e = Tokenizer::from_gguf_path(&p).unwrap_err().to_string();
     assert!(e.contains("tokenizer.ggml.merges"), "{e}");
-    let (_d, p) = write(&[arch.clone(), ("tokenizer.ggml.model", 8, s("llama")), ("tokenizer.ggml.tokens", 9, tokens.clone())]);
+    let (_d, p) = write(&[
+        arch.clone(),
+        ("tokenizer.ggml.model", 8, s("llama")),
+        ("tokenizer.ggml.tokens", 9, tokens.clone()),
+    ]);
     let e = Tokenizer::from_gguf_path(&p).unwrap_err().to_string();
     assert!(e.contains("tokenizer.ggml.scores"), "{e}");
     let (_d, p) = write(&[arch, ("tokenizer.ggml.model", 8, s("llama"))]);

@@ -61,11 +61,18 @@ impl UnitSteer {
         for (l, d) in s.layers {
             let norm = d.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
             if norm == 0.0 || !norm.is_finite() {
-                return Err(format!("{}: vector `{}` at layer {l} has norm {norm}", s.source.display(), s.name));
+                return Err(format!(
+                    "{}: vector `{}` at layer {l} has norm {norm}",
+                    s.source.display(),
+                    s.name
+                ));
             }
             layers.insert(l, d.iter().map(|x| (*x as f64 / norm) as f32).collect());
         }
-        Ok(UnitSteer { layers, source: s.source })
+        Ok(UnitSteer {
+            layers,
+            source: s.source,
+        })
     }
 }
 
@@ -94,9 +101,14 @@ pub struct PositionLogprobs {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Token { id: i64, logprobs: Option<PositionLogprobs> },
+    Token {
+        id: i64,
+        logprobs: Option<PositionLogprobs>,
+    },
     /// The row is finished: `stop` (a stop token, not reported) or `length`.
-    Done { finish: &'static str },
+    Done {
+        finish: &'static str,
+    },
     Error(String),
 }
 
@@ -116,7 +128,11 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { batch_window: Duration::from_millis(5), max_batch: 32, threads: None }
+        Self {
+            batch_window: Duration::from_millis(5),
+            max_batch: 32,
+            threads: None,
+        }
     }
 }
 
@@ -188,13 +204,17 @@ impl Engine {
                 worker.run(rx);
             })
             .map_err(|e| format!("cannot start the model thread: {e}"))?;
-        let facts = ready_rx.recv().map_err(|_| "the model thread ended while loading".to_string())??;
+        let facts = ready_rx
+            .recv()
+            .map_err(|_| "the model thread ended while loading".to_string())??;
         Ok((Engine { tx, stats }, facts))
     }
 
     /// Queues one row; its events arrive on `req.events`.
     pub fn submit(&self, req: GenRequest) -> Result<(), String> {
-        self.tx.send(req).map_err(|_| "the model worker has stopped".to_string())
+        self.tx
+            .send(req)
+            .map_err(|_| "the model worker has stopped".to_string())
     }
 }
 
@@ -229,8 +249,14 @@ impl Worker {
             let mut groups: Vec<(GroupKey, Vec<GenRequest>)> = Vec::new();
             for r in batch {
                 let key = match r.sampling {
-                    Sampling::Greedy => GroupKey { sampling: Sampling::Greedy, seed: 0 },
-                    s => GroupKey { sampling: s, seed: r.seed },
+                    Sampling::Greedy => GroupKey {
+                        sampling: Sampling::Greedy,
+                        seed: 0,
+                    },
+                    s => GroupKey {
+                        sampling: s,
+                        seed: r.seed,
+                    },
                 };
                 match groups.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, g)) => g.push(r),
@@ -272,7 +298,15 @@ impl Worker {
         }
         let adds: Vec<(usize, AddVectors)> = per_layer
             .into_iter()
-            .map(|(l, (v, s))| (l, AddVectors::new(Tensor::from_slice(&v).view([n as i64, d as i64]), Tensor::from_slice(&s))))
+            .map(|(l, (v, s))| {
+                (
+                    l,
+                    AddVectors::new(
+                        Tensor::from_slice(&v).view([n as i64, d as i64]),
+                        Tensor::from_slice(&s),
+                    ),
+                )
+            })
             .collect();
         let mut hooks = Hooks::none();
         for (l, a) in &adds {
@@ -282,7 +316,12 @@ impl Worker {
         let stop = &self.facts.stop_tokens;
         let mut emitted = vec![0usize; n];
         let mut on_step = |step: &Step| {
-            let lp = top_k.map(|_| step.logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float).to_device(tch::Device::Cpu));
+            let lp = top_k.map(|_| {
+                step.logits
+                    .to_kind(Kind::Float)
+                    .log_softmax(-1, Kind::Float)
+                    .to_device(tch::Device::Cpu)
+            });
             for (r, row) in rows.iter().enumerate() {
                 let tok = step.tokens[r];
                 if !step.active[r] || emitted[r] >= row.max_tokens || stop.contains(&tok) {

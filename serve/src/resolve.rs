@@ -37,14 +37,19 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf, String> {
             return if p.exists() {
                 Ok(p)
             } else {
-                Err(format!("--model {path}: no such file or directory (use `default`, `default-instruct`, an HF model directory or a .gguf file)"))
+                Err(format!(
+                    "--model {path}: no such file or directory (use `default`, `default-instruct`, an HF model directory or a .gguf file)"
+                ))
             };
         }
     };
     let dirs = model_dirs();
     dirs.iter().map(|d| d.join(file)).find(|p| p.is_file()).ok_or_else(|| {
         let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-        format!("--model {spec}: {file} not found in {} (run scripts/setup.sh or set AXBENCH_DEPS)", searched.join(", "))
+        format!(
+            "--model {spec}: {file} not found in {} (run scripts/setup.sh or set AXBENCH_DEPS)",
+            searched.join(", ")
+        )
     })
 }
 

@@ -123,8 +123,12 @@ pub async fn start(cfg: ServerConfig, addr: SocketAddr) -> Result<RunningServer,
         .map_err(|e| ServeError::Load(format!("loading panicked: {e}")))??;
     let stats = state.engine.stats.clone();
     let app = router(Arc::new(state));
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -134,7 +138,12 @@ pub async fn start(cfg: ServerConfig, addr: SocketAddr) -> Result<RunningServer,
             .await
     });
     tracing::info!("serving {} on http://{addr}", cfg.model.display());
-    Ok(RunningServer { addr, stats, shutdown: Some(tx), task })
+    Ok(RunningServer {
+        addr,
+        stats,
+        shutdown: Some(tx),
+        task,
+    })
 }
 
 fn build_state(cfg: ServerConfig) -> Result<AppState, ServeError> {
@@ -142,8 +151,12 @@ fn build_state(cfg: ServerConfig) -> Result<AppState, ServeError> {
     let load_err = |e: String| ServeError::Load(e);
     // The same reading of tokenizer, chat format and context length as `axbench model` and the
     // pipeline stages need (llama.cpp tokenizer parity for GGUF vocabularies).
-    let ModelVocab { tokenizer, template, context_length: ctx, .. } =
-        ModelVocab::open(path).map_err(|e| load_err(e.to_string()))?;
+    let ModelVocab {
+        tokenizer,
+        template,
+        context_length: ctx,
+        ..
+    } = ModelVocab::open(path).map_err(|e| load_err(e.to_string()))?;
     let context_length = match (cfg.context_length, ctx) {
         (Some(a), Some(b)) => a.min(b),
         (Some(a), None) | (None, Some(a)) => a,
@@ -166,11 +179,13 @@ fn build_state(cfg: ServerConfig) -> Result<AppState, ServeError> {
     let mut steer_names: Vec<String> = steers.keys().cloned().collect();
     steer_names.sort();
     let extra_stop: Vec<i64> = tokenizer.eos_ids().iter().map(|&t| t as i64).collect();
-    let (engine, facts) = Engine::start(path.clone(), cfg.load, steers, extra_stop, cfg.engine.clone()).map_err(load_err)?;
-    let model_id = cfg
-        .model_id
-        .clone()
-        .unwrap_or_else(|| path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()));
+    let (engine, facts) =
+        Engine::start(path.clone(), cfg.load, steers, extra_stop, cfg.engine.clone()).map_err(load_err)?;
+    let model_id = cfg.model_id.clone().unwrap_or_else(|| {
+        path.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    });
     Ok(AppState {
         engine,
         tokenizer,
@@ -193,7 +208,10 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new().route("/health", get(health)).merge(protected).with_state(state)
+    Router::new()
+        .route("/health", get(health))
+        .merge(protected)
+        .with_state(state)
 }
 
 /// An OpenAI-style error response.
@@ -208,20 +226,39 @@ pub struct ApiError {
 
 impl ApiError {
     fn bad_request(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, message: message.into(), kind: "invalid_request_error", param: None, code: None }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+        }
     }
     fn param(mut self, p: &str) -> Self {
         self.param = Some(p.to_string());
         self
     }
     fn internal(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into(), kind: "server_error", param: None, code: None }
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { message: self.message, kind: self.kind, param: self.param, code: self.code } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message: self.message,
+                kind: self.kind,
+                param: self.param,
+                code: self.code,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -233,7 +270,10 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 
 async fn auth(State(state): State<Arc<AppState>>, headers: HeaderMap, req: Request, next: Next) -> Response {
     if let Some(key) = &state.api_key {
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
         // Compare without an early exit so timing does not reveal a matching prefix.
         let ok = given.is_some_and(|g| {
             g.len() == key.len() && g.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
@@ -267,13 +307,21 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
 async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     Json(ModelList {
         object: "list",
-        data: vec![ModelCard { id: state.model_id.clone(), object: "model", created: state.created, owned_by: "axbench" }],
+        data: vec![ModelCard {
+            id: state.model_id.clone(),
+            object: "model",
+            created: state.created,
+            owned_by: "axbench",
+        }],
     })
 }
 
 async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<TokenizeResponse>, ApiError> {
     let req: TokenizeRequest = parse(&body)?;
-    let ids = state.tokenizer.encode(&req.content, req.add_special).map_err(|e| ApiError::internal(e.to_string()))?;
+    let ids = state
+        .tokenizer
+        .encode(&req.content, req.add_special)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let tokens = if req.with_pieces {
         Tokens::Pieces(
             ids.iter()
@@ -298,9 +346,14 @@ async fn detokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<J
     let req: DetokenizeRequest = parse(&body)?;
     let n = state.tokenizer.vocab_size();
     if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= n) {
-        return Err(ApiError::bad_request(format!("token id {bad} is out of range (vocabulary size {n})")).param("tokens"));
+        return Err(
+            ApiError::bad_request(format!("token id {bad} is out of range (vocabulary size {n})")).param("tokens"),
+        );
     }
-    let content = state.tokenizer.decode(&req.tokens, false).map_err(|e| ApiError::internal(e.to_string()))?;
+    let content = state
+        .tokenizer
+        .decode(&req.tokens, false)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(DetokenizeResponse { content }))
 }
 
@@ -320,13 +373,19 @@ impl AppState {
     fn row_spec(&self, s: api::Sampling, default_max: usize) -> Result<RowSpec, ApiError> {
         let temperature = s.temperature.unwrap_or(1.0);
         if !(0.0..=2.0).contains(&temperature) {
-            return Err(ApiError::bad_request(format!("temperature must be in [0, 2], got {temperature}")).param("temperature"));
+            return Err(
+                ApiError::bad_request(format!("temperature must be in [0, 2], got {temperature}")).param("temperature"),
+            );
         }
         let top_p = s.top_p.unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {
             return Err(ApiError::bad_request(format!("top_p must be in (0, 1], got {top_p}")).param("top_p"));
         }
-        let sampling = if temperature == 0.0 { Sampling::Greedy } else { Sampling::Sample { temperature, top_p } };
+        let sampling = if temperature == 0.0 {
+            Sampling::Greedy
+        } else {
+            Sampling::Sample { temperature, top_p }
+        };
         let n = s.n.unwrap_or(1) as usize;
         if !(1..=16).contains(&n) {
             return Err(ApiError::bad_request(format!("n must be in 1..=16, got {n}")).param("n"));
@@ -343,10 +402,15 @@ impl AppState {
                     } else {
                         format!("known vectors: {}", self.steer_names.join(", "))
                     };
-                    return Err(ApiError::bad_request(format!("unknown steering vector `{}`; {known}", st.vector)).param("steering.vector"));
+                    return Err(
+                        ApiError::bad_request(format!("unknown steering vector `{}`; {known}", st.vector))
+                            .param("steering.vector"),
+                    );
                 }
                 if !st.factor.is_finite() {
-                    return Err(ApiError::bad_request("steering.factor must be a finite number").param("steering.factor"));
+                    return Err(
+                        ApiError::bad_request("steering.factor must be a finite number").param("steering.factor")
+                    );
                 }
                 Some((st.vector, st.factor))
             }
@@ -358,10 +422,19 @@ impl AppState {
         let seed = match s.seed {
             Some(x) => x as u64,
             // No seed: a different one per request, as OpenAI's API behaves.
-            None => now() ^ self.next_id.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            None => {
+                now()
+                    ^ self
+                        .next_id
+                        .fetch_add(1, Ordering::Relaxed)
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            }
         };
         Ok(RowSpec {
-            max_tokens: s.max_completion_tokens.or(s.max_tokens).map_or(default_max, |m| m as usize),
+            max_tokens: s
+                .max_completion_tokens
+                .or(s.max_tokens)
+                .map_or(default_max, |m| m as usize),
             sampling,
             seed,
             steering,
@@ -387,7 +460,13 @@ impl AppState {
         Ok(())
     }
 
-    fn submit(&self, prompt: &[u32], spec: &RowSpec, logprobs: Option<usize>, row: usize) -> Result<UnboundedReceiver<Event>, ApiError> {
+    fn submit(
+        &self,
+        prompt: &[u32],
+        spec: &RowSpec,
+        logprobs: Option<usize>,
+        row: usize,
+    ) -> Result<UnboundedReceiver<Event>, ApiError> {
         let (tx, rx) = unbounded_channel();
         self.engine
             .submit(GenRequest {
@@ -408,7 +487,11 @@ impl AppState {
     }
 
     fn id(&self, prefix: &str) -> String {
-        format!("{prefix}-{}-{}", self.created, self.next_id.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{prefix}-{}-{}",
+            self.created,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     fn chat_logprob(&self, id: i64, lp: &PositionLogprobs) -> TokenLogprob {
@@ -422,7 +505,11 @@ impl AppState {
                 .iter()
                 .map(|&(t, l)| {
                     let token = self.token_text(t);
-                    TopLogprob { bytes: token.as_bytes().to_vec(), token, logprob: l }
+                    TopLogprob {
+                        bytes: token.as_bytes().to_vec(),
+                        token,
+                        logprob: l,
+                    }
                 })
                 .collect(),
         }
@@ -436,7 +523,11 @@ struct RowResult {
     finish: &'static str,
 }
 
-async fn collect(state: &AppState, mut rx: UnboundedReceiver<Event>, stops: Vec<String>) -> Result<RowResult, ApiError> {
+async fn collect(
+    state: &AppState,
+    mut rx: UnboundedReceiver<Event>,
+    stops: Vec<String>,
+) -> Result<RowResult, ApiError> {
     let mut text = TextAssembler::new(&state.tokenizer, stops);
     let mut tokens = vec![];
     while let Some(ev) = rx.recv().await {
@@ -450,7 +541,11 @@ async fn collect(state: &AppState, mut rx: UnboundedReceiver<Event>, stops: Vec<
             Event::Done { finish } => {
                 text.finish();
                 let finish = if text.stopped { "stop" } else { finish };
-                return Ok(RowResult { text: text.text().to_string(), tokens, finish });
+                return Ok(RowResult {
+                    text: text.text().to_string(),
+                    tokens,
+                    finish,
+                });
             }
             Event::Error(e) => return Err(ApiError::internal(e)),
         }
@@ -459,7 +554,11 @@ async fn collect(state: &AppState, mut rx: UnboundedReceiver<Event>, stops: Vec<
 }
 
 fn usage(prompt: usize, completion: usize) -> Usage {
-    Usage { prompt_tokens: prompt as u32, completion_tokens: completion as u32, total_tokens: (prompt + completion) as u32 }
+    Usage {
+        prompt_tokens: prompt as u32,
+        completion_tokens: completion as u32,
+        total_tokens: (prompt + completion) as u32,
+    }
 }
 
 fn sse_json<T: Serialize>(v: &T) -> SseEvent {
@@ -473,17 +572,24 @@ fn message_text(m: &ChatMessage, i: usize) -> Result<String, ApiError> {
         Some(serde_json::Value::Array(parts)) => {
             let mut out = String::new();
             for p in parts {
-                match (p.get("type").and_then(|t| t.as_str()), p.get("text").and_then(|t| t.as_str())) {
+                match (
+                    p.get("type").and_then(|t| t.as_str()),
+                    p.get("text").and_then(|t| t.as_str()),
+                ) {
                     (Some("text"), Some(t)) => out.push_str(t),
                     _ => {
-                        return Err(ApiError::bad_request(format!("messages[{i}].content: only text parts are supported"))
-                            .param(&format!("messages[{i}].content")));
+                        return Err(ApiError::bad_request(format!(
+                            "messages[{i}].content: only text parts are supported"
+                        ))
+                        .param(&format!("messages[{i}].content")));
                     }
                 }
             }
             Ok(out)
         }
-        Some(_) => Err(ApiError::bad_request(format!("messages[{i}].content must be a string or a list of text parts"))),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "messages[{i}].content must be a string or a list of text parts"
+        ))),
     }
 }
 
@@ -496,7 +602,10 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
         return Err(ApiError::bad_request("messages must not be empty").param("messages"));
     }
     let template = state.template.as_ref().ok_or_else(|| {
-        ApiError::bad_request(format!("model `{}` has no chat template; use /v1/completions", state.model_id))
+        ApiError::bad_request(format!(
+            "model `{}` has no chat template; use /v1/completions",
+            state.model_id
+        ))
     })?;
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
@@ -505,13 +614,20 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
             "user" => Role::User,
             "assistant" => Role::Assistant,
             other => {
-                return Err(ApiError::bad_request(format!("messages[{i}].role `{other}` is not supported (system, developer, user, assistant)"))
-                    .param(&format!("messages[{i}].role")));
+                return Err(ApiError::bad_request(format!(
+                    "messages[{i}].role `{other}` is not supported (system, developer, user, assistant)"
+                ))
+                .param(&format!("messages[{i}].role")));
             }
         };
-        messages.push(Message { role, content: message_text(m, i)? });
+        messages.push(Message {
+            role,
+            content: message_text(m, i)?,
+        });
     }
-    let prompt = template.encode(&state.tokenizer, &messages, true).map_err(|e| ApiError::bad_request(e.to_string()).param("messages"))?;
+    let prompt = template
+        .encode(&state.tokenizer, &messages, true)
+        .map_err(|e| ApiError::bad_request(e.to_string()).param("messages"))?;
     let top = req.top_logprobs.unwrap_or(0) as usize;
     if top > 20 {
         return Err(ApiError::bad_request(format!("top_logprobs must be in 0..=20, got {top}")).param("top_logprobs"));
@@ -532,19 +648,28 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
         let stream = sse_stream(st, rx, &spec, prompt.len(), ChatStream { id, created, model });
         return Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response());
     }
-    let rxs = (0..spec.n).map(|r| state.submit(&prompt, &spec, logprobs, r)).collect::<Result<Vec<_>, _>>()?;
+    let rxs = (0..spec.n)
+        .map(|r| state.submit(&prompt, &spec, logprobs, r))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut choices = vec![];
     let mut completion_tokens = 0;
     for (i, rx) in rxs.into_iter().enumerate() {
         let r = collect(&state, rx, spec.stops.clone()).await?;
         completion_tokens += r.tokens.len();
         let lp = logprobs.map(|_| ChatLogprobs {
-            content: r.tokens.iter().filter_map(|(t, lp)| lp.as_ref().map(|lp| state.chat_logprob(*t, lp))).collect(),
+            content: r
+                .tokens
+                .iter()
+                .filter_map(|(t, lp)| lp.as_ref().map(|lp| state.chat_logprob(*t, lp)))
+                .collect(),
             refusal: None,
         });
         choices.push(ChatChoice {
             index: i as u32,
-            message: AssistantMessage { role: "assistant", content: r.text },
+            message: AssistantMessage {
+                role: "assistant",
+                content: r.text,
+            },
             logprobs: lp,
             finish_reason: r.finish,
         });
@@ -569,7 +694,14 @@ struct ChatStream {
 
 impl ChatStream {
     fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> ChatChunk {
-        ChatChunk { id: self.id.clone(), object: "chat.completion.chunk", created: self.created, model: self.model.clone(), choices, usage }
+        ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        }
     }
 }
 
@@ -578,24 +710,47 @@ impl StreamFormat for ChatStream {
     fn opening(&mut self) -> Vec<ChatChunk> {
         let first = ChatChunkChoice {
             index: 0,
-            delta: Delta { role: Some("assistant"), content: Some(String::new()) },
+            delta: Delta {
+                role: Some("assistant"),
+                content: Some(String::new()),
+            },
             logprobs: None,
             finish_reason: None,
         };
         vec![self.chunk(vec![first], None)]
     }
-    fn token(&mut self, state: &AppState, tok: i64, delta: String, logprobs: Option<PositionLogprobs>) -> Option<ChatChunk> {
-        let lp = logprobs.map(|lp| ChatLogprobs { content: vec![state.chat_logprob(tok, &lp)], refusal: None });
+    fn token(
+        &mut self,
+        state: &AppState,
+        tok: i64,
+        delta: String,
+        logprobs: Option<PositionLogprobs>,
+    ) -> Option<ChatChunk> {
+        let lp = logprobs.map(|lp| ChatLogprobs {
+            content: vec![state.chat_logprob(tok, &lp)],
+            refusal: None,
+        });
         if delta.is_empty() && lp.is_none() {
             return None;
         }
-        let c = ChatChunkChoice { index: 0, delta: Delta { role: None, content: Some(delta) }, logprobs: lp, finish_reason: None };
+        let c = ChatChunkChoice {
+            index: 0,
+            delta: Delta {
+                role: None,
+                content: Some(delta),
+            },
+            logprobs: lp,
+            finish_reason: None,
+        };
         Some(self.chunk(vec![c], None))
     }
     fn finish(&mut self, rest: String, finish: &'static str) -> ChatChunk {
         let c = ChatChunkChoice {
             index: 0,
-            delta: Delta { role: None, content: (!rest.is_empty()).then_some(rest) },
+            delta: Delta {
+                role: None,
+                content: (!rest.is_empty()).then_some(rest),
+            },
             logprobs: None,
             finish_reason: Some(finish),
         };
@@ -609,7 +764,12 @@ impl StreamFormat for ChatStream {
 async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse(&body)?;
     let vocab = state.tokenizer.vocab_size();
-    let encode = |t: &str| state.tokenizer.encode(t, true).map_err(|e| ApiError::bad_request(e.to_string()).param("prompt"));
+    let encode = |t: &str| {
+        state
+            .tokenizer
+            .encode(t, true)
+            .map_err(|e| ApiError::bad_request(e.to_string()).param("prompt"))
+    };
     let prompts: Vec<Vec<u32>> = match &req.prompt {
         PromptInput::Text(t) => vec![encode(t)?],
         PromptInput::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
@@ -620,10 +780,15 @@ async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<
         return Err(ApiError::bad_request("prompt must not be empty").param("prompt"));
     }
     if let Some(bad) = prompts.iter().flatten().find(|&&t| t as usize >= vocab) {
-        return Err(ApiError::bad_request(format!("prompt token id {bad} is out of range (vocabulary size {vocab})")).param("prompt"));
+        return Err(ApiError::bad_request(format!(
+            "prompt token id {bad} is out of range (vocabulary size {vocab})"
+        ))
+        .param("prompt"));
     }
     let logprobs = match req.logprobs {
-        Some(k) if k > 20 => return Err(ApiError::bad_request(format!("logprobs must be in 0..=20, got {k}")).param("logprobs")),
+        Some(k) if k > 20 => {
+            return Err(ApiError::bad_request(format!("logprobs must be in 0..=20, got {k}")).param("logprobs"));
+        }
         k => k.map(|k| k as usize),
     };
     let spec = state.row_spec(req.sampling, 16)?;
@@ -639,7 +804,19 @@ async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<
     if spec.stream {
         let rx = state.submit(&prompts[0], &spec, logprobs, 0)?;
         let echo = (req.echo == Some(true)).then(|| state.tokenizer.decode(&prompts[0], false).unwrap_or_default());
-        let stream = sse_stream(state.clone(), rx, &spec, prompts[0].len(), CompletionStream { id, created, model, echo, offset: 0 });
+        let stream = sse_stream(
+            state.clone(),
+            rx,
+            &spec,
+            prompts[0].len(),
+            CompletionStream {
+                id,
+                created,
+                model,
+                echo,
+                offset: 0,
+            },
+        );
         return Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response());
     }
     let mut rxs = vec![];
@@ -653,18 +830,38 @@ async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<
     for (i, (p, rx)) in rxs.into_iter().enumerate() {
         let r = collect(&state, rx, spec.stops.clone()).await?;
         completion_tokens += r.tokens.len();
-        let prefix = if req.echo == Some(true) { state.tokenizer.decode(p, false).unwrap_or_default() } else { String::new() };
+        let prefix = if req.echo == Some(true) {
+            state.tokenizer.decode(p, false).unwrap_or_default()
+        } else {
+            String::new()
+        };
         let lp = logprobs.map(|_| completion_logprobs(&state, &r.tokens, prefix.len()));
-        choices.push(CompletionChoice { text: prefix + &r.text, index: i as u32, logprobs: lp, finish_reason: Some(r.finish) });
+        choices.push(CompletionChoice {
+            text: prefix + &r.text,
+            index: i as u32,
+            logprobs: lp,
+            finish_reason: Some(r.finish),
+        });
     }
     let prompt_tokens = prompts.iter().map(Vec::len).sum::<usize>() * spec.n;
-    Ok(Json(Completion { id, object: "text_completion", created, model, choices, usage: Some(usage(prompt_tokens, completion_tokens)) })
-        .into_response())
+    Ok(Json(Completion {
+        id,
+        object: "text_completion",
+        created,
+        model,
+        choices,
+        usage: Some(usage(prompt_tokens, completion_tokens)),
+    })
+    .into_response())
 }
 
 /// The legacy `logprobs` object for generated tokens; offsets count from `offset` (the echoed
 /// prompt's length, else 0).
-fn completion_logprobs(state: &AppState, tokens: &[(i64, Option<PositionLogprobs>)], offset: usize) -> CompletionLogprobs {
+fn completion_logprobs(
+    state: &AppState,
+    tokens: &[(i64, Option<PositionLogprobs>)],
+    offset: usize,
+) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     let mut pos = offset;
     for (t, lp) in tokens {
@@ -674,7 +871,12 @@ fn completion_logprobs(state: &AppState, tokens: &[(i64, Option<PositionLogprobs
         pos += text.len();
         out.tokens.push(text);
         out.token_logprobs.push(lp.chosen);
-        out.top_logprobs.push(lp.top.iter().map(|&(id, l)| (state.token_text(id), serde_json::json!(l))).collect());
+        out.top_logprobs.push(
+            lp.top
+                .iter()
+                .map(|&(id, l)| (state.token_text(id), serde_json::json!(l)))
+                .collect(),
+        );
     }
     out
 }
@@ -691,7 +893,14 @@ struct CompletionStream {
 
 impl CompletionStream {
     fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Completion {
-        Completion { id: self.id.clone(), object: "text_completion", created: self.created, model: self.model.clone(), choices, usage }
+        Completion {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        }
     }
 }
 
@@ -700,9 +909,23 @@ impl StreamFormat for CompletionStream {
     fn opening(&mut self) -> Vec<Completion> {
         let Some(e) = self.echo.take() else { return vec![] };
         self.offset = e.len();
-        vec![self.chunk(vec![CompletionChoice { text: e, index: 0, logprobs: None, finish_reason: None }], None)]
+        vec![self.chunk(
+            vec![CompletionChoice {
+                text: e,
+                index: 0,
+                logprobs: None,
+                finish_reason: None,
+            }],
+            None,
+        )]
     }
-    fn token(&mut self, state: &AppState, tok: i64, delta: String, logprobs: Option<PositionLogprobs>) -> Option<Completion> {
+    fn token(
+        &mut self,
+        state: &AppState,
+        tok: i64,
+        delta: String,
+        logprobs: Option<PositionLogprobs>,
+    ) -> Option<Completion> {
         let lp = logprobs.map(|lp| {
             let l = completion_logprobs(state, &[(tok, Some(lp))], self.offset);
             self.offset += l.tokens[0].len();
@@ -711,10 +934,26 @@ impl StreamFormat for CompletionStream {
         if delta.is_empty() && lp.is_none() {
             return None;
         }
-        Some(self.chunk(vec![CompletionChoice { text: delta, index: 0, logprobs: lp, finish_reason: None }], None))
+        Some(self.chunk(
+            vec![CompletionChoice {
+                text: delta,
+                index: 0,
+                logprobs: lp,
+                finish_reason: None,
+            }],
+            None,
+        ))
     }
     fn finish(&mut self, rest: String, finish: &'static str) -> Completion {
-        self.chunk(vec![CompletionChoice { text: rest, index: 0, logprobs: None, finish_reason: Some(finish) }], None)
+        self.chunk(
+            vec![CompletionChoice {
+                text: rest,
+                index: 0,
+                logprobs: None,
+                finish_reason: Some(finish),
+            }],
+            None,
+        )
     }
     fn usage(&mut self, usage: Usage) -> Completion {
         self.chunk(vec![], Some(usage))
@@ -729,7 +968,13 @@ trait StreamFormat: Send + 'static {
     fn opening(&mut self) -> Vec<Self::Chunk>;
     /// The chunk for one generated token's text `delta` (empty while a UTF-8 character or a
     /// possible stop string is incomplete), or `None` to send nothing for it.
-    fn token(&mut self, state: &AppState, tok: i64, delta: String, logprobs: Option<PositionLogprobs>) -> Option<Self::Chunk>;
+    fn token(
+        &mut self,
+        state: &AppState,
+        tok: i64,
+        delta: String,
+        logprobs: Option<PositionLogprobs>,
+    ) -> Option<Self::Chunk>;
     /// The last chunk: the held-back text and the finish reason.
     fn finish(&mut self, rest: String, finish: &'static str) -> Self::Chunk;
     /// The extra chunk `stream_options.include_usage` asks for.
@@ -779,7 +1024,14 @@ fn sse_stream<F: StreamFormat>(
                     break;
                 }
                 Event::Error(e) => {
-                    let body = ErrorBody { error: ErrorDetail { message: e, kind: "server_error", param: None, code: None } };
+                    let body = ErrorBody {
+                        error: ErrorDetail {
+                            message: e,
+                            kind: "server_error",
+                            param: None,
+                            code: None,
+                        },
+                    };
                     let _ = tx.send(sse_json(&body));
                     break;
                 }

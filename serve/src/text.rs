@@ -17,7 +17,14 @@ pub struct TextAssembler<'a> {
 impl<'a> TextAssembler<'a> {
     pub fn new(tokenizer: &'a Tokenizer, stops: Vec<String>) -> Self {
         let stops = stops.into_iter().filter(|s| !s.is_empty()).collect();
-        Self { tokenizer, ids: vec![], text: String::new(), sent: 0, stops, stopped: false }
+        Self {
+            tokenizer,
+            ids: vec![],
+            text: String::new(),
+            sent: 0,
+            stops,
+            stopped: false,
+        }
     }
 
     /// Adds a token; returns the text that is now safe to send (possibly empty).
@@ -40,7 +47,12 @@ impl<'a> TextAssembler<'a> {
         let hold = self
             .stops
             .iter()
-            .flat_map(|s| (1..s.len()).rev().filter(|&k| s.is_char_boundary(k)).find(|&k| self.text.ends_with(&s[..k])))
+            .flat_map(|s| {
+                (1..s.len())
+                    .rev()
+                    .filter(|&k| s.is_char_boundary(k))
+                    .find(|&k| self.text.ends_with(&s[..k]))
+            })
             .max()
             .unwrap_or(0);
         self.take(self.text.len() - hold)

@@ -60,7 +60,8 @@ fn unit_embedding(model: &Path, id: usize) -> Vec<f32> {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let model = axbench_serve::resolve_model("default-instruct").expect("run scripts/setup.sh to fetch the default models");
+        let model =
+            axbench_serve::resolve_model("default-instruct").expect("run scripts/setup.sh to fetch the default models");
         let golden = golden();
         let target = golden["target_id"].as_u64().unwrap() as usize;
         let unit = unit_embedding(&model, target);
@@ -79,7 +80,12 @@ fn fixture() -> &'static Fixture {
             })
             .collect();
         let st_path = dir.path().join("cheese.safetensors");
-        VectorFile { model: "smollm2-135m-instruct".into(), vectors }.save_safetensors(&st_path).unwrap();
+        VectorFile {
+            model: "smollm2-135m-instruct".into(),
+            vectors,
+        }
+        .save_safetensors(&st_path)
+        .unwrap();
         // A control vector for layer 15 at factor 100, as llama.cpp would load it.
         let cv_path = dir.path().join("cheese_cv.gguf");
         let v15 = SteeringVector {
@@ -90,44 +96,84 @@ fn fixture() -> &'static Fixture {
             concept: String::new(),
             concept_id: None,
         };
-        ControlVector::from_vector("llama", &v15, 100.0).save_gguf(&cv_path).unwrap();
-        let load = LoadOptions { device: axbench_models::device::DeviceSpec::Cpu, ..Default::default() };
+        ControlVector::from_vector("llama", &v15, 100.0)
+            .save_gguf(&cv_path)
+            .unwrap();
+        let load = LoadOptions {
+            device: axbench_models::device::DeviceSpec::Cpu,
+            ..Default::default()
+        };
         let mut main_cfg = ServerConfig::new(model.clone());
         main_cfg.vectors = vec![st_path, cv_path.clone()];
         main_cfg.load = load;
-        main_cfg.engine = EngineOptions { batch_window: Duration::from_millis(40), max_batch: 32, threads: Some(2) };
+        main_cfg.engine = EngineOptions {
+            batch_window: Duration::from_millis(40),
+            max_batch: 32,
+            threads: Some(2),
+        };
         let mut auth_cfg = ServerConfig::new(model.clone());
         auth_cfg.load = load;
         auth_cfg.api_key = Some(API_KEY.into());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
-                let main = axbench_serve::start(main_cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
-                let auth = axbench_serve::start(auth_cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+                let main = axbench_serve::start(main_cfg, "127.0.0.1:0".parse().unwrap())
+                    .await
+                    .unwrap();
+                let auth = axbench_serve::start(auth_cfg, "127.0.0.1:0".parse().unwrap())
+                    .await
+                    .unwrap();
                 tx.send((main.addr, auth.addr, main.stats.clone())).unwrap();
                 futures::future::pending::<()>().await;
             });
         });
         let (main, auth, stats) = rx.recv().unwrap();
-        let opts = GgufTokenizerOptions { spm: SpmFlavor::LlamaCpp };
+        let opts = GgufTokenizerOptions {
+            spm: SpmFlavor::LlamaCpp,
+        };
         let tokenizer = Tokenizer::from_gguf_with(&GgufFile::open(&model).unwrap(), opts).unwrap();
-        Fixture { main, auth, stats, model, tokenizer, golden, cv_path, _dir: dir }
+        Fixture {
+            main,
+            auth,
+            stats,
+            model,
+            tokenizer,
+            golden,
+            cv_path,
+            _dir: dir,
+        }
     })
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(300)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap()
 }
 
 async fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
-    let r = http().post(format!("http://{addr}{path}")).json(body).send().await.unwrap();
+    let r = http()
+        .post(format!("http://{addr}{path}"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap())
 }
 
 fn openai(addr: SocketAddr) -> Client<OpenAIConfig> {
-    Client::with_config(OpenAIConfig::new().with_api_base(format!("http://{addr}/v1")).with_api_key("unused"))
+    Client::with_config(
+        OpenAIConfig::new()
+            .with_api_base(format!("http://{addr}/v1"))
+            .with_api_key("unused"),
+    )
 }
 
 #[tokio::test]
@@ -137,7 +183,11 @@ async fn async_openai_chat_completions_and_streaming_agree() {
     let client = openai(f.main);
     let req = CreateChatCompletionRequestArgs::default()
         .model("smollm2")
-        .messages([ChatCompletionRequestUserMessageArgs::default().content("Name a color.").build().unwrap().into()])
+        .messages([ChatCompletionRequestUserMessageArgs::default()
+            .content("Name a color.")
+            .build()
+            .unwrap()
+            .into()])
         .max_completion_tokens(12u32)
         .temperature(0.0)
         .build()
@@ -217,7 +267,12 @@ async fn chat_logprobs_have_openai_shape() {
         assert_eq!(top.len(), 2);
         assert_eq!(top[0]["token"], t["token"]);
         assert!(top[0]["logprob"].as_f64().unwrap() >= top[1]["logprob"].as_f64().unwrap());
-        let bytes: Vec<u8> = t["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect();
+        let bytes: Vec<u8> = t["bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect();
         assert_eq!(String::from_utf8(bytes).unwrap(), t["token"].as_str().unwrap());
     }
 }
@@ -227,7 +282,15 @@ async fn raw_sse_stream_ends_with_done_and_reports_usage() {
     let f = fixture();
     let body = json!({"prompt": "Once upon a time", "max_tokens": 4, "temperature": 0, "stream": true,
                       "stream_options": {"include_usage": true}});
-    let text = http().post(format!("http://{}/v1/completions", f.main)).json(&body).send().await.unwrap().text().await.unwrap();
+    let text = http()
+        .post(format!("http://{}/v1/completions", f.main))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let events: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
     assert_eq!(*events.last().unwrap(), "[DONE]");
     let usage: Value = serde_json::from_str(events[events.len() - 2]).unwrap();
@@ -281,7 +344,12 @@ async fn malformed_requests_get_openai_style_400s() {
     assert_eq!(r.status().as_u16(), 400);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["type"], "invalid_request_error");
-    assert!(body["error"]["message"].as_str().unwrap().contains("invalid request body"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid request body")
+    );
 
     let (status, body) = post(f.main, "/v1/chat/completions", &json!({"messages": "hi"})).await;
     assert_eq!(status, 400, "{body}");
@@ -293,7 +361,12 @@ async fn malformed_requests_get_openai_style_400s() {
 #[tokio::test]
 async fn over_context_is_a_400_naming_the_limit() {
     let f = fixture();
-    let (status, body) = post(f.main, "/v1/completions", &json!({"prompt": "Hello", "max_tokens": 10_000_000})).await;
+    let (status, body) = post(
+        f.main,
+        "/v1/completions",
+        &json!({"prompt": "Hello", "max_tokens": 10_000_000}),
+    )
+    .await;
     assert_eq!(status, 400);
     let msg = body["error"]["message"].as_str().unwrap();
     assert!(msg.contains("maximum context length is 8192 tokens"), "{msg}");
@@ -306,7 +379,10 @@ async fn unknown_steering_vector_lists_the_known_ones() {
     let (status, body) = post(f.main, "/v1/completions", &body).await;
     assert_eq!(status, 400);
     let msg = body["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("unknown steering vector `nope`") && msg.contains("cheese_l15") && msg.contains("cheese_cv"), "{msg}");
+    assert!(
+        msg.contains("unknown steering vector `nope`") && msg.contains("cheese_l15") && msg.contains("cheese_cv"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -315,7 +391,10 @@ async fn steering_factor_zero_is_the_unsteered_output() {
     let base = json!({"prompt": "My favourite food is", "max_tokens": 8, "temperature": 0});
     let mut zero = base.clone();
     zero["steering"] = json!({"vector": "cheese_l15", "factor": 0.0});
-    let (a, b) = tokio::join!(post(f.main, "/v1/completions", &base), post(f.main, "/v1/completions", &zero));
+    let (a, b) = tokio::join!(
+        post(f.main, "/v1/completions", &base),
+        post(f.main, "/v1/completions", &zero)
+    );
     assert_eq!(a.0, 200);
     assert_eq!(a.1["choices"][0]["text"], b.1["choices"][0]["text"]);
 }
@@ -337,19 +416,29 @@ async fn steering_matches_llama_cpp_control_vectors() {
         async move {
             let (status, r) = post(f.main, "/v1/completions", &body).await;
             assert_eq!(status, 200, "{r}");
-            r["choices"][0]["logprobs"]["top_logprobs"][0].as_object().unwrap().clone()
+            r["choices"][0]["logprobs"]["top_logprobs"][0]
+                .as_object()
+                .unwrap()
+                .clone()
         }
     };
     let cases = g["cases"].as_array().unwrap();
-    let at = |m: &serde_json::Map<String, Value>| m.get(&target_text).and_then(Value::as_f64).unwrap_or(f64::NEG_INFINITY);
+    let at =
+        |m: &serde_json::Map<String, Value>| m.get(&target_text).and_then(Value::as_f64).unwrap_or(f64::NEG_INFINITY);
     let base = next(None, 0.0).await;
     let cpp_base = &cases[0]["top"];
-    let top_text = f.tokenizer.decode(&[cpp_base[0][0].as_u64().unwrap() as u32], false).unwrap();
+    let top_text = f
+        .tokenizer
+        .decode(&[cpp_base[0][0].as_u64().unwrap() as u32], false)
+        .unwrap();
     let ours_base = base[&top_text].as_f64().unwrap();
     // llama.cpp multiplies Q4_1 weights with Q8-quantized activations, we dequantize to f32: the
     // unsteered log-probabilities already differ by ~0.2.
     let tol = 0.35;
-    assert!((ours_base - cpp_base[0][1].as_f64().unwrap()).abs() < tol, "unsteered top token: ours {ours_base}, llama.cpp {cpp_base}");
+    assert!(
+        (ours_base - cpp_base[0][1].as_f64().unwrap()).abs() < tol,
+        "unsteered top token: ours {ours_base}, llama.cpp {cpp_base}"
+    );
     let mut report = vec![];
     let mut checks = vec![];
     for c in cases.iter().filter(|c| c["factor"].as_f64().unwrap() == 100.0) {
@@ -360,21 +449,36 @@ async fn steering_matches_llama_cpp_control_vectors() {
         let same = at(&next(Some(format!("cheese_l{layer}")), 100.0).await);
         let below = at(&next(Some(format!("cheese_l{}", layer - 1)), 100.0).await);
         let above = at(&next(Some(format!("cheese_l{}", layer + 1)), 100.0).await);
-        report.push(format!("layer {layer}: llama.cpp {cpp:.3}; ours at {} {below:.3}, at {layer} {same:.3}, at {} {above:.3}", layer - 1, layer + 1));
+        report.push(format!(
+            "layer {layer}: llama.cpp {cpp:.3}; ours at {} {below:.3}, at {layer} {same:.3}, at {} {above:.3}",
+            layer - 1,
+            layer + 1
+        ));
         checks.push((layer, cpp, same, below, above));
     }
     let report = report.join("\n");
     eprintln!("{report}");
     for (layer, cpp, same, below, above) in checks {
-        assert!((same - cpp).abs() < tol, "layer {layer} differs from llama.cpp\n{report}");
+        assert!(
+            (same - cpp).abs() < tol,
+            "layer {layer} differs from llama.cpp\n{report}"
+        );
         for off in [below, above] {
-            assert!((off - cpp).abs() > (same - cpp).abs(), "a neighbour of layer {layer} matches llama.cpp better\n{report}");
+            assert!(
+                (off - cpp).abs() > (same - cpp).abs(),
+                "a neighbour of layer {layer} matches llama.cpp better\n{report}"
+            );
         }
     }
     // The exported GGUF control vector (layer 15, factor 100 baked in) loads as a steer at factor 100.
     let cv = at(&next(Some("cheese_cv".into()), 100.0).await);
-    let cpp15 = cases.iter().find(|c| c["layer"] == 15 && c["factor"] == 100.0).unwrap()["target_logprob"].as_f64().unwrap();
-    assert!((cv - cpp15).abs() < tol, "control-vector file: ours {cv:.3}, llama.cpp {cpp15:.3}");
+    let cpp15 = cases.iter().find(|c| c["layer"] == 15 && c["factor"] == 100.0).unwrap()["target_logprob"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (cv - cpp15).abs() < tol,
+        "control-vector file: ours {cv:.3}, llama.cpp {cpp15:.3}"
+    );
 }
 
 /// The control vector we export is read by llama.cpp (through llama-cpp-python) and steers it as
@@ -398,9 +502,17 @@ fn exported_control_vector_loads_in_llama_cpp() {
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["model_hint"], "llama");
     assert_eq!(r["layers"], json!([15]));
-    let golden = f.golden["cases"].as_array().unwrap().iter().find(|c| c["layer"] == 15 && c["factor"] == 100.0).unwrap();
+    let golden = f.golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["layer"] == 15 && c["factor"] == 100.0)
+        .unwrap();
     let steered = r["steered_target_logprob"].as_f64().unwrap();
-    assert!((steered - golden["target_logprob"].as_f64().unwrap()).abs() < 1e-3, "{r}");
+    assert!(
+        (steered - golden["target_logprob"].as_f64().unwrap()).abs() < 1e-3,
+        "{r}"
+    );
     assert!(steered > r["base_target_logprob"].as_f64().unwrap() + 2.0);
     assert_eq!(r["steered_top"][0], f.golden["target_id"]);
 }
@@ -429,7 +541,13 @@ async fn bearer_token_is_enforced() {
     let err: Value = none.json().await.unwrap();
     assert_eq!(err["error"]["code"], "invalid_api_key");
     assert!(!err.to_string().contains(API_KEY));
-    let wrong = http().post(&url).bearer_auth("test-key-7f3b").json(&body).send().await.unwrap();
+    let wrong = http()
+        .post(&url)
+        .bearer_auth("test-key-7f3b")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
     let right = http().post(&url).bearer_auth(API_KEY).json(&body).send().await.unwrap();
     assert_eq!(right.status().as_u16(), 200);
@@ -445,16 +563,36 @@ async fn tokenize_and_detokenize_agree_with_the_tokenizer() {
     let f = fixture();
     let text = "Héllo, wörld! 12345 <|im_start|>user\nsteering 🚀";
     for add_special in [false, true] {
-        let (status, r) = post(f.main, "/tokenize", &json!({"content": text, "add_special": add_special})).await;
+        let (status, r) = post(
+            f.main,
+            "/tokenize",
+            &json!({"content": text, "add_special": add_special}),
+        )
+        .await;
         assert_eq!(status, 200);
-        let ids: Vec<u32> = r["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids: Vec<u32> = r["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(ids, f.tokenizer.encode(text, add_special).unwrap());
         let (_, d) = post(f.main, "/detokenize", &json!({"tokens": ids})).await;
         assert_eq!(d["content"].as_str().unwrap(), f.tokenizer.decode(&ids, false).unwrap());
         assert_eq!(d["content"].as_str().unwrap(), text);
     }
-    let (_, r) = post(f.main, "/tokenize", &json!({"content": "Hello world", "with_pieces": true})).await;
-    let pieces: Vec<String> = r["tokens"].as_array().unwrap().iter().map(|t| t["piece"].as_str().unwrap().to_string()).collect();
+    let (_, r) = post(
+        f.main,
+        "/tokenize",
+        &json!({"content": "Hello world", "with_pieces": true}),
+    )
+    .await;
+    let pieces: Vec<String> = r["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["piece"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(pieces.concat(), "Hello world");
     let (status, _) = post(f.main, "/detokenize", &json!({"tokens": [99_999_999]})).await;
     assert_eq!(status, 400);
@@ -473,7 +611,11 @@ fn python_openai_client() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(r["chat"], r["chat_stream"]);
     assert!(r["completion"].as_str().is_some_and(|s| !s.is_empty()));
@@ -498,10 +640,22 @@ async fn stop_strings_cut_the_text_streamed_or_not() {
     assert_eq!(r["choices"][0]["text"], cut);
     assert_eq!(r["choices"][0]["finish_reason"], "stop");
     with_stop["stream"] = json!(true);
-    let sse = http().post(format!("http://{}/v1/completions", f.main)).json(&with_stop).send().await.unwrap().text().await.unwrap();
+    let sse = http()
+        .post(format!("http://{}/v1/completions", f.main))
+        .json(&with_stop)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let mut streamed = String::new();
     let mut finish = Value::Null;
-    for data in sse.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]") {
+    for data in sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+    {
         let chunk: Value = serde_json::from_str(data).unwrap();
         streamed.push_str(chunk["choices"][0]["text"].as_str().unwrap_or(""));
         if !chunk["choices"][0]["finish_reason"].is_null() {
@@ -518,9 +672,17 @@ async fn stop_strings_cut_the_text_streamed_or_not() {
 async fn gemma_default_model_chats_and_tokenizes_like_llama_cpp() {
     let model = axbench_serve::resolve_model("default").expect("run scripts/setup.sh to fetch the default models");
     let mut cfg = ServerConfig::new(model);
-    cfg.load = LoadOptions { device: axbench_models::device::DeviceSpec::Cpu, ..Default::default() };
+    cfg.load = LoadOptions {
+        device: axbench_models::device::DeviceSpec::Cpu,
+        ..Default::default()
+    };
     let server = axbench_serve::start(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let (status, r) = post(server.addr, "/tokenize", &json!({"content": "The capital of France is", "add_special": true})).await;
+    let (status, r) = post(
+        server.addr,
+        "/tokenize",
+        &json!({"content": "The capital of France is", "add_special": true}),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(r["tokens"], json!([2, 818, 5279, 529, 7001, 563]));
     let body = json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a fruit."}],

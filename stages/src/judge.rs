@@ -99,10 +99,7 @@ pub fn parse_rating(completion: &str) -> Rating {
     };
     let tail = completion[at + "Rating:".len()..].trim();
     let first_line = tail.split('\n').next().unwrap_or("").trim();
-    let no_brackets: String = first_line
-        .chars()
-        .filter(|c| *c != '[' && *c != ']')
-        .collect();
+    let no_brackets: String = first_line.chars().filter(|c| *c != '[' && *c != ']').collect();
     // Python: .rstrip('.').strip('"').strip("'").strip("*").strip()
     let cleaned = no_brackets
         .trim_end_matches('.')
@@ -132,21 +129,14 @@ fn parse_python_float(s: &str) -> Option<f64> {
         return None;
     }
     if matches!(body, "inf" | "infinity" | "nan") {
-        let v = if body == "nan" {
-            f64::NAN
-        } else {
-            f64::INFINITY
-        };
+        let v = if body == "nan" { f64::NAN } else { f64::INFINITY };
         return Some(if lower.starts_with('-') { -v } else { v });
     }
     // Underscores are allowed only between digits.
     let bytes = body.as_bytes();
     for (i, b) in bytes.iter().enumerate() {
         if *b == b'_' {
-            let ok = i > 0
-                && i + 1 < bytes.len()
-                && bytes[i - 1].is_ascii_digit()
-                && bytes[i + 1].is_ascii_digit();
+            let ok = i > 0 && i + 1 < bytes.len() && bytes[i - 1].is_ascii_digit() && bytes[i + 1].is_ascii_digit();
             if !ok {
                 return None;
             }
@@ -206,10 +196,7 @@ pub fn judge_prompts(prompts: &PromptSet, item: &JudgeItem) -> Result<[String; 3
         )?,
         prompts.render(
             Template::JudgeInstruction,
-            &[
-                ("instruction", &item.instruction),
-                ("sentence", &item.generation),
-            ],
+            &[("instruction", &item.instruction), ("sentence", &item.generation)],
         )?,
         prompts.render(Template::JudgeFluency, &[("sentence", &item.generation)])?,
     ])
@@ -229,12 +216,7 @@ pub struct Judged {
 
 impl Judged {
     /// Combine three ratings.
-    pub fn from_ratings(
-        concept: Rating,
-        instruction: Rating,
-        fluency: Rating,
-        completions: [String; 3],
-    ) -> Self {
+    pub fn from_ratings(concept: Rating, instruction: Rating, fluency: Rating, completions: [String; 3]) -> Self {
         let score = harmonic_mean(&[concept.value, instruction.value, fluency.value]);
         Self {
             concept,
@@ -265,9 +247,7 @@ pub struct JudgeStats {
 fn rating_of(record: &CallRecord) -> (Rating, String) {
     match &record.outcome {
         CallOutcome::Completed(c) => (parse_rating(&c.text), c.text.clone()),
-        CallOutcome::Refused(_) | CallOutcome::Failed(_) => {
-            (Rating::zero(RatingStatus::NoReply), String::new())
-        }
+        CallOutcome::Refused(_) | CallOutcome::Failed(_) => (Rating::zero(RatingStatus::NoReply), String::new()),
     }
 }
 
@@ -305,28 +285,11 @@ pub async fn judge_all_with(
     };
     let mut out = Vec::with_capacity(items.len());
     for chunk in records.chunks(3) {
-        let [(c, ct), (i, it), (f, ft)] = [
-            rating_of(&chunk[0]),
-            rating_of(&chunk[1]),
-            rating_of(&chunk[2]),
-        ];
+        let [(c, ct), (i, it), (f, ft)] = [rating_of(&chunk[0]), rating_of(&chunk[1]), rating_of(&chunk[2])];
         for (aspect, r) in Aspect::ALL.iter().zip([c, i, f]) {
-            let status = serde_json::to_value(r.status)
-                .unwrap()
-                .as_str()
-                .unwrap()
-                .to_string();
-            let aspect = serde_json::to_value(aspect)
-                .unwrap()
-                .as_str()
-                .unwrap()
-                .to_string();
-            *stats
-                .statuses
-                .entry(aspect)
-                .or_default()
-                .entry(status)
-                .or_default() += 1;
+            let status = serde_json::to_value(r.status).unwrap().as_str().unwrap().to_string();
+            let aspect = serde_json::to_value(aspect).unwrap().as_str().unwrap().to_string();
+            *stats.statuses.entry(aspect).or_default().entry(status).or_default() += 1;
             match r.status {
                 RatingStatus::Parsed => {}
                 RatingStatus::NoReply => stats.no_reply += 1,
@@ -380,9 +343,7 @@ pub struct FactorChoice {
 
 /// `(factor, mean score, n)` over `rows`, factors ascending (AxBench's per-factor
 /// `lm_judge_rating`; pandas' groupby sorts the factors).
-pub fn mean_by_factor<'a>(
-    rows: impl Iterator<Item = &'a ScoredGeneration>,
-) -> Vec<(f64, f64, usize)> {
+pub fn mean_by_factor<'a>(rows: impl Iterator<Item = &'a ScoredGeneration>) -> Vec<(f64, f64, usize)> {
     let mut acc: Vec<(f64, f64, usize)> = Vec::new();
     for r in rows {
         match acc.iter_mut().find(|(f, _, _)| *f == r.factor) {
@@ -394,9 +355,7 @@ pub fn mean_by_factor<'a>(
         }
     }
     acc.sort_by(|a, b| a.0.total_cmp(&b.0));
-    acc.into_iter()
-        .map(|(f, s, n)| (f, s / n as f64, n))
-        .collect()
+    acc.into_iter().map(|(f, s, n)| (f, s / n as f64, n)).collect()
 }
 
 /// Per concept and method: pick the factor with the highest mean score on the selection half
@@ -406,10 +365,7 @@ pub fn select_factors(rows: &[ScoredGeneration], split_ratio: f64) -> Vec<Factor
     let mut groups: BTreeMap<(i64, &str), Vec<&ScoredGeneration>> = BTreeMap::new();
     let mut n_ids: BTreeMap<i64, u32> = BTreeMap::new();
     for r in rows {
-        groups
-            .entry((r.concept_id, r.method.as_str()))
-            .or_default()
-            .push(r);
+        groups.entry((r.concept_id, r.method.as_str())).or_default().push(r);
         let n = n_ids.entry(r.concept_id).or_default();
         *n = (*n).max(r.input_id + 1);
     }
@@ -431,8 +387,7 @@ pub fn select_factors(rows: &[ScoredGeneration], split_ratio: f64) -> Vec<Factor
             .copied()
             .filter(|r| r.input_id >= cut && r.factor == best.0)
             .collect();
-        let test_score = (!test.is_empty())
-            .then(|| test.iter().map(|r| r.score).sum::<f64>() / test.len() as f64);
+        let test_score = (!test.is_empty()).then(|| test.iter().map(|r| r.score).sum::<f64>() / test.len() as f64);
         out.push(FactorChoice {
             concept_id,
             method: method.to_string(),
@@ -512,22 +467,16 @@ pub fn win_rate(
         let n = n_ids.entry(r.concept_id).or_default();
         *n = (*n).max(r.input_id + 1);
     }
-    let held_out =
-        |r: &ScoredGeneration| r.input_id >= selection_split(n_ids[&r.concept_id], split_ratio);
+    let held_out = |r: &ScoredGeneration| r.input_id >= selection_split(n_ids[&r.concept_id], split_ratio);
     let pick = |m: &str| -> BTreeMap<(i64, u32), f64> {
         rows.iter()
-            .filter(|r| {
-                r.method == m && held_out(r) && factor_of(r.concept_id, m) == Some(r.factor)
-            })
+            .filter(|r| r.method == m && held_out(r) && factor_of(r.concept_id, m) == Some(r.factor))
             .map(|r| ((r.concept_id, r.input_id), r.score))
             .collect()
     };
     let ours = pick(method);
     let theirs = pick(baseline);
-    WinRate::from_pairs(
-        ours.iter()
-            .filter_map(|(k, s)| theirs.get(k).map(|b| (*s, *b))),
-    )
+    WinRate::from_pairs(ours.iter().filter_map(|(k, s)| theirs.get(k).map(|b| (*s, *b))))
 }
 
 #[cfg(test)]
@@ -558,13 +507,7 @@ mod tests {
         assert_eq!(selection_split(1, 0.5), 1);
     }
 
-    fn row(
-        concept_id: i64,
-        method: &str,
-        input_id: u32,
-        factor: f64,
-        score: f64,
-    ) -> ScoredGeneration {
+    fn row(concept_id: i64, method: &str, input_id: u32, factor: f64, score: f64) -> ScoredGeneration {
         ScoredGeneration {
             concept_id,
             method: method.into(),
@@ -632,10 +575,7 @@ mod tests {
             row(1, "A", 1, 2.0, 0.0),
         ];
         let c = select_factors(&rows, 0.5);
-        let f: Vec<(i64, &str, f64)> = c
-            .iter()
-            .map(|c| (c.concept_id, c.method.as_str(), c.factor))
-            .collect();
+        let f: Vec<(i64, &str, f64)> = c.iter().map(|c| (c.concept_id, c.method.as_str(), c.factor)).collect();
         assert_eq!(f, vec![(0, "A", 1.0), (0, "B", 2.0), (1, "A", 2.0)]);
     }
 

@@ -8,6 +8,6 @@ pub mod methods;
 pub mod metrics;
 pub mod prompts;
 pub mod report;
-pub mod synth;
 pub mod stages;
+pub mod synth;
 pub mod tables;

@@ -76,9 +76,7 @@ impl Template {
     pub fn placeholders(self) -> &'static [&'static str] {
         match self {
             Template::Genre | Template::ConceptWords | Template::SteeringPrompt => &["concept"],
-            Template::ResponseWithConcept | Template::ResponseWithoutConcept => {
-                &["concept", "instruction"]
-            }
+            Template::ResponseWithConcept | Template::ResponseWithoutConcept => &["concept", "instruction"],
             Template::WordOtherMeaning => &["concept", "word"],
             Template::ContrastFilter => &["concept", "meaning", "word"],
             Template::ResponseWithContrastConcept => &["concept", "instruction", "meaning", "word"],
@@ -160,15 +158,11 @@ impl PromptTemplate {
                             message: "unclosed `{`".into(),
                         });
                     }
-                    if name.is_empty()
-                        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    {
+                    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                         return Err(PromptError::Syntax {
                             path,
                             line: line_of(at),
-                            message: format!(
-                                "bad placeholder name {name:?} (write `{{{{` for a literal brace)"
-                            ),
+                            message: format!("bad placeholder name {name:?} (write `{{{{` for a literal brace)"),
                         });
                     }
                     if !buf.is_empty() {
@@ -210,14 +204,12 @@ impl PromptTemplate {
             match piece {
                 Piece::Text(t) => out.push_str(t),
                 Piece::Slot(name) => {
-                    let value = values
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| *v)
-                        .ok_or_else(|| PromptError::MissingValue {
+                    let value = values.iter().find(|(k, _)| k == name).map(|(_, v)| *v).ok_or_else(|| {
+                        PromptError::MissingValue {
                             path: self.path.clone(),
                             name: name.clone(),
-                        })?;
+                        }
+                    })?;
                     out.push_str(value);
                 }
             }
@@ -271,11 +263,7 @@ impl PromptSet {
     }
 
     /// Render one template.
-    pub fn render(
-        &self,
-        template: Template,
-        values: &[(&str, &str)],
-    ) -> Result<String, PromptError> {
+    pub fn render(&self, template: Template, values: &[(&str, &str)]) -> Result<String, PromptError> {
         self.templates[&template].render(values)
     }
 
@@ -316,10 +304,7 @@ mod tests {
     fn parses_slots_and_escapes() {
         let t = PromptTemplate::parse("a {x} {{lit}} b}} {y_2}", "t.txt").unwrap();
         assert_eq!(t.placeholders(), BTreeSet::from(["x", "y_2"]));
-        assert_eq!(
-            t.render(&[("x", "{1}"), ("y_2", "2")]).unwrap(),
-            "a {1} {lit} b} 2"
-        );
+        assert_eq!(t.render(&[("x", "{1}"), ("y_2", "2")]).unwrap(), "a {1} {lit} b} 2");
     }
 
     #[test]
@@ -352,10 +337,7 @@ mod tests {
             .unwrap();
         }
         let a = PromptSet::load(dir.path()).unwrap();
-        assert_eq!(
-            a.digest(),
-            PromptSet::load(&PromptSet::default_dir()).unwrap().digest()
-        );
+        assert_eq!(a.digest(), PromptSet::load(&PromptSet::default_dir()).unwrap().digest());
         let judge = dir.path().join("judge_fluency.txt");
         let original = std::fs::read_to_string(&judge).unwrap();
         std::fs::write(&judge, original.replace("fluent", "fluent,")).unwrap();
@@ -383,8 +365,7 @@ mod tests {
         let set = PromptSet::load(&PromptSet::default_dir()).unwrap();
         let concept = "terms related to employment and employees";
         let instruction = "Explain how a bicycle gear works.";
-        let sentence =
-            "Gears let a rider trade speed for force, much like a worker trading hours for pay.";
+        let sentence = "Gears let a rider trade speed for force, much like a worker trading hours for pay.";
         let word = "union";
         let meaning = "the act of joining two things together";
         for t in Template::ALL {

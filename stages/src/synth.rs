@@ -102,8 +102,8 @@ pub fn load_concepts(path: &Path) -> Result<Vec<Concept>, SynthError> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let concepts = match ext {
         "json" => {
-            let items: Vec<serde_json::Value> = serde_json::from_str(&text)
-                .map_err(|e| input_err(path, format!("not a JSON list: {e}")))?;
+            let items: Vec<serde_json::Value> =
+                serde_json::from_str(&text).map_err(|e| input_err(path, format!("not a JSON list: {e}")))?;
             let mut seen = std::collections::HashSet::new();
             let mut out = Vec::new();
             for (i, item) in items.into_iter().enumerate() {
@@ -117,10 +117,7 @@ pub fn load_concepts(path: &Path) -> Result<Vec<Concept>, SynthError> {
                     serde_json::Value::String(s) => s.clone(),
                     serde_json::Value::Number(n) => n.to_string(),
                     other => {
-                        return Err(input_err(
-                            path,
-                            format!("entry {i}: field `index` is {other}"),
-                        ));
+                        return Err(input_err(path, format!("entry {i}: field `index` is {other}")));
                     }
                 };
                 // Several descriptions of one feature: the first wins.
@@ -129,10 +126,7 @@ pub fn load_concepts(path: &Path) -> Result<Vec<Concept>, SynthError> {
                 }
                 out.push(Concept {
                     description: e.description.trim().to_string(),
-                    reference: format!(
-                        "https://www.neuronpedia.org/{}/{}/{}",
-                        e.model_id, e.layer, index
-                    ),
+                    reference: format!("https://www.neuronpedia.org/{}/{}/{}", e.model_id, e.layer, index),
                 });
             }
             out
@@ -156,11 +150,7 @@ pub fn load_concepts(path: &Path) -> Result<Vec<Concept>, SynthError> {
             })
             .collect::<Result<_, _>>()?,
         "txt" => {
-            let lines: Vec<&str> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
+            let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
             if let Some(url) = lines
                 .iter()
                 .find(|l| l.starts_with("http://") || l.starts_with("https://"))
@@ -275,48 +265,28 @@ impl SeedInstructions {
             if line.trim().is_empty() {
                 continue;
             }
-            let s: SeedLine = serde_json::from_str(line)
-                .map_err(|e| input_err(path, format!("line {}: {e}", i + 1)))?;
+            let s: SeedLine =
+                serde_json::from_str(line).map_err(|e| input_err(path, format!("line {}: {e}", i + 1)))?;
             if s.instruction.trim().is_empty() {
-                return Err(input_err(
-                    path,
-                    format!("line {}: field `instruction` is empty", i + 1),
-                ));
+                return Err(input_err(path, format!("line {}: field `instruction` is empty", i + 1)));
             }
-            pools
-                .entry((s.genre, s.split))
-                .or_default()
-                .push(s.instruction);
+            pools.entry((s.genre, s.split)).or_default().push(s.instruction);
         }
         Ok(Self { pools })
     }
 
     pub fn pool(&self, genre: Genre, split: Split) -> &[String] {
-        self.pools
-            .get(&(genre, split))
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.pools.get(&(genre, split)).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// `count` distinct instructions drawn at random (fewer if the pool is smaller), cleaned as
     /// AxBench does (`strip(" .'").strip('"')`).
-    pub fn sample(
-        &self,
-        genre: Genre,
-        split: Split,
-        count: usize,
-        rng: &mut StdRng,
-    ) -> Vec<String> {
+    pub fn sample(&self, genre: Genre, split: Split, count: usize, rng: &mut StdRng) -> Vec<String> {
         let pool = self.pool(genre, split);
         let n = count.min(pool.len());
         rand::seq::index::sample(rng, pool.len(), n)
             .into_iter()
-            .map(|i| {
-                pool[i]
-                    .trim_matches([' ', '.', '\''])
-                    .trim_matches('"')
-                    .to_string()
-            })
+            .map(|i| pool[i].trim_matches([' ', '.', '\'']).trim_matches('"').to_string())
             .collect()
     }
 }
@@ -385,10 +355,7 @@ pub fn truncate_words(n: usize) -> Truncate {
 /// The model we plan to steer, answering instructions (for the shared negatives: AxBench samples
 /// them greedily from the local chat model with `max_new_tokens = 1.5 * output_length`).
 pub trait ResponseGenerator: Send + Sync {
-    fn generate<'a>(
-        &'a self,
-        instructions: &'a [String],
-    ) -> BoxFuture<'a, Result<Vec<String>, String>>;
+    fn generate<'a>(&'a self, instructions: &'a [String]) -> BoxFuture<'a, Result<Vec<String>, String>>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -446,11 +413,7 @@ impl<'a> Synthesizer<'a> {
 
     /// Genres of each concept (a failed call counts and falls back to text, as an unusable reply
     /// would).
-    pub async fn genres(
-        &self,
-        concepts: &[String],
-        report: &mut SynthReport,
-    ) -> Result<Vec<Vec<Genre>>, SynthError> {
+    pub async fn genres(&self, concepts: &[String], report: &mut SynthReport) -> Result<Vec<Vec<Genre>>, SynthError> {
         let prompts = concepts
             .iter()
             .map(|c| self.prompts.render(Template::Genre, &[("concept", c)]))
@@ -473,9 +436,7 @@ impl<'a> Synthesizer<'a> {
         report: &mut SynthReport,
     ) -> Result<Vec<(String, String)>, SynthError> {
         // 1. related words, one per line.
-        let words_prompt = self
-            .prompts
-            .render(Template::ConceptWords, &[("concept", concept)])?;
+        let words_prompt = self.prompts.render(Template::ConceptWords, &[("concept", concept)])?;
         let records = self.ask_all(vec![words_prompt]).await;
         let Some(reply) = Self::text_of(&records[0], report) else {
             return Ok(vec![]);
@@ -491,10 +452,8 @@ impl<'a> Synthesizer<'a> {
         let prompts = words
             .iter()
             .map(|w| {
-                self.prompts.render(
-                    Template::WordOtherMeaning,
-                    &[("word", w), ("concept", concept)],
-                )
+                self.prompts
+                    .render(Template::WordOtherMeaning, &[("word", w), ("concept", concept)])
             })
             .collect::<Result<Vec<_>, _>>()?;
         let records = self.ask_all(prompts).await;
@@ -504,9 +463,7 @@ impl<'a> Synthesizer<'a> {
                 continue;
             };
             // AxBench: drop "<NONE>" (any "none"), empty, and one-word meanings.
-            if meaning.to_lowercase().contains("none")
-                || meaning.is_empty()
-                || meaning.split_whitespace().count() <= 1
+            if meaning.to_lowercase().contains("none") || meaning.is_empty() || meaning.split_whitespace().count() <= 1
             {
                 continue;
             }
@@ -584,12 +541,7 @@ impl<'a> Synthesizer<'a> {
         let take = sampled.len().min(want);
         report.missing_seed_instructions += (want - take) as u64;
         let pairs = self
-            .respond(
-                Template::ResponseWithConcept,
-                concept,
-                &sampled[..take],
-                report,
-            )
+            .respond(Template::ResponseWithConcept, concept, &sampled[..take], report)
             .await?;
         Ok(pairs
             .into_iter()
@@ -618,16 +570,15 @@ impl<'a> Synthesizer<'a> {
         rng: &mut StdRng,
         report: &mut SynthReport,
     ) -> Result<Vec<Row>, SynthError> {
-        let row =
-            |input: String, output: String, output_concept: String, g: &str, category: &str| Row {
-                input,
-                output,
-                output_concept,
-                concept_genre: g.to_string(),
-                category: category.to_string(),
-                dataset_category: "instruction".into(),
-                concept_id,
-            };
+        let row = |input: String, output: String, output_concept: String, g: &str, category: &str| Row {
+            input,
+            output,
+            output_concept,
+            concept_genre: g.to_string(),
+            category: category.to_string(),
+            dataset_category: "instruction".into(),
+            concept_id,
+        };
         // 2 * subset_n test instructions of the concept's genre: the first half for positives,
         // the rest for hard negatives.
         let content = self.seeds.sample(genre, Split::Test, subset_n * 2, rng);
@@ -635,12 +586,7 @@ impl<'a> Synthesizer<'a> {
         report.missing_seed_instructions += (subset_n - n_pos) as u64;
         let mut rows = Vec::new();
         for (i, o) in self
-            .respond(
-                Template::ResponseWithConcept,
-                concept,
-                &content[..n_pos],
-                report,
-            )
+            .respond(Template::ResponseWithConcept, concept, &content[..n_pos], report)
             .await?
         {
             rows.push(row(i, o, concept.to_string(), genre.as_str(), "positive"));
@@ -650,11 +596,7 @@ impl<'a> Synthesizer<'a> {
         let n_math = (subset_n as f64 * 0.15) as usize;
         let n_code = n_math;
         let n_text = subset_n - n_math - n_code;
-        for (g, n) in [
-            (Genre::Text, n_text),
-            (Genre::Math, n_math),
-            (Genre::Code, n_code),
-        ] {
+        for (g, n) in [(Genre::Text, n_text), (Genre::Math, n_math), (Genre::Code, n_code)] {
             let instr = self.seeds.sample(g, Split::Test, n, rng);
             report.missing_seed_instructions += (n - instr.len()) as u64;
             for (i, o) in self
@@ -689,9 +631,7 @@ impl<'a> Synthesizer<'a> {
             let Some(t) = Self::text_of(r, report) else {
                 continue;
             };
-            let cleaned = strip_leading_tags(&t)
-                .trim_matches([' ', '.', '\''])
-                .trim_matches('"');
+            let cleaned = strip_leading_tags(&t).trim_matches([' ', '.', '\'']).trim_matches('"');
             rows.push(row(
                 instr.clone(),
                 (self.truncate)(cleaned),
@@ -712,10 +652,7 @@ impl<'a> Synthesizer<'a> {
     ) -> Result<Vec<String>, SynthError> {
         let prompts = concepts
             .iter()
-            .map(|c| {
-                self.prompts
-                    .render(Template::SteeringPrompt, &[("concept", c)])
-            })
+            .map(|c| self.prompts.render(Template::SteeringPrompt, &[("concept", c)]))
             .collect::<Result<Vec<_>, _>>()?;
         let records = self.ask_all(prompts).await;
         Ok(concepts
@@ -749,10 +686,7 @@ pub async fn negative_pool(
     let mut rows = Vec::new();
     for genre in [Genre::Text, Genre::Math, Genre::Code] {
         let instructions = seeds.sample(genre, Split::Train, num_of_examples / 2, rng);
-        let outputs = generator
-            .generate(&instructions)
-            .await
-            .map_err(SynthError::Generator)?;
+        let outputs = generator.generate(&instructions).await.map_err(SynthError::Generator)?;
         if outputs.len() != instructions.len() {
             return Err(SynthError::Generator(format!(
                 "asked for {} responses, got {}",
@@ -836,9 +770,7 @@ pub async fn synthesize(
                 &mut report,
             )
             .await?;
-        let contrasts = synth
-            .contrast_concepts(&concept.description, &mut report)
-            .await?;
+        let contrasts = synth.contrast_concepts(&concept.description, &mut report).await?;
         let eval = synth
             .latent_eval(
                 &concept.description,
@@ -876,10 +808,7 @@ mod tests {
         // "none" wins even when a genre is also named.
         assert_eq!(parse_genres("Code (none of the others)"), vec![Genre::Text]);
         assert_eq!(parse_genres("code, math"), vec![Genre::Code, Genre::Math]);
-        assert_eq!(
-            parse_genres("math and text"),
-            vec![Genre::Text, Genre::Math]
-        );
+        assert_eq!(parse_genres("math and text"), vec![Genre::Text, Genre::Math]);
         assert_eq!(parse_genres("poetry"), vec![Genre::Text]);
         assert_eq!(parse_genres(""), vec![Genre::Text]);
     }

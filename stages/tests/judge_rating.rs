@@ -8,8 +8,7 @@ use std::sync::Arc;
 use axbench_stages::judge::{JudgeItem, RatingStatus, judge_all, judge_prompts, parse_rating};
 use axbench_stages::lm::test_server::{Fault, Reply, Rules, TestServer};
 use axbench_stages::lm::{
-    ClientOptions, LmBackend, LmClient, LmSettings, OpenAiBackend, PriceTable, RetryPolicy,
-    SamplingParams,
+    ClientOptions, LmBackend, LmClient, LmSettings, OpenAiBackend, PriceTable, RetryPolicy, SamplingParams,
 };
 use axbench_stages::prompts::PromptSet;
 use serde::Deserialize;
@@ -33,19 +32,13 @@ fn status_name(s: RatingStatus) -> &'static str {
 
 #[test]
 fn parser_matches_python_reference_on_every_golden_case() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/judge/rating_cases.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/judge/rating_cases.json");
     let cases: Vec<Case> = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert!(cases.len() >= 40);
     for c in &cases {
         let r = parse_rating(&c.completion);
         assert_eq!(r.value, c.value, "value of {:?}", c.completion);
-        assert_eq!(
-            status_name(r.status),
-            c.status,
-            "status of {:?}",
-            c.completion
-        );
+        assert_eq!(status_name(r.status), c.status, "status of {:?}", c.completion);
     }
 }
 
@@ -56,11 +49,7 @@ fn malformed_ratings_table() {
         ("Rating: [[2]]", 2.0, RatingStatus::Parsed),
         ("Rating: [[1]]  ", 1.0, RatingStatus::Parsed),
         ("  Rating:   [[0]]  \n\n", 0.0, RatingStatus::Parsed),
-        (
-            "Rating: [[1]]\n\nRating: [[5]]",
-            0.0,
-            RatingStatus::OutOfRange,
-        ),
+        ("Rating: [[1]]\n\nRating: [[5]]", 0.0, RatingStatus::OutOfRange),
         ("Rating: [[2]] (strong)", 0.0, RatingStatus::Unparsable),
         ("Rating: [[two]]", 0.0, RatingStatus::Unparsable),
         ("Rating: [[1/2]]", 0.0, RatingStatus::Unparsable),
@@ -104,25 +93,19 @@ fn every_judge_prompt_asks_for_the_parsed_format() {
 async fn judge_all_rates_three_aspects_over_http() {
     // Replies keyed on each judge template's wording and on the generation text.
     let rules = Rules::new()
-        .when_all(
-            &["how clearly the concept below is present", "GOOD"],
-            |_| Reply::text("Clearly there.\nRating: [[2]]"),
-        )
+        .when_all(&["how clearly the concept below is present", "GOOD"], |_| {
+            Reply::text("Clearly there.\nRating: [[2]]")
+        })
         .when_all(&["how clearly the concept below is present", "MEH"], |_| {
             Reply::text("Faint.\nRating: [[1]]")
         })
-        .when_all(
-            &["how clearly the concept below is present", "BROKEN"],
-            |_| Reply::text("I'd say two."),
-        )
-        .when_all(
-            &["how clearly the concept below is present", "FAIL"],
-            |_| Reply::Fault(Fault::ServerError(500)),
-        )
-        .when(
-            "on the topic of the",
-            Reply::text("On topic. Rating: [[2]]"),
-        )
+        .when_all(&["how clearly the concept below is present", "BROKEN"], |_| {
+            Reply::text("I'd say two.")
+        })
+        .when_all(&["how clearly the concept below is present", "FAIL"], |_| {
+            Reply::Fault(Fault::ServerError(500))
+        })
+        .when("on the topic of the", Reply::text("On topic. Rating: [[2]]"))
         .when("how fluent the text", Reply::text("Fine.\nRating: [[1]]"));
     let server = TestServer::with_rules(rules).await.unwrap();
     let settings = LmSettings {
@@ -130,8 +113,7 @@ async fn judge_all_rates_three_aspects_over_http() {
         timeout_s: 2.0,
         ..Default::default()
     };
-    let backend: Arc<dyn LmBackend> =
-        Arc::new(OpenAiBackend::with_api_key(&settings, "sk-x".into()).unwrap());
+    let backend: Arc<dyn LmBackend> = Arc::new(OpenAiBackend::with_api_key(&settings, "sk-x".into()).unwrap());
     let retry = RetryPolicy {
         max_attempts: 2,
         base_delay_ms: 1,

@@ -8,15 +8,14 @@ use std::time::{Duration, Instant};
 
 use axbench_stages::lm::test_server::{Fault, Reply, Rules, TestServer};
 use axbench_stages::lm::{
-    CallOutcome, ChatRequest, ClientOptions, FailureKind, FinishReason, LmBackend, LmCache,
-    LmClient, LmSettings, OpenAiBackend, PriceTable, RetryPolicy, SamplingParams, Source,
+    CallOutcome, ChatRequest, ClientOptions, FailureKind, FinishReason, LmBackend, LmCache, LmClient, LmSettings,
+    OpenAiBackend, PriceTable, RetryPolicy, SamplingParams, Source,
 };
 
 const KEY: &str = "sk-test-4f2c9e7a1b3d5f6e8a0c2b4d6f8e0a1c";
 
 fn prices() -> PriceTable {
-    PriceTable::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/lm_prices.toml"))
-        .unwrap()
+    PriceTable::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/lm_prices.toml")).unwrap()
 }
 
 fn fast_retry(max_attempts: u32) -> RetryPolicy {
@@ -37,12 +36,7 @@ fn backend(server: &TestServer, timeout_s: f64) -> Arc<dyn LmBackend> {
     Arc::new(OpenAiBackend::with_api_key(&settings, KEY.to_string()).unwrap())
 }
 
-fn client(
-    server: &TestServer,
-    cache: Option<&Path>,
-    concurrency: usize,
-    retry: RetryPolicy,
-) -> LmClient {
+fn client(server: &TestServer, cache: Option<&Path>, concurrency: usize, retry: RetryPolicy) -> LmClient {
     let options = ClientOptions {
         concurrency,
         retry,
@@ -81,10 +75,7 @@ async fn plain_completion_counts_tokens_and_cost() {
     assert_eq!((rec.source, rec.attempts), (Source::Backend, 1));
     let stats = c.stats();
     // The server counts whitespace words: 3 prompt tokens, 4 completion tokens.
-    assert_eq!(
-        (stats.usage.prompt_tokens, stats.usage.completion_tokens),
-        (3, 4)
-    );
+    assert_eq!((stats.usage.prompt_tokens, stats.usage.completion_tokens), (3, 4));
     let expected = (3.0 * 0.15 + 4.0 * 0.60) / 1e6;
     assert!(
         (stats.cost_usd - expected).abs() < 1e-15,
@@ -114,16 +105,10 @@ async fn every_fault_gets_bounded_retries_then_a_recorded_failure() {
     ];
     for (fault, kind) in cases {
         let f = fault.clone();
-        let server = TestServer::with_fn(move |_| Reply::Fault(f.clone()))
-            .await
-            .unwrap();
+        let server = TestServer::with_fn(move |_| Reply::Fault(f.clone())).await.unwrap();
         let c = client(&server, None, 4, fast_retry(3));
         let rec = c.call(&req("hello")).await;
-        assert_eq!(
-            failure_kind(&rec.outcome),
-            Some((kind, 3)),
-            "{fault:?}: {rec:?}"
-        );
+        assert_eq!(failure_kind(&rec.outcome), Some((kind, 3)), "{fault:?}: {rec:?}");
         assert_eq!(server.requests(), 3, "{fault:?}");
         let stats = c.stats();
         assert_eq!(stats.failed, 1);
@@ -150,11 +135,7 @@ async fn timeouts_are_retried_then_recorded() {
     assert_eq!(failure_kind(&rec.outcome), Some((FailureKind::Timeout, 2)));
     assert_eq!(server.requests(), 2);
     // Two attempts of 0.3 s each, not two 5 s hangs.
-    assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
 }
 
 #[tokio::test]
@@ -170,8 +151,7 @@ async fn connection_errors_are_retried_then_recorded() {
         timeout_s: 2.0,
         ..Default::default()
     };
-    let backend: Arc<dyn LmBackend> =
-        Arc::new(OpenAiBackend::with_api_key(&settings, KEY.into()).unwrap());
+    let backend: Arc<dyn LmBackend> = Arc::new(OpenAiBackend::with_api_key(&settings, KEY.into()).unwrap());
     let c = LmClient::new(
         backend,
         ClientOptions {
@@ -205,26 +185,16 @@ async fn transient_faults_then_success() {
     assert_eq!(rec.attempts, 3);
     let stats = c.stats();
     assert_eq!(
-        (
-            stats.completed,
-            stats.failed,
-            stats.retries,
-            stats.backend_attempts
-        ),
+        (stats.completed, stats.failed, stats.retries, stats.backend_attempts),
         (1, 0, 2, 3)
     );
     assert_eq!(stats.attempt_errors_by_kind.get("server"), Some(&1));
-    assert_eq!(
-        stats.attempt_errors_by_kind.get("invalid_response"),
-        Some(&1)
-    );
+    assert_eq!(stats.attempt_errors_by_kind.get("invalid_response"), Some(&1));
 }
 
 #[tokio::test]
 async fn client_errors_are_not_retried() {
-    let server = TestServer::with_fn(|_| Reply::Fault(Fault::Reject(401)))
-        .await
-        .unwrap();
+    let server = TestServer::with_fn(|_| Reply::Fault(Fault::Reject(401))).await.unwrap();
     let c = client(&server, None, 4, fast_retry(5));
     let rec = c.call(&req("who am i")).await;
     assert_eq!(failure_kind(&rec.outcome), Some((FailureKind::Rejected, 1)));
@@ -283,10 +253,7 @@ async fn refusals_are_recorded_as_refusals_and_cached() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::with_rules(
         Rules::new()
-            .when(
-                "refuse",
-                Reply::Fault(Fault::Refusal("I can't help with that.".into())),
-            )
+            .when("refuse", Reply::Fault(Fault::Refusal("I can't help with that.".into())))
             .when("filter", Reply::Fault(Fault::ContentFilter)),
     )
     .await
@@ -327,15 +294,8 @@ async fn cache_hits_make_zero_requests_across_clients() {
     // A fresh client (a rerun) on the same directory pays nothing.
     let second = client(&server, Some(dir.path()), 4, fast_retry(3));
     let b = second.call_many(&prompts).await;
-    assert_eq!(
-        server.requests(),
-        10,
-        "cache hits must not reach the server"
-    );
-    assert!(
-        b.iter()
-            .all(|r| r.source == Source::Cache && r.attempts == 0)
-    );
+    assert_eq!(server.requests(), 10, "cache hits must not reach the server");
+    assert!(b.iter().all(|r| r.source == Source::Cache && r.attempts == 0));
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.text(), y.text());
         assert_eq!(x.key, y.key);
@@ -372,11 +332,9 @@ async fn failures_are_not_cached() {
 
 #[tokio::test]
 async fn concurrency_bound_is_respected() {
-    let server = TestServer::with_fn(|r| {
-        Reply::Delayed(Duration::from_millis(60), format!("done {}", r.prompt()))
-    })
-    .await
-    .unwrap();
+    let server = TestServer::with_fn(|r| Reply::Delayed(Duration::from_millis(60), format!("done {}", r.prompt())))
+        .await
+        .unwrap();
     let c = client(&server, None, 3, fast_retry(2));
     let prompts: Vec<ChatRequest> = (0..15).map(|i| req(&format!("job {i}"))).collect();
     let records = c.call_many(&prompts).await;
@@ -394,10 +352,9 @@ async fn concurrency_bound_is_respected() {
 #[tokio::test]
 async fn identical_concurrent_calls_pay_once() {
     let dir = tempfile::tempdir().unwrap();
-    let server =
-        TestServer::with_fn(|_| Reply::Delayed(Duration::from_millis(50), "shared".into()))
-            .await
-            .unwrap();
+    let server = TestServer::with_fn(|_| Reply::Delayed(Duration::from_millis(50), "shared".into()))
+        .await
+        .unwrap();
     let c = client(&server, Some(dir.path()), 8, fast_retry(2));
     let same: Vec<ChatRequest> = (0..6).map(|_| req("the same question")).collect();
     let records = c.call_many(&same).await;
@@ -409,11 +366,7 @@ async fn identical_concurrent_calls_pay_once() {
 fn all_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
-        if p.is_dir() {
-            all_files(&p, out)
-        } else {
-            out.push(p)
-        }
+        if p.is_dir() { all_files(&p, out) } else { out.push(p) }
     }
 }
 
@@ -432,12 +385,7 @@ async fn api_key_never_reaches_the_cache() {
     reqs.push(req("refuse this"));
     let records = c.call_many(&reqs).await;
     // The key was really used ...
-    assert!(
-        server
-            .authorizations()
-            .iter()
-            .all(|a| a == &format!("Bearer {KEY}"))
-    );
+    assert!(server.authorizations().iter().all(|a| a == &format!("Bearer {KEY}")));
     assert_eq!(server.authorizations().len(), 6);
     // ... and appears in no cache file, no record, no stats.
     let mut files = Vec::new();
@@ -447,11 +395,7 @@ async fn api_key_never_reaches_the_cache() {
     for f in files {
         let bytes = std::fs::read(&f).unwrap();
         let text = String::from_utf8_lossy(&bytes);
-        assert!(
-            !text.contains(secret),
-            "{} contains the API key",
-            f.display()
-        );
+        assert!(!text.contains(secret), "{} contains the API key", f.display());
         assert!(!text.contains("Bearer"), "{}", f.display());
     }
     let dump = serde_json::to_string(&(records, c.stats())).unwrap();

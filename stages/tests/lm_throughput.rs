@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use axbench_stages::lm::test_server::{Fault, Reply, TestServer};
 use axbench_stages::lm::{
-    ChatRequest, ClientOptions, LmBackend, LmCache, LmClient, LmSettings, OpenAiBackend,
-    PriceTable, RetryPolicy, SamplingParams,
+    ChatRequest, ClientOptions, LmBackend, LmCache, LmClient, LmSettings, OpenAiBackend, PriceTable, RetryPolicy,
+    SamplingParams,
 };
 
 fn client(server: &TestServer, cache: Option<LmCache>, concurrency: usize) -> LmClient {
@@ -17,8 +17,7 @@ fn client(server: &TestServer, cache: Option<LmCache>, concurrency: usize) -> Lm
         timeout_s: 10.0,
         ..Default::default()
     };
-    let backend: Arc<dyn LmBackend> =
-        Arc::new(OpenAiBackend::with_api_key(&settings, "sk-bench".into()).unwrap());
+    let backend: Arc<dyn LmBackend> = Arc::new(OpenAiBackend::with_api_key(&settings, "sk-bench".into()).unwrap());
     let retry = RetryPolicy {
         max_attempts: 4,
         base_delay_ms: 1,
@@ -56,10 +55,9 @@ fn requests(n: usize, tag: &str) -> Vec<ChatRequest> {
 async fn measure_client_throughput() {
     let n = 2000;
     // Instant replies: client + HTTP + (de)serialization overhead.
-    let server =
-        TestServer::with_fn(|_| Reply::text("Rivers carve valleys. They also carry silt."))
-            .await
-            .unwrap();
+    let server = TestServer::with_fn(|_| Reply::text("Rivers carve valleys. They also carry silt."))
+        .await
+        .unwrap();
     for concurrency in [1, 8, 32] {
         let c = client(&server, None, concurrency);
         let reqs = requests(n, &format!("c{concurrency}"));

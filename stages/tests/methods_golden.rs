@@ -309,7 +309,10 @@ fn sae_and_sae_a_match_reference() {
     );
     // The saved artifact scores alone, without the SAE file.
     let alone = det.artifact().into_detector(&MethodResources::default()).unwrap();
-    let input = ScoreInput { activations: Some(&eval), texts: None };
+    let input = ScoreInput {
+        activations: Some(&eval),
+        texts: None,
+    };
     assert_eq!(alone.score(&input).unwrap(), det.score(&input).unwrap());
     assert!(max_abs_diff(&alone.steering_direction().unwrap(), &sae.w_dec.get(best as i64)) == 0.0);
     let scores = det

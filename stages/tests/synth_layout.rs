@@ -10,8 +10,7 @@ use std::sync::Arc;
 
 use axbench_stages::lm::test_server::{Reply, TestServer};
 use axbench_stages::lm::{
-    ClientOptions, LmBackend, LmClient, LmSettings, OpenAiBackend, PriceTable, RetryPolicy,
-    SamplingParams,
+    ClientOptions, LmBackend, LmClient, LmSettings, OpenAiBackend, PriceTable, RetryPolicy, SamplingParams,
 };
 use axbench_stages::prompts::PromptSet;
 use axbench_stages::synth::{Genre, SeedInstructions, SynthReport, Synthesizer, no_truncation};
@@ -30,8 +29,7 @@ struct GoldenConcept {
 
 #[tokio::test]
 async fn latent_eval_layout_matches_released_concept10() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/synth/latent_layout.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/synth/latent_layout.json");
     let golden: BTreeMap<String, Vec<GoldenConcept>> =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let server = TestServer::with_fn(|r| Reply::text(format!("reply {}", r.prompt().len())))
@@ -42,8 +40,7 @@ async fn latent_eval_layout_matches_released_concept10() {
         timeout_s: 5.0,
         ..Default::default()
     };
-    let backend: Arc<dyn LmBackend> =
-        Arc::new(OpenAiBackend::with_api_key(&settings, "sk-test".into()).unwrap());
+    let backend: Arc<dyn LmBackend> = Arc::new(OpenAiBackend::with_api_key(&settings, "sk-test".into()).unwrap());
     let retry = RetryPolicy {
         max_attempts: 2,
         base_delay_ms: 1,
@@ -85,32 +82,19 @@ async fn latent_eval_layout_matches_released_concept10() {
             let mut rng = rand::rngs::StdRng::seed_from_u64(g.concept_id as u64);
             let mut report = SynthReport::default();
             let rows = synth
-                .latent_eval(
-                    &concept,
-                    g.concept_id,
-                    g.genre,
-                    36,
-                    &contrasts,
-                    &mut rng,
-                    &mut report,
-                )
+                .latent_eval(&concept, g.concept_id, g.genre, 36, &contrasts, &mut rng, &mut report)
                 .await
                 .unwrap();
             let mut counts: BTreeMap<String, usize> = BTreeMap::new();
             for r in &rows {
-                *counts
-                    .entry(format!("{}/{}", r.category, r.concept_genre))
-                    .or_default() += 1;
+                *counts.entry(format!("{}/{}", r.category, r.concept_genre)).or_default() += 1;
             }
             assert_eq!(counts, g.counts, "{run} concept {}", g.concept_id);
             let neg_named = rows
                 .iter()
                 .filter(|r| r.category == "negative")
                 .all(|r| r.output_concept == concept);
-            let hard: Vec<_> = rows
-                .iter()
-                .filter(|r| r.category == "hard negative")
-                .collect();
+            let hard: Vec<_> = rows.iter().filter(|r| r.category == "hard negative").collect();
             assert_eq!(neg_named, g.negatives_name_the_concept);
             assert_eq!(
                 hard.iter().all(|r| r.output_concept.contains("//")),

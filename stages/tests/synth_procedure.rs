@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use axbench_stages::lm::test_server::{Fault, Reply, Rules, TestServer};
 use axbench_stages::lm::{
-    BoxFuture, ClientOptions, LmBackend, LmCache, LmClient, LmSettings, OpenAiBackend, PriceTable,
-    RetryPolicy, SamplingParams,
+    BoxFuture, ClientOptions, LmBackend, LmCache, LmClient, LmSettings, OpenAiBackend, PriceTable, RetryPolicy,
+    SamplingParams,
 };
 use axbench_stages::prompts::PromptSet;
 use axbench_stages::synth::{
-    Concept, EMPTY_CONCEPT, Genre, ResponseGenerator, SeedInstructions, Split, SynthConfig,
-    SynthReport, Synthesizer, fallback_steering_prompt, load_concepts, synthesize, truncate_words,
+    Concept, EMPTY_CONCEPT, Genre, ResponseGenerator, SeedInstructions, Split, SynthConfig, SynthReport, Synthesizer,
+    fallback_steering_prompt, load_concepts, synthesize, truncate_words,
 };
 
 const EMPLOYMENT: &str = "terms related to employment and employees";
@@ -24,31 +24,19 @@ const LISTCOMP: &str = "Python list comprehensions";
 struct LocalModel;
 
 impl ResponseGenerator for LocalModel {
-    fn generate<'a>(
-        &'a self,
-        instructions: &'a [String],
-    ) -> BoxFuture<'a, Result<Vec<String>, String>> {
-        Box::pin(async move {
-            Ok(instructions
-                .iter()
-                .map(|i| format!("local reply to {i}"))
-                .collect())
-        })
+    fn generate<'a>(&'a self, instructions: &'a [String]) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async move { Ok(instructions.iter().map(|i| format!("local reply to {i}")).collect()) })
     }
 }
 
 fn cleaned(s: &str) -> String {
-    s.trim_matches([' ', '.', '\''])
-        .trim_matches('"')
-        .to_string()
+    s.trim_matches([' ', '.', '\'']).trim_matches('"').to_string()
 }
 
 fn script(math_test: HashSet<String>) -> Rules {
     Rules::new()
         // Genre.
-        .when_all(&["Which single kind of writing", LISTCOMP], |_| {
-            Reply::text("Code")
-        })
+        .when_all(&["Which single kind of writing", LISTCOMP], |_| Reply::text("Code"))
         .when("Which single kind of writing", Reply::text("Text"))
         // Related words, then other meanings, then the filter.
         .when_all(&["List up to 10 common English words", EMPLOYMENT], |_| {
@@ -106,8 +94,7 @@ fn client(server: &TestServer, cache: &Path) -> LmClient {
         timeout_s: 5.0,
         ..Default::default()
     };
-    let backend: Arc<dyn LmBackend> =
-        Arc::new(OpenAiBackend::with_api_key(&settings, "sk-test".into()).unwrap());
+    let backend: Arc<dyn LmBackend> = Arc::new(OpenAiBackend::with_api_key(&settings, "sk-test".into()).unwrap());
     let retry = RetryPolicy {
         max_attempts: 2,
         base_delay_ms: 1,
@@ -163,29 +150,19 @@ async fn whole_procedure_against_scripted_server() {
         },
         truncate: truncate_words(5),
     };
-    let out = synthesize(&synth, &LocalModel, &concepts, &config)
-        .await
-        .unwrap();
+    let out = synthesize(&synth, &LocalModel, &concepts, &config).await.unwrap();
 
     // Training data: the shared negatives first (10 per genre: text, math, code), then positives.
     assert_eq!(out.train.len(), 30 + 10 + 10);
     for (i, g) in ["text", "math", "code"].iter().enumerate() {
         let block = &out.train[i * 10..(i + 1) * 10];
-        assert!(
-            block
-                .iter()
-                .all(|r| r.concept_genre == *g && r.category == "negative")
-        );
+        assert!(block.iter().all(|r| r.concept_genre == *g && r.category == "negative"));
         assert!(
             block
                 .iter()
                 .all(|r| r.output_concept == EMPTY_CONCEPT && r.concept_id == -1)
         );
-        assert!(
-            block
-                .iter()
-                .all(|r| r.output == format!("local reply to {}", r.input))
-        );
+        assert!(block.iter().all(|r| r.output == format!("local reply to {}", r.input)));
     }
     let pos0: Vec<_> = out.train.iter().filter(|r| r.concept_id == 0).collect();
     let pos1: Vec<_> = out.train.iter().filter(|r| r.concept_id == 1).collect();
@@ -207,11 +184,7 @@ async fn whole_procedure_against_scripted_server() {
             r.input
         );
         assert_eq!(
-            (
-                r.category.as_str(),
-                r.concept_genre.as_str(),
-                r.output_concept.as_str()
-            ),
+            (r.category.as_str(), r.concept_genre.as_str(), r.output_concept.as_str()),
             ("positive", "text", EMPLOYMENT)
         );
         // Reply cleaned of quotes/spaces, then cut to 5 words.
@@ -233,11 +206,7 @@ async fn whole_procedure_against_scripted_server() {
 
     // Latent eval, concept 0: 36 positives, 26/5/5 negatives, one hard negative ("union" passed
     // the filter; "wage" and "<NONE>" had no other meaning; "shift" overlapped).
-    let eval0: Vec<_> = out
-        .latent_eval
-        .iter()
-        .filter(|r| r.concept_id == 0)
-        .collect();
+    let eval0: Vec<_> = out.latent_eval.iter().filter(|r| r.concept_id == 0).collect();
     let count = |rows: &[&axbench_stages::synth::Row], cat: &str, genre: &str| {
         rows.iter()
             .filter(|r| r.category == cat && r.concept_genre == genre)
@@ -252,15 +221,9 @@ async fn whole_procedure_against_scripted_server() {
         ),
         (26, 5, 5)
     );
-    let hard: Vec<_> = eval0
-        .iter()
-        .filter(|r| r.category == "hard negative")
-        .collect();
+    let hard: Vec<_> = eval0.iter().filter(|r| r.category == "hard negative").collect();
     assert_eq!(hard.len(), 1);
-    assert_eq!(
-        hard[0].output_concept,
-        "union//the act of joining two things together"
-    );
+    assert_eq!(hard[0].output_concept, "union//the act of joining two things together");
     assert_eq!(hard[0].output, "The union of two rivers");
     assert_eq!(hard[0].concept_genre, "text");
     // Negatives keep the concept as output_concept (AxBench's eval df does).
@@ -280,11 +243,7 @@ async fn whole_procedure_against_scripted_server() {
     assert_eq!(pos_inputs.len(), 36);
 
     // Concept 1 (code): its 5 math negatives failed twice each and were dropped and counted.
-    let eval1: Vec<_> = out
-        .latent_eval
-        .iter()
-        .filter(|r| r.concept_id == 1)
-        .collect();
+    let eval1: Vec<_> = out.latent_eval.iter().filter(|r| r.concept_id == 1).collect();
     assert_eq!(count(&eval1, "positive", "code"), 36);
     assert_eq!(
         (
@@ -294,35 +253,21 @@ async fn whole_procedure_against_scripted_server() {
         ),
         (26, 0, 5)
     );
-    assert_eq!(
-        eval1
-            .iter()
-            .filter(|r| r.category == "hard negative")
-            .count(),
-        0
-    );
+    assert_eq!(eval1.iter().filter(|r| r.category == "hard negative").count(), 0);
     assert_eq!(out.report.failed_calls, 5);
     assert_eq!(out.report.missing_seed_instructions, 0);
 
     // Metadata lines.
     assert_eq!(out.metadata.len(), 2);
-    assert_eq!(
-        out.metadata[1].concept_genres_map[LISTCOMP],
-        vec![Genre::Code]
-    );
+    assert_eq!(out.metadata[1].concept_genres_map[LISTCOMP], vec![Genre::Code]);
     let line = serde_json::to_string(&out.metadata[0]).unwrap();
     assert!(line.starts_with(r#"{"concept_id":0,"concept":"terms related to employment and employees","ref":"https://www.neuronpedia.org/"#), "{line}");
 
     // A rerun with the same seed is identical and pays only for what failed before.
     let served = server.requests();
     let lm2 = client(&server, cache.path());
-    let synth2 = Synthesizer {
-        client: &lm2,
-        ..synth
-    };
-    let again = synthesize(&synth2, &LocalModel, &concepts, &config)
-        .await
-        .unwrap();
+    let synth2 = Synthesizer { client: &lm2, ..synth };
+    let again = synthesize(&synth2, &LocalModel, &concepts, &config).await.unwrap();
     assert_eq!(again.train, out.train);
     assert_eq!(again.latent_eval, out.latent_eval);
     assert_eq!(
@@ -330,10 +275,7 @@ async fn whole_procedure_against_scripted_server() {
         10,
         "only the 5 failed calls (2 attempts each) are retried"
     );
-    assert_eq!(
-        lm2.stats().cache_hits,
-        lm.stats().completed + lm.stats().cache_hits
-    );
+    assert_eq!(lm2.stats().cache_hits, lm.stats().completed + lm.stats().cache_hits);
 }
 
 #[test]
@@ -368,10 +310,7 @@ fn concept_files_load_with_axbench_rules() {
     )
     .unwrap();
     let c = load_concepts(&csv).unwrap();
-    assert_eq!(
-        c[0].description,
-        "terms related to artificiality and deception"
-    );
+    assert_eq!(c[0].description, "terms related to artificiality and deception");
     assert_eq!(c[1].description, "sports, statistics");
     assert_eq!(c[1].reference, "https://x/1");
 
@@ -402,17 +341,11 @@ fn bad_concept_files_name_file_and_field() {
     assert!(e.contains("bad.csv") && e.contains("line 1"), "{e}");
 
     let txt = dir.path().join("urls.txt");
-    std::fs::write(
-        &txt,
-        "https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/1\n",
-    )
-    .unwrap();
+    std::fs::write(&txt, "https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/1\n").unwrap();
     let e = load_concepts(&txt).unwrap_err().to_string();
     assert!(e.contains("urls.txt") && e.contains("Neuronpedia"), "{e}");
 
-    let e = load_concepts(&dir.path().join("c.parquet"))
-        .unwrap_err()
-        .to_string();
+    let e = load_concepts(&dir.path().join("c.parquet")).unwrap_err().to_string();
     assert!(e.contains("c.parquet"), "{e}");
 
     let seeds = dir.path().join("seeds.jsonl");
@@ -448,7 +381,10 @@ fn shipped_seed_instructions_cover_every_pool() {
 async fn steering_prompts_fall_back_when_the_lm_fails_or_is_empty() {
     let server = TestServer::with_rules(
         Rules::new()
-            .when("Goal: the model must bring content about the following concept into its answers: rivers", Reply::text("  You love rivers.  "))
+            .when(
+                "Goal: the model must bring content about the following concept into its answers: rivers",
+                Reply::text("  You love rivers.  "),
+            )
             .when("answers: deserts", Reply::text(" "))
             .when("answers: glaciers", Reply::Fault(Fault::ServerError(500))),
     )
@@ -466,16 +402,9 @@ async fn steering_prompts_fall_back_when_the_lm_fails_or_is_empty() {
         params: SamplingParams::default(),
         truncate: truncate_words(5),
     };
-    let concepts = [
-        "rivers".to_string(),
-        "deserts".to_string(),
-        "glaciers".to_string(),
-    ];
+    let concepts = ["rivers".to_string(), "deserts".to_string(), "glaciers".to_string()];
     let mut report = SynthReport::default();
-    let got = synth
-        .steering_prompts(&concepts, &mut report)
-        .await
-        .unwrap();
+    let got = synth.steering_prompts(&concepts, &mut report).await.unwrap();
     assert_eq!(got[0], "You love rivers.");
     assert_eq!(got[1], fallback_steering_prompt("deserts"));
     assert_eq!(got[2], fallback_steering_prompt("glaciers"));

@@ -13,7 +13,9 @@ pub struct Project {
 
 impl Project {
     pub fn new() -> Project {
-        Project { dir: tempfile::tempdir().expect("tempdir") }
+        Project {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -26,7 +28,12 @@ impl Project {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_axbench"));
-        c.current_dir(env!("CARGO_MANIFEST_DIR")).arg("-C").arg(self.path()).args(args).env_remove("AXBENCH_CACHE_DIR").env("RUST_LOG", "error");
+        c.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("-C")
+            .arg(self.path())
+            .args(args)
+            .env_remove("AXBENCH_CACHE_DIR")
+            .env("RUST_LOG", "error");
         c
     }
 
@@ -35,7 +42,11 @@ impl Project {
     }
 
     pub fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn axbench")
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn axbench")
     }
 
     /// `axbench run --json …`, asserting the exit code; returns the report.
@@ -43,7 +54,13 @@ impl Project {
         let mut a = vec!["run", "--json"];
         a.extend_from_slice(args);
         let out = self.run(&a);
-        assert_eq!(out.status.code(), Some(expect_code), "axbench {a:?}\nstdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(expect_code),
+            "axbench {a:?}\nstdout: {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", text(&out.stdout)))
     }
 
@@ -79,7 +96,12 @@ pub fn text(b: &[u8]) -> String {
 
 /// The node ids in a JSON array field, sorted.
 pub fn ids(v: &serde_json::Value, field: &str) -> Vec<String> {
-    let mut out: Vec<String> = v[field].as_array().unwrap_or_else(|| panic!("no {field} in {v}")).iter().map(|x| x.as_str().unwrap().to_string()).collect();
+    let mut out: Vec<String> = v[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {field} in {v}"))
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
     out.sort();
     out
 }
@@ -107,7 +129,10 @@ impl OneConcept<'_> {
     pub fn write(&self, dir: &Path) {
         use axbench_stages::data::{Category, Example, examples_to_batch};
         use axbench_stages::tables::write_parquet_atomic;
-        let link = format!("https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/{}", self.sae_id);
+        let link = format!(
+            "https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/{}",
+            self.sae_id
+        );
         let rows = |pairs: &[(&str, &str)], concept: &str, category: Category, concept_id: i64| -> Vec<Example> {
             pairs
                 .iter()
@@ -127,10 +152,18 @@ impl OneConcept<'_> {
         std::fs::create_dir_all(dir).unwrap();
         let mut train = rows(self.train_negatives, "EEEEE", Category::Negative, -1);
         train.extend(rows(self.train_positives, self.concept, Category::Positive, 0));
-        write_parquet_atomic(&dir.join("train_data.parquet"), &examples_to_batch(&train, false).unwrap()).unwrap();
+        write_parquet_atomic(
+            &dir.join("train_data.parquet"),
+            &examples_to_batch(&train, false).unwrap(),
+        )
+        .unwrap();
         let mut eval = rows(self.eval_positives, self.concept, Category::Positive, 0);
         eval.extend(rows(self.eval_negatives, self.concept, Category::Negative, 0));
-        write_parquet_atomic(&dir.join("latent_eval_data.parquet"), &examples_to_batch(&eval, true).unwrap()).unwrap();
+        write_parquet_atomic(
+            &dir.join("latent_eval_data.parquet"),
+            &examples_to_batch(&eval, true).unwrap(),
+        )
+        .unwrap();
         let meta = serde_json::json!({"concept_id": 0, "concept": self.concept, "ref": link, "concept_genres_map": {self.concept: ["text"]}});
         std::fs::write(dir.join("metadata.jsonl"), format!("{meta}\n")).unwrap();
     }
@@ -138,7 +171,10 @@ impl OneConcept<'_> {
 
 /// The scripted LM of the steering tests (wording of `configs/prompts/`): the steering-prompt writer
 /// answers `steering_prompt`, and each judge aspect one fixed reply (concept, instruction, fluency).
-pub fn scripted_lm(steering_prompt: &str, [concept, instruction, fluency]: [&str; 3]) -> axbench_stages::lm::test_server::Rules {
+pub fn scripted_lm(
+    steering_prompt: &str,
+    [concept, instruction, fluency]: [&str; 3],
+) -> axbench_stages::lm::test_server::Rules {
     use axbench_stages::lm::test_server::{Reply, Rules};
     Rules::new()
         .when("Write a prompt that will steer", Reply::text(steering_prompt))

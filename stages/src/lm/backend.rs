@@ -17,10 +17,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// local model.
 pub trait LmBackend: Send + Sync {
     /// One attempt at answering `request`.
-    fn chat<'a>(
-        &'a self,
-        request: &'a ChatRequest,
-    ) -> BoxFuture<'a, Result<Completion, BackendError>>;
+    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Completion, BackendError>>;
 
     /// A short name for logs and manifests (never contains credentials).
     fn describe(&self) -> String;
@@ -84,9 +81,7 @@ impl BackendError {
 }
 
 /// Failure classes, for per-kind counts in run reports.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     RateLimited,

@@ -35,12 +35,7 @@ fn canonicalize(value: Value) -> Value {
         Value::Object(map) => {
             let mut entries: Vec<(String, Value)> = map.into_iter().collect();
             entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k, canonicalize(v)))
-                    .collect(),
-            )
+            Value::Object(entries.into_iter().map(|(k, v)| (k, canonicalize(v))).collect())
         }
         Value::Array(items) => Value::Array(items.into_iter().map(canonicalize).collect()),
         other => other,
@@ -75,11 +70,7 @@ pub fn canonical_json(request: &ChatRequest) -> String {
 
 /// The cache key of a request.
 pub fn cache_key(request: &ChatRequest) -> CacheKey {
-    CacheKey(
-        blake3::hash(canonical_json(request).as_bytes())
-            .to_hex()
-            .to_string(),
-    )
+    CacheKey(blake3::hash(canonical_json(request).as_bytes()).to_hex().to_string())
 }
 
 /// What one entry file holds: the request (for humans and audits) and its answer.
@@ -94,10 +85,7 @@ pub struct CacheEntry {
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("LM cache {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 /// The directory-backed store: `<root>/<first two hex digits>/<key>.json`.
@@ -152,12 +140,7 @@ impl LmCache {
     }
 
     /// Store an answer atomically: temp file in the same directory, fsync, rename, fsync dir.
-    pub fn put(
-        &self,
-        key: &CacheKey,
-        request: &ChatRequest,
-        completion: &Completion,
-    ) -> Result<(), CacheError> {
+    pub fn put(&self, key: &CacheKey, request: &ChatRequest, completion: &Completion) -> Result<(), CacheError> {
         let path = self.path_of(key);
         let dir = path.parent().expect("entry has a parent").to_path_buf();
         let io = |source| CacheError::Io {
@@ -171,10 +154,7 @@ impl LmCache {
             completion: completion.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&entry).expect("entry serializes");
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(&dir)
-            .map_err(io)?;
+        let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir).map_err(io)?;
         tmp.write_all(&bytes).map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
         tmp.persist(&path).map_err(|e| io(e.error))?;

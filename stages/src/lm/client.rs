@@ -107,11 +107,7 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
-    pub fn from_settings(
-        settings: &LmSettings,
-        prices: PriceTable,
-        cache: Option<LmCache>,
-    ) -> Self {
+    pub fn from_settings(settings: &LmSettings, prices: PriceTable, cache: Option<LmCache>) -> Self {
         Self {
             concurrency: settings.concurrency,
             retry: settings.retry.clone(),
@@ -211,11 +207,7 @@ impl LmClient {
         loop {
             attempts += 1;
             let result = {
-                let _permit = self
-                    .permits
-                    .acquire()
-                    .await
-                    .expect("semaphore never closes");
+                let _permit = self.permits.acquire().await.expect("semaphore never closes");
                 self.bump(|s| s.backend_attempts += 1);
                 self.backend.chat(request).await
             };
@@ -223,11 +215,7 @@ impl LmClient {
                 Ok(completion) => return self.finish(request, key, completion, attempts).await,
                 Err(error) => {
                     let kind = error.kind();
-                    self.bump(|s| {
-                        *s.attempt_errors_by_kind
-                            .entry(kind.to_string())
-                            .or_default() += 1
-                    });
+                    self.bump(|s| *s.attempt_errors_by_kind.entry(kind.to_string()).or_default() += 1);
                     if !error.is_retryable() || attempts >= max_attempts {
                         tracing::warn!(key = %key, attempts, error = %error, "LM call failed");
                         return self.fail(key, error, attempts);
@@ -245,13 +233,7 @@ impl LmClient {
         }
     }
 
-    async fn finish(
-        &self,
-        request: &ChatRequest,
-        key: CacheKey,
-        completion: Completion,
-        attempts: u32,
-    ) -> CallRecord {
+    async fn finish(&self, request: &ChatRequest, key: CacheKey, completion: Completion, attempts: u32) -> CallRecord {
         let price = self
             .options
             .prices
@@ -260,12 +242,7 @@ impl LmClient {
         let cost_usd = price.map(|p| p.cost(completion.usage)).unwrap_or(0.0);
         if let Some(cache) = &self.options.cache {
             // The write fsyncs twice: off the async workers, so other calls keep flowing.
-            let (cache, k, r, c) = (
-                cache.clone(),
-                key.clone(),
-                request.clone(),
-                completion.clone(),
-            );
+            let (cache, k, r, c) = (cache.clone(), key.clone(), request.clone(), completion.clone());
             let stored = tokio::task::spawn_blocking(move || cache.put(&k, &r, &c)).await;
             match stored {
                 Ok(Ok(())) => {}
@@ -281,11 +258,7 @@ impl LmClient {
             if price.is_none() {
                 s.unpriced_calls += 1;
             }
-            if refused {
-                s.refused += 1
-            } else {
-                s.completed += 1
-            }
+            if refused { s.refused += 1 } else { s.completed += 1 }
         });
         let outcome = if refused {
             CallOutcome::Refused(completion)

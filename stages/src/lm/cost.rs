@@ -21,8 +21,7 @@ pub struct Price {
 impl Price {
     /// Dollars for `usage` at this price.
     pub fn cost(&self, usage: Usage) -> f64 {
-        (usage.prompt_tokens as f64 * self.input + usage.completion_tokens as f64 * self.output)
-            / 1e6
+        (usage.prompt_tokens as f64 * self.input + usage.completion_tokens as f64 * self.output) / 1e6
     }
 }
 
@@ -36,15 +35,10 @@ pub struct PriceTable {
 #[derive(Debug, thiserror::Error)]
 pub enum PriceError {
     #[error("price table {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("price table {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error(
-        "price table {path}: model {model:?}: field `{field}` must be a finite, non-negative number"
-    )]
+    #[error("price table {path}: model {model:?}: field `{field}` must be a finite, non-negative number")]
     BadPrice {
         path: PathBuf,
         model: String,
@@ -142,11 +136,7 @@ mod tests {
 
     #[test]
     fn bad_tables_name_file_and_field() {
-        let e = PriceTable::parse(
-            "[models.m]\ninput = -1.0\noutput = 1.0\n",
-            Path::new("p.toml"),
-        )
-        .unwrap_err();
+        let e = PriceTable::parse("[models.m]\ninput = -1.0\noutput = 1.0\n", Path::new("p.toml")).unwrap_err();
         assert_eq!(
             e.to_string(),
             "price table p.toml: model \"m\": field `input` must be a finite, non-negative number"

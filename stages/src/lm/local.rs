@@ -66,13 +66,28 @@ pub struct LocalBackend {
 impl LocalBackend {
     /// Loads a GGUF chat model (its chat template comes from the file, or Gemma's turn format for Gemma files).
     pub fn load(path: &Path, device: DeviceSpec) -> Result<Self, LocalSetupError> {
-        let err = |m: String| LocalSetupError::Load { path: path.to_path_buf(), message: m };
+        let err = |m: String| LocalSetupError::Load {
+            path: path.to_path_buf(),
+            message: m,
+        };
         if path.is_dir() {
-            return Err(err("the local LM backend reads .gguf files (HF directories are not supported here yet)".into()));
+            return Err(err(
+                "the local LM backend reads .gguf files (HF directories are not supported here yet)".into(),
+            ));
         }
         let digest = axbench_cache::hash_file(path).map_err(|e| err(e.to_string()))?;
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let model = Model::load(path, &LoadOptions { device, dtype: DType::F32 }).map_err(|e| err(e.to_string()))?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let model = Model::load(
+            path,
+            &LoadOptions {
+                device,
+                dtype: DType::F32,
+            },
+        )
+        .map_err(|e| err(e.to_string()))?;
         let tokenizer = Tokenizer::from_gguf_path(path).map_err(|e| err(e.to_string()))?;
         let file = GgufFile::open(path).map_err(|e| err(e.to_string()))?;
         let template = ChatTemplate::from_gguf(&file).map_err(|e| err(e.to_string()))?;
@@ -84,7 +99,16 @@ impl LocalBackend {
         }
         stops.sort_unstable();
         stops.dedup();
-        Ok(LocalBackend { id: format!("local:{stem}@{}/r{RUNTIME_REVISION}", digest.to_hex()), path: path.to_path_buf(), inner: Arc::new(Mutex::new(Loaded { model, tokenizer, template, stops })) })
+        Ok(LocalBackend {
+            id: format!("local:{stem}@{}/r{RUNTIME_REVISION}", digest.to_hex()),
+            path: path.to_path_buf(),
+            inner: Arc::new(Mutex::new(Loaded {
+                model,
+                tokenizer,
+                template,
+                stops,
+            })),
+        })
     }
 
     /// `spec`: `default-instruct` (SmolLM2-135M-Instruct), `default` (gemma-3-270m base) or a path, resolved like
@@ -121,26 +145,63 @@ fn answer(m: &Loaded, id: &str, request: &ChatRequest) -> Result<Completion, Bac
         let scored = choice_logprobs(&m.model, &m.tokenizer, &rendered, constraint)?;
         let best = argmax(&scored.logprobs);
         let text = format!("{}{}{}", constraint.prefix, constraint.choices[best], constraint.suffix);
-        return Ok(Completion { text, finish_reason: FinishReason::Stop, refusal: None, usage: Usage { prompt_tokens: scored.prompt_tokens as u64, completion_tokens: scored.choice_tokens[best] as u64 }, model: id.to_owned() });
+        return Ok(Completion {
+            text,
+            finish_reason: FinishReason::Stop,
+            refusal: None,
+            usage: Usage {
+                prompt_tokens: scored.prompt_tokens as u64,
+                completion_tokens: scored.choice_tokens[best] as u64,
+            },
+            model: id.to_owned(),
+        });
     }
-    let ids = m.template.encode(&m.tokenizer, &messages, true).map_err(|e| reject(e.to_string()))?;
+    let ids = m
+        .template
+        .encode(&m.tokenizer, &messages, true)
+        .map_err(|e| reject(e.to_string()))?;
     let p = &request.params;
     let temperature = p.temperature.unwrap_or(1.0) as f64;
     let top_p = p.top_p.unwrap_or(1.0) as f64;
-    let sampling = if temperature <= 0.0 { Sampling::Greedy } else { Sampling::Sample { temperature, top_p } };
+    let sampling = if temperature <= 0.0 {
+        Sampling::Greedy
+    } else {
+        Sampling::Sample { temperature, top_p }
+    };
     let max_new_tokens = p.max_tokens.map(|t| t as usize).unwrap_or(DEFAULT_MAX_TOKENS);
-    let cfg = GenerateConfig { max_new_tokens, sampling, seed: p.seed.unwrap_or(0) as u64, stop_tokens: m.stops.clone(), pad_token_id: 0 };
+    let cfg = GenerateConfig {
+        max_new_tokens,
+        sampling,
+        seed: p.seed.unwrap_or(0) as u64,
+        stop_tokens: m.stops.clone(),
+        pad_token_id: 0,
+    };
     let prompt_tokens = ids.len() as u64;
     let prompt = Prompt::from(ids.into_iter().map(i64::from).collect::<Vec<_>>());
-    let g = generate(&m.model, &[prompt], &cfg, &Hooks::none()).map_err(|e| BackendError::Other { message: e.to_string(), retryable: false })?;
+    let g = generate(&m.model, &[prompt], &cfg, &Hooks::none()).map_err(|e| BackendError::Other {
+        message: e.to_string(),
+        retryable: false,
+    })?;
     let g = g.into_iter().next().ok_or(BackendError::EmptyChoices)?;
     let (finish_reason, body): (FinishReason, &[i64]) = match g.finish {
         GenFinish::Stop(_) => (FinishReason::Stop, &g.tokens[..g.tokens.len().saturating_sub(1)]),
         GenFinish::Length => (FinishReason::Length, &g.tokens[..]),
     };
     let body: Vec<u32> = body.iter().map(|&t| t as u32).collect();
-    let text = m.tokenizer.decode(&body, true).map_err(|e| BackendError::Other { message: e.to_string(), retryable: false })?;
-    Ok(Completion { text, finish_reason, refusal: None, usage: Usage { prompt_tokens, completion_tokens: g.tokens.len() as u64 }, model: id.to_owned() })
+    let text = m.tokenizer.decode(&body, true).map_err(|e| BackendError::Other {
+        message: e.to_string(),
+        retryable: false,
+    })?;
+    Ok(Completion {
+        text,
+        finish_reason,
+        refusal: None,
+        usage: Usage {
+            prompt_tokens,
+            completion_tokens: g.tokens.len() as u64,
+        },
+        model: id.to_owned(),
+    })
 }
 
 /// The choices of a [`ChoiceConstraint`] scored after `rendered + prefix`.
@@ -156,13 +217,19 @@ pub struct ChoiceScores {
 
 /// Index of the largest value (the first on ties, so equal scores pick the earlier choice).
 fn argmax(xs: &[f64]) -> usize {
-    xs.iter().enumerate().fold(0, |best, (k, &x)| if x > xs[best] { k } else { best })
+    xs.iter()
+        .enumerate()
+        .fold(0, |best, (k, &x)| if x > xs[best] { k } else { best })
 }
 
 /// A choice's tokens: those of `context + choice` (`full`) past the context's (`ctx`) when `full` extends `ctx`,
 /// else the choice tokenized alone (`alone`), e.g. when a prefix ending in a space merges with the choice.
 fn continuation_ids<E>(ctx: &[i64], full: &[i64], alone: impl FnOnce() -> Result<Vec<i64>, E>) -> Result<Vec<i64>, E> {
-    if full.len() > ctx.len() && full.starts_with(ctx) { Ok(full[ctx.len()..].to_vec()) } else { alone() }
+    if full.len() > ctx.len() && full.starts_with(ctx) {
+        Ok(full[ctx.len()..].to_vec())
+    } else {
+        alone()
+    }
 }
 
 /// Scores every choice of `constraint` as a continuation of `rendered + prefix` (`rendered`: the chat text with the
@@ -172,14 +239,32 @@ fn continuation_ids<E>(ctx: &[i64], full: &[i64], alone: impl FnOnce() -> Result
 /// A choice's tokens are those of `rendered + prefix + choice` past the tokens of `rendered + prefix`, so a choice
 /// is tokenized in context (a BPE merge across the boundary would otherwise score a sequence the model never
 /// sees); when the context's tokenization does not extend that of the prefix, the choice is tokenized alone.
-pub fn choice_logprobs(model: &Model, tokenizer: &Tokenizer, rendered: &str, constraint: &ChoiceConstraint) -> Result<ChoiceScores, BackendError> {
+pub fn choice_logprobs(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    rendered: &str,
+    constraint: &ChoiceConstraint,
+) -> Result<ChoiceScores, BackendError> {
     let reject = |message: String| BackendError::Rejected { status: 400, message };
-    let other = |e: String| BackendError::Other { message: e, retryable: false };
+    let other = |e: String| BackendError::Other {
+        message: e,
+        retryable: false,
+    };
     if constraint.choices.is_empty() || constraint.choices.iter().any(String::is_empty) {
-        return Err(reject(format!("constraint.choices must be non-empty strings, got {:?}", constraint.choices)));
+        return Err(reject(format!(
+            "constraint.choices must be non-empty strings, got {:?}",
+            constraint.choices
+        )));
     }
     let context = format!("{rendered}{}", constraint.prefix);
-    let encode = |t: &str| -> Result<Vec<i64>, BackendError> { Ok(tokenizer.encode(t, false).map_err(|e| other(e.to_string()))?.into_iter().map(i64::from).collect()) };
+    let encode = |t: &str| -> Result<Vec<i64>, BackendError> {
+        Ok(tokenizer
+            .encode(t, false)
+            .map_err(|e| other(e.to_string()))?
+            .into_iter()
+            .map(i64::from)
+            .collect())
+    };
     let ctx_ids = encode(&context)?;
     if ctx_ids.is_empty() {
         return Err(reject("constrained request: the rendered prompt has no tokens".into()));
@@ -195,8 +280,12 @@ pub fn choice_logprobs(model: &Model, tokenizer: &Tokenizer, rendered: &str, con
     }
     let _guard = tch::no_grad_guard();
     let (input, mask) = pad(&rows, 0, Padding::Right);
-    let out = model.forward(&input, Some(&mask), &Hooks::none(), Logits::All, None).map_err(|e| other(e.to_string()))?;
-    let logits = out.logits.ok_or_else(|| other("the forward pass returned no logits".into()))?;
+    let out = model
+        .forward(&input, Some(&mask), &Hooks::none(), Logits::All, None)
+        .map_err(|e| other(e.to_string()))?;
+    let logits = out
+        .logits
+        .ok_or_else(|| other("the forward pass returned no logits".into()))?;
     let logp = logits.to_kind(tch::Kind::Float).log_softmax(-1, tch::Kind::Float);
     let n = ctx_ids.len() as i64;
     let logprobs = conts
@@ -210,14 +299,24 @@ pub fn choice_logprobs(model: &Model, tokenizer: &Tokenizer, rendered: &str, con
             rows.gather(1, &targets, false).sum(tch::Kind::Double).double_value(&[])
         })
         .collect();
-    Ok(ChoiceScores { logprobs, prompt_tokens: ctx_ids.len(), choice_tokens: conts.iter().map(Vec::len).collect() })
+    Ok(ChoiceScores {
+        logprobs,
+        prompt_tokens: ctx_ids.len(),
+        choice_tokens: conts.iter().map(Vec::len).collect(),
+    })
 }
 
 impl LmBackend for LocalBackend {
     fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Completion, BackendError>> {
         Box::pin(async move {
             if request.model != self.id {
-                return Err(BackendError::Rejected { status: 404, message: format!("model {:?} is not served here (this backend serves {:?})", request.model, self.id) });
+                return Err(BackendError::Rejected {
+                    status: 404,
+                    message: format!(
+                        "model {:?} is not served here (this backend serves {:?})",
+                        request.model, self.id
+                    ),
+                });
             }
             let inner = self.inner.clone();
             let id = self.id.clone();
@@ -227,7 +326,10 @@ impl LmBackend for LocalBackend {
                 answer(&m, &id, &request)
             })
             .await
-            .map_err(|e| BackendError::Other { message: format!("generation task failed: {e}"), retryable: false })?
+            .map_err(|e| BackendError::Other {
+                message: format!("generation task failed: {e}"),
+                retryable: false,
+            })?
         })
     }
 
@@ -256,9 +358,17 @@ mod tests {
         let _guard = tch::no_grad_guard();
         let ids: Vec<i64> = ctx.iter().chain(cont).copied().collect();
         let input = tch::Tensor::from_slice(&ids).view([1, ids.len() as i64]);
-        let logits = m.model.forward(&input, None, &Hooks::none(), Logits::All, None).unwrap().logits.unwrap();
+        let logits = m
+            .model
+            .forward(&input, None, &Hooks::none(), Logits::All, None)
+            .unwrap()
+            .logits
+            .unwrap();
         let logp = logits.get(0).log_softmax(-1, tch::Kind::Double);
-        cont.iter().enumerate().map(|(j, &t)| logp.double_value(&[(ctx.len() + j - 1) as i64, t])).sum()
+        cont.iter()
+            .enumerate()
+            .map(|(j, &t)| logp.double_value(&[(ctx.len() + j - 1) as i64, t]))
+            .sum()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,33 +376,86 @@ mod tests {
         let Some(backend) = smollm() else { return };
         let prompt = "Rate how fluent this sentence is, 0 (not at all) to 2 (fully fluent). End with Rating: [[n]].\n\nSentence: The cat sat quietly on the warm windowsill.";
         // Multi-token choices too, so the batch is padded and the sums run over more than one token.
-        for constraint in [ChoiceConstraint::rating(), ChoiceConstraint { prefix: "Answer: ".into(), choices: vec!["yes".into(), "no, not at all".into(), "maybe".into()], suffix: ".".into() }] {
-            let req = ChatRequest::user(backend.model_id(), prompt, SamplingParams { temperature: Some(0.7), max_tokens: Some(48), ..Default::default() }).constrained(constraint.clone());
+        for constraint in [
+            ChoiceConstraint::rating(),
+            ChoiceConstraint {
+                prefix: "Answer: ".into(),
+                choices: vec!["yes".into(), "no, not at all".into(), "maybe".into()],
+                suffix: ".".into(),
+            },
+        ] {
+            let req = ChatRequest::user(
+                backend.model_id(),
+                prompt,
+                SamplingParams {
+                    temperature: Some(0.7),
+                    max_tokens: Some(48),
+                    ..Default::default()
+                },
+            )
+            .constrained(constraint.clone());
             let reply = backend.chat(&req).await.unwrap();
-            let chosen = constraint.choices.iter().position(|c| reply.text == format!("{}{c}{}", constraint.prefix, constraint.suffix));
-            let Some(chosen) = chosen else { panic!("{:?} is not prefix + a choice + suffix", reply.text) };
+            let chosen = constraint
+                .choices
+                .iter()
+                .position(|c| reply.text == format!("{}{c}{}", constraint.prefix, constraint.suffix));
+            let Some(chosen) = chosen else {
+                panic!("{:?} is not prefix + a choice + suffix", reply.text)
+            };
 
             // The same scores computed separately, one sequence per choice.
             let m = backend.inner.lock().unwrap();
             let rendered = m.template.render(&[ChatMessage::user(prompt)], true).unwrap();
             let context = format!("{rendered}{}", constraint.prefix);
-            let enc = |t: &str| -> Vec<i64> { m.tokenizer.encode(t, false).unwrap().into_iter().map(i64::from).collect() };
+            let enc = |t: &str| -> Vec<i64> {
+                m.tokenizer
+                    .encode(t, false)
+                    .unwrap()
+                    .into_iter()
+                    .map(i64::from)
+                    .collect()
+            };
             let ctx = enc(&context);
-            let separate: Vec<f64> = constraint.choices.iter().map(|c| alone(&m, &ctx, &continuation_ids(&ctx, &enc(&format!("{context}{c}")), || Ok::<_, ()>(enc(c))).unwrap())).collect();
+            let separate: Vec<f64> = constraint
+                .choices
+                .iter()
+                .map(|c| {
+                    alone(
+                        &m,
+                        &ctx,
+                        &continuation_ids(&ctx, &enc(&format!("{context}{c}")), || Ok::<_, ()>(enc(c))).unwrap(),
+                    )
+                })
+                .collect();
             let batched = choice_logprobs(&m.model, &m.tokenizer, &rendered, &constraint).unwrap();
             for (a, b) in batched.logprobs.iter().zip(&separate) {
-                assert!((a - b).abs() < 1e-3, "batched {:?} vs separate {separate:?}", batched.logprobs);
+                assert!(
+                    (a - b).abs() < 1e-3,
+                    "batched {:?} vs separate {separate:?}",
+                    batched.logprobs
+                );
             }
-            assert_eq!(chosen, argmax(&separate), "reply {:?}, log-probs {separate:?}", reply.text);
+            assert_eq!(
+                chosen,
+                argmax(&separate),
+                "reply {:?}, log-probs {separate:?}",
+                reply.text
+            );
             assert!(separate.iter().all(|l| l.is_finite() && *l < 0.0), "{separate:?}");
         }
         // The rating reply reads as a rating.
-        let req = ChatRequest::user(backend.model_id(), prompt, SamplingParams::default()).constrained(ChoiceConstraint::rating());
+        let req = ChatRequest::user(backend.model_id(), prompt, SamplingParams::default())
+            .constrained(ChoiceConstraint::rating());
         let r = crate::judge::parse_rating(&backend.chat(&req).await.unwrap().text);
         assert!(r.is_parsed(), "{r:?}");
 
         // Bad constraints are rejected, naming the field.
-        let bad = ChatRequest::user(backend.model_id(), prompt, SamplingParams::default()).constrained(ChoiceConstraint { prefix: String::new(), choices: vec![], suffix: String::new() });
+        let bad =
+            ChatRequest::user(backend.model_id(), prompt, SamplingParams::default()).constrained(ChoiceConstraint {
+                prefix: String::new(),
+                choices: vec![],
+                suffix: String::new(),
+            });
         let e = backend.chat(&bad).await.unwrap_err();
         assert!(e.to_string().contains("constraint.choices"), "{e}");
     }
@@ -301,13 +464,26 @@ mod tests {
     async fn smollm2_answers_deterministically_through_the_cached_client() {
         let Some(backend) = smollm() else { return };
         let digest = axbench_cache::hash_file(backend.path()).unwrap().to_hex();
-        assert!(backend.model_id().starts_with("local:smollm2-135m-instruct-q4_1@") && backend.model_id().ends_with(&format!("{digest}/r{RUNTIME_REVISION}")), "{}", backend.model_id());
-        let params = SamplingParams { temperature: Some(0.7), max_tokens: Some(6), seed: Some(3), ..Default::default() };
+        assert!(
+            backend.model_id().starts_with("local:smollm2-135m-instruct-q4_1@")
+                && backend.model_id().ends_with(&format!("{digest}/r{RUNTIME_REVISION}")),
+            "{}",
+            backend.model_id()
+        );
+        let params = SamplingParams {
+            temperature: Some(0.7),
+            max_tokens: Some(6),
+            seed: Some(3),
+            ..Default::default()
+        };
         let req = ChatRequest::user(backend.model_id(), "Name a color.", params.clone());
         let a = backend.chat(&req).await.unwrap();
         let b = backend.chat(&req).await.unwrap();
         assert_eq!(a, b, "same seed, same answer");
-        assert!(a.usage.completion_tokens >= 1 && a.usage.completion_tokens <= 6, "{a:?}");
+        assert!(
+            a.usage.completion_tokens >= 1 && a.usage.completion_tokens <= 6,
+            "{a:?}"
+        );
         assert!(!a.text.is_empty());
         assert_eq!(a.model, backend.model_id());
 

@@ -42,8 +42,8 @@
 pub mod backend;
 pub mod cache;
 pub mod client;
-pub mod local;
 pub mod cost;
+pub mod local;
 pub mod openai;
 pub mod settings;
 pub mod test_server;
@@ -51,9 +51,9 @@ pub mod types;
 
 pub use backend::{BackendError, BoxFuture, FailureKind, LmBackend};
 pub use cache::{CacheKey, LmCache, cache_key, canonical_json};
-pub use local::{LocalBackend, LocalSetupError};
 pub use client::{CallFailure, CallOutcome, CallRecord, ClientOptions, LmClient, LmStats, Source};
 pub use cost::{Price, PriceTable};
+pub use local::{LocalBackend, LocalSetupError};
 pub use openai::{OpenAiBackend, OpenAiSetupError};
 pub use settings::{LmSettings, RetryPolicy};
 pub use types::{ChatRequest, ChoiceConstraint, Completion, FinishReason, Message, Role, SamplingParams, Usage};

@@ -13,9 +13,9 @@ use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::HttpRequestFactory;
 use async_openai::types::chat::{
-    ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
-    ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
-    CreateChatCompletionRequest, CreateChatCompletionResponse, FinishReason as OaFinishReason,
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
+    ChatCompletionRequestUserMessage, CreateChatCompletionRequest, CreateChatCompletionResponse,
+    FinishReason as OaFinishReason,
 };
 
 use super::backend::{BackendError, BoxFuture, LmBackend};
@@ -48,12 +48,7 @@ tokio::task_local! {
 /// The `Retry-After` hint of a response: OpenAI's `retry-after-ms` first (finer), then the
 /// standard `Retry-After` in whole seconds. (HTTP-date values are ignored: our backoff applies.)
 pub(crate) fn retry_after_from_headers(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let get = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
         && ms.is_finite()
         && ms >= 0.0
@@ -152,8 +147,7 @@ impl OpenAiBackend {
         let config = OpenAIConfig::new()
             .with_api_base(base_url.clone())
             .with_api_key(api_key.clone());
-        let client =
-            async_openai::Client::with_config(config).with_http_service(Transport { http });
+        let client = async_openai::Client::with_config(config).with_http_service(Transport { http });
         Ok(Self {
             client,
             base_url,
@@ -169,9 +163,7 @@ impl OpenAiBackend {
             .map(|m| match m.role {
                 Role::System => ChatCompletionRequestSystemMessage::from(m.content.as_str()).into(),
                 Role::User => ChatCompletionRequestUserMessage::from(m.content.as_str()).into(),
-                Role::Assistant => {
-                    ChatCompletionRequestAssistantMessage::from(m.content.as_str()).into()
-                }
+                Role::Assistant => ChatCompletionRequestAssistantMessage::from(m.content.as_str()).into(),
             })
             .collect::<Vec<ChatCompletionRequestMessage>>();
         // `max_tokens` (not `max_completion_tokens`): every OpenAI-compatible server accepts it,
@@ -191,10 +183,7 @@ impl OpenAiBackend {
     fn scrub(&self, error: BackendError) -> BackendError {
         let r = &self.redact;
         match error {
-            BackendError::RateLimited {
-                retry_after,
-                message,
-            } => BackendError::RateLimited {
+            BackendError::RateLimited { retry_after, message } => BackendError::RateLimited {
                 retry_after,
                 message: r.scrub(message),
             },
@@ -247,9 +236,7 @@ impl OpenAiBackend {
             }
             OpenAIError::JSONDeserialize(e, _) => BackendError::InvalidResponse(e.to_string()),
             OpenAIError::Reqwest(e) if e.is_timeout() => BackendError::Timeout(timeout),
-            OpenAIError::Reqwest(e) if e.is_decode() => {
-                BackendError::InvalidResponse(e.to_string())
-            }
+            OpenAIError::Reqwest(e) if e.is_decode() => BackendError::InvalidResponse(e.to_string()),
             OpenAIError::Reqwest(e) => BackendError::Connection(e.without_url().to_string()),
             OpenAIError::StreamError(e) => BackendError::Connection(e.to_string()),
             other => BackendError::Other {
@@ -261,21 +248,13 @@ impl OpenAiBackend {
 }
 
 /// Turn the first choice of a response into our [`Completion`], or say why it cannot be.
-pub(crate) fn completion_from_response(
-    response: CreateChatCompletionResponse,
-) -> Result<Completion, BackendError> {
-    let choice = response
-        .choices
-        .into_iter()
-        .next()
-        .ok_or(BackendError::EmptyChoices)?;
+pub(crate) fn completion_from_response(response: CreateChatCompletionResponse) -> Result<Completion, BackendError> {
+    let choice = response.choices.into_iter().next().ok_or(BackendError::EmptyChoices)?;
     let finish_reason = match choice.finish_reason {
         Some(OaFinishReason::Stop) => FinishReason::Stop,
         Some(OaFinishReason::Length) => FinishReason::Length,
         Some(OaFinishReason::ContentFilter) => FinishReason::ContentFilter,
-        Some(OaFinishReason::ToolCalls) | Some(OaFinishReason::FunctionCall) => {
-            FinishReason::ToolCalls
-        }
+        Some(OaFinishReason::ToolCalls) | Some(OaFinishReason::FunctionCall) => FinishReason::ToolCalls,
         None => FinishReason::Unknown,
     };
     let mut refusal = choice.message.refusal.filter(|r| !r.is_empty());
@@ -299,17 +278,17 @@ pub(crate) fn completion_from_response(
 }
 
 impl LmBackend for OpenAiBackend {
-    fn chat<'a>(
-        &'a self,
-        request: &'a ChatRequest,
-    ) -> BoxFuture<'a, Result<Completion, BackendError>> {
+    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Completion, BackendError>> {
         Box::pin(async move {
             // Chat completions expose no scoring of given continuations, so a constrained request cannot be
             // answered faithfully; a per-call error (not retried) says so instead of silently generating.
             if request.constraint.is_some() {
                 return Err(BackendError::Rejected {
                     status: 400,
-                    message: format!("constrained (choice) requests need the local backend; {} cannot score choices (use rating = \"generate\")", self.describe()),
+                    message: format!(
+                        "constrained (choice) requests need the local backend; {} cannot score choices (use rating = \"generate\")",
+                        self.describe()
+                    ),
                 });
             }
             let meta = Arc::new(Mutex::new(None));
@@ -343,15 +322,9 @@ mod tests {
         h.insert("retry-after", HeaderValue::from_static("3"));
         assert_eq!(retry_after_from_headers(&h), Some(Duration::from_secs(3)));
         h.insert("retry-after-ms", HeaderValue::from_static("250"));
-        assert_eq!(
-            retry_after_from_headers(&h),
-            Some(Duration::from_millis(250))
-        );
+        assert_eq!(retry_after_from_headers(&h), Some(Duration::from_millis(250)));
         let mut h = HeaderMap::new();
-        h.insert(
-            "retry-after",
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
+        h.insert("retry-after", HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
         assert_eq!(retry_after_from_headers(&h), None);
     }
 
@@ -369,8 +342,7 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_key() {
-        let b =
-            OpenAiBackend::with_api_key(&LmSettings::default(), "sk-very-secret".into()).unwrap();
+        let b = OpenAiBackend::with_api_key(&LmSettings::default(), "sk-very-secret".into()).unwrap();
         assert!(!format!("{b:?}").contains("sk-very-secret"));
     }
 }

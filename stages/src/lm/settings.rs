@@ -91,17 +91,9 @@ impl RetryPolicy {
     ///
     /// "Equal jitter": half the exponential step fixed, half random, so concurrent callers that
     /// failed together spread out but still back off. A server hint is honoured as a floor.
-    pub fn delay(
-        &self,
-        failed_attempts: u32,
-        retry_after: Option<Duration>,
-        rng: &mut impl Rng,
-    ) -> Duration {
+    pub fn delay(&self, failed_attempts: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
         let exp = failed_attempts.saturating_sub(1).min(30);
-        let step = self
-            .base_delay_ms
-            .saturating_mul(1u64 << exp)
-            .min(self.max_delay_ms);
+        let step = self.base_delay_ms.saturating_mul(1u64 << exp).min(self.max_delay_ms);
         let half = step / 2;
         let jittered = half
             + if step > half {
@@ -111,9 +103,7 @@ impl RetryPolicy {
             };
         let backoff = Duration::from_millis(jittered);
         match retry_after {
-            Some(hint) => hint
-                .min(Duration::from_millis(self.max_retry_after_ms))
-                .max(backoff),
+            Some(hint) => hint.min(Duration::from_millis(self.max_retry_after_ms)).max(backoff),
             None => backoff,
         }
     }
@@ -134,14 +124,7 @@ mod tests {
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for _ in 0..200 {
-            for (n, step) in [
-                (1u32, 100u64),
-                (2, 200),
-                (3, 400),
-                (4, 800),
-                (5, 1000),
-                (9, 1000),
-            ] {
+            for (n, step) in [(1u32, 100u64), (2, 200), (3, 400), (4, 800), (5, 1000), (9, 1000)] {
                 let d = p.delay(n, None, &mut rng).as_millis() as u64;
                 assert!(
                     d >= step / 2 && d <= step,
@@ -174,16 +157,12 @@ mod tests {
 
     #[test]
     fn settings_parse_from_toml_and_reject_typos() {
-        let s: LmSettings = toml::from_str(
-            "model = \"gpt-4o-mini\"\ntemperature = 0.7\n[retry]\nmax_attempts = 2\n",
-        )
-        .unwrap();
+        let s: LmSettings =
+            toml::from_str("model = \"gpt-4o-mini\"\ntemperature = 0.7\n[retry]\nmax_attempts = 2\n").unwrap();
         assert_eq!(s.temperature, Some(0.7));
         assert_eq!(s.retry.max_attempts, 2);
         assert_eq!(s.concurrency, 32);
-        let err = toml::from_str::<LmSettings>("modle = \"x\"")
-            .unwrap_err()
-            .to_string();
+        let err = toml::from_str::<LmSettings>("modle = \"x\"").unwrap_err().to_string();
         assert!(err.contains("modle"), "{err}");
     }
 }

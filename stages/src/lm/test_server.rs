@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_openai::types::chat::{
-    ChatChoice, ChatCompletionResponseMessage, CompletionUsage, CreateChatCompletionResponse,
-    FinishReason, Role as OaRole,
+    ChatChoice, ChatCompletionResponseMessage, CompletionUsage, CreateChatCompletionResponse, FinishReason,
+    Role as OaRole,
 };
 use axum::Router;
 use axum::body::Bytes;
@@ -121,11 +121,7 @@ impl Rules {
     }
 
     /// When the prompt contains every needle, answer with `f(request)`.
-    pub fn when_all(
-        mut self,
-        needles: &[&str],
-        f: impl Fn(&ServedRequest) -> Reply + Send + Sync + 'static,
-    ) -> Self {
+    pub fn when_all(mut self, needles: &[&str], f: impl Fn(&ServedRequest) -> Reply + Send + Sync + 'static) -> Self {
         self.rules
             .push((needles.iter().map(|s| s.to_string()).collect(), Arc::new(f)));
         self
@@ -145,9 +141,7 @@ impl Rules {
                     return f(req);
                 }
             }
-            self.fallback
-                .clone()
-                .unwrap_or(Reply::Fault(Fault::Reject(400)))
+            self.fallback.clone().unwrap_or(Reply::Fault(Fault::Reject(400)))
         })
     }
 }
@@ -235,9 +229,7 @@ impl TestServer {
     }
 
     /// Start a server from a closure.
-    pub async fn with_fn(
-        f: impl Fn(&ServedRequest) -> Reply + Send + Sync + 'static,
-    ) -> std::io::Result<Self> {
+    pub async fn with_fn(f: impl Fn(&ServedRequest) -> Reply + Send + Sync + 'static) -> std::io::Result<Self> {
         Self::start(Arc::new(f)).await
     }
 
@@ -263,22 +255,12 @@ impl TestServer {
 
     /// How many times each fault was served, by name (`rate_limit`, `server_error`, ...).
     pub fn faults_served(&self) -> HashMap<&'static str, u64> {
-        self.state
-            .counters
-            .faults
-            .lock()
-            .expect("faults lock")
-            .clone()
+        self.state.counters.faults.lock().expect("faults lock").clone()
     }
 
     /// `Authorization` headers received, to prove a client did send its key.
     pub fn authorizations(&self) -> Vec<String> {
-        self.state
-            .counters
-            .authorizations
-            .lock()
-            .expect("auth lock")
-            .clone()
+        self.state.counters.authorizations.lock().expect("auth lock").clone()
     }
 }
 
@@ -347,11 +329,7 @@ fn completion_body(
     }
 }
 
-async fn handle(
-    State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn handle(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes) -> Response {
     let counters = &state.counters;
     let n = counters.served.fetch_add(1, Ordering::SeqCst) + 1;
     let _guard = InFlight::enter(counters);
@@ -360,11 +338,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if let Some(auth) = &authorization {
-        counters
-            .authorizations
-            .lock()
-            .expect("auth lock")
-            .push(auth.clone());
+        counters.authorizations.lock().expect("auth lock").push(auth.clone());
     }
     let wire: WireRequest = match serde_json::from_slice(&body) {
         Ok(w) => w,
@@ -401,25 +375,11 @@ async fn handle(
         repeat,
     };
     let reply = (state.script)(&req);
-    let note = |name: &'static str| {
-        *counters
-            .faults
-            .lock()
-            .expect("faults lock")
-            .entry(name)
-            .or_default() += 1
-    };
+    let note = |name: &'static str| *counters.faults.lock().expect("faults lock").entry(name).or_default() += 1;
     let ok = |text: String| {
         json_response(
             StatusCode::OK,
-            serde_json::to_vec(&completion_body(
-                &req,
-                Some(text),
-                None,
-                FinishReason::Stop,
-                n,
-            ))
-            .unwrap(),
+            serde_json::to_vec(&completion_body(&req, Some(text), None, FinishReason::Stop, n)).unwrap(),
         )
     };
     match reply {
@@ -440,10 +400,7 @@ async fn handle(
             } => {
                 note("rate_limit");
                 let err = serde_json::json!({"error": {"message": "Rate limit reached (test server)", "type": "requests", "code": "rate_limit_exceeded"}});
-                let mut resp = json_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    serde_json::to_vec(&err).unwrap(),
-                );
+                let mut resp = json_response(StatusCode::TOO_MANY_REQUESTS, serde_json::to_vec(&err).unwrap());
                 if let Some(s) = retry_after_s {
                     resp.headers_mut()
                         .insert(header::RETRY_AFTER, s.to_string().parse().unwrap());
@@ -456,8 +413,7 @@ async fn handle(
             }
             Fault::ServerError(code) => {
                 note("server_error");
-                let status =
-                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 (status, "upstream exploded (test server)").into_response()
             }
             Fault::TruncatedJson => {
@@ -474,8 +430,7 @@ async fn handle(
             }
             Fault::EmptyChoices => {
                 note("empty_choices");
-                let mut body =
-                    completion_body(&req, Some(String::new()), None, FinishReason::Stop, n);
+                let mut body = completion_body(&req, Some(String::new()), None, FinishReason::Stop, n);
                 body.choices.clear();
                 json_response(StatusCode::OK, serde_json::to_vec(&body).unwrap())
             }
@@ -483,14 +438,7 @@ async fn handle(
                 note("refusal");
                 json_response(
                     StatusCode::OK,
-                    serde_json::to_vec(&completion_body(
-                        &req,
-                        None,
-                        Some(msg),
-                        FinishReason::Stop,
-                        n,
-                    ))
-                    .unwrap(),
+                    serde_json::to_vec(&completion_body(&req, None, Some(msg), FinishReason::Stop, n)).unwrap(),
                 )
             }
             Fault::ContentFilter => {

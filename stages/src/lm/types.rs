@@ -94,17 +94,17 @@ pub struct ChoiceConstraint {
 impl ChoiceConstraint {
     /// AxBench's rating format, `Rating: [[n]]` with n in 0..=2.
     pub fn rating() -> Self {
-        Self { prefix: "Rating: [[".into(), choices: vec!["0".into(), "1".into(), "2".into()], suffix: "]]".into() }
+        Self {
+            prefix: "Rating: [[".into(),
+            choices: vec!["0".into(), "1".into(), "2".into()],
+            suffix: "]]".into(),
+        }
     }
 }
 
 impl ChatRequest {
     /// A single user turn, the shape of every AxBench prompt.
-    pub fn user(
-        model: impl Into<String>,
-        prompt: impl Into<String>,
-        params: SamplingParams,
-    ) -> Self {
+    pub fn user(model: impl Into<String>, prompt: impl Into<String>, params: SamplingParams) -> Self {
         Self {
             model: model.into(),
             messages: vec![Message::user(prompt)],

@@ -59,7 +59,13 @@ super::impl_train_config!(LoraMethodConfig);
 
 impl LoraMethodConfig {
     pub fn lora_config(&self, layers: Vec<usize>) -> LoraConfig {
-        LoraConfig { rank: self.low_rank_dimension, alpha: self.lora_alpha, rslora: self.rslora, dropout: self.dropout, layers }
+        LoraConfig {
+            rank: self.low_rank_dimension,
+            alpha: self.lora_alpha,
+            rslora: self.rslora,
+            dropout: self.dropout,
+            layers,
+        }
     }
 }
 
@@ -78,7 +84,15 @@ pub struct SftConfig {
 
 impl Default for SftConfig {
     fn default() -> Self {
-        Self { batch_size: 18, gradient_accumulation_steps: 4, n_epochs: 8, lr: 4e-5, weight_decay: 0.0, max_grad_norm: 1.0, seed: 42 }
+        Self {
+            batch_size: 18,
+            gradient_accumulation_steps: 4,
+            n_epochs: 8,
+            lr: 4e-5,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            seed: 42,
+        }
     }
 }
 
@@ -106,7 +120,11 @@ pub struct Sft {
 impl Sft {
     /// Sets `requires_grad` on every weight of `model`.
     pub fn new(model: &axbench_models::Model) -> Self {
-        let params = model.parameters().into_iter().map(|(n, t)| (n, t.set_requires_grad(true))).collect();
+        let params = model
+            .parameters()
+            .into_iter()
+            .map(|(n, t)| (n, t.set_requires_grad(true)))
+            .collect();
         Self { params }
     }
 }

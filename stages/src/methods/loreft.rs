@@ -71,7 +71,9 @@ pub fn default_layers(explicit: &[usize], layer: usize) -> Vec<usize> {
 
 /// `f5+l5`: the first `first_n` and last `last_n` of the `prompt_len` prompt positions, as a mask over `len` tokens.
 pub fn prompt_positions(prompt_len: usize, len: usize, first_n: usize, last_n: usize) -> Vec<bool> {
-    (0..len).map(|i| i < prompt_len && (i < first_n || i + last_n >= prompt_len)).collect()
+    (0..len)
+        .map(|i| i < prompt_len && (i < first_n || i + last_n >= prompt_len))
+        .collect()
 }
 
 /// `Q` of `a = QR` with the signs fixed so `diag(R) ≥ 0` (the unique QR with a positive diagonal).
@@ -124,9 +126,16 @@ impl Loreft {
             .map(|&layer| {
                 // nn.init.orthogonal_: Q of a Gaussian matrix.
                 let a = orthonormal_columns(&Tensor::randn([d, rank], (Kind::Float, device))).set_requires_grad(true);
-                let w = (Tensor::rand([rank, d], (Kind::Float, device)) * (2.0 * bound) - bound).set_requires_grad(true);
+                let w =
+                    (Tensor::rand([rank, d], (Kind::Float, device)) * (2.0 * bound) - bound).set_requires_grad(true);
                 let b = (Tensor::rand([rank], (Kind::Float, device)) * (2.0 * bound) - bound).set_requires_grad(true);
-                LoreftLayer { layer, a, w, b, strength: 1.0 }
+                LoreftLayer {
+                    layer,
+                    a,
+                    w,
+                    b,
+                    strength: 1.0,
+                }
             })
             .collect();
         Self { layers }
@@ -146,7 +155,10 @@ impl Loreft {
             .map(|l| {
                 let r = l.rotation().to_kind(Kind::Double);
                 let k = r.size()[1];
-                (r.tr().matmul(&r) - Tensor::eye(k, (Kind::Double, r.device()))).abs().max().double_value(&[])
+                (r.tr().matmul(&r) - Tensor::eye(k, (Kind::Double, r.device())))
+                    .abs()
+                    .max()
+                    .double_value(&[])
             })
             .fold(0.0, f64::max)
     }
@@ -158,7 +170,10 @@ impl Loreft {
             .iter()
             .flat_map(|l| {
                 [
-                    (format!("layers.{}.R", l.layer), l.rotation().detach().to_device(Device::Cpu).contiguous()),
+                    (
+                        format!("layers.{}.R", l.layer),
+                        l.rotation().detach().to_device(Device::Cpu).contiguous(),
+                    ),
                     (format!("layers.{}.W", l.layer), l.w.detach().to_device(Device::Cpu)),
                     (format!("layers.{}.b", l.layer), l.b.detach().to_device(Device::Cpu)),
                 ]
@@ -168,10 +183,24 @@ impl Loreft {
 
     /// Rebuilds from [`Loreft::named_tensors`] (`R` is stored orthonormal, so it is its own parametrisation).
     pub fn from_named(named: &[(String, Tensor)], layers: &[usize], device: Device) -> Result<Self, String> {
-        let get = |n: String| named.iter().find(|(k, _)| *k == n).map(|(_, t)| t.to_kind(Kind::Float).to_device(device)).ok_or(format!("missing tensor `{n}`"));
+        let get = |n: String| {
+            named
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, t)| t.to_kind(Kind::Float).to_device(device))
+                .ok_or(format!("missing tensor `{n}`"))
+        };
         let layers = layers
             .iter()
-            .map(|&layer| Ok(LoreftLayer { layer, a: get(format!("layers.{layer}.R"))?, w: get(format!("layers.{layer}.W"))?, b: get(format!("layers.{layer}.b"))?, strength: 1.0 }))
+            .map(|&layer| {
+                Ok(LoreftLayer {
+                    layer,
+                    a: get(format!("layers.{layer}.R"))?,
+                    w: get(format!("layers.{layer}.W"))?,
+                    b: get(format!("layers.{layer}.b"))?,
+                    strength: 1.0,
+                })
+            })
             .collect::<Result<_, String>>()?;
         Ok(Self { layers })
     }
@@ -179,7 +208,10 @@ impl Loreft {
 
 impl Trainable for Loreft {
     fn parameters(&self) -> Vec<Tensor> {
-        self.layers.iter().flat_map(|l| [l.a.shallow_clone(), l.w.shallow_clone(), l.b.shallow_clone()]).collect()
+        self.layers
+            .iter()
+            .flat_map(|l| [l.a.shallow_clone(), l.w.shallow_clone(), l.b.shallow_clone()])
+            .collect()
     }
     fn attach<'a>(&'a self, mut hooks: Hooks<'a>) -> Hooks<'a> {
         for l in &self.layers {
@@ -211,7 +243,11 @@ mod tests {
         assert!(lo.orthonormality_error() < 1e-6);
         let h = Tensor::randn([1, 3, 6], (Kind::Float, Device::Cpu));
         let mask = Tensor::ones([1, 3], (Kind::Bool, Device::Cpu));
-        let ctx = InterventionCtx { mask: &mask, real: &mask, past_len: 0 };
+        let ctx = InterventionCtx {
+            mask: &mask,
+            real: &mask,
+            past_len: 0,
+        };
         let out = lo.layers[0].apply(&h, &ctx);
         let l = &lo.layers[0];
         let r = l.rotation();

@@ -326,10 +326,16 @@ impl FittedArtifact {
             FittedArtifact::Linear { method, w, bias } => {
                 Box::new(LinearDetector::new(leak_name(&method), Tensor::from_slice(&w), bias))
             }
-            FittedArtifact::SaeFeature { method, feature, params: Some(p) } => {
-                Box::new(sae::SaeFeatureDetector::from_pruned(leak_name(&method), feature, &p)?)
-            }
-            FittedArtifact::SaeFeature { method, feature, params: None } => {
+            FittedArtifact::SaeFeature {
+                method,
+                feature,
+                params: Some(p),
+            } => Box::new(sae::SaeFeatureDetector::from_pruned(leak_name(&method), feature, &p)?),
+            FittedArtifact::SaeFeature {
+                method,
+                feature,
+                params: None,
+            } => {
                 let name = leak_name(&method);
                 let sae = resources.sae.clone().ok_or(MethodError::MissingInput {
                     method: name,
@@ -347,11 +353,20 @@ impl FittedArtifact {
 
 /// Method names are `&'static str` in errors; map a loaded name back to the registry's static one.
 fn leak_name(name: &str) -> &'static str {
-    Registry::builtin().canonical(name).or_else(|| TRAINED_METHODS.iter().find(|m| **m == name).copied()).unwrap_or("loaded")
+    Registry::builtin()
+        .canonical(name)
+        .or_else(|| TRAINED_METHODS.iter().find(|m| **m == name).copied())
+        .unwrap_or("loaded")
 }
 
 /// Methods trained through the model by the `axbench.train` stage (AxBench class names), not fitted on activations.
-pub const TRAINED_METHODS: [&str; 5] = [reft_r1::NAME, ssv::NAME, loreft::NAME, finetune::LORA_NAME, finetune::SFT_NAME];
+pub const TRAINED_METHODS: [&str; 5] = [
+    reft_r1::NAME,
+    ssv::NAME,
+    loreft::NAME,
+    finetune::LORA_NAME,
+    finetune::SFT_NAME,
+];
 
 /// A fitted detector for one concept. `Send` but not `Sync`: it may hold tensors, which tch makes `Send` only.
 pub trait Detector: Send {
@@ -450,8 +465,16 @@ impl Detector for LinearDetector {
     }
 
     fn artifact(&self) -> FittedArtifact {
-        let (method, w, bias) = (self.method.to_owned(), Vec::<f32>::try_from(&self.w).expect("1-d float"), self.bias);
-        if self.relu { FittedArtifact::ReluLinear { method, w, bias } } else { FittedArtifact::Linear { method, w, bias } }
+        let (method, w, bias) = (
+            self.method.to_owned(),
+            Vec::<f32>::try_from(&self.w).expect("1-d float"),
+            self.bias,
+        );
+        if self.relu {
+            FittedArtifact::ReluLinear { method, w, bias }
+        } else {
+            FittedArtifact::Linear { method, w, bias }
+        }
     }
 }
 

@@ -143,18 +143,31 @@ mod tests {
     use super::*;
 
     fn ctx_parts(mask: &[bool], b: i64, t: i64) -> (Tensor, Tensor) {
-        (Tensor::from_slice(mask).view([b, t]), Tensor::ones([b, t], (Kind::Bool, Device::Cpu)))
+        (
+            Tensor::from_slice(mask).view([b, t]),
+            Tensor::ones([b, t], (Kind::Bool, Device::Cpu)),
+        )
     }
 
     #[test]
     fn adds_mean_of_topk_latents_times_w_on_masked_positions() {
-        let cfg = ReftR1Config { topk: 2, ..Default::default() };
+        let cfg = ReftR1Config {
+            topk: 2,
+            ..Default::default()
+        };
         let iv = ReftR1::new(0, 2, &cfg, Device::Cpu);
         iv.w.detach().copy_(&Tensor::from_slice(&[1.0f32, 0.0]));
         // One sequence, 4 positions; latents h·w = [5, 3, -1, 4]; the first position is masked out.
         let h = Tensor::from_slice(&[5.0f32, 0., 3., 0., -1., 0., 4., 0.]).view([1, 4, 2]);
         let (mask, real) = ctx_parts(&[false, true, true, true], 1, 4);
-        let out = iv.apply(&h, &InterventionCtx { mask: &mask, real: &real, past_len: 0 });
+        let out = iv.apply(
+            &h,
+            &InterventionCtx {
+                mask: &mask,
+                real: &real,
+                past_len: 0,
+            },
+        );
         // Top-2 of the masked latents [3, 0, 4] -> mean 3.5, added along w at masked positions only.
         let delta: Vec<f32> = Vec::try_from((&out - &h).select(2, 0).view([-1])).unwrap();
         assert_eq!(delta, vec![0.0, 3.5, 3.5, 3.5]);
@@ -170,10 +183,24 @@ mod tests {
         iv.strength = 0.0;
         let h = Tensor::randn([2, 5, 8], (Kind::Float, Device::Cpu));
         let mask = Tensor::ones([2, 5], (Kind::Bool, Device::Cpu));
-        let out = iv.apply(&h, &InterventionCtx { mask: &mask, real: &mask, past_len: 0 });
+        let out = iv.apply(
+            &h,
+            &InterventionCtx {
+                mask: &mask,
+                real: &mask,
+                past_len: 0,
+            },
+        );
         assert!(out.equal(&h));
         iv.strength = 1.0;
-        let out = iv.apply(&h, &InterventionCtx { mask: &mask, real: &mask, past_len: 0 });
+        let out = iv.apply(
+            &h,
+            &InterventionCtx {
+                mask: &mask,
+                real: &mask,
+                past_len: 0,
+            },
+        );
         (out.square().sum(Kind::Float) + iv.aux_loss(0.5).unwrap()).backward();
         iv.before_step();
         let n = iv.w.norm().double_value(&[]);

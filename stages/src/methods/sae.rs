@@ -142,7 +142,11 @@ impl PrunedFeature {
         if self.w_dec.len() != d || self.b_dec.len() != d {
             return Err(MethodError::invalid(
                 method,
-                format!("pruned SAE feature: w_enc has {d} values, w_dec {}, b_dec {}", self.w_dec.len(), self.b_dec.len()),
+                format!(
+                    "pruned SAE feature: w_enc has {d} values, w_dec {}, b_dec {}",
+                    self.w_dec.len(),
+                    self.b_dec.len()
+                ),
             ));
         }
         let d = d as i64;
@@ -188,12 +192,22 @@ impl SaeFeatureDetector {
                 format!("feature {feature} beyond SAE width {}", sae.width()),
             ));
         }
-        Ok(Self { method, sae, column: feature, feature })
+        Ok(Self {
+            method,
+            sae,
+            column: feature,
+            feature,
+        })
     }
 
     /// Feature `feature` of a full SAE, from its saved parameters alone.
     pub fn from_pruned(method: &'static str, feature: usize, params: &PrunedFeature) -> Result<Self, MethodError> {
-        Ok(Self { method, sae: Arc::new(params.to_sae(method)?), column: 0, feature })
+        Ok(Self {
+            method,
+            sae: Arc::new(params.to_sae(method)?),
+            column: 0,
+            feature,
+        })
     }
 
     pub fn feature(&self) -> usize {

@@ -30,7 +30,16 @@ pub struct SsvConfig {
 
 impl Default for SsvConfig {
     fn default() -> Self {
-        Self { batch_size: 6, gradient_accumulation_steps: 1, n_epochs: 3, lr: 0.01, weight_decay: 0.0, max_grad_norm: 1.0, train_on_negative: false, seed: 42 }
+        Self {
+            batch_size: 6,
+            gradient_accumulation_steps: 1,
+            n_epochs: 3,
+            lr: 0.01,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            train_on_negative: false,
+            seed: 42,
+        }
     }
 }
 
@@ -46,7 +55,11 @@ pub struct Ssv {
 
 impl Ssv {
     pub fn new(layer: usize, d: i64, device: Device) -> Self {
-        Self { layer, w: Tensor::full([d], 0.01, (Kind::Float, device)).set_requires_grad(true), strength: 1.0 }
+        Self {
+            layer,
+            w: Tensor::full([d], 0.01, (Kind::Float, device)).set_requires_grad(true),
+            strength: 1.0,
+        }
     }
 }
 
@@ -76,10 +89,27 @@ mod tests {
         let h = Tensor::randn([1, 3, 3], (Kind::Float, Device::Cpu));
         let mask = Tensor::from_slice(&[true, false, true]).view([1, 3]);
         let real = Tensor::from_slice(&[true, true, false]).view([1, 3]);
-        let out = iv.apply(&h, &InterventionCtx { mask: &mask, real: &real, past_len: 0 });
+        let out = iv.apply(
+            &h,
+            &InterventionCtx {
+                mask: &mask,
+                real: &real,
+                past_len: 0,
+            },
+        );
         let d: Vec<f32> = Vec::try_from((&out - &h).sum_dim_intlist(-1, false, Kind::Float).view([-1])).unwrap();
         assert!((d[0] - 0.03).abs() < 1e-6 && d[1] == 0.0 && d[2] == 0.0, "{d:?}");
         iv.strength = 0.0;
-        assert!(iv.apply(&h, &InterventionCtx { mask: &mask, real: &real, past_len: 0 }).equal(&h));
+        assert!(
+            iv.apply(
+                &h,
+                &InterventionCtx {
+                    mask: &mask,
+                    real: &real,
+                    past_len: 0
+                }
+            )
+            .equal(&h)
+        );
     }
 }

@@ -12,7 +12,11 @@ td{font-variant-numeric:tabular-nums}figure{margin:1.5em 0}svg{max-width:100%;he
 
 /// Text or attribute value escaped for HTML (pulldown-cmark escapes what it renders, not our wrapper).
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 /// The SVG as an inline element: any XML prolog dropped (it is not allowed inside HTML).
@@ -33,7 +37,15 @@ pub fn render(title: &str, markdown: &str, plots: &[Plot]) -> String {
         match ev {
             Event::Start(Tag::Image { ref dest_url, .. }) => match plots.iter().find(|p| p.file == dest_url.as_ref()) {
                 Some(p) => {
-                    events.push(Event::Html(format!("<figure id=\"{}\">{}<figcaption>{}</figcaption></figure>", escape(&p.file), inline_svg(&p.svg), escape(&p.title)).into()));
+                    events.push(Event::Html(
+                        format!(
+                            "<figure id=\"{}\">{}<figcaption>{}</figcaption></figure>",
+                            escape(&p.file),
+                            inline_svg(&p.svg),
+                            escape(&p.title)
+                        )
+                        .into(),
+                    ));
                     skipping = true;
                 }
                 None => events.push(ev),
@@ -48,8 +60,13 @@ pub fn render(title: &str, markdown: &str, plots: &[Plot]) -> String {
     let mut kept = Vec::with_capacity(events.len());
     for i in 0..events.len() {
         let wraps_figure = match &events[i] {
-            Event::Start(Tag::Paragraph) => events.get(i + 1).is_some_and(is_figure) && matches!(events.get(i + 2), Some(Event::End(TagEnd::Paragraph))),
-            Event::End(TagEnd::Paragraph) => i >= 2 && is_figure(&events[i - 1]) && matches!(events[i - 2], Event::Start(Tag::Paragraph)),
+            Event::Start(Tag::Paragraph) => {
+                events.get(i + 1).is_some_and(is_figure)
+                    && matches!(events.get(i + 2), Some(Event::End(TagEnd::Paragraph)))
+            }
+            Event::End(TagEnd::Paragraph) => {
+                i >= 2 && is_figure(&events[i - 1]) && matches!(events[i - 2], Event::Start(Tag::Paragraph))
+            }
             _ => false,
         };
         if !wraps_figure {
@@ -58,5 +75,8 @@ pub fn render(title: &str, markdown: &str, plots: &[Plot]) -> String {
     }
     let mut body = String::new();
     html::push_html(&mut body, kept.into_iter());
-    format!("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n", escape(title))
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n",
+        escape(title)
+    )
 }

@@ -31,7 +31,12 @@ fn cell(s: &str) -> String {
 
 /// A method × setting table with an `Avg` column when there are several settings, rows sorted by the row mean
 /// (best first, as the paper orders its tables), then by name.
-fn method_table(labels: &[String], values: &BTreeMap<(String, usize), f64>, higher_is_better: bool, fmt: fn(Option<f64>) -> String) -> String {
+fn method_table(
+    labels: &[String],
+    values: &BTreeMap<(String, usize), f64>,
+    higher_is_better: bool,
+    fmt: fn(Option<f64>) -> String,
+) -> String {
     let methods: BTreeSet<&String> = values.keys().map(|(m, _)| m).collect();
     let avg = |m: &str| {
         let (mean, n) = mean_over_concepts((0..labels.len()).filter_map(|i| values.get(&(m.to_string(), i)).copied()));
@@ -67,7 +72,11 @@ fn method_table(labels: &[String], values: &BTreeMap<(String, usize), f64>, high
 }
 
 fn setting_index(summary: &Summary, model: &str, layer: i64) -> usize {
-    summary.settings.iter().position(|s| s.model == model && s.layer == layer).unwrap_or(usize::MAX)
+    summary
+        .settings
+        .iter()
+        .position(|s| s.model == model && s.layer == layer)
+        .unwrap_or(usize::MAX)
 }
 
 fn labels(summary: &Summary) -> Vec<String> {
@@ -76,13 +85,20 @@ fn labels(summary: &Summary) -> Vec<String> {
 
 /// Mean over concepts per (method, setting column) of `value`, NaN (missing) values dropped; cells with no value
 /// are left out. Also returns the number of distinct concepts.
-fn method_means<'a, R: 'a>(summary: &Summary, rows: impl IntoIterator<Item = &'a R>, key: impl Fn(&R) -> (&str, &str, i64, i64), value: impl Fn(&R) -> Option<f64>) -> (BTreeMap<(String, usize), f64>, usize) {
+fn method_means<'a, R: 'a>(
+    summary: &Summary,
+    rows: impl IntoIterator<Item = &'a R>,
+    key: impl Fn(&R) -> (&str, &str, i64, i64),
+    value: impl Fn(&R) -> Option<f64>,
+) -> (BTreeMap<(String, usize), f64>, usize) {
     let mut per: BTreeMap<(String, usize), Vec<f64>> = BTreeMap::new();
     let mut concepts = BTreeSet::new();
     for r in rows {
         let (method, model, layer, concept) = key(r);
         concepts.insert(concept);
-        per.entry((method.to_string(), setting_index(summary, model, layer))).or_default().push(value(r).unwrap_or(f64::NAN));
+        per.entry((method.to_string(), setting_index(summary, model, layer)))
+            .or_default()
+            .push(value(r).unwrap_or(f64::NAN));
     }
     let values = per
         .into_iter()
@@ -99,7 +115,12 @@ pub fn detection_table(summary: &Summary) -> Option<String> {
     if summary.detection.is_empty() {
         return None;
     }
-    let (values, n) = method_means(summary, &summary.detection, |r| (&r.method, &r.model, r.layer, r.concept_id), |r| r.auroc);
+    let (values, n) = method_means(
+        summary,
+        &summary.detection,
+        |r| (&r.method, &r.model, r.layer, r.concept_id),
+        |r| r.auroc,
+    );
     Some(format!(
         "### Table 1: concept detection\n\nMean ROC AUC over {n} concept(s), positives vs negatives (hard negatives excluded, as AxBench's AUCROCEvaluator).\n\n{}",
         method_table(&labels(summary), &values, true, fmt3)
@@ -112,7 +133,12 @@ pub fn steering_table(summary: &Summary) -> Option<String> {
     if summary.steering.is_empty() {
         return None;
     }
-    let (values, n) = method_means(summary, &summary.steering, |r| (&r.method, &r.model, r.layer, r.concept_id), |r| r.score);
+    let (values, n) = method_means(
+        summary,
+        &summary.steering,
+        |r| (&r.method, &r.model, r.layer, r.concept_id),
+        |r| r.score,
+    );
     Some(format!(
         "### Table 2: steering\n\nMean overall score (0–2: harmonic mean of the concept, instruction and fluency ratings, 0 if any is 0) over {n} concept(s). \
          Each concept's factor is the one with the best mean score on the first {:.0}% of its instructions; the score is the mean over the rest at that factor.\n\n{}",
@@ -132,9 +158,21 @@ pub fn win_rate_table(summary: &Summary) -> Option<String> {
     for w in &summary.win_rates {
         let pairs = w.wins + w.losses + w.ties;
         if pairs > 0 {
-            values.insert((w.method.clone(), setting_index(summary, &w.model, w.layer)), w.win_rate);
+            values.insert(
+                (w.method.clone(), setting_index(summary, &w.model, w.layer)),
+                w.win_rate,
+            );
         }
-        let _ = writeln!(counts, "| {} | {} | {} | {} | {} | {} |", cell(&summary.label(&w.model, w.layer)), cell(&w.method), w.wins, w.losses, w.ties, pairs);
+        let _ = writeln!(
+            counts,
+            "| {} | {} | {} | {} | {} | {} |",
+            cell(&summary.label(&w.model, w.layer)),
+            cell(&w.method),
+            w.wins,
+            w.losses,
+            w.ties,
+            pairs
+        );
     }
     Some(format!(
         "### Table 3: win rate against {b}\n\nPer held-out instruction, each method at its selected factor against {b} at its own; a win scores 1, a tie (|Δ| < 1e-6) ½.\n\n{}\n| setting | method | wins | losses | ties | pairs |\n|---|---|---:|---:|---:|---:|\n{counts}",
@@ -149,15 +187,25 @@ pub fn per_concept_table(summary: &Summary) -> Option<String> {
         return None;
     }
     let mut rows: Vec<_> = summary.steering.iter().collect();
-    rows.sort_by(|a, b| (&a.model, a.layer, a.concept_id, &a.method).cmp(&(&b.model, b.layer, b.concept_id, &b.method)));
+    rows.sort_by(|a, b| {
+        (&a.model, a.layer, a.concept_id, &a.method).cmp(&(&b.model, b.layer, b.concept_id, &b.method))
+    });
     let with_ppl = rows.iter().any(|r| r.perplexity.is_some());
     let several = summary.settings.len() > 1;
     let mut out = String::from("### Per concept\n\n");
-    out.push_str(if several { "| setting | concept | method | factor | selection score | score | concept | instruction | fluency |" } else { "| concept | method | factor | selection score | score | concept | instruction | fluency |" });
+    out.push_str(if several {
+        "| setting | concept | method | factor | selection score | score | concept | instruction | fluency |"
+    } else {
+        "| concept | method | factor | selection score | score | concept | instruction | fluency |"
+    });
     if with_ppl {
         out.push_str(" perplexity |");
     }
-    out.push_str(if several { "\n|---|---|---|---:|---:|---:|---:|---:|---:|" } else { "\n|---|---|---:|---:|---:|---:|---:|---:|" });
+    out.push_str(if several {
+        "\n|---|---|---|---:|---:|---:|---:|---:|---:|"
+    } else {
+        "\n|---|---|---:|---:|---:|---:|---:|---:|"
+    });
     if with_ppl {
         out.push_str("---:|");
     }
@@ -166,7 +214,11 @@ pub fn per_concept_table(summary: &Summary) -> Option<String> {
         if several {
             let _ = write!(out, "| {} ", cell(&summary.label(&r.model, r.layer)));
         }
-        let concept = if r.description.is_empty() { r.concept_id.to_string() } else { format!("{}: {}", r.concept_id, cell(&r.description)) };
+        let concept = if r.description.is_empty() {
+            r.concept_id.to_string()
+        } else {
+            format!("{}: {}", r.concept_id, cell(&r.description))
+        };
         let _ = write!(
             out,
             "| {concept} | {} | {} | {} | {} | {} | {} | {} |",
@@ -184,21 +236,33 @@ pub fn per_concept_table(summary: &Summary) -> Option<String> {
         out.push('\n');
     }
     if rows.len() > MAX_CONCEPT_ROWS {
-        let _ = writeln!(out, "\n… and {} more rows in `steering.parquet`.", rows.len() - MAX_CONCEPT_ROWS);
+        let _ = writeln!(
+            out,
+            "\n… and {} more rows in `steering.parquet`.",
+            rows.len() - MAX_CONCEPT_ROWS
+        );
     }
     Some(out)
 }
 
 /// Tables 2 and 3, for `axbench results`.
 pub fn steering_tables(summary: &Summary) -> String {
-    [steering_table(summary), win_rate_table(summary)].into_iter().flatten().collect::<Vec<_>>().join("\n")
+    [steering_table(summary), win_rate_table(summary)]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The whole report. Plots are linked by file name: they are outputs of the same node, next to `report.md` once
 /// `axbench report` copies the node's outputs out of the cache.
 pub fn render(summary: &Summary, plots: &[Plot]) -> String {
     let mut out = String::from("# AxBench report\n\n");
-    let settings: Vec<String> = summary.settings.iter().map(|s| format!("`{}` (model `{}`, layer {})", cell(&s.label), cell(&s.model), s.layer)).collect();
+    let settings: Vec<String> = summary
+        .settings
+        .iter()
+        .map(|s| format!("`{}` (model `{}`, layer {})", cell(&s.label), cell(&s.model), s.layer))
+        .collect();
     if !settings.is_empty() {
         let _ = writeln!(out, "Settings: {}.", settings.join(", "));
     }
@@ -212,7 +276,11 @@ pub fn render(summary: &Summary, plots: &[Plot]) -> String {
         );
     }
     out.push('\n');
-    let sections = [detection_table(summary), steering_table(summary), win_rate_table(summary)];
+    let sections = [
+        detection_table(summary),
+        steering_table(summary),
+        win_rate_table(summary),
+    ];
     for s in sections.into_iter().flatten() {
         out.push_str(&s);
         out.push('\n');

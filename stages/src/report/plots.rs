@@ -56,7 +56,10 @@ fn lines(rows: &[&FactorMeans], metric: Metric) -> Vec<Line> {
         .into_iter()
         .map(|(m, mut points)| {
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            Line { method: m.to_string(), points }
+            Line {
+                method: m.to_string(),
+                points,
+            }
         })
         .collect()
 }
@@ -66,7 +69,16 @@ fn suffix(s: &Setting, several: bool) -> String {
     if !several {
         return String::new();
     }
-    let clean: String = format!("_{}_L{}", s.model, s.layer).chars().map(|c| if c.is_ascii_alphanumeric() || "_-.".contains(c) { c } else { '_' }).collect();
+    let clean: String = format!("_{}_L{}", s.model, s.layer)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_-.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     clean
 }
 
@@ -75,29 +87,84 @@ pub fn factor_plots(summary: &Summary) -> Result<Vec<Plot>, PlotError> {
     let several = summary.settings.len() > 1;
     let mut out = Vec::new();
     for s in &summary.settings {
-        let rows: Vec<&FactorMeans> = summary.by_factor.iter().filter(|r| r.model == s.model && r.layer == s.layer && r.half == Half::Selection).collect();
+        let rows: Vec<&FactorMeans> = summary
+            .by_factor
+            .iter()
+            .filter(|r| r.model == s.model && r.layer == s.layer && r.half == Half::Selection)
+            .collect();
         if rows.is_empty() {
             continue;
         }
         let sfx = suffix(s, several);
-        let title = |what: &str| if several { format!("{what} vs steering factor ({})", s.label) } else { format!("{what} vs steering factor") };
+        let title = |what: &str| {
+            if several {
+                format!("{what} vs steering factor ({})", s.label)
+            } else {
+                format!("{what} vs steering factor")
+            }
+        };
         let file = format!("score_vs_factor{sfx}.svg");
-        let svg = draw(&file, (720, 440), &[Panel { title: title("Overall score"), y_desc: "score (0–2)", y_max: Some(2.0), lines: lines(&rows, |r| Some(r.score)) }])?;
-        out.push(Plot { file, title: title("Overall score"), svg });
+        let svg = draw(
+            &file,
+            (720, 440),
+            &[Panel {
+                title: title("Overall score"),
+                y_desc: "score (0–2)",
+                y_max: Some(2.0),
+                lines: lines(&rows, |r| Some(r.score)),
+            }],
+        )?;
+        out.push(Plot {
+            file,
+            title: title("Overall score"),
+            svg,
+        });
 
         let file = format!("ratings_vs_factor{sfx}.svg");
         let panels = [
-            Panel { title: "Concept".into(), y_desc: "rating (0–2)", y_max: Some(2.0), lines: lines(&rows, |r| Some(r.concept_rating)) },
-            Panel { title: "Instruction".into(), y_desc: "rating (0–2)", y_max: Some(2.0), lines: lines(&rows, |r| Some(r.instruction_rating)) },
-            Panel { title: "Fluency".into(), y_desc: "rating (0–2)", y_max: Some(2.0), lines: lines(&rows, |r| Some(r.fluency_rating)) },
+            Panel {
+                title: "Concept".into(),
+                y_desc: "rating (0–2)",
+                y_max: Some(2.0),
+                lines: lines(&rows, |r| Some(r.concept_rating)),
+            },
+            Panel {
+                title: "Instruction".into(),
+                y_desc: "rating (0–2)",
+                y_max: Some(2.0),
+                lines: lines(&rows, |r| Some(r.instruction_rating)),
+            },
+            Panel {
+                title: "Fluency".into(),
+                y_desc: "rating (0–2)",
+                y_max: Some(2.0),
+                lines: lines(&rows, |r| Some(r.fluency_rating)),
+            },
         ];
         let svg = draw(&file, (1260, 420), &panels)?;
-        out.push(Plot { file, title: title("Judge ratings"), svg });
+        out.push(Plot {
+            file,
+            title: title("Judge ratings"),
+            svg,
+        });
 
         if rows.iter().any(|r| r.perplexity.is_some()) {
             let file = format!("perplexity_vs_factor{sfx}.svg");
-            let svg = draw(&file, (720, 440), &[Panel { title: title("Perplexity"), y_desc: "perplexity", y_max: None, lines: lines(&rows, |r| r.perplexity) }])?;
-            out.push(Plot { file, title: title("Perplexity"), svg });
+            let svg = draw(
+                &file,
+                (720, 440),
+                &[Panel {
+                    title: title("Perplexity"),
+                    y_desc: "perplexity",
+                    y_max: None,
+                    lines: lines(&rows, |r| r.perplexity),
+                }],
+            )?;
+            out.push(Plot {
+                file,
+                title: title("Perplexity"),
+                svg,
+            });
         }
     }
     Ok(out)
@@ -114,8 +181,14 @@ struct Panel {
 /// Draws `panels` side by side into one SVG. Every panel colours a method the same way (by its rank among all
 /// methods of the plot), so one legend, on the first panel, serves them all.
 fn draw(file: &str, size: (u32, u32), panels: &[Panel]) -> Result<String, PlotError> {
-    let err = |e: &dyn std::fmt::Display| PlotError { file: file.to_string(), message: e.to_string() };
-    let mut methods: Vec<&str> = panels.iter().flat_map(|p| p.lines.iter().map(|l| l.method.as_str())).collect();
+    let err = |e: &dyn std::fmt::Display| PlotError {
+        file: file.to_string(),
+        message: e.to_string(),
+    };
+    let mut methods: Vec<&str> = panels
+        .iter()
+        .flat_map(|p| p.lines.iter().map(|l| l.method.as_str()))
+        .collect();
     methods.sort();
     methods.dedup();
     let color = |m: &str| COLORS[methods.iter().position(|x| *x == m).unwrap_or(0) % COLORS.len()];
@@ -129,7 +202,15 @@ fn draw(file: &str, size: (u32, u32), panels: &[Panel]) -> Result<String, PlotEr
             let (x_min, x_max) = xs.fold((0.0f64, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
             let x_max = if x_max > x_min { x_max } else { x_min + 1.0 };
             let x_pad = 0.03 * (x_max - x_min);
-            let y_top = panel.y_max.unwrap_or_else(|| panel.lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)).fold(0.0f64, f64::max).max(1.0) * 1.1);
+            let y_top = panel.y_max.unwrap_or_else(|| {
+                panel
+                    .lines
+                    .iter()
+                    .flat_map(|l| l.points.iter().map(|p| p.1))
+                    .fold(0.0f64, f64::max)
+                    .max(1.0)
+                    * 1.1
+            });
             let mut chart = ChartBuilder::on(area)
                 .caption(&panel.title, ("sans-serif", 18))
                 .margin(10)
@@ -139,7 +220,13 @@ fn draw(file: &str, size: (u32, u32), panels: &[Panel]) -> Result<String, PlotEr
                 // so that side-by-side panels share one y scale.
                 .build_cartesian_2d((x_min - x_pad)..(x_max + x_pad), 0.0..y_top * 1.3)
                 .map_err(|e| err(&e))?;
-            chart.configure_mesh().x_desc("steering factor").y_desc(panel.y_desc).light_line_style(WHITE.mix(0.0)).draw().map_err(|e| err(&e))?;
+            chart
+                .configure_mesh()
+                .x_desc("steering factor")
+                .y_desc(panel.y_desc)
+                .light_line_style(WHITE.mix(0.0))
+                .draw()
+                .map_err(|e| err(&e))?;
             for line in &panel.lines {
                 let c = color(&line.method);
                 let style = c.stroke_width(2);
@@ -156,7 +243,9 @@ fn draw(file: &str, size: (u32, u32), panels: &[Panel]) -> Result<String, PlotEr
                         .map_err(|e| err(&e))?
                         .label(&line.method)
                         .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
-                    chart.draw_series(line.points.iter().map(|p| Circle::new(*p, 3, c.filled()))).map_err(|e| err(&e))?;
+                    chart
+                        .draw_series(line.points.iter().map(|p| Circle::new(*p, 3, c.filled())))
+                        .map_err(|e| err(&e))?;
                 }
             }
             if k == 0 && !panel.lines.is_empty() {

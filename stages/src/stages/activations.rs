@@ -139,10 +139,18 @@ impl ActivationSet {
         let p = art.file("activations.safetensors")?;
         let tensors = Tensor::read_safetensors(p).map_err(|e| fail(p.display(), e))?;
         let get = |name: &str| -> Result<Tensor, StageError> {
-            tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).ok_or_else(|| fail(p.display(), format!("no tensor `{name}`")))
+            tensors
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.shallow_clone())
+                .ok_or_else(|| fail(p.display(), format!("no tensor `{name}`")))
         };
-        let ints = |name: &str| -> Result<Vec<i64>, StageError> { Vec::<i64>::try_from(&get(name)?).map_err(|e| fail(p.display(), e)) };
-        let usizes = |name: &str| -> Result<Vec<usize>, StageError> { Ok(ints(name)?.into_iter().map(|x| x as usize).collect()) };
+        let ints = |name: &str| -> Result<Vec<i64>, StageError> {
+            Vec::<i64>::try_from(&get(name)?).map_err(|e| fail(p.display(), e))
+        };
+        let usizes = |name: &str| -> Result<Vec<usize>, StageError> {
+            Ok(ints(name)?.into_iter().map(|x| x as usize).collect())
+        };
         let set = ActivationSet {
             acts: get("acts")?,
             offsets: usizes("offsets")?,
@@ -153,8 +161,18 @@ impl ActivationSet {
             rows,
         };
         let n = set.rows.len();
-        if set.offsets.len() != n + 1 || set.eval_len.len() != n || set.offsets.last().copied() != Some(set.acts.size()[0] as usize) {
-            return Err(fail(p.display(), format!("inconsistent sizes: {n} rows, {} offsets, {} token rows", set.offsets.len(), set.acts.size()[0])));
+        if set.offsets.len() != n + 1
+            || set.eval_len.len() != n
+            || set.offsets.last().copied() != Some(set.acts.size()[0] as usize)
+        {
+            return Err(fail(
+                p.display(),
+                format!(
+                    "inconsistent sizes: {n} rows, {} offsets, {} token rows",
+                    set.offsets.len(),
+                    set.acts.size()[0]
+                ),
+            ));
         }
         Ok(set)
     }
@@ -194,8 +212,13 @@ static MODEL: Mutex<Option<LoadedModel>> = Mutex::new(None);
 
 /// Model name for tables: the GGUF's file stem or the HF directory's name.
 pub fn model_name(path: &Path) -> String {
-    let p = if path.is_dir() { path.file_name() } else { path.file_stem() };
-    p.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
+    let p = if path.is_dir() {
+        path.file_name()
+    } else {
+        path.file_stem()
+    };
+    p.map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
 }
 
 fn load_model(path: &Path, device: DeviceSpec, dtype: DType) -> Result<LoadedModel, StageError> {
@@ -203,23 +226,45 @@ fn load_model(path: &Path, device: DeviceSpec, dtype: DType) -> Result<LoadedMod
     let (tokenizer, template) = if path.is_dir() {
         let tokenizer = Tokenizer::from_hf_file(path.join("tokenizer.json")).map_err(|e| fail("model.path", e))?;
         let cfg = path.join("tokenizer_config.json");
-        let jinja = std::fs::read_to_string(&cfg).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(str::to_owned));
+        let jinja = std::fs::read_to_string(&cfg)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(str::to_owned));
         let template = match jinja.as_deref().and_then(ChatTemplate::detect) {
             Some(t) => t,
             None if format!("{:?}", model.info().arch).to_lowercase().contains("gemma") => ChatTemplate::Gemma,
-            None => return Err(fail(path.display(), "no Gemma or ChatML chat_template in tokenizer_config.json")),
+            None => {
+                return Err(fail(
+                    path.display(),
+                    "no Gemma or ChatML chat_template in tokenizer_config.json",
+                ));
+            }
         };
         (tokenizer, template)
     } else {
         let tokenizer = Tokenizer::from_gguf_path(path).map_err(|e| fail("model.path", e))?;
         let file = GgufFile::open(path).map_err(|e| fail("model.path", e))?;
-        (tokenizer, ChatTemplate::from_gguf(&file).map_err(|e| fail("model.path", e))?)
+        (
+            tokenizer,
+            ChatTemplate::from_gguf(&file).map_err(|e| fail("model.path", e))?,
+        )
     };
-    Ok(LoadedModel { key: (path.to_path_buf(), device, dtype), name: model_name(path), model, tokenizer, template })
+    Ok(LoadedModel {
+        key: (path.to_path_buf(), device, dtype),
+        name: model_name(path),
+        model,
+        tokenizer,
+        template,
+    })
 }
 
 /// Runs `f` with the model at `path`, loading it unless the last one loaded in this process is the same.
-pub fn with_model<T>(path: &Path, device: DeviceSpec, dtype: DType, f: impl FnOnce(&LoadedModel) -> Result<T, StageError>) -> Result<T, StageError> {
+pub fn with_model<T>(
+    path: &Path,
+    device: DeviceSpec,
+    dtype: DType,
+    f: impl FnOnce(&LoadedModel) -> Result<T, StageError>,
+) -> Result<T, StageError> {
     let mut guard = MODEL.lock().unwrap_or_else(|e| e.into_inner());
     let key = (path.to_path_buf(), device, dtype);
     if guard.as_ref().is_none_or(|m| m.key != key) {
@@ -241,7 +286,11 @@ fn common_suffix(a: &[u32], b: &[u32]) -> usize {
 /// messages share (train.py `get_prefix_length`); the suffix is what two turns with different responses share at
 /// their end (`get_suffix_length`: `<end_of_turn>\n` for Gemma).
 pub fn template_lengths(m: &LoadedModel) -> Result<(usize, usize), StageError> {
-    let enc = |msgs: &[Message], generation: bool| m.template.encode(&m.tokenizer, msgs, generation).map_err(|e| fail("chat template", e));
+    let enc = |msgs: &[Message], generation: bool| {
+        m.template
+            .encode(&m.tokenizer, msgs, generation)
+            .map_err(|e| fail("chat template", e))
+    };
     let a = enc(&[Message::user("apple")], true)?;
     let b = enc(&[Message::user("zebra quartz")], true)?;
     let c = enc(&[Message::user("q"), Message::assistant("apple")], false)?;
@@ -250,9 +299,18 @@ pub fn template_lengths(m: &LoadedModel) -> Result<(usize, usize), StageError> {
 }
 
 /// Token ids of one row: `(train_form, eval_len, prompt_len)`.
-pub fn encode_row(m: &LoadedModel, suffix: usize, instruction: &str, response: &str) -> Result<(Vec<u32>, usize, usize), StageError> {
+pub fn encode_row(
+    m: &LoadedModel,
+    suffix: usize,
+    instruction: &str,
+    response: &str,
+) -> Result<(Vec<u32>, usize, usize), StageError> {
     let msgs = [Message::user(instruction), Message::assistant(response)];
-    let enc = |msgs: &[Message], generation: bool| m.template.encode(&m.tokenizer, msgs, generation).map_err(|e| fail("chat template", e));
+    let enc = |msgs: &[Message], generation: bool| {
+        m.template
+            .encode(&m.tokenizer, msgs, generation)
+            .map_err(|e| fail("chat template", e))
+    };
     let mut train = enc(&msgs, true)?;
     let mut eval = enc(&msgs, false)?;
     let prompt = enc(&msgs[..1], true)?;
@@ -277,14 +335,47 @@ impl Stage for Activations {
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec::optional("dataset", ParamType::Path, "", "AxBench data directory (unset when the `dataset` input is bound)"),
-            ParamSpec::optional("concept", ParamType::Int, SHARED_NEGATIVES, "concept id, -1 for the shared negatives, -2 for the imbalanced negative pool"),
-            ParamSpec::optional("pool_size", ParamType::Int, 3600, "concept -2: negatives in the imbalanced pool (AxBench: 36 x 100), capped at those in the eval data"),
-            ParamSpec::optional("pool_seed", ParamType::Int, 42, "concept -2: the pool's sampling seed (pandas random_state)"),
-            ParamSpec::required("model", ParamType::Path, "model: a .gguf file or an HF directory (hashed by content)"),
-            ParamSpec::required("layer", ParamType::Int, "layer whose output (residual stream) is stored"),
+            ParamSpec::optional(
+                "dataset",
+                ParamType::Path,
+                "",
+                "AxBench data directory (unset when the `dataset` input is bound)",
+            ),
+            ParamSpec::optional(
+                "concept",
+                ParamType::Int,
+                SHARED_NEGATIVES,
+                "concept id, -1 for the shared negatives, -2 for the imbalanced negative pool",
+            ),
+            ParamSpec::optional(
+                "pool_size",
+                ParamType::Int,
+                3600,
+                "concept -2: negatives in the imbalanced pool (AxBench: 36 x 100), capped at those in the eval data",
+            ),
+            ParamSpec::optional(
+                "pool_seed",
+                ParamType::Int,
+                42,
+                "concept -2: the pool's sampling seed (pandas random_state)",
+            ),
+            ParamSpec::required(
+                "model",
+                ParamType::Path,
+                "model: a .gguf file or an HF directory (hashed by content)",
+            ),
+            ParamSpec::required(
+                "layer",
+                ParamType::Int,
+                "layer whose output (residual stream) is stored",
+            ),
             ParamSpec::optional("device", ParamType::Str, "cpu", "cpu, cuda, cuda:N or auto"),
-            ParamSpec::optional("dtype", ParamType::Str, "f32", "f32 or bf16 (activations are stored as f32 either way)"),
+            ParamSpec::optional(
+                "dtype",
+                ParamType::Str,
+                "f32",
+                "f32 or bf16 (activations are stored as f32 either way)",
+            ),
             ParamSpec::optional("batch_tokens", ParamType::Int, 8192, "padded tokens per forward batch"),
         ]
     }
@@ -300,45 +391,80 @@ impl Stage for Activations {
         let concept_id = ctx.param_i64("concept")?;
         let model_path = ctx.param_path("model")?;
         if !model_path.exists() {
-            return Err(StageError::Param { name: "model".into(), message: format!("{} does not exist (a .gguf file or an HF model directory)", model_path.display()) });
+            return Err(StageError::Param {
+                name: "model".into(),
+                message: format!(
+                    "{} does not exist (a .gguf file or an HF model directory)",
+                    model_path.display()
+                ),
+            });
         }
         let layer = ctx.param_i64("layer")?;
-        let device: DeviceSpec = ctx.param_str("device")?.parse().map_err(|e| StageError::Param { name: "device".into(), message: format!("{e}") })?;
-        let dtype: DType = ctx.param_str("dtype")?.parse().map_err(|e| StageError::Param { name: "dtype".into(), message: format!("{e}") })?;
+        let device: DeviceSpec = ctx.param_str("device")?.parse().map_err(|e| StageError::Param {
+            name: "device".into(),
+            message: format!("{e}"),
+        })?;
+        let dtype: DType = ctx.param_str("dtype")?.parse().map_err(|e| StageError::Param {
+            name: "dtype".into(),
+            message: format!("{e}"),
+        })?;
         let batch_tokens = ctx.param_i64("batch_tokens")?.max(1) as usize;
 
-        let (examples, concept): (Vec<(&Example, Split)>, Option<&crate::data::Concept>) = if concept_id == SHARED_NEGATIVES {
-            let neg = data.train.iter().filter(|e| e.output_concept == EMPTY_CONCEPT && e.category == Category::Negative).map(|e| (e, Split::Train)).collect();
-            (neg, None)
-        } else if concept_id == IMBALANCE_POOL {
-            let eval = data.eval.as_deref().unwrap_or_default();
-            let available = eval.iter().filter(|e| e.category == Category::Negative).count();
-            let want = ctx.param_i64("pool_size")?.max(0) as usize;
-            if want > available {
-                ctx.log(format!("imbalanced pool: {want} negatives asked, {available} in the eval data: using {available}"));
-            }
-            let seed = ctx.param_i64("pool_seed")? as u32;
-            let pool = crate::data::imbalance_negative_pool(eval, want.min(available), seed).map_err(|e| fail("dataset", e))?;
-            (pool.into_iter().map(|e| (e, Split::Eval)).collect(), None)
-        } else {
-            let c = data.concepts.iter().find(|c| c.id == concept_id).ok_or_else(|| {
-                StageError::Param { name: "concept".into(), message: format!("no concept {concept_id} in {}", dir.join(AxBenchData::METADATA).display()) }
-            })?;
-            let ts = training_set(&data.train, c, None).map_err(|e| fail("dataset", e))?;
-            let eval = data.eval.as_deref().unwrap_or_default();
-            let mut rows: Vec<(&Example, Split)> = ts.positives.iter().map(|e| (*e, Split::Train)).collect();
-            rows.extend(eval_set(eval, concept_id).into_iter().map(|e| (e, Split::Eval)));
-            (rows, Some(c))
-        };
+        let (examples, concept): (Vec<(&Example, Split)>, Option<&crate::data::Concept>) =
+            if concept_id == SHARED_NEGATIVES {
+                let neg = data
+                    .train
+                    .iter()
+                    .filter(|e| e.output_concept == EMPTY_CONCEPT && e.category == Category::Negative)
+                    .map(|e| (e, Split::Train))
+                    .collect();
+                (neg, None)
+            } else if concept_id == IMBALANCE_POOL {
+                let eval = data.eval.as_deref().unwrap_or_default();
+                let available = eval.iter().filter(|e| e.category == Category::Negative).count();
+                let want = ctx.param_i64("pool_size")?.max(0) as usize;
+                if want > available {
+                    ctx.log(format!(
+                        "imbalanced pool: {want} negatives asked, {available} in the eval data: using {available}"
+                    ));
+                }
+                let seed = ctx.param_i64("pool_seed")? as u32;
+                let pool = crate::data::imbalance_negative_pool(eval, want.min(available), seed)
+                    .map_err(|e| fail("dataset", e))?;
+                (pool.into_iter().map(|e| (e, Split::Eval)).collect(), None)
+            } else {
+                let c = data
+                    .concepts
+                    .iter()
+                    .find(|c| c.id == concept_id)
+                    .ok_or_else(|| StageError::Param {
+                        name: "concept".into(),
+                        message: format!(
+                            "no concept {concept_id} in {}",
+                            dir.join(AxBenchData::METADATA).display()
+                        ),
+                    })?;
+                let ts = training_set(&data.train, c, None).map_err(|e| fail("dataset", e))?;
+                let eval = data.eval.as_deref().unwrap_or_default();
+                let mut rows: Vec<(&Example, Split)> = ts.positives.iter().map(|e| (*e, Split::Train)).collect();
+                rows.extend(eval_set(eval, concept_id).into_iter().map(|e| (e, Split::Eval)));
+                (rows, Some(c))
+            };
         if examples.is_empty() {
-            return Err(StageError::msg(format!("{}: no rows for concept {concept_id}", dir.display())));
+            return Err(StageError::msg(format!(
+                "{}: no rows for concept {concept_id}",
+                dir.display()
+            )));
         }
 
         let model_path2 = model_path.clone();
         let out = with_model(&model_path2, device, dtype, |m| {
             let n_layers = m.model.info().num_layers as i64;
             if layer < 0 || layer >= n_layers {
-                return Err(StageError::Param { name: "layer".into(), message: format!("{layer} is out of range: {} has layers 0..={}", m.name, n_layers - 1) });
+                return Err(StageError::Param {
+                    name: "layer".into(),
+                    message: format!("{layer} is out of range: {} has layers 0..={}", m.name, n_layers - 1),
+                });
             }
             extract(ctx, m, layer as usize, &examples, batch_tokens)
         })?;
@@ -374,7 +500,10 @@ impl Stage for Activations {
             seconds: secs,
             tokens_per_s: n_tokens as f64 / secs.max(1e-9),
         };
-        ctx.log(format!("{} rows, {} tokens in {:.1}s ({:.0} tokens/s)", meta.n_examples, n_tokens, secs, meta.tokens_per_s));
+        ctx.log(format!(
+            "{} rows, {} tokens in {:.1}s ({:.0} tokens/s)",
+            meta.n_examples, n_tokens, secs, meta.tokens_per_s
+        ));
         let as_i64 = |v: &[usize]| Tensor::from_slice(&v.iter().map(|x| *x as i64).collect::<Vec<_>>());
         let tensors = [
             ("acts", acts),
@@ -390,10 +519,27 @@ impl Stage for Activations {
     }
 }
 
-type Extracted = (Tensor, Vec<usize>, Vec<usize>, Vec<usize>, Vec<i64>, Vec<(String, String)>, usize, usize, String, f64);
+type Extracted = (
+    Tensor,
+    Vec<usize>,
+    Vec<usize>,
+    Vec<usize>,
+    Vec<i64>,
+    Vec<(String, String)>,
+    usize,
+    usize,
+    String,
+    f64,
+);
 
 /// Tokenizes, batches by length, runs the model to layer L and gathers each row's token activations in row order.
-fn extract(ctx: &StageContext, m: &LoadedModel, layer: usize, examples: &[(&Example, Split)], batch_tokens: usize) -> Result<Extracted, StageError> {
+fn extract(
+    ctx: &StageContext,
+    m: &LoadedModel,
+    layer: usize,
+    examples: &[(&Example, Split)],
+    batch_tokens: usize,
+) -> Result<Extracted, StageError> {
     let (prefix_length, suffix) = template_lengths(m)?;
     let bos = m.tokenizer.bos_id();
     let mut ids = Vec::with_capacity(examples.len());
@@ -427,7 +573,10 @@ fn extract(ctx: &StageContext, m: &LoadedModel, layer: usize, examples: &[(&Exam
         let batch: Vec<usize> = order[start..start + n].to_vec();
         let rows: Vec<Vec<i64>> = batch.iter().map(|&i| ids[i].clone()).collect();
         let (input, mask) = pad(&rows, 0, Padding::Right);
-        let h = m.model.activations(&input, Some(&mask), layer).map_err(|e| fail("forward", e))?;
+        let h = m
+            .model
+            .activations(&input, Some(&mask), layer)
+            .map_err(|e| fail("forward", e))?;
         let h = h.to_device(Device::Cpu).to_kind(Kind::Float);
         for (b, &i) in batch.iter().enumerate() {
             per_row[i] = Some(h.get(b as i64).narrow(0, 0, ids[i].len() as i64).copy());
@@ -444,5 +593,16 @@ fn extract(ctx: &StageContext, m: &LoadedModel, layer: usize, examples: &[(&Exam
     }
     let token_ids: Vec<i64> = ids.into_iter().flatten().collect();
     let hidden = m.model.info().hidden_size;
-    Ok((acts, offsets, eval_len, prompt_len, token_ids, texts, prefix_length, hidden, m.name.clone(), secs))
+    Ok((
+        acts,
+        offsets,
+        eval_len,
+        prompt_len,
+        token_ids,
+        texts,
+        prefix_length,
+        hidden,
+        m.name.clone(),
+        secs,
+    ))
 }

@@ -35,7 +35,10 @@ pub fn check_dataset_dir(dir: &Path) -> Result<(), StageError> {
     }
     for f in [AxBenchData::METADATA, AxBenchData::TRAIN, AxBenchData::EVAL] {
         if !dir.join(f).is_file() {
-            return Err(StageError::Param { name: "dataset".into(), message: format!("{}: missing {f}", dir.display()) });
+            return Err(StageError::Param {
+                name: "dataset".into(),
+                message: format!("{}: missing {f}", dir.display()),
+            });
         }
     }
     Ok(())
@@ -56,7 +59,12 @@ pub fn dataset_files(ctx: &StageContext) -> Result<(String, [PathBuf; 3]), Stage
         return Ok((format!("input `{DATASET_INPUT}` ({})", art.node), [a?, b?, c?]));
     }
     if ctx.param_str("dataset")?.is_empty() {
-        return Err(StageError::Param { name: "dataset".into(), message: format!("not set and no `{DATASET_INPUT}` input bound: give an AxBench data directory or an axbench.synthesize node") });
+        return Err(StageError::Param {
+            name: "dataset".into(),
+            message: format!(
+                "not set and no `{DATASET_INPUT}` input bound: give an AxBench data directory or an axbench.synthesize node"
+            ),
+        });
     }
     let dir = ctx.param_path("dataset")?;
     check_dataset_dir(&dir)?;
@@ -83,8 +91,18 @@ impl Stage for Concepts {
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec::optional("dataset", ParamType::Path, "", "AxBench data directory (metadata.jsonl, train_data.parquet, latent_eval_data.parquet); unset when the `dataset` input is bound"),
-            ParamSpec::optional("limit", ParamType::Int, 0, "keep the first N concepts in metadata order (0: all)"),
+            ParamSpec::optional(
+                "dataset",
+                ParamType::Path,
+                "",
+                "AxBench data directory (metadata.jsonl, train_data.parquet, latent_eval_data.parquet); unset when the `dataset` input is bound",
+            ),
+            ParamSpec::optional(
+                "limit",
+                ParamType::Int,
+                0,
+                "keep the first N concepts in metadata order (0: all)",
+            ),
         ]
     }
     fn output_kind(&self) -> OutputKind {
@@ -97,17 +115,27 @@ impl Stage for Concepts {
         let (origin, [metadata, _, _]) = dataset_files(ctx)?;
         let limit = ctx.param_i64("limit")?;
         if limit < 0 {
-            return Err(StageError::Param { name: "limit".into(), message: format!("must be >= 0 (0 keeps all), got {limit}") });
+            return Err(StageError::Param {
+                name: "limit".into(),
+                message: format!("must be >= 0 (0 keeps all), got {limit}"),
+            });
         }
         let all = read_metadata(&metadata).map_err(|e| fail("reading concepts", e))?;
         if all.is_empty() {
-            return Err(StageError::msg(format!("{origin}: {}: no concepts", AxBenchData::METADATA)));
+            return Err(StageError::msg(format!(
+                "{origin}: {}: no concepts",
+                AxBenchData::METADATA
+            )));
         }
         let kept = crate::data::limit_concepts(&all, (limit > 0).then_some(limit as usize));
         let mut seen = std::collections::BTreeSet::new();
         for c in kept {
             if !seen.insert(c.id) {
-                return Err(StageError::msg(format!("{origin}: {}: concept_id {} appears twice", AxBenchData::METADATA, c.id)));
+                return Err(StageError::msg(format!(
+                    "{origin}: {}: concept_id {} appears twice",
+                    AxBenchData::METADATA,
+                    c.id
+                )));
             }
         }
         ctx.log(format!("{} of {} concepts", kept.len(), all.len()));

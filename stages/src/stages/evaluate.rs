@@ -78,7 +78,15 @@ impl From<DetectionResultRow> for ResultRow {
 
 /// The evaluators on one concept's scores ([`crate::metrics::evaluate_concept`]); `pool` holds the detector's scores
 /// on the imbalanced negative pool, when the infer node scored one.
-pub fn evaluate_concept(model: &str, layer: i64, method: &str, concept_id: i64, max_acts: &[f64], categories: &[Category], pool: Option<&[f64]>) -> DetectionResultRow {
+pub fn evaluate_concept(
+    model: &str,
+    layer: i64,
+    method: &str,
+    concept_id: i64,
+    max_acts: &[f64],
+    categories: &[Category],
+    pool: Option<&[f64]>,
+) -> DetectionResultRow {
     crate::metrics::evaluate_concept(max_acts, categories, pool).to_row(model, layer, method, concept_id)
 }
 
@@ -94,7 +102,10 @@ fn fmt(x: Option<f64>) -> String {
 pub fn markdown(results: &Results) -> String {
     let mut groups: BTreeMap<(String, i64, String), Vec<&ResultRow>> = BTreeMap::new();
     for r in &results.detection {
-        groups.entry((r.model.clone(), r.layer, r.method.clone())).or_default().push(r);
+        groups
+            .entry((r.model.clone(), r.layer, r.method.clone()))
+            .or_default()
+            .push(r);
     }
     let concepts: std::collections::BTreeSet<i64> = results.detection.iter().map(|r| r.concept_id).collect();
     let per_concept = concepts.len() <= 12;
@@ -110,10 +121,16 @@ pub fn markdown(results: &Results) -> String {
             (n > 0).then_some(m)
         };
         methods.sort_by(|a, b| {
-            let (x, y) = (mean(&a.1, |r| r.auroc).unwrap_or(-1.0), mean(&b.1, |r| r.auroc).unwrap_or(-1.0));
+            let (x, y) = (
+                mean(&a.1, |r| r.auroc).unwrap_or(-1.0),
+                mean(&b.1, |r| r.auroc).unwrap_or(-1.0),
+            );
             y.total_cmp(&x).then(a.0.cmp(&b.0))
         });
-        out.push_str(&format!("Concept detection on {model}, layer {layer}: ROC AUC, positives vs negatives ({} concepts)\n\n", concepts.len()));
+        out.push_str(&format!(
+            "Concept detection on {model}, layer {layer}: ROC AUC, positives vs negatives ({} concepts)\n\n",
+            concepts.len()
+        ));
         out.push_str("| method | mean AUROC | mean max-F1 | mean hard-neg. acc. |");
         if imbalanced {
             out.push_str(" mean max-F1 (pool) |");
@@ -133,13 +150,21 @@ pub fn markdown(results: &Results) -> String {
         }
         out.push('\n');
         for (method, rows) in &methods {
-            out.push_str(&format!("| {method} | {} | {} | {} |", fmt(mean(rows, |r| r.auroc)), fmt(mean(rows, |r| r.f1)), fmt(mean(rows, |r| r.hard_negative_accuracy))));
+            out.push_str(&format!(
+                "| {method} | {} | {} | {} |",
+                fmt(mean(rows, |r| r.auroc)),
+                fmt(mean(rows, |r| r.f1)),
+                fmt(mean(rows, |r| r.hard_negative_accuracy))
+            ));
             if imbalanced {
                 out.push_str(&format!(" {} |", fmt(mean(rows, |r| r.f1_imbalanced))));
             }
             if per_concept {
                 for c in &concepts {
-                    out.push_str(&format!(" {} |", fmt(rows.iter().find(|r| r.concept_id == *c).and_then(|r| r.auroc))));
+                    out.push_str(&format!(
+                        " {} |",
+                        fmt(rows.iter().find(|r| r.concept_id == *c).and_then(|r| r.auroc))
+                    ));
                 }
             }
             out.push('\n');
@@ -166,9 +191,19 @@ impl Stage for Evaluate {
         let mut rows = Vec::new();
         let names: Vec<String> = ctx.input_names().into_iter().map(str::to_owned).collect();
         if names.is_empty() {
-            return Err(StageError::Input { name: "scores".into(), message: "not bound: gather infer (and prompt_detect) nodes, e.g. inputs = { scores = \"infer\" }".into() });
+            return Err(StageError::Input {
+                name: "scores".into(),
+                message: "not bound: gather infer (and prompt_detect) nodes, e.g. inputs = { scores = \"infer\" }"
+                    .into(),
+            });
         }
-        let arts: Vec<&axbench_engine::InputArtifact> = names.iter().map(|n| ctx.inputs(n)).collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect();
+        let arts: Vec<&axbench_engine::InputArtifact> = names
+            .iter()
+            .map(|n| ctx.inputs(n))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
         for art in arts {
             let meta: InferMeta = read_json(art.file("infer.json")?)?;
             let scores = read_scores(art.file("scores.parquet")?)?;
@@ -178,10 +213,22 @@ impl Stage for Evaluate {
                 Some(p) => Some(read_scores(p)?.iter().map(|s| s.max_act).collect()),
                 None => None,
             };
-            rows.push(evaluate_concept(&meta.model, meta.layer, &meta.method_class, meta.concept_id, &max_acts, &cats, pool.as_deref()));
+            rows.push(evaluate_concept(
+                &meta.model,
+                meta.layer,
+                &meta.method_class,
+                meta.concept_id,
+                &max_acts,
+                &cats,
+                pool.as_deref(),
+            ));
         }
-        rows.sort_by(|a, b| (&a.model, a.layer, &a.method, a.concept_id).cmp(&(&b.model, b.layer, &b.method, b.concept_id)));
-        let results = Results { detection: rows.iter().cloned().map(ResultRow::from).collect() };
+        rows.sort_by(|a, b| {
+            (&a.model, a.layer, &a.method, a.concept_id).cmp(&(&b.model, b.layer, &b.method, b.concept_id))
+        });
+        let results = Results {
+            detection: rows.iter().cloned().map(ResultRow::from).collect(),
+        };
         let batch = tables::detection_results_batch(&rows).map_err(|e| fail("results", e))?;
         tables::write_parquet_atomic(&ctx.output_path("results.parquet")?, &batch).map_err(|e| fail("results", e))?;
         let md = markdown(&results);
@@ -199,7 +246,15 @@ mod tests {
     fn evaluators_on_a_small_concept() {
         // Positives 3, 5; negatives 1, 4; hard negative 6 (dropped from the AUROC).
         // sklearn: roc_auc_score([1,1,0,0], [3,5,1,4]) = 0.75; best F1 over the PR curve = 0.8 (threshold 3).
-        let r = ResultRow::from(evaluate_concept("m", 9, "DiffMean", 0, &[3.0, 5.0, 1.0, 4.0, 6.0], &[P, P, N, N, H], None));
+        let r = ResultRow::from(evaluate_concept(
+            "m",
+            9,
+            "DiffMean",
+            0,
+            &[3.0, 5.0, 1.0, 4.0, 6.0],
+            &[P, P, N, N, H],
+            None,
+        ));
         assert_eq!(r.auroc, Some(0.75));
         assert!((r.f1.unwrap() - 0.8).abs() < 1e-12);
         assert_eq!((r.n_positive, r.n_negative, r.n_hard_negative), (2, 2, 1));

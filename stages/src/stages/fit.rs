@@ -64,14 +64,25 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 
 /// The methods config: the file, with `overrides` merged over it; errors name the file or the param.
 pub fn methods_config(path: &std::path::Path, overrides: &Value) -> Result<MethodsConfig, StageError> {
-    let text = std::fs::read_to_string(path).map_err(|source| StageError::Io { context: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| StageError::Io {
+        context: path.display().to_string(),
+        source,
+    })?;
     let mut table: toml::Table = toml::from_str(&text).map_err(|e| fail(path.display(), e))?;
     let over = overrides.to_json();
     if !over.as_object().is_some_and(|o| o.is_empty()) {
-        let over: toml::Table = toml::Table::try_from(over).map_err(|e| StageError::Param { name: "overrides".into(), message: format!("expected a table of method tables: {e}") })?;
+        let over: toml::Table = toml::Table::try_from(over).map_err(|e| StageError::Param {
+            name: "overrides".into(),
+            message: format!("expected a table of method tables: {e}"),
+        })?;
         merge(&mut table, over);
     }
-    MethodsConfig::from_toml_str(&table.to_string(), &format!("{} (with overrides)", path.display())).map_err(|e| StageError::Param { name: "config".into(), message: e.to_string() })
+    MethodsConfig::from_toml_str(&table.to_string(), &format!("{} (with overrides)", path.display())).map_err(|e| {
+        StageError::Param {
+            name: "config".into(),
+            message: e.to_string(),
+        }
+    })
 }
 
 /// The SAE last loaded in this process, reused by the next fit that names the same file (a GemmaScope SAE is
@@ -87,7 +98,10 @@ pub fn load_sae(path: &Path) -> Result<Arc<sae::Sae>, StageError> {
         return Ok(s.clone());
     }
     *guard = None;
-    let s = Arc::new(sae::Sae::load(path).map_err(|e| StageError::Param { name: "sae".into(), message: e.to_string() })?);
+    let s = Arc::new(sae::Sae::load(path).map_err(|e| StageError::Param {
+        name: "sae".into(),
+        message: e.to_string(),
+    })?);
     *guard = Some((path.to_path_buf(), s.clone()));
     Ok(s)
 }
@@ -106,15 +120,36 @@ impl Stage for Fit {
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec::required("method", ParamType::Str, "detection method: diffmean, pca, lat, probe, probe_stable, bow, sae, sae_a"),
-            ParamSpec::optional("config", ParamType::Path, "configs/methods.toml", "method hyperparameters (TOML)"),
-            ParamSpec::optional("overrides", ParamType::Any, Value::Table(Default::default()), "tables merged over the config, e.g. { LinearProbe = { lr = 1e-3 } }"),
-            ParamSpec::optional("sae", ParamType::Path, "", "JumpReLU SAE of the model and layer (GemmaScope params.npz or .safetensors: W_enc, b_enc, threshold, W_dec, b_dec); read by sae and sae_a only"),
+            ParamSpec::required(
+                "method",
+                ParamType::Str,
+                "detection method: diffmean, pca, lat, probe, probe_stable, bow, sae, sae_a",
+            ),
+            ParamSpec::optional(
+                "config",
+                ParamType::Path,
+                "configs/methods.toml",
+                "method hyperparameters (TOML)",
+            ),
+            ParamSpec::optional(
+                "overrides",
+                ParamType::Any,
+                Value::Table(Default::default()),
+                "tables merged over the config, e.g. { LinearProbe = { lr = 1e-3 } }",
+            ),
+            ParamSpec::optional(
+                "sae",
+                ParamType::Path,
+                "",
+                "JumpReLU SAE of the model and layer (GemmaScope params.npz or .safetensors: W_enc, b_enc, threshold, W_dec, b_dec); read by sae and sae_a only",
+            ),
         ]
     }
     fn validate_param(&self, name: &str, value: &Value) -> Result<(), String> {
         match (name, value.as_str()) {
-            ("method", Some(m)) if method_class(m).is_none() => Err(format!("unknown method {m:?} (from the `methods` list); valid: {METHOD_NAMES}")),
+            ("method", Some(m)) if method_class(m).is_none() => Err(format!(
+                "unknown method {m:?} (from the `methods` list); valid: {METHOD_NAMES}"
+            )),
             _ => Ok(()),
         }
     }
@@ -123,7 +158,10 @@ impl Stage for Fit {
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let method = ctx.param_str("method")?.to_owned();
-        let class = method_class(&method).ok_or_else(|| StageError::Param { name: "method".into(), message: format!("unknown method {method:?}; valid: {METHOD_NAMES}") })?;
+        let class = method_class(&method).ok_or_else(|| StageError::Param {
+            name: "method".into(),
+            message: format!("unknown method {method:?}; valid: {METHOD_NAMES}"),
+        })?;
         let config = methods_config(&ctx.param_path("config")?, ctx.param("overrides")?)?;
         let concept = ActivationSet::load(ctx.input("acts")?)?;
         let negatives = ActivationSet::load(ctx.input("negatives")?)?;
@@ -133,18 +171,37 @@ impl Stage for Fit {
                 concept.meta.model, concept.meta.layer, negatives.meta.model, negatives.meta.layer
             )));
         }
-        let genre = concept.meta.genre.clone().ok_or_else(|| StageError::Input { name: "acts".into(), message: "holds the shared negatives, not a concept".into() })?;
-        let pos: Vec<usize> = (0..concept.rows.len()).filter(|&i| concept.rows[i].split == Split::Train && concept.rows[i].category == Category::Positive).collect();
-        let neg: Vec<usize> = (0..negatives.rows.len()).filter(|&i| negatives.rows[i].concept_genre == genre).collect();
+        let genre = concept.meta.genre.clone().ok_or_else(|| StageError::Input {
+            name: "acts".into(),
+            message: "holds the shared negatives, not a concept".into(),
+        })?;
+        let pos: Vec<usize> = (0..concept.rows.len())
+            .filter(|&i| concept.rows[i].split == Split::Train && concept.rows[i].category == Category::Positive)
+            .collect();
+        let neg: Vec<usize> = (0..negatives.rows.len())
+            .filter(|&i| negatives.rows[i].concept_genre == genre)
+            .collect();
         if pos.is_empty() || neg.is_empty() {
-            return Err(StageError::msg(format!("concept {}: {} positives and {} shared negatives of genre {genre:?}: need both", concept.meta.concept_id, pos.len(), neg.len())));
+            return Err(StageError::msg(format!(
+                "concept {}: {} positives and {} shared negatives of genre {genre:?}: need both",
+                concept.meta.concept_id,
+                pos.len(),
+                neg.len()
+            )));
         }
-        let labels: Vec<bool> = std::iter::repeat_n(true, pos.len()).chain(std::iter::repeat_n(false, neg.len())).collect();
+        let labels: Vec<bool> = std::iter::repeat_n(true, pos.len())
+            .chain(std::iter::repeat_n(false, neg.len()))
+            .collect();
 
         let mut resources = MethodResources::default();
         if uses_sae(class) {
             if ctx.param_str("sae")?.is_empty() {
-                return Err(StageError::Param { name: "sae".into(), message: format!("method {method} needs a JumpReLU SAE file (GemmaScope params.npz or .safetensors)") });
+                return Err(StageError::Param {
+                    name: "sae".into(),
+                    message: format!(
+                        "method {method} needs a JumpReLU SAE file (GemmaScope params.npz or .safetensors)"
+                    ),
+                });
             }
             resources.sae = Some(load_sae(&ctx.param_path("sae")?)?);
         }
@@ -159,37 +216,70 @@ impl Stage for Fit {
             return Err(StageError::Input { name: "acts".into(), message: "was computed before activations recorded the concept's ref (needed for its SAE feature): recompute it".into() });
         }
         let registry = Registry::builtin();
-        let m = registry.build(class, &config, &resources).map_err(|e| fail(&method, e))?;
+        let m = registry
+            .build(class, &config, &resources)
+            .map_err(|e| fail(&method, e))?;
         let needs = m.needs();
-        let start = if class.starts_with("LinearProbe") { 1 } else { concept.meta.prefix_length };
+        let start = if class.starts_with("LinearProbe") {
+            1
+        } else {
+            concept.meta.prefix_length
+        };
         let acts = if needs.activations {
             let a = concept.slice(&pos, start, End::Train).map_err(|e| fail(&method, e))?;
             let b = negatives.slice(&neg, start, End::Train).map_err(|e| fail(&method, e))?;
-            let offsets: Vec<usize> = a.offsets.iter().copied().chain(b.offsets[1..].iter().map(|o| o + a.n_tokens())).collect();
-            Some(crate::methods::TokenActivations::new(Tensor::cat(&[&a.acts, &b.acts], 0), offsets).map_err(|e| fail(&method, e))?)
+            let offsets: Vec<usize> = a
+                .offsets
+                .iter()
+                .copied()
+                .chain(b.offsets[1..].iter().map(|o| o + a.n_tokens()))
+                .collect();
+            Some(
+                crate::methods::TokenActivations::new(Tensor::cat(&[&a.acts, &b.acts], 0), offsets)
+                    .map_err(|e| fail(&method, e))?,
+            )
         } else {
             None
         };
         let texts: Option<Vec<String>> = needs.texts.then(|| {
-            pos.iter().map(|&i| concept.rows[i].train_text.clone()).chain(neg.iter().map(|&i| negatives.rows[i].train_text.clone())).collect()
+            pos.iter()
+                .map(|&i| concept.rows[i].train_text.clone())
+                .chain(neg.iter().map(|&i| negatives.rows[i].train_text.clone()))
+                .collect()
         });
-        let input = FitInput { labels: &labels, activations: acts.as_ref(), texts: texts.as_deref(), model: None, concept: Some(&concept_meta) };
+        let input = FitInput {
+            labels: &labels,
+            activations: acts.as_ref(),
+            texts: texts.as_deref(),
+            model: None,
+            concept: Some(&concept_meta),
+        };
         let t0 = Instant::now();
         let detector = m.fit(&input).map_err(|e| fail(&method, e))?;
         let seconds = t0.elapsed().as_secs_f64();
         let artifact = detector.artifact();
         // The steering direction (`w` for linear methods, `W_dec[f]` for SAE features), for the steer stage.
         if let Some(w) = detector.steering_direction() {
-            let bias = if let FittedArtifact::Linear { bias, .. } = &artifact { *bias } else { 0.0 };
+            let bias = if let FittedArtifact::Linear { bias, .. } = &artifact {
+                *bias
+            } else {
+                0.0
+            };
             let p = ctx.output_path("direction.safetensors")?;
             let w = w.to_kind(tch::Kind::Float).contiguous();
-            Tensor::write_safetensors(&[("w", w), ("bias", Tensor::from_slice(&[bias]))], &p).map_err(|e| fail(p.display(), e))?;
+            Tensor::write_safetensors(&[("w", w), ("bias", Tensor::from_slice(&[bias]))], &p)
+                .map_err(|e| fail(p.display(), e))?;
         }
         if let FittedArtifact::SaeFeature { feature, .. } = &artifact {
             ctx.log(format!("{class}: SAE feature {feature}"));
         }
         write_json(ctx, "detector.json", &artifact)?;
-        ctx.log(format!("{class} on concept {}: {} pos / {} neg in {seconds:.2}s", concept.meta.concept_id, pos.len(), neg.len()));
+        ctx.log(format!(
+            "{class} on concept {}: {} pos / {} neg in {seconds:.2}s",
+            concept.meta.concept_id,
+            pos.len(),
+            neg.len()
+        ));
         write_json(
             ctx,
             "fit.json",
@@ -226,7 +316,15 @@ mod tests {
 
     #[test]
     fn method_names_map_to_axbench_classes() {
-        for (short, class) in [("diffmean", "DiffMean"), ("pca", "PCA"), ("lat", "LAT"), ("probe", "LinearProbe"), ("probe_stable", "LinearProbeStable"), ("bow", "BoW"), ("Probe", "LinearProbe")] {
+        for (short, class) in [
+            ("diffmean", "DiffMean"),
+            ("pca", "PCA"),
+            ("lat", "LAT"),
+            ("probe", "LinearProbe"),
+            ("probe_stable", "LinearProbeStable"),
+            ("bow", "BoW"),
+            ("Probe", "LinearProbe"),
+        ] {
             assert_eq!(method_class(short), Some(class), "{short}");
         }
         assert_eq!(method_class("reft"), None);

@@ -51,14 +51,26 @@ pub fn read_scores(path: &Path) -> Result<Vec<Score>, StageError> {
     let batch = tables::read_parquet(path).map_err(|e| fail("scores", e))?;
     let concept = tables::int64_column(&batch, path, tables::col::CONCEPT_ID).map_err(|e| fail("scores", e))?;
     let cat = tables::string_column(&batch, path, tables::col::CATEGORY).map_err(|e| fail("scores", e))?;
-    let idx = tables::column_as(&batch, path, tables::col::EXAMPLE_INDEX, &DataType::UInt32).map_err(|e| fail("scores", e))?;
+    let idx = tables::column_as(&batch, path, tables::col::EXAMPLE_INDEX, &DataType::UInt32)
+        .map_err(|e| fail("scores", e))?;
     let idx = idx.as_any().downcast_ref::<UInt32Array>().expect("cast to UInt32");
-    let max = tables::column_as(&batch, path, tables::col::MAX_ACT, &DataType::Float64).map_err(|e| fail("scores", e))?;
+    let max =
+        tables::column_as(&batch, path, tables::col::MAX_ACT, &DataType::Float64).map_err(|e| fail("scores", e))?;
     let max = max.as_any().downcast_ref::<Float64Array>().expect("cast to Float64");
     (0..batch.num_rows())
         .map(|i| {
-            let category = Category::parse(cat.value(i)).ok_or_else(|| fail(path.display(), format!("row {i}: column `category`: unknown value {:?}", cat.value(i))))?;
-            Ok(Score { concept_id: concept.value(i), example_index: idx.value(i), category, max_act: if max.is_null(i) { f64::NAN } else { max.value(i) } })
+            let category = Category::parse(cat.value(i)).ok_or_else(|| {
+                fail(
+                    path.display(),
+                    format!("row {i}: column `category`: unknown value {:?}", cat.value(i)),
+                )
+            })?;
+            Ok(Score {
+                concept_id: concept.value(i),
+                example_index: idx.value(i),
+                category,
+                max_act: if max.is_null(i) { f64::NAN } else { max.value(i) },
+            })
         })
         .collect()
 }
@@ -69,21 +81,47 @@ pub const POOL_INPUT: &str = "pool";
 pub const POOL_SCORES: &str = "pool_scores.parquet";
 
 /// Scores every row of the imbalanced pool with the concept's detector (eval form, after the prefix, max-pooled).
-fn score_pool(art: &axbench_engine::InputArtifact, concept: &ActivationSet, detector: &dyn crate::methods::Detector, fit: &FitMeta) -> Result<Vec<LatentScoreRow>, StageError> {
+fn score_pool(
+    art: &axbench_engine::InputArtifact,
+    concept: &ActivationSet,
+    detector: &dyn crate::methods::Detector,
+    fit: &FitMeta,
+) -> Result<Vec<LatentScoreRow>, StageError> {
     let pool = ActivationSet::load(art)?;
     if pool.meta.model != concept.meta.model || pool.meta.layer != concept.meta.layer {
-        return Err(StageError::Input { name: POOL_INPUT.into(), message: format!("holds {} layer {}, the concept {} layer {}", pool.meta.model, pool.meta.layer, concept.meta.model, concept.meta.layer) });
+        return Err(StageError::Input {
+            name: POOL_INPUT.into(),
+            message: format!(
+                "holds {} layer {}, the concept {} layer {}",
+                pool.meta.model, pool.meta.layer, concept.meta.model, concept.meta.layer
+            ),
+        });
     }
     let all: Vec<usize> = (0..pool.rows.len()).collect();
-    let acts = pool.slice(&all, pool.meta.prefix_length, End::Eval).map_err(|e| fail(&fit.method, e))?;
+    let acts = pool
+        .slice(&all, pool.meta.prefix_length, End::Eval)
+        .map_err(|e| fail(&fit.method, e))?;
     let texts: Vec<String> = pool.rows.iter().map(|r| r.eval_text.clone()).collect();
-    let scores = detector.score(&ScoreInput { activations: Some(&acts), texts: Some(&texts) }).map_err(|e| fail(&fit.method, e))?;
+    let scores = detector
+        .score(&ScoreInput {
+            activations: Some(&acts),
+            texts: Some(&texts),
+        })
+        .map_err(|e| fail(&fit.method, e))?;
     Ok(pool
         .rows
         .iter()
         .zip(scores)
         .enumerate()
-        .map(|(k, (r, s))| LatentScoreRow { concept_id: r.concept_id, example_index: k as u32, method: fit.method_class.clone(), category: r.category.as_str().to_owned(), max_act: s.max_act, max_act_idx: s.max_act_idx.map(|x| x as u32), acts: Vec::new() })
+        .map(|(k, (r, s))| LatentScoreRow {
+            concept_id: r.concept_id,
+            example_index: k as u32,
+            method: fit.method_class.clone(),
+            category: r.category.as_str().to_owned(),
+            max_act: s.max_act,
+            max_act_idx: s.max_act_idx.map(|x| x as u32),
+            acts: Vec::new(),
+        })
         .collect())
 }
 
@@ -106,18 +144,40 @@ impl Stage for Infer {
         let artifact: FittedArtifact = read_json(fit_art.file("detector.json")?)?;
         let set = ActivationSet::load(ctx.input("acts")?)?;
         if set.meta.concept_id != fit.concept_id {
-            return Err(StageError::msg(format!("detector of concept {} given activations of concept {}", fit.concept_id, set.meta.concept_id)));
+            return Err(StageError::msg(format!(
+                "detector of concept {} given activations of concept {}",
+                fit.concept_id, set.meta.concept_id
+            )));
         }
-        let detector = artifact.into_detector(&MethodResources::default()).map_err(|e| fail(&fit.method, e))?;
-        let eval: Vec<usize> = (0..set.rows.len()).filter(|&i| set.rows[i].split == Split::Eval).collect();
+        let detector = artifact
+            .into_detector(&MethodResources::default())
+            .map_err(|e| fail(&fit.method, e))?;
+        let eval: Vec<usize> = (0..set.rows.len())
+            .filter(|&i| set.rows[i].split == Split::Eval)
+            .collect();
         if eval.is_empty() {
-            return Err(StageError::msg(format!("concept {}: no latent eval rows", fit.concept_id)));
+            return Err(StageError::msg(format!(
+                "concept {}: no latent eval rows",
+                fit.concept_id
+            )));
         }
-        let acts = set.slice(&eval, set.meta.prefix_length, End::Eval).map_err(|e| fail(&fit.method, e))?;
+        let acts = set
+            .slice(&eval, set.meta.prefix_length, End::Eval)
+            .map_err(|e| fail(&fit.method, e))?;
         let texts: Vec<String> = eval.iter().map(|&i| set.rows[i].eval_text.clone()).collect();
-        let scores = detector.score(&ScoreInput { activations: Some(&acts), texts: Some(&texts) }).map_err(|e| fail(&fit.method, e))?;
+        let scores = detector
+            .score(&ScoreInput {
+                activations: Some(&acts),
+                texts: Some(&texts),
+            })
+            .map_err(|e| fail(&fit.method, e))?;
         if scores.len() != eval.len() {
-            return Err(StageError::msg(format!("{}: {} scores for {} examples", fit.method, scores.len(), eval.len())));
+            return Err(StageError::msg(format!(
+                "{}: {} scores for {} examples",
+                fit.method,
+                scores.len(),
+                eval.len()
+            )));
         }
         if let Some(warning) = constant_scores_warning(&fit.method, scores.iter().map(|s| s.max_act)) {
             tracing::warn!("concept {}: {warning}", fit.concept_id);
@@ -147,7 +207,14 @@ impl Stage for Infer {
         write_json(
             ctx,
             "infer.json",
-            &InferMeta { model: set.meta.model.clone(), layer: set.meta.layer, concept_id: set.meta.concept_id, method: fit.method.clone(), method_class: fit.method_class.clone(), n_examples: rows.len() },
+            &InferMeta {
+                model: set.meta.model.clone(),
+                layer: set.meta.layer,
+                concept_id: set.meta.concept_id,
+                method: fit.method.clone(),
+                method_class: fit.method_class.clone(),
+                n_examples: rows.len(),
+            },
         )
     }
 }
@@ -161,8 +228,14 @@ fn constant_scores_warning(method: &str, max_acts: impl Iterator<Item = f64>) ->
     if !acts.all(|a| a == first) {
         return None;
     }
-    let dead = if first == 0.0 { " (a ReLU latent that never fires: for ReFT-r1 or an SAE feature, a dead latent)" } else { "" };
-    Some(format!("{method}: every eval row scores {first}{dead}; this detector cannot rank them (AUROC 0.5)"))
+    let dead = if first == 0.0 {
+        " (a ReLU latent that never fires: for ReFT-r1 or an SAE feature, a dead latent)"
+    } else {
+        ""
+    };
+    Some(format!(
+        "{method}: every eval row scores {first}{dead}; this detector cannot rank them (AUROC 0.5)"
+    ))
 }
 
 #[cfg(test)]
@@ -172,8 +245,15 @@ mod tests {
     #[test]
     fn constant_scores_are_reported_and_varied_ones_are_not() {
         let w = constant_scores_warning("reft_r1", [0.0, 0.0, f64::NAN, 0.0].into_iter()).unwrap();
-        assert!(w.contains("every eval row scores 0") && w.contains("dead latent"), "{w}");
-        assert!(constant_scores_warning("probe", [0.3, 0.3].into_iter()).unwrap().contains("scores 0.3;"));
+        assert!(
+            w.contains("every eval row scores 0") && w.contains("dead latent"),
+            "{w}"
+        );
+        assert!(
+            constant_scores_warning("probe", [0.3, 0.3].into_iter())
+                .unwrap()
+                .contains("scores 0.3;")
+        );
         assert_eq!(constant_scores_warning("probe", [0.0, 0.1].into_iter()), None);
         assert_eq!(constant_scores_warning("probe", std::iter::empty()), None);
     }

@@ -31,7 +31,10 @@ use axbench_engine::{ParamSpec, ParamType, StageContext, StageError};
 use axbench_models::device::DeviceSpec;
 
 use super::fail;
-use crate::lm::{CallOutcome, CallRecord, ClientOptions, LmBackend, LmCache, LmClient, LmSettings, LmStats, LocalBackend, OpenAiBackend, PriceTable, SamplingParams};
+use crate::lm::{
+    CallOutcome, CallRecord, ClientOptions, LmBackend, LmCache, LmClient, LmSettings, LmStats, LocalBackend,
+    OpenAiBackend, PriceTable, SamplingParams,
+};
 
 /// A stage's defaults for the LM params.
 #[derive(Debug, Clone, Copy)]
@@ -47,13 +50,38 @@ pub struct LmDefaults {
 /// The LM params with `d`'s defaults (see the module doc).
 pub fn lm_params(d: LmDefaults) -> Vec<ParamSpec> {
     vec![
-        ParamSpec::optional("backend", ParamType::Str, "local", "local (our runtime) or openai (an OpenAI-compatible API)"),
-        ParamSpec::optional("model", ParamType::Str, d.model, "local: default-instruct, default or a .gguf path; openai: the model name (gpt-4o-mini)"),
-        ParamSpec::optional("base_url", ParamType::Str, "https://api.openai.com/v1", "openai backend: API base URL up to /v1"),
+        ParamSpec::optional(
+            "backend",
+            ParamType::Str,
+            "local",
+            "local (our runtime) or openai (an OpenAI-compatible API)",
+        ),
+        ParamSpec::optional(
+            "model",
+            ParamType::Str,
+            d.model,
+            "local: default-instruct, default or a .gguf path; openai: the model name (gpt-4o-mini)",
+        ),
+        ParamSpec::optional(
+            "base_url",
+            ParamType::Str,
+            "https://api.openai.com/v1",
+            "openai backend: API base URL up to /v1",
+        ),
         ParamSpec::optional("temperature", ParamType::Float, d.temperature, d.role),
-        ParamSpec::optional("max_tokens", ParamType::Int, d.max_tokens, "LM reply length limit (0: none)"),
+        ParamSpec::optional(
+            "max_tokens",
+            ParamType::Int,
+            d.max_tokens,
+            "LM reply length limit (0: none)",
+        ),
         ParamSpec::optional("seed", ParamType::Int, 0, "LM sampling seed"),
-        ParamSpec::optional("cache_dir", ParamType::Str, ".axbench/lm_cache", "LM answer cache, relative to the project (not hashed)"),
+        ParamSpec::optional(
+            "cache_dir",
+            ParamType::Str,
+            ".axbench/lm_cache",
+            "LM answer cache, relative to the project (not hashed)",
+        ),
         ParamSpec::optional("concurrency", ParamType::Int, 8, "LM calls in flight"),
     ]
 }
@@ -73,7 +101,12 @@ pub struct StageLm {
 pub fn build_lm(ctx: &StageContext) -> Result<StageLm, StageError> {
     let backend_kind = ctx.param_str("backend")?.to_owned();
     let model_spec = ctx.param_str("model")?.to_owned();
-    let mut settings = LmSettings { model: model_spec.clone(), base_url: ctx.param_str("base_url")?.to_owned(), concurrency: ctx.param_i64("concurrency")?.max(1) as usize, ..Default::default() };
+    let mut settings = LmSettings {
+        model: model_spec.clone(),
+        base_url: ctx.param_str("base_url")?.to_owned(),
+        concurrency: ctx.param_i64("concurrency")?.max(1) as usize,
+        ..Default::default()
+    };
     retry_knobs(&mut settings)?;
     let max_tokens = ctx.param_i64("max_tokens")?;
     let params = SamplingParams {
@@ -84,22 +117,41 @@ pub fn build_lm(ctx: &StageContext) -> Result<StageLm, StageError> {
     };
     let (backend, model_id): (Arc<dyn LmBackend>, String) = match backend_kind.as_str() {
         "local" => {
-            let b = LocalBackend::from_spec(&model_spec, DeviceSpec::Cpu).map_err(|e| StageError::Param { name: "model".into(), message: e.to_string() })?;
+            let b = LocalBackend::from_spec(&model_spec, DeviceSpec::Cpu).map_err(|e| StageError::Param {
+                name: "model".into(),
+                message: e.to_string(),
+            })?;
             let id = b.model_id().to_owned();
             (Arc::new(b), id)
         }
         "openai" => {
             settings.temperature = params.temperature;
-            let b = OpenAiBackend::from_env(&settings).map_err(|e| StageError::Param { name: "backend".into(), message: e.to_string() })?;
+            let b = OpenAiBackend::from_env(&settings).map_err(|e| StageError::Param {
+                name: "backend".into(),
+                message: e.to_string(),
+            })?;
             (Arc::new(b), model_spec.clone())
         }
-        other => return Err(StageError::Param { name: "backend".into(), message: format!("unknown backend {other:?}: local or openai") }),
+        other => {
+            return Err(StageError::Param {
+                name: "backend".into(),
+                message: format!("unknown backend {other:?}: local or openai"),
+            });
+        }
     };
     let describe = backend.describe();
     let cache_dir = ctx.project_dir().join(ctx.param_str("cache_dir")?);
     let cache = LmCache::open(&cache_dir).map_err(|e| fail(cache_dir.display(), e))?;
-    let client = LmClient::new(backend, ClientOptions::from_settings(&settings, PriceTable::default(), Some(cache)));
-    Ok(StageLm { client, model_id, params, describe })
+    let client = LmClient::new(
+        backend,
+        ClientOptions::from_settings(&settings, PriceTable::default(), Some(cache)),
+    );
+    Ok(StageLm {
+        client,
+        model_id,
+        params,
+        describe,
+    })
 }
 
 /// Applies the `AXBENCH_LM_*` retry knobs of the environment (module doc) to `settings`.
@@ -107,7 +159,9 @@ fn retry_knobs(settings: &mut LmSettings) -> Result<(), StageError> {
     fn read<T: std::str::FromStr>(name: &str, ok: impl Fn(&T) -> bool) -> Result<Option<T>, StageError> {
         match std::env::var(name) {
             Err(_) => Ok(None),
-            Ok(v) => v.trim().parse::<T>().ok().filter(|x| ok(x)).map(Some).ok_or_else(|| StageError::msg(format!("environment variable {name}={v:?}: expected a positive number"))),
+            Ok(v) => v.trim().parse::<T>().ok().filter(|x| ok(x)).map(Some).ok_or_else(|| {
+                StageError::msg(format!("environment variable {name}={v:?}: expected a positive number"))
+            }),
         }
     }
     if let Some(t) = read::<f64>("AXBENCH_LM_TIMEOUT_S", |t| t.is_finite() && *t > 0.0)? {
@@ -123,7 +177,14 @@ fn retry_knobs(settings: &mut LmSettings) -> Result<(), StageError> {
 }
 
 /// Failure classes another attempt later may cure (the client retried them and gave up).
-pub const TRANSIENT_FAILURES: [&str; 6] = ["rate_limited", "server", "timeout", "connection", "invalid_response", "empty_choices"];
+pub const TRANSIENT_FAILURES: [&str; 6] = [
+    "rate_limited",
+    "server",
+    "timeout",
+    "connection",
+    "invalid_response",
+    "empty_choices",
+];
 
 /// Fails the node when any LM call ended in a transient failure (module doc), after logging each failed call of
 /// `records` (class, attempts, message; the backend scrubbed credentials from it). The error names how many calls
@@ -131,21 +192,40 @@ pub const TRANSIENT_FAILURES: [&str; 6] = ["rate_limited", "server", "timeout", 
 pub fn check_failed_calls(ctx: &mut StageContext, stats: &LmStats, records: &[CallRecord]) -> Result<(), StageError> {
     for r in records {
         if let CallOutcome::Failed(f) = &r.outcome {
-            ctx.log(format!("LM call {} failed after {} attempts: {}: {}", r.key, f.attempts, f.kind, f.message));
+            ctx.log(format!(
+                "LM call {} failed after {} attempts: {}: {}",
+                r.key, f.attempts, f.kind, f.message
+            ));
         }
     }
-    let transient: u64 = stats.failures_by_kind.iter().filter(|(k, _)| TRANSIENT_FAILURES.contains(&k.as_str())).map(|(_, n)| n).sum();
+    let transient: u64 = stats
+        .failures_by_kind
+        .iter()
+        .filter(|(k, _)| TRANSIENT_FAILURES.contains(&k.as_str()))
+        .map(|(_, n)| n)
+        .sum();
     if transient == 0 {
         return Ok(());
     }
-    let by_kind = stats.failures_by_kind.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", ");
+    let by_kind = stats
+        .failures_by_kind
+        .iter()
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     Err(StageError::msg(format!(
         "{} of {} LM calls failed after retries ({by_kind}); {} answered calls are cached, so a rerun asks only the failed ones",
-        stats.failed, stats.calls, stats.completed + stats.refused
+        stats.failed,
+        stats.calls,
+        stats.completed + stats.refused
     )))
 }
 
 /// A two-worker tokio runtime for a stage's async LM calls (stages run on blocking threads).
 pub fn runtime() -> Result<tokio::runtime::Runtime, StageError> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| fail("tokio runtime", e))
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| fail("tokio runtime", e))
 }

@@ -66,12 +66,19 @@ pub(crate) fn fail(context: impl std::fmt::Display, e: impl std::fmt::Display) -
 
 /// Reads a JSON file written by an upstream stage.
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T, StageError> {
-    let bytes = std::fs::read(path).map_err(|source| StageError::Io { context: path.display().to_string(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| StageError::Io {
+        context: path.display().to_string(),
+        source,
+    })?;
     serde_json::from_slice(&bytes).map_err(|e| fail(path.display(), e))
 }
 
 /// Writes `value` as pretty JSON to output `name`.
-pub(crate) fn write_json<T: serde::Serialize>(ctx: &axbench_engine::StageContext, name: &str, value: &T) -> Result<(), StageError> {
+pub(crate) fn write_json<T: serde::Serialize>(
+    ctx: &axbench_engine::StageContext,
+    name: &str,
+    value: &T,
+) -> Result<(), StageError> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| fail(name, e))?;
     ctx.write_output(name, &bytes)
 }

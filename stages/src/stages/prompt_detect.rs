@@ -68,7 +68,9 @@ pub struct PromptDetectMeta {
 
 /// The rating prompt for one response (the judge's concept template: concept and text fragment).
 pub fn rating_prompt(prompts: &PromptSet, concept: &str, response: &str) -> Result<String, StageError> {
-    prompts.render(Template::JudgeConcept, &[("concept", concept), ("sentence", response)]).map_err(|e| fail("prompts", e))
+    prompts
+        .render(Template::JudgeConcept, &[("concept", concept), ("sentence", response)])
+        .map_err(|e| fail("prompts", e))
 }
 
 impl Stage for PromptDetect {
@@ -80,13 +82,38 @@ impl Stage for PromptDetect {
     }
     fn params(&self) -> Vec<ParamSpec> {
         let mut p = vec![
-            ParamSpec::optional("dataset", ParamType::Path, "", "AxBench data directory (unset when the `dataset` input is bound)"),
+            ParamSpec::optional(
+                "dataset",
+                ParamType::Path,
+                "",
+                "AxBench data directory (unset when the `dataset` input is bound)",
+            ),
             ParamSpec::required("concept", ParamType::Int, "concept id whose latent eval rows are rated"),
-            ParamSpec::optional("target", ParamType::Str, "", "the model the other methods read (a path; only its name labels the rows)"),
-            ParamSpec::optional("layer", ParamType::Int, -1, "the layer the other methods read (labels the rows)"),
-            ParamSpec::optional("prompts", ParamType::Path, "configs/prompts", "prompt template directory"),
+            ParamSpec::optional(
+                "target",
+                ParamType::Str,
+                "",
+                "the model the other methods read (a path; only its name labels the rows)",
+            ),
+            ParamSpec::optional(
+                "layer",
+                ParamType::Int,
+                -1,
+                "the layer the other methods read (labels the rows)",
+            ),
+            ParamSpec::optional(
+                "prompts",
+                ParamType::Path,
+                "configs/prompts",
+                "prompt template directory",
+            ),
         ];
-        p.extend(lm_params(LmDefaults { model: "default-instruct", temperature: 1.0, max_tokens: 512, role: "rating LM temperature (AxBench: the steering model, sampled at 1.0)" }));
+        p.extend(lm_params(LmDefaults {
+            model: "default-instruct",
+            temperature: 1.0,
+            max_tokens: 512,
+            role: "rating LM temperature (AxBench: the steering model, sampled at 1.0)",
+        }));
         p.push(rating_param());
         p
     }
@@ -96,16 +123,41 @@ impl Stage for PromptDetect {
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let data = open_dataset(ctx)?;
         let concept_id = ctx.param_i64("concept")?;
-        let concept = data.concepts.iter().find(|c| c.id == concept_id).ok_or_else(|| StageError::Param { name: "concept".into(), message: format!("no concept {concept_id} in {}", data.dir.display()) })?.concept.clone();
+        let concept = data
+            .concepts
+            .iter()
+            .find(|c| c.id == concept_id)
+            .ok_or_else(|| StageError::Param {
+                name: "concept".into(),
+                message: format!("no concept {concept_id} in {}", data.dir.display()),
+            })?
+            .concept
+            .clone();
         let rows = eval_set(data.eval.as_deref().unwrap_or_default(), concept_id);
         if rows.is_empty() {
-            return Err(StageError::msg(format!("concept {concept_id}: no latent eval rows in {}", data.dir.display())));
+            return Err(StageError::msg(format!(
+                "concept {concept_id}: no latent eval rows in {}",
+                data.dir.display()
+            )));
         }
-        let prompts = PromptSet::load(&ctx.param_path("prompts")?).map_err(|e| StageError::Param { name: "prompts".into(), message: e.to_string() })?;
+        let prompts = PromptSet::load(&ctx.param_path("prompts")?).map_err(|e| StageError::Param {
+            name: "prompts".into(),
+            message: e.to_string(),
+        })?;
         let mode = rating_mode(ctx)?;
         let lm = build_lm(ctx)?;
-        let requests = rows.iter().map(|r| Ok(mode.apply(ChatRequest::user(lm.model_id.clone(), rating_prompt(&prompts, &concept, &r.output)?, lm.params.clone())))).collect::<Result<Vec<_>, StageError>>()?;
-        ctx.progress().set_message(format!("{} ratings through {}", requests.len(), lm.describe));
+        let requests = rows
+            .iter()
+            .map(|r| {
+                Ok(mode.apply(ChatRequest::user(
+                    lm.model_id.clone(),
+                    rating_prompt(&prompts, &concept, &r.output)?,
+                    lm.params.clone(),
+                )))
+            })
+            .collect::<Result<Vec<_>, StageError>>()?;
+        ctx.progress()
+            .set_message(format!("{} ratings through {}", requests.len(), lm.describe));
         let records = runtime()?.block_on(lm.client.call_many(&requests));
         check_failed_calls(ctx, &lm.client.stats(), &records)?;
 
@@ -114,19 +166,60 @@ impl Stage for PromptDetect {
         for (k, (row, rec)) in rows.iter().zip(&records).enumerate() {
             let rating = match rec.text() {
                 Some(t) => parse_rating(t),
-                None => crate::judge::Rating { value: 0.0, status: RatingStatus::NoReply },
+                None => crate::judge::Rating {
+                    value: 0.0,
+                    status: RatingStatus::NoReply,
+                },
             };
             *statuses.entry(rating.status).or_default() += 1;
-            scores.push(LatentScoreRow { concept_id, example_index: k as u32, method: CLASS.into(), category: row.category.as_str().into(), max_act: rating.value, max_act_idx: None, acts: Vec::new() });
+            scores.push(LatentScoreRow {
+                concept_id,
+                example_index: k as u32,
+                method: CLASS.into(),
+                category: row.category.as_str().into(),
+                max_act: rating.value,
+                max_act_idx: None,
+                acts: Vec::new(),
+            });
         }
         let target = ctx.param_str("target")?;
-        let model = if target.is_empty() { lm.model_id.clone() } else { super::activations::model_name(std::path::Path::new(target)) };
+        let model = if target.is_empty() {
+            lm.model_id.clone()
+        } else {
+            super::activations::model_name(std::path::Path::new(target))
+        };
         let batch = tables::latent_scores_batch(&scores).map_err(|e| fail("scores", e))?;
         tables::write_parquet_atomic(&ctx.output_path("scores.parquet")?, &batch).map_err(|e| fail("scores", e))?;
-        write_json(ctx, "infer.json", &InferMeta { model, layer: ctx.param_i64("layer")?, concept_id, method: METHOD.into(), method_class: CLASS.into(), n_examples: scores.len() })?;
+        write_json(
+            ctx,
+            "infer.json",
+            &InferMeta {
+                model,
+                layer: ctx.param_i64("layer")?,
+                concept_id,
+                method: METHOD.into(),
+                method_class: CLASS.into(),
+                n_examples: scores.len(),
+            },
+        )?;
         let parsed = statuses.get(&RatingStatus::Parsed).copied().unwrap_or(0);
-        ctx.log(format!("concept {concept_id}: {} rows rated by {}; {parsed} ratings read", scores.len(), lm.describe));
-        write_json(ctx, "prompt_detect.json", &PromptDetectMeta { concept_id, concept, lm: lm.describe.clone(), rating: mode, ratings: statuses, calls: lm.client.stats() })
+        ctx.log(format!(
+            "concept {concept_id}: {} rows rated by {}; {parsed} ratings read",
+            scores.len(),
+            lm.describe
+        ));
+        write_json(
+            ctx,
+            "prompt_detect.json",
+            &PromptDetectMeta {
+                concept_id,
+                concept,
+                lm: lm.describe.clone(),
+                rating: mode,
+                ratings: statuses,
+                calls: lm.client.stats(),
+            },
+        )
     }
 }
 
@@ -139,7 +232,12 @@ mod tests {
     #[test]
     fn rendered_rating_prompt() {
         let prompts = PromptSet::load(&PromptSet::default_dir()).unwrap();
-        let p = rating_prompt(&prompts, "terms related to employment and employees", "The workers asked their employer for a raise.").unwrap();
+        let p = rating_prompt(
+            &prompts,
+            "terms related to employment and employees",
+            "The workers asked their employer for a raise.",
+        )
+        .unwrap();
         insta::assert_snapshot!("prompt_detect_rating", p);
     }
 }

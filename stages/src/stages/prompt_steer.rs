@@ -23,7 +23,10 @@ use serde::{Deserialize, Serialize};
 
 use super::activations::with_model;
 use super::lm_stage::{LmDefaults, build_lm, lm_params, runtime};
-use super::steer::{Generation, GenerationRow, SteerMeta, chat_prompt, generate_steered, generation_params, generations_batch, perplexities, pick_instructions, read_generation};
+use super::steer::{
+    Generation, GenerationRow, SteerMeta, chat_prompt, generate_steered, generation_params, generations_batch,
+    perplexities, pick_instructions, read_generation,
+};
 use super::{fail, read_json, write_json};
 use crate::lm::ChatRequest;
 use crate::prompts::{PromptSet, Template};
@@ -72,11 +75,25 @@ impl Stage for SteeringPrompt {
     }
     fn params(&self) -> Vec<ParamSpec> {
         let mut p = vec![
-            ParamSpec::required("dataset", ParamType::Path, "AxBench data directory (metadata.jsonl names the concept)"),
+            ParamSpec::required(
+                "dataset",
+                ParamType::Path,
+                "AxBench data directory (metadata.jsonl names the concept)",
+            ),
             ParamSpec::required("concept", ParamType::Int, "concept id"),
-            ParamSpec::optional("prompts", ParamType::Path, "configs/prompts", "prompt template directory (steering_prompt.txt)"),
+            ParamSpec::optional(
+                "prompts",
+                ParamType::Path,
+                "configs/prompts",
+                "prompt template directory (steering_prompt.txt)",
+            ),
         ];
-        p.extend(lm_params(LmDefaults { model: "default-instruct", temperature: 1.0, max_tokens: 256, role: "temperature of the prompt writer" }));
+        p.extend(lm_params(LmDefaults {
+            model: "default-instruct",
+            temperature: 1.0,
+            max_tokens: 256,
+            role: "temperature of the prompt writer",
+        }));
         p
     }
     fn doc(&self) -> &str {
@@ -86,17 +103,43 @@ impl Stage for SteeringPrompt {
         let concept_id = ctx.param_i64("concept")?;
         let metadata = ctx.param_path("dataset")?.join("metadata.jsonl");
         let concepts = crate::data::read_metadata(&metadata).map_err(|e| fail("dataset", e))?;
-        let concept = concepts.iter().find(|c| c.id == concept_id).ok_or_else(|| fail(metadata.display(), format!("no concept {concept_id}")))?.concept.clone();
+        let concept = concepts
+            .iter()
+            .find(|c| c.id == concept_id)
+            .ok_or_else(|| fail(metadata.display(), format!("no concept {concept_id}")))?
+            .concept
+            .clone();
         let prompts = PromptSet::load(&ctx.param_path("prompts")?).map_err(|e| fail("prompts", e))?;
-        let request = prompts.render(Template::SteeringPrompt, &[("concept", &concept)]).map_err(|e| fail("prompts", e))?;
+        let request = prompts
+            .render(Template::SteeringPrompt, &[("concept", &concept)])
+            .map_err(|e| fail("prompts", e))?;
         let lm = build_lm(ctx)?;
-        let record = runtime()?.block_on(lm.client.call(&ChatRequest::user(lm.model_id.clone(), request.clone(), lm.params.clone())));
+        let record = runtime()?.block_on(lm.client.call(&ChatRequest::user(
+            lm.model_id.clone(),
+            request.clone(),
+            lm.params.clone(),
+        )));
         let reply = record.text().map(str::to_owned);
         let written = steering_prompt_from_reply(reply.as_deref());
         let fallback = written.is_none();
         let steering_prompt = written.unwrap_or_else(|| fallback_steering_prompt(&concept));
-        ctx.log(format!("steering prompt for concept {concept_id} ({}): {steering_prompt:?}", if fallback { "fallback" } else { lm.describe.as_str() }));
-        write_json(ctx, "steering_prompt.json", &SteeringPromptRecord { concept_id, concept, writer: lm.describe, request, reply, steering_prompt, fallback })
+        ctx.log(format!(
+            "steering prompt for concept {concept_id} ({}): {steering_prompt:?}",
+            if fallback { "fallback" } else { lm.describe.as_str() }
+        ));
+        write_json(
+            ctx,
+            "steering_prompt.json",
+            &SteeringPromptRecord {
+                concept_id,
+                concept,
+                writer: lm.describe,
+                request,
+                reply,
+                steering_prompt,
+                fallback,
+            },
+        )
     }
 }
 
@@ -117,7 +160,13 @@ impl Stage for PromptSteer {
         "Prompting baseline, step 2: the steering prompt prepended to each instruction, generated without intervention"
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
-        let Generation { model_path, load, instructions: all, per_concept, settings } = read_generation(ctx)?;
+        let Generation {
+            model_path,
+            load,
+            instructions: all,
+            per_concept,
+            settings,
+        } = read_generation(ctx)?;
         let sp: SteeringPromptRecord = read_json(ctx.input("prompt")?.file("steering_prompt.json")?)?;
         let concept_id = sp.concept_id;
         let instructions = pick_instructions(&all, concept_id, per_concept);
@@ -125,7 +174,10 @@ impl Stage for PromptSteer {
         let t0 = Instant::now();
         ctx.progress().set_length(instructions.len() as u64);
         let (gens, tokens, name) = with_model(&model_path, load.device, load.dtype, |m| {
-            let ids: Vec<Vec<i64>> = instructions.iter().map(|i| chat_prompt(m, &steered_instruction(&sp.steering_prompt, i))).collect::<Result<_, _>>()?;
+            let ids: Vec<Vec<i64>> = instructions
+                .iter()
+                .map(|i| chat_prompt(m, &steered_instruction(&sp.steering_prompt, i)))
+                .collect::<Result<_, _>>()?;
             let (g, tokens) = generate_steered(m, &ids, None, 0.0, &settings)?;
             let texts: Vec<String> = g.into_iter().map(|g| g.text).collect();
             let ppl = perplexities(m, &texts)?;
@@ -136,11 +188,21 @@ impl Stage for PromptSteer {
             .iter()
             .zip(gens)
             .enumerate()
-            .map(|(k, (instr, (generation, perplexity)))| GenerationRow { concept_id, method: METHOD_CLASS.into(), factor: 1.0, input_id: k as i64, instruction: instr.clone(), generation, strength: 0.0, perplexity })
+            .map(|(k, (instr, (generation, perplexity)))| GenerationRow {
+                concept_id,
+                method: METHOD_CLASS.into(),
+                factor: 1.0,
+                input_id: k as i64,
+                instruction: instr.clone(),
+                generation,
+                strength: 0.0,
+                perplexity,
+            })
             .collect();
         let seconds = t0.elapsed().as_secs_f64();
         ctx.log(format!("{} generations, {tokens} tokens in {seconds:.1}s", rows.len()));
-        tables::write_parquet_atomic(&ctx.output_path("generations.parquet")?, &generations_batch(&rows)?).map_err(|e| fail("generations", e))?;
+        tables::write_parquet_atomic(&ctx.output_path("generations.parquet")?, &generations_batch(&rows)?)
+            .map_err(|e| fail("generations", e))?;
         let meta = SteerMeta {
             model: name,
             layer: -1,
@@ -165,12 +227,18 @@ mod tests {
 
     #[test]
     fn steered_input_is_axbench_shape() {
-        assert_eq!(steered_instruction("Talk about cats.", "What is 2+2?"), " Talk about cats.\n\nQuestion: What is 2+2?");
+        assert_eq!(
+            steered_instruction("Talk about cats.", "What is 2+2?"),
+            " Talk about cats.\n\nQuestion: What is 2+2?"
+        );
     }
 
     #[test]
     fn empty_or_missing_reply_falls_back() {
-        assert_eq!(steering_prompt_from_reply(Some("  Mention cats.\n")), Some("Mention cats.".into()));
+        assert_eq!(
+            steering_prompt_from_reply(Some("  Mention cats.\n")),
+            Some("Mention cats.".into())
+        );
         assert_eq!(steering_prompt_from_reply(Some(" \n ")), None);
         assert_eq!(steering_prompt_from_reply(None), None);
     }

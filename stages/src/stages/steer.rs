@@ -103,8 +103,12 @@ pub fn generations_batch(rows: &[GenerationRow]) -> Result<RecordBatch, StageErr
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.method.as_str()))),
         Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.factor))),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.input_id))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.instruction.as_str()))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.generation.as_str()))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.instruction.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.generation.as_str()),
+        )),
         Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.strength))),
         Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.perplexity))),
     ];
@@ -116,12 +120,28 @@ pub fn read_generations(path: &Path) -> Result<Vec<GenerationRow>, StageError> {
     let batch = tables::read_parquet(path).map_err(|e| fail("generations", e))?;
     let f64col = |name: &str| -> Result<Float64Array, StageError> {
         let schema = batch.schema();
-        let i = schema.index_of(name).map_err(|_| fail(path.display(), format!("no column `{name}`")))?;
-        batch.column(i).as_any().downcast_ref::<Float64Array>().cloned().ok_or_else(|| fail(path.display(), format!("column `{name}` is not float64")))
+        let i = schema
+            .index_of(name)
+            .map_err(|_| fail(path.display(), format!("no column `{name}`")))?;
+        batch
+            .column(i)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .cloned()
+            .ok_or_else(|| fail(path.display(), format!("column `{name}` is not float64")))
     };
     let s = |name| tables::string_column(&batch, path, name).map_err(|e| fail("generations", e));
     let i = |name| tables::int64_column(&batch, path, name).map_err(|e| fail("generations", e));
-    let (concept, method, factor, input, instr, gen_, strength, ppl) = (i(col::CONCEPT_ID)?, s(col::METHOD)?, f64col(col::FACTOR)?, i(col::INPUT_ID)?, s(col::INSTRUCTION)?, s(col::GENERATION)?, f64col(col::STRENGTH)?, f64col(col::PERPLEXITY)?);
+    let (concept, method, factor, input, instr, gen_, strength, ppl) = (
+        i(col::CONCEPT_ID)?,
+        s(col::METHOD)?,
+        f64col(col::FACTOR)?,
+        i(col::INPUT_ID)?,
+        s(col::INSTRUCTION)?,
+        s(col::GENERATION)?,
+        f64col(col::STRENGTH)?,
+        f64col(col::PERPLEXITY)?,
+    );
     Ok((0..batch.num_rows())
         .map(|k| GenerationRow {
             concept_id: concept.value(k),
@@ -158,7 +178,10 @@ pub struct SteerMeta {
 /// Reads an instruction file: a JSON array of objects with a string `instruction` (AlpacaEval's
 /// `alpaca_eval.json`), or JSON lines of such objects. Errors name the file and the entry.
 pub fn load_instructions(path: &Path) -> Result<Vec<String>, StageError> {
-    let text = std::fs::read_to_string(path).map_err(|source| StageError::Io { context: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| StageError::Io {
+        context: path.display().to_string(),
+        source,
+    })?;
     let entries: Vec<serde_json::Value> = if text.trim_start().starts_with('[') {
         serde_json::from_str(&text).map_err(|e| fail(path.display(), e))?
     } else {
@@ -172,7 +195,10 @@ pub fn load_instructions(path: &Path) -> Result<Vec<String>, StageError> {
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            v.get("instruction").and_then(|s| s.as_str()).map(str::to_owned).ok_or_else(|| fail(path.display(), format!("entry {i}: no string field `instruction`")))
+            v.get("instruction")
+                .and_then(|s| s.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| fail(path.display(), format!("entry {i}: no string field `instruction`")))
         })
         .collect::<Result<_, _>>()?;
     if out.is_empty() {
@@ -185,24 +211,39 @@ pub fn load_instructions(path: &Path) -> Result<Vec<String>, StageError> {
 /// seeded with the concept id, in draw order (`input_id` = position).
 pub fn pick_instructions(all: &[String], concept_id: i64, n: usize) -> Vec<String> {
     let mut rng = StdRng::seed_from_u64(concept_id as u64);
-    rand::seq::index::sample(&mut rng, all.len(), n.min(all.len())).into_iter().map(|i| all[i].clone()).collect()
+    rand::seq::index::sample(&mut rng, all.len(), n.min(all.len()))
+        .into_iter()
+        .map(|i| all[i].clone())
+        .collect()
 }
 
 /// AxBench's magnitude base: the largest finite `max_act`; ≤ 0 or none → [`DEFAULT_MAX_ACT`].
 pub fn steering_max_act(max_acts: impl IntoIterator<Item = f64>) -> f64 {
-    let m = max_acts.into_iter().filter(|x| x.is_finite()).fold(f64::NEG_INFINITY, f64::max);
+    let m = max_acts
+        .into_iter()
+        .filter(|x| x.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
     if m > 0.0 { m } else { DEFAULT_MAX_ACT }
 }
 
 /// `w / |w|` from a fit node's `direction.safetensors`; `None` when the method wrote no direction.
 pub fn unit_direction(fit: &axbench_engine::InputArtifact) -> Result<Option<Vec<f32>>, StageError> {
-    let Some(p) = fit.files.get("direction.safetensors") else { return Ok(None) };
+    let Some(p) = fit.files.get("direction.safetensors") else {
+        return Ok(None);
+    };
     let tensors = Tensor::read_safetensors(p).map_err(|e| fail(p.display(), e))?;
-    let w = tensors.iter().find(|(n, _)| n == "w").map(|(_, t)| t.shallow_clone()).ok_or_else(|| fail(p.display(), "no tensor `w`"))?;
+    let w = tensors
+        .iter()
+        .find(|(n, _)| n == "w")
+        .map(|(_, t)| t.shallow_clone())
+        .ok_or_else(|| fail(p.display(), "no tensor `w`"))?;
     let w: Vec<f32> = Vec::try_from(&w.to_kind(tch::Kind::Float).flatten(0, -1)).map_err(|e| fail(p.display(), e))?;
     let norm = w.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     if !(norm > 0.0 && norm.is_finite()) {
-        return Err(fail(p.display(), format!("direction `w` has norm {norm}: cannot steer along it")));
+        return Err(fail(
+            p.display(),
+            format!("direction `w` has norm {norm}: cannot steer along it"),
+        ));
     }
     Ok(Some(w.iter().map(|x| (*x as f64 / norm) as f32).collect()))
 }
@@ -223,13 +264,37 @@ pub struct SteerSettings {
 /// them once for both).
 pub(crate) fn generation_params() -> Vec<ParamSpec> {
     vec![
-        ParamSpec::required("model", ParamType::Path, "model to steer: a .gguf file or an HF directory (hashed by content)"),
+        ParamSpec::required(
+            "model",
+            ParamType::Path,
+            "model to steer: a .gguf file or an HF directory (hashed by content)",
+        ),
         ParamSpec::optional("device", ParamType::Str, "cpu", "cpu, cuda, cuda:N or auto"),
         ParamSpec::optional("dtype", ParamType::Str, "f32", "f32 or bf16"),
-        ParamSpec::optional("instructions", ParamType::Path, "configs/instructions/demo.json", "instruction file: JSON list of {\"instruction\": ...} (AlpacaEval) or JSON lines"),
-        ParamSpec::optional("per_concept", ParamType::Int, 10, "instructions per concept (first half selects the factor, second half tests)"),
-        ParamSpec::optional("temperature", ParamType::Float, 1.0, "sampling temperature of the steered model (AxBench: 1.0); 0 = greedy"),
-        ParamSpec::optional("max_new_tokens", ParamType::Int, 32, "tokens per generation (AxBench: 128)"),
+        ParamSpec::optional(
+            "instructions",
+            ParamType::Path,
+            "configs/instructions/demo.json",
+            "instruction file: JSON list of {\"instruction\": ...} (AlpacaEval) or JSON lines",
+        ),
+        ParamSpec::optional(
+            "per_concept",
+            ParamType::Int,
+            10,
+            "instructions per concept (first half selects the factor, second half tests)",
+        ),
+        ParamSpec::optional(
+            "temperature",
+            ParamType::Float,
+            1.0,
+            "sampling temperature of the steered model (AxBench: 1.0); 0 = greedy",
+        ),
+        ParamSpec::optional(
+            "max_new_tokens",
+            ParamType::Int,
+            32,
+            "tokens per generation (AxBench: 128)",
+        ),
         ParamSpec::optional("seed", ParamType::Int, 42, "sampling seed"),
         ParamSpec::optional("batch_size", ParamType::Int, 10, "prompts per generation batch"),
     ]
@@ -247,21 +312,42 @@ pub(crate) struct Generation {
 }
 
 pub(crate) fn read_generation(ctx: &StageContext) -> Result<Generation, StageError> {
-    let param_err = |name: &str, message: String| StageError::Param { name: name.into(), message };
+    let param_err = |name: &str, message: String| StageError::Param {
+        name: name.into(),
+        message,
+    };
     let model_path = ctx.param_path("model")?;
     if !model_path.exists() {
-        return Err(param_err("model", format!("{} does not exist (a .gguf file or an HF model directory)", model_path.display())));
+        return Err(param_err(
+            "model",
+            format!(
+                "{} does not exist (a .gguf file or an HF model directory)",
+                model_path.display()
+            ),
+        ));
     }
-    let device: DeviceSpec = ctx.param_str("device")?.parse().map_err(|e| param_err("device", format!("{e}")))?;
-    let dtype: DType = ctx.param_str("dtype")?.parse().map_err(|e| param_err("dtype", format!("{e}")))?;
+    let device: DeviceSpec = ctx
+        .param_str("device")?
+        .parse()
+        .map_err(|e| param_err("device", format!("{e}")))?;
+    let dtype: DType = ctx
+        .param_str("dtype")?
+        .parse()
+        .map_err(|e| param_err("dtype", format!("{e}")))?;
     let instructions = load_instructions(&ctx.param_path("instructions")?)?;
     let per_concept = ctx.param_i64("per_concept")?;
     if per_concept < 1 {
-        return Err(param_err("per_concept", format!("must be at least 1, got {per_concept}")));
+        return Err(param_err(
+            "per_concept",
+            format!("must be at least 1, got {per_concept}"),
+        ));
     }
     let max_new_tokens = ctx.param_i64("max_new_tokens")?;
     if max_new_tokens < 1 {
-        return Err(param_err("max_new_tokens", format!("must be at least 1, got {max_new_tokens}")));
+        return Err(param_err(
+            "max_new_tokens",
+            format!("must be at least 1, got {max_new_tokens}"),
+        ));
     }
     let settings = SteerSettings {
         layer: 0,
@@ -270,12 +356,21 @@ pub(crate) fn read_generation(ctx: &StageContext) -> Result<Generation, StageErr
         seed: ctx.param_i64("seed")? as u64,
         batch_size: ctx.param_i64("batch_size")?.max(1) as usize,
     };
-    Ok(Generation { model_path, load: axbench_models::LoadOptions { device, dtype }, instructions, per_concept: per_concept as usize, settings })
+    Ok(Generation {
+        model_path,
+        load: axbench_models::LoadOptions { device, dtype },
+        instructions,
+        per_concept: per_concept as usize,
+        settings,
+    })
 }
 
 /// Token ids of `instruction` as a one-turn chat prompt with the generation prompt.
 pub fn chat_prompt(m: &LoadedModel, instruction: &str) -> Result<Vec<i64>, StageError> {
-    let ids = m.template.encode(&m.tokenizer, &[Message::user(instruction)], true).map_err(|e| fail("chat template", e))?;
+    let ids = m
+        .template
+        .encode(&m.tokenizer, &[Message::user(instruction)], true)
+        .map_err(|e| fail("chat template", e))?;
     Ok(ids.into_iter().map(i64::from).collect())
 }
 
@@ -315,9 +410,22 @@ impl Generated {
 /// Generates from token-id `prompts` with `direction * strength` added at `settings.layer` (every position, prompt
 /// and generated tokens), in chunks of `batch_size`. `direction: None` runs the unsteered model. Returns the
 /// generations and the number of generated tokens (stop tokens included).
-pub fn generate_steered(m: &LoadedModel, prompts: &[Vec<i64>], direction: Option<&[f32]>, strength: f64, s: &SteerSettings) -> Result<(Vec<Generated>, usize), StageError> {
+pub fn generate_steered(
+    m: &LoadedModel,
+    prompts: &[Vec<i64>],
+    direction: Option<&[f32]>,
+    strength: f64,
+    s: &SteerSettings,
+) -> Result<(Vec<Generated>, usize), StageError> {
     let stops = stop_tokens(m);
-    let sampling = if s.temperature > 0.0 { Sampling::Sample { temperature: s.temperature, top_p: 1.0 } } else { Sampling::Greedy };
+    let sampling = if s.temperature > 0.0 {
+        Sampling::Sample {
+            temperature: s.temperature,
+            top_p: 1.0,
+        }
+    } else {
+        Sampling::Greedy
+    };
     let mut out = Vec::with_capacity(prompts.len());
     let mut n_tokens = 0;
     for (chunk_index, chunk) in prompts.chunks(s.batch_size.max(1)).enumerate() {
@@ -341,15 +449,28 @@ pub fn generate_steered(m: &LoadedModel, prompts: &[Vec<i64>], direction: Option
             let tokens: Vec<i64> = g.tokens.into_iter().filter(|t| !stops.contains(t)).collect();
             let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
             let text = m.tokenizer.decode(&ids, true).map_err(|e| fail("decode", e))?;
-            out.push(Generated { text, prompt_ids: prompt_ids.clone(), tokens });
+            out.push(Generated {
+                text,
+                prompt_ids: prompt_ids.clone(),
+                tokens,
+            });
         }
     }
     Ok((out, n_tokens))
 }
 
 /// [`generate_steered`] on `instructions`, each as a one-turn chat prompt; returns the texts.
-pub fn steered_generations(m: &LoadedModel, instructions: &[String], direction: Option<&[f32]>, strength: f64, s: &SteerSettings) -> Result<(Vec<String>, usize), StageError> {
-    let prompts: Vec<Vec<i64>> = instructions.iter().map(|i| chat_prompt(m, i)).collect::<Result<_, _>>()?;
+pub fn steered_generations(
+    m: &LoadedModel,
+    instructions: &[String],
+    direction: Option<&[f32]>,
+    strength: f64,
+    s: &SteerSettings,
+) -> Result<(Vec<String>, usize), StageError> {
+    let prompts: Vec<Vec<i64>> = instructions
+        .iter()
+        .map(|i| chat_prompt(m, i))
+        .collect::<Result<_, _>>()?;
     let (gens, n) = generate_steered(m, &prompts, direction, strength, s)?;
     Ok((gens.into_iter().map(|g| g.text).collect(), n))
 }
@@ -363,7 +484,13 @@ pub fn perplexities(m: &LoadedModel, texts: &[String]) -> Result<Vec<f64>, Stage
     texts
         .iter()
         .map(|text| {
-            let ids: Vec<i64> = m.tokenizer.encode(text, true).map_err(|e| fail("perplexity: tokenize", e))?.into_iter().map(i64::from).collect();
+            let ids: Vec<i64> = m
+                .tokenizer
+                .encode(text, true)
+                .map_err(|e| fail("perplexity: tokenize", e))?
+                .into_iter()
+                .map(i64::from)
+                .collect();
             perplexity_of_ids(m, &ids)
         })
         .collect()
@@ -378,9 +505,18 @@ pub fn perplexity_of_ids(m: &LoadedModel, ids: &[i64]) -> Result<f64, StageError
     let _guard = tch::no_grad_guard();
     let n = ids.len() as i64;
     let input = Tensor::from_slice(ids).view([1, n]);
-    let fwd = m.model.forward(&input, None, &Hooks::none(), Logits::All, None).map_err(|e| fail("perplexity: forward", e))?;
-    let logits = fwd.logits.ok_or_else(|| fail("perplexity", "the forward pass returned no logits"))?;
-    let logp = logits.get(0).narrow(0, 0, n - 1).to_kind(tch::Kind::Float).log_softmax(-1, tch::Kind::Float);
+    let fwd = m
+        .model
+        .forward(&input, None, &Hooks::none(), Logits::All, None)
+        .map_err(|e| fail("perplexity: forward", e))?;
+    let logits = fwd
+        .logits
+        .ok_or_else(|| fail("perplexity", "the forward pass returned no logits"))?;
+    let logp = logits
+        .get(0)
+        .narrow(0, 0, n - 1)
+        .to_kind(tch::Kind::Float)
+        .log_softmax(-1, tch::Kind::Float);
     let targets = Tensor::from_slice(&ids[1..]).to_device(logp.device()).view([n - 1, 1]);
     let nll = -logp.gather(1, &targets, false).mean(tch::Kind::Double);
     Ok(nll.exp().double_value(&[]))
@@ -388,9 +524,17 @@ pub fn perplexity_of_ids(m: &LoadedModel, ids: &[i64]) -> Result<f64, StageError
 
 /// The `factors` param as numbers.
 fn factors_param(v: &Value) -> Result<Vec<f64>, StageError> {
-    let bad = |m: String| StageError::Param { name: "factors".into(), message: m };
-    let Value::List(items) = v else { return Err(bad(format!("expected a list of numbers, got {v}"))) };
-    let fs: Vec<f64> = items.iter().map(|x| x.as_f64().ok_or_else(|| bad(format!("{x} is not a number")))).collect::<Result<_, _>>()?;
+    let bad = |m: String| StageError::Param {
+        name: "factors".into(),
+        message: m,
+    };
+    let Value::List(items) = v else {
+        return Err(bad(format!("expected a list of numbers, got {v}")));
+    };
+    let fs: Vec<f64> = items
+        .iter()
+        .map(|x| x.as_f64().ok_or_else(|| bad(format!("{x} is not a number"))))
+        .collect::<Result<_, _>>()?;
     if fs.is_empty() {
         return Err(bad("is empty".into()));
     }
@@ -408,7 +552,17 @@ impl Stage for Steer {
         let mut params = generation_params();
         params.extend([
             ParamSpec::required("layer", ParamType::Int, "layer whose output the vector is added to"),
-            ParamSpec::optional("factors", ParamType::List, Value::List(vec![Value::Float(0.0), Value::Float(0.5), Value::Float(1.0), Value::Float(2.0)]), "steering factors (strength = factor x max activation); the paper: 0.2..2.0 step 0.2, 2.5, 3, 4, 5"),
+            ParamSpec::optional(
+                "factors",
+                ParamType::List,
+                Value::List(vec![
+                    Value::Float(0.0),
+                    Value::Float(0.5),
+                    Value::Float(1.0),
+                    Value::Float(2.0),
+                ]),
+                "steering factors (strength = factor x max activation); the paper: 0.2..2.0 step 0.2, 2.5, 3, 4, 5",
+            ),
         ]);
         params
     }
@@ -419,9 +573,18 @@ impl Stage for Steer {
         "Steered generations for one concept and method: unit direction x factor x max activation added at layer L"
     }
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
-        let Generation { model_path, load, instructions: all, per_concept, mut settings } = read_generation(ctx)?;
+        let Generation {
+            model_path,
+            load,
+            instructions: all,
+            per_concept,
+            mut settings,
+        } = read_generation(ctx)?;
         let layer = ctx.param_i64("layer")?;
-        settings.layer = usize::try_from(layer).map_err(|_| StageError::Param { name: "layer".into(), message: format!("must be ≥ 0, got {layer}") })?;
+        settings.layer = usize::try_from(layer).map_err(|_| StageError::Param {
+            name: "layer".into(),
+            message: format!("must be ≥ 0, got {layer}"),
+        })?;
         let factors = factors_param(ctx.param("factors")?)?;
 
         let fit_art = ctx.input("fit")?.clone();
@@ -434,7 +597,10 @@ impl Stage for Steer {
         // --- end trained checkpoints ---
         let scores = read_scores(ctx.input("scores")?.file("scores.parquet")?)?;
         if let Some(s) = scores.iter().find(|s| s.concept_id != fit.concept_id) {
-            return Err(StageError::msg(format!("direction of concept {} given scores of concept {}", fit.concept_id, s.concept_id)));
+            return Err(StageError::msg(format!(
+                "direction of concept {} given scores of concept {}",
+                fit.concept_id, s.concept_id
+            )));
         }
         let max_act = steering_max_act(scores.iter().map(|s| s.max_act));
         let instructions = pick_instructions(&all, fit.concept_id, per_concept);
@@ -456,7 +622,10 @@ impl Stage for Steer {
         let mut rows = Vec::new();
         match direction {
             None => {
-                meta.skipped = Some(format!("{} has no steering direction (no direction.safetensors)", fit.method_class));
+                meta.skipped = Some(format!(
+                    "{} has no steering direction (no direction.safetensors)",
+                    fit.method_class
+                ));
                 ctx.log(meta.skipped.clone().unwrap());
             }
             Some(dir) => {
@@ -465,9 +634,15 @@ impl Stage for Steer {
                 let (gens, tokens, name) = with_model(&model_path, load.device, load.dtype, |m| {
                     let n_layers = m.model.info().num_layers;
                     if settings.layer >= n_layers {
-                        return Err(StageError::Param { name: "layer".into(), message: format!("{layer} is out of range: {} has layers 0..={}", m.name, n_layers - 1) });
+                        return Err(StageError::Param {
+                            name: "layer".into(),
+                            message: format!("{layer} is out of range: {} has layers 0..={}", m.name, n_layers - 1),
+                        });
                     }
-                    let prompts: Vec<Vec<i64>> = instructions.iter().map(|i| chat_prompt(m, i)).collect::<Result<_, _>>()?;
+                    let prompts: Vec<Vec<i64>> = instructions
+                        .iter()
+                        .map(|i| chat_prompt(m, i))
+                        .collect::<Result<_, _>>()?;
                     let mut all = Vec::new();
                     let mut tokens = 0;
                     for &f in &factors {
@@ -484,17 +659,32 @@ impl Stage for Steer {
                 meta.model = name;
                 for (&f, g) in factors.iter().zip(gens) {
                     for (k, (instr, (g, perplexity))) in instructions.iter().zip(g).enumerate() {
-                        rows.push(GenerationRow { concept_id: fit.concept_id, method: fit.method_class.clone(), factor: f, input_id: k as i64, instruction: instr.clone(), generation: g.text, strength: f * max_act, perplexity });
+                        rows.push(GenerationRow {
+                            concept_id: fit.concept_id,
+                            method: fit.method_class.clone(),
+                            factor: f,
+                            input_id: k as i64,
+                            instruction: instr.clone(),
+                            generation: g.text,
+                            strength: f * max_act,
+                            perplexity,
+                        });
                     }
                 }
                 meta.generated_tokens = tokens;
                 meta.seconds = t0.elapsed().as_secs_f64();
-                ctx.log(format!("{} generations, {tokens} tokens in {:.1}s ({:.1} tokens/s)", rows.len(), meta.seconds, tokens as f64 / meta.seconds.max(1e-9)));
+                ctx.log(format!(
+                    "{} generations, {tokens} tokens in {:.1}s ({:.1} tokens/s)",
+                    rows.len(),
+                    meta.seconds,
+                    tokens as f64 / meta.seconds.max(1e-9)
+                ));
             }
         }
         meta.n_generations = rows.len();
         let batch = generations_batch(&rows)?;
-        tables::write_parquet_atomic(&ctx.output_path("generations.parquet")?, &batch).map_err(|e| fail("generations", e))?;
+        tables::write_parquet_atomic(&ctx.output_path("generations.parquet")?, &batch)
+            .map_err(|e| fail("generations", e))?;
         write_json(ctx, "steer.json", &meta)
     }
 }
@@ -532,14 +722,26 @@ mod tests {
         assert_eq!(load_instructions(&l).unwrap(), vec!["a", "c"]);
         std::fs::write(&l, "{\"instruction\": \"a\"}\n{\"prompt\": \"c\"}\n").unwrap();
         let e = load_instructions(&l).unwrap_err().to_string();
-        assert!(e.contains("entry 1") && e.contains("instruction") && e.contains("a.jsonl"), "{e}");
+        assert!(
+            e.contains("entry 1") && e.contains("instruction") && e.contains("a.jsonl"),
+            "{e}"
+        );
         let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/instructions/demo.json");
         assert!(load_instructions(&demo).unwrap().len() >= 20);
     }
 
     #[test]
     fn generations_table_round_trips() {
-        let rows = vec![GenerationRow { concept_id: 2, method: "DiffMean".into(), factor: 0.5, input_id: 3, instruction: "hi".into(), generation: "hello".into(), strength: 7.5, perplexity: 12.25 }];
+        let rows = vec![GenerationRow {
+            concept_id: 2,
+            method: "DiffMean".into(),
+            factor: 0.5,
+            input_id: 3,
+            instruction: "hi".into(),
+            generation: "hello".into(),
+            strength: 7.5,
+            perplexity: 12.25,
+        }];
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.parquet");
         tables::write_parquet_atomic(&p, &generations_batch(&rows).unwrap()).unwrap();

@@ -53,7 +53,9 @@ use super::{fail, write_json};
 use crate::data::{Category, Example};
 use crate::lm::{BoxFuture, LmStats};
 use crate::prompts::PromptSet;
-use crate::synth::{self, ConceptMetadata, ResponseGenerator, Row, SeedInstructions, SynthConfig, SynthReport, Synthesizer, Truncate};
+use crate::synth::{
+    self, ConceptMetadata, ResponseGenerator, Row, SeedInstructions, SynthConfig, SynthReport, Synthesizer, Truncate,
+};
 use crate::tables;
 
 pub struct Synthesize;
@@ -90,13 +92,27 @@ impl ResponseGenerator for TargetModel {
             tokio::task::block_in_place(|| {
                 with_model(&self.path, self.device, self.dtype, |m| {
                     let stops = stop_tokens(m);
-                    let cfg = GenerateConfig { max_new_tokens: self.max_new_tokens, sampling: Sampling::Greedy, seed: 0, stop_tokens: stops.clone(), pad_token_id: 0 };
+                    let cfg = GenerateConfig {
+                        max_new_tokens: self.max_new_tokens,
+                        sampling: Sampling::Greedy,
+                        seed: 0,
+                        stop_tokens: stops.clone(),
+                        pad_token_id: 0,
+                    };
                     let mut texts = Vec::with_capacity(instructions.len());
                     // AxBench answers in batches of 8 (left padding); greedy decoding makes the batching invisible.
                     for chunk in instructions.chunks(8) {
-                        let prompts = chunk.iter().map(|i| chat_prompt(m, i).map(Prompt::from)).collect::<Result<Vec<_>, _>>()?;
+                        let prompts = chunk
+                            .iter()
+                            .map(|i| chat_prompt(m, i).map(Prompt::from))
+                            .collect::<Result<Vec<_>, _>>()?;
                         for g in generate(&m.model, &prompts, &cfg, &Hooks::none()).map_err(|e| fail("generate", e))? {
-                            let ids: Vec<u32> = g.tokens.iter().filter(|t| !stops.contains(t)).map(|&t| t as u32).collect();
+                            let ids: Vec<u32> = g
+                                .tokens
+                                .iter()
+                                .filter(|t| !stops.contains(t))
+                                .map(|&t| t as u32)
+                                .collect();
                             texts.push(m.tokenizer.decode(&ids, true).map_err(|e| fail("decode", e))?);
                         }
                     }
@@ -122,9 +138,16 @@ fn truncation(tokenizer: axbench_models::tokenizer::Tokenizer, n: usize) -> Trun
 
 /// A synthesized row as a [`crate::data::Example`]; eval rows carry the concept's Neuronpedia link and feature.
 pub fn to_example(r: &Row, metadata: &[ConceptMetadata], eval: bool) -> Result<Example, StageError> {
-    let category = Category::parse(&r.category).ok_or_else(|| StageError::msg(format!("synthesized row with category {:?}", r.category)))?;
-    let reference = metadata.iter().find(|m| m.concept_id == r.concept_id).map(|m| m.reference.clone()).filter(|r| r.starts_with("http"));
-    let sae_id = reference.as_deref().and_then(|r| r.trim_end_matches('/').rsplit('/').next()?.parse().ok());
+    let category = Category::parse(&r.category)
+        .ok_or_else(|| StageError::msg(format!("synthesized row with category {:?}", r.category)))?;
+    let reference = metadata
+        .iter()
+        .find(|m| m.concept_id == r.concept_id)
+        .map(|m| m.reference.clone())
+        .filter(|r| r.starts_with("http"));
+    let sae_id = reference
+        .as_deref()
+        .and_then(|r| r.trim_end_matches('/').rsplit('/').next()?.parse().ok());
     Ok(Example {
         input: r.input.clone(),
         output: r.output.clone(),
@@ -150,7 +173,10 @@ pub fn metadata_jsonl(metadata: &[ConceptMetadata]) -> Result<String, StageError
 
 fn non_negative(ctx: &StageContext, name: &str) -> Result<usize, StageError> {
     let v = ctx.param_i64(name)?;
-    usize::try_from(v).map_err(|_| StageError::Param { name: name.into(), message: format!("must be >= 0, got {v}") })
+    usize::try_from(v).map_err(|_| StageError::Param {
+        name: name.into(),
+        message: format!("must be >= 0, got {v}"),
+    })
 }
 
 impl Stage for Synthesize {
@@ -162,19 +188,67 @@ impl Stage for Synthesize {
     }
     fn params(&self) -> Vec<ParamSpec> {
         let mut p = vec![
-            ParamSpec::required("concepts", ParamType::Path, "concept list: a Neuronpedia explanations export (.json), a concept,url .csv, or a .txt with one concept a line"),
-            ParamSpec::optional("max_concepts", ParamType::Int, 0, "shuffle the concepts with data_seed and keep the first N (0: all, in file order)"),
-            ParamSpec::optional("num_of_examples", ParamType::Int, 144, "training examples per concept: half are positives; the shared negatives are half of it per genre"),
-            ParamSpec::optional("latent_num_of_examples", ParamType::Int, 36, "latent eval positives (and negatives) per concept"),
-            ParamSpec::optional("output_length", ParamType::Int, 128, "LM responses are cut to this many target-model tokens (0: not cut); negatives get 1.5x new tokens"),
-            ParamSpec::optional("data_seed", ParamType::Int, 42, "seeds concept selection and instruction sampling"),
-            ParamSpec::optional("seeds", ParamType::Path, "configs/seed_instructions.jsonl", "seed instructions by genre and split"),
-            ParamSpec::optional("prompts", ParamType::Path, "configs/prompts", "prompt template directory"),
-            ParamSpec::required("target", ParamType::Path, "the model to steer (a .gguf file or an HF directory): answers the shared negatives; its tokenizer cuts responses"),
+            ParamSpec::required(
+                "concepts",
+                ParamType::Path,
+                "concept list: a Neuronpedia explanations export (.json), a concept,url .csv, or a .txt with one concept a line",
+            ),
+            ParamSpec::optional(
+                "max_concepts",
+                ParamType::Int,
+                0,
+                "shuffle the concepts with data_seed and keep the first N (0: all, in file order)",
+            ),
+            ParamSpec::optional(
+                "num_of_examples",
+                ParamType::Int,
+                144,
+                "training examples per concept: half are positives; the shared negatives are half of it per genre",
+            ),
+            ParamSpec::optional(
+                "latent_num_of_examples",
+                ParamType::Int,
+                36,
+                "latent eval positives (and negatives) per concept",
+            ),
+            ParamSpec::optional(
+                "output_length",
+                ParamType::Int,
+                128,
+                "LM responses are cut to this many target-model tokens (0: not cut); negatives get 1.5x new tokens",
+            ),
+            ParamSpec::optional(
+                "data_seed",
+                ParamType::Int,
+                42,
+                "seeds concept selection and instruction sampling",
+            ),
+            ParamSpec::optional(
+                "seeds",
+                ParamType::Path,
+                "configs/seed_instructions.jsonl",
+                "seed instructions by genre and split",
+            ),
+            ParamSpec::optional(
+                "prompts",
+                ParamType::Path,
+                "configs/prompts",
+                "prompt template directory",
+            ),
+            ParamSpec::required(
+                "target",
+                ParamType::Path,
+                "the model to steer (a .gguf file or an HF directory): answers the shared negatives; its tokenizer cuts responses",
+            ),
             ParamSpec::optional("target_device", ParamType::Str, "cpu", "cpu, cuda, cuda:N or auto"),
             ParamSpec::optional("target_dtype", ParamType::Str, "f32", "f32 or bf16"),
         ];
-        p.extend(lm_params(LmDefaults { model: "default-instruct", temperature: 1.0, max_tokens: 0, role: "data-generation temperature (AxBench: gpt-4o-mini at 1.0)" }));
+        p.extend(lm_params(LmDefaults {
+            model: "default-instruct",
+            temperature: 1.0,
+            max_tokens: 0,
+            role: "data-generation temperature (AxBench: gpt-4o-mini at 1.0)",
+        }));
         p
     }
     fn resources(&self) -> Vec<(&'static str, u32)> {
@@ -186,40 +260,86 @@ impl Stage for Synthesize {
     fn run(&self, ctx: &mut StageContext) -> Result<(), StageError> {
         let t0 = Instant::now();
         let concepts_path = ctx.param_path("concepts")?;
-        let all = synth::load_concepts(&concepts_path).map_err(|e| StageError::Param { name: "concepts".into(), message: e.to_string() })?;
+        let all = synth::load_concepts(&concepts_path).map_err(|e| StageError::Param {
+            name: "concepts".into(),
+            message: e.to_string(),
+        })?;
         let max = non_negative(ctx, "max_concepts")?;
         let seed = ctx.param_i64("data_seed")? as u64;
         let concepts = synth::select_concepts(all, (max > 0).then_some(max), seed);
-        let config = SynthConfig { num_of_examples: non_negative(ctx, "num_of_examples")?, latent_num_of_examples: non_negative(ctx, "latent_num_of_examples")?, seed };
+        let config = SynthConfig {
+            num_of_examples: non_negative(ctx, "num_of_examples")?,
+            latent_num_of_examples: non_negative(ctx, "latent_num_of_examples")?,
+            seed,
+        };
         let output_length = non_negative(ctx, "output_length")?;
-        let seeds = SeedInstructions::load(&ctx.param_path("seeds")?).map_err(|e| StageError::Param { name: "seeds".into(), message: e.to_string() })?;
-        let prompts = PromptSet::load(&ctx.param_path("prompts")?).map_err(|e| StageError::Param { name: "prompts".into(), message: e.to_string() })?;
+        let seeds = SeedInstructions::load(&ctx.param_path("seeds")?).map_err(|e| StageError::Param {
+            name: "seeds".into(),
+            message: e.to_string(),
+        })?;
+        let prompts = PromptSet::load(&ctx.param_path("prompts")?).map_err(|e| StageError::Param {
+            name: "prompts".into(),
+            message: e.to_string(),
+        })?;
 
         let target = TargetModel {
             path: ctx.param_path("target")?,
-            device: ctx.param_str("target_device")?.parse().map_err(|e| StageError::Param { name: "target_device".into(), message: format!("{e}") })?,
-            dtype: ctx.param_str("target_dtype")?.parse().map_err(|e| StageError::Param { name: "target_dtype".into(), message: format!("{e}") })?,
+            device: ctx.param_str("target_device")?.parse().map_err(|e| StageError::Param {
+                name: "target_device".into(),
+                message: format!("{e}"),
+            })?,
+            dtype: ctx.param_str("target_dtype")?.parse().map_err(|e| StageError::Param {
+                name: "target_dtype".into(),
+                message: format!("{e}"),
+            })?,
             max_new_tokens: (output_length.max(1) as f64 * 1.5) as usize,
         };
         if !target.path.exists() {
-            return Err(StageError::Param { name: "target".into(), message: format!("{} does not exist (a .gguf file or an HF model directory)", target.path.display()) });
+            return Err(StageError::Param {
+                name: "target".into(),
+                message: format!(
+                    "{} does not exist (a .gguf file or an HF model directory)",
+                    target.path.display()
+                ),
+            });
         }
         let tokenizer = with_model(&target.path, target.device, target.dtype, |m| Ok(m.tokenizer.clone()))?;
         let lm = build_lm(ctx)?;
-        let synthesizer = Synthesizer { client: &lm.client, prompts: &prompts, seeds: &seeds, model: lm.model_id.clone(), params: lm.params.clone(), truncate: truncation(tokenizer, output_length) };
-        ctx.progress().set_message(format!("{} concepts through {}", concepts.len(), lm.describe));
-        let out = runtime()?.block_on(synth::synthesize(&synthesizer, &target, &concepts, &config)).map_err(|e| fail("synthesis", e))?;
+        let synthesizer = Synthesizer {
+            client: &lm.client,
+            prompts: &prompts,
+            seeds: &seeds,
+            model: lm.model_id.clone(),
+            params: lm.params.clone(),
+            truncate: truncation(tokenizer, output_length),
+        };
+        ctx.progress()
+            .set_message(format!("{} concepts through {}", concepts.len(), lm.describe));
+        let out = runtime()?
+            .block_on(synth::synthesize(&synthesizer, &target, &concepts, &config))
+            .map_err(|e| fail("synthesis", e))?;
         check_failed_calls(ctx, &lm.client.stats(), &[])?;
 
-        let train = out.train.iter().map(|r| to_example(r, &out.metadata, false)).collect::<Result<Vec<_>, _>>()?;
-        let eval = out.latent_eval.iter().map(|r| to_example(r, &out.metadata, true)).collect::<Result<Vec<_>, _>>()?;
+        let train = out
+            .train
+            .iter()
+            .map(|r| to_example(r, &out.metadata, false))
+            .collect::<Result<Vec<_>, _>>()?;
+        let eval = out
+            .latent_eval
+            .iter()
+            .map(|r| to_example(r, &out.metadata, true))
+            .collect::<Result<Vec<_>, _>>()?;
         let write = |name: &str, rows: &[Example], with_sae: bool| -> Result<(), StageError> {
             let batch = crate::data::examples_to_batch(rows, with_sae).map_err(|e| fail(name, e))?;
             tables::write_parquet_atomic(&ctx.output_path(name)?, &batch).map_err(|e| fail(name, e))
         };
         write(crate::data::AxBenchData::TRAIN, &train, false)?;
         write(crate::data::AxBenchData::EVAL, &eval, true)?;
-        ctx.write_output(crate::data::AxBenchData::METADATA, metadata_jsonl(&out.metadata)?.as_bytes())?;
+        ctx.write_output(
+            crate::data::AxBenchData::METADATA,
+            metadata_jsonl(&out.metadata)?.as_bytes(),
+        )?;
         let meta = SynthMeta {
             n_concepts: out.metadata.len(),
             n_train: train.len(),
