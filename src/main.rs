@@ -3,9 +3,10 @@
 //!
 //! This file is a thin clap dispatcher: each subcommand group lives in its own module
 //! (`pipeline_cmd` for run/plan/status/show/gc/dot/verify). Adding a group is one enum variant
-//! here plus a module. Exit codes: 0 success, 1 a node failed (or `verify` found damage),
-//! 2 bad input (malformed pipeline, unknown key, wrong type, cycle, bad `--set`), 130 Ctrl-C.
+//! here plus a module. Exit codes are decided in one place, `error.rs`: 0 success, 1 a node
+//! failed (or `verify` found damage), 2 bad input, 130 interrupted.
 
+mod error;
 mod exec_node_cmd;
 mod model_cmd;
 mod output;
@@ -28,7 +29,7 @@ use clap::{Parser, Subcommand};
   axbench plan tests/fixtures/engine/toy.toml              what would run, and why
   axbench run tests/fixtures/engine/toy.toml -j 4          run it (cached nodes are skipped)
   axbench run tests/fixtures/engine/toy.toml --set scale=3 change a declared param
-  axbench plan pipelines/main.toml --params                list a pipeline's params")]
+  axbench plan pipelines/detection.toml --params           list a pipeline's params")]
 struct Cli {
     #[command(flatten)]
     global: pipeline_cmd::GlobalArgs,
@@ -65,6 +66,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before anything can ask libtorch about CUDA: it caches its first answer for the process.
+    axbench_models::device::init();
     let cli = Cli::parse();
     pipeline_cmd::init_logging(&cli.global);
     let result = match cli.command {
@@ -75,11 +78,47 @@ fn main() -> ExitCode {
         Command::Gc(a) => pipeline_cmd::gc(&cli.global, a),
         Command::Dot(a) => pipeline_cmd::dot(&cli.global, a),
         Command::Verify => pipeline_cmd::verify(&cli.global),
-        Command::Results(a) => return results_cmd::run(&cli.global, a),
-        Command::Report(a) => return report_cmd::run(&cli.global, a),
-        Command::Model(a) => return model_cmd::run(a),
+        Command::Results(a) => results_cmd::run(&cli.global, a),
+        Command::Report(a) => report_cmd::run(&cli.global, a),
+        Command::Model(a) => model_cmd::run(a),
         Command::Serve(a) => serve_cmd::run(a),
+        // Slurm tasks also write the code into an exit file, so exec-node maps it itself (same codes).
         Command::ExecNode(a) => return exec_node_cmd::run(&cli.global, a),
     };
-    pipeline_cmd::exit(result)
+    error::exit(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every repository file an example in any `--help` names exists, so no example sends a user to a
+    /// file that is not there.
+    #[test]
+    fn help_examples_name_files_that_exist() {
+        fn walk(cmd: &mut clap::Command, out: &mut Vec<(String, String)>) {
+            let help = cmd.render_long_help().to_string();
+            out.push((cmd.get_name().to_string(), help));
+            for sub in cmd.get_subcommands_mut() {
+                walk(sub, out);
+            }
+        }
+        let mut helps = Vec::new();
+        walk(&mut super::Cli::command(), &mut helps);
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut named = 0;
+        for (cmd, help) in &helps {
+            for word in help.split(|c: char| c.is_whitespace() || c == '`' || c == '(' || c == ')') {
+                let word = word.trim_end_matches([',', '.', ':', ';']);
+                let repo_path = ["pipelines/", "configs/", "tests/fixtures/", "docs/", "scripts/"]
+                    .iter()
+                    .any(|dir| word.starts_with(dir));
+                if repo_path {
+                    named += 1;
+                    assert!(root.join(word).exists(), "`axbench {cmd} --help` names {word}, which does not exist");
+                }
+            }
+        }
+        assert!(named >= 8, "the help texts name only {named} repository files; did the parser break?");
+    }
 }

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow};
 use axbench_models::chat::{ChatTemplate, Message};
@@ -23,6 +22,8 @@ use axbench_models::tokenizer::Tokenizer;
 use axbench_models::{LoadOptions, Model, ModelError};
 use clap::{ArgGroup, Args, Subcommand};
 use serde::Serialize;
+
+use crate::error::bad;
 use serde_json::json;
 
 /// Name of the tensor `activations --out` writes.
@@ -87,7 +88,7 @@ Examples:
     /// Continue a text: greedy, or sampled with --temperature
     #[command(
         after_long_help = "Greedy unless --temperature is given (then softmax sampling, optionally restricted to the
-top-p nucleus, from a generator seeded by --seed: the same seed gives the same text). Stops at
+--top-k most likely tokens and then the --top-p nucleus, from a generator seeded by --seed: the same seed gives the same text). Stops at
 the tokenizer's end-of-generation tokens (EOS, <end_of_turn>, <|im_end|>) unless --ignore-eos.
 `ids` are the generated ids only (a stop token included); `text` is their decoding without
 special tokens.
@@ -96,7 +97,8 @@ JSON: {\"ids\":[…],\"text\":\"…\",\"finish_reason\":\"stop\"|\"length\"}
 
 Examples:
   axbench model generate default 'Once upon a time' --max-new-tokens 40
-  axbench model generate default-instruct 'Write a haiku about rust.' --chat --temperature 0.7 --seed 1"
+  axbench model generate default-instruct 'Write a haiku about rust.' --chat --temperature 0.7 --seed 1
+  axbench model generate default-instruct 'Name a fruit.' --chat --temperature 1 --top-k 50"
     )]
     Generate(GenerateArgs),
     /// The residual stream at the output of one layer, for every token
@@ -114,6 +116,27 @@ Examples:
   axbench model activations default-instruct --file essay.txt --layer 20 --out acts.safetensors"
     )]
     Activations(ActivationsArgs),
+    /// Whether CUDA is usable here, and if not, why (libtorch's CUDA libraries, driver, devices)
+    #[command(after_long_help = "Loads libtorch's CUDA library and, when libtorch sees no GPU, asks the NVIDIA driver
+directly, then prints what it found and the verdict `--device cuda` and `--device auto` act on.
+Exit code 0 when CUDA is usable, 1 when it is not (the message names the cause; docs/gpu.md
+says how to fix each).
+
+JSON: {\"usable\":bool,\"devices\":N,\"gpus_present\":bool,\"problem\":\"…\"|null,
+       \"torch_cuda\":\"loaded\"|\"<loader error>\",\"cuda_runtime\":\"13.0\"|null,
+       \"driver\":{\"cuda\":\"13.0\"|null,\"release\":\"580.65.06\"|null,\"devices\":N|null}|\"<loader error>\"}
+
+Examples:
+  axbench model devices
+  axbench model devices --json")]
+    Devices(DevicesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DevicesArgs {
+    /// Print one JSON object instead of text for a person
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags every `axbench model` subcommand takes.
@@ -194,6 +217,9 @@ pub struct GenerateArgs {
     /// Sample only from the smallest set of tokens whose probability reaches P (0 < P <= 1)
     #[arg(long, requires = "temperature", value_name = "P")]
     pub top_p: Option<f64>,
+    /// Sample only from the K most likely tokens (0 = all; applied before --top-p, as HF does)
+    #[arg(long, requires = "temperature", value_name = "K", default_value_t = 0)]
+    pub top_k: usize,
     /// Seed of the sampler
     #[arg(long, requires = "temperature", default_value_t = 0)]
     pub seed: u64,
@@ -220,39 +246,65 @@ pub struct ActivationsArgs {
     pub out: Option<PathBuf>,
 }
 
-/// Bad input (exit code 2), as opposed to a failure while running (exit code 1).
-#[derive(Debug)]
-struct BadInput(String);
-impl std::fmt::Display for BadInput {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for BadInput {}
-
-fn bad(msg: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(BadInput(msg.into()))
-}
-
-/// Runs an `axbench model` subcommand and picks its exit code.
-pub fn run(a: ModelArgs) -> ExitCode {
-    let result = match a.command {
+/// Runs an `axbench model` subcommand.
+pub fn run(a: ModelArgs) -> Result<()> {
+    match a.command {
         ModelCommand::Info(a) => info(a),
         ModelCommand::Tokenize(a) => tokenize(a),
         ModelCommand::Logits(a) => logits(a),
         ModelCommand::Generate(a) => generate_cmd(a),
         ModelCommand::Activations(a) => activations(a),
+        ModelCommand::Devices(a) => devices(a),
+    }
+}
+
+fn devices(a: DevicesArgs) -> Result<()> {
+    use axbench_models::device::{diagnose, probe};
+    let facts = probe();
+    let status = diagnose(&facts);
+    let version = |v: i32| format!("{}.{}", v / 1000, (v % 1000) / 10);
+    let torch_cuda = match &facts.torch_cuda {
+        Ok(()) => "loaded".to_string(),
+        Err(e) => e.clone(),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<BadInput>().is_some() => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
+    let runtime = facts.runtime_version.map(version);
+    if a.json {
+        let driver = match &facts.driver {
+            Ok(d) => json!({"cuda": d.cuda_version.map(version), "release": d.release, "devices": d.devices}),
+            Err(e) => json!(e),
+        };
+        let out = json!({
+            "usable": status.problem.is_none() && status.devices > 0,
+            "devices": status.devices,
+            "gpus_present": status.gpus_present,
+            "problem": status.problem.as_ref().map(|p| p.to_string()),
+            "torch_cuda": torch_cuda,
+            "cuda_runtime": runtime,
+            "driver": driver,
+        });
+        println!("{out}");
+    } else {
+        println!("libtorch CUDA library: {torch_cuda}");
+        println!("CUDA runtime:          {}", runtime.as_deref().unwrap_or("-"));
+        match &facts.driver {
+            Ok(d) => println!(
+                "NVIDIA driver:         {} (CUDA {}), {} device(s)",
+                d.release.as_deref().unwrap_or("loaded"),
+                d.cuda_version.map(version).as_deref().unwrap_or("?"),
+                d.devices.map(|n| n.to_string()).as_deref().unwrap_or("?")
+            ),
+            Err(e) => println!("NVIDIA driver:         {e}"),
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
+        println!("GPU device files:      {}", facts.gpu_device_files);
+        match &status.problem {
+            None => println!("CUDA: usable, {} device(s) (`--device cuda`, `--device cuda:N`)", status.devices),
+            Some(p) => println!("CUDA: not usable: {p}"),
         }
+    }
+    match status.problem {
+        None => Ok(()),
+        // Already printed above.
+        Some(_) => Err(crate::error::CliError::reported(crate::error::FAILED)),
     }
 }
 
@@ -631,10 +683,7 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
             if !(p > 0.0 && p <= 1.0) {
                 return Err(bad(format!("--top-p must be in (0, 1], got {p}")));
             }
-            Sampling::Sample {
-                temperature: t,
-                top_p: p,
-            }
+            Sampling::Sample { temperature: t, top_k: a.top_k, top_p: p }
         }
     };
     let vocab = load_vocab(&path)?;
