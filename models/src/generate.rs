@@ -4,8 +4,13 @@
 //! Prompts are left-padded into one batch (so every row's next token is at the last column),
 //! prefilled once, then decoded one token per step against the cache. Hooks given to
 //! [`generate`] stay active for the prompt and every generated token. Sampling is greedy or
-//! temperature + top-p (HF's `TopPLogitsWarper` rule), drawn from one seeded RNG per row, so a
-//! row's continuation depends only on its prompt, the seed and its row index.
+//! temperature, then top-k, then top-p (HF's warpers, in HF's order), drawn from one seeded RNG per
+//! row, so a row's continuation depends only on its prompt, the seed and its row index.
+//!
+//! Everything per token stays on the model's device: the warpers, the softmax and the inverse-CDF
+//! draw run there, and only `B` uniforms go up and `B` token ids come back each step (on a GPU,
+//! copying the `[B, V]` probabilities to the host and scanning them on one core took about as long
+//! as the decode step itself).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -18,12 +23,17 @@ use crate::model::{Model, ModelError};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sampling {
     Greedy,
-    /// Softmax of `logits / temperature`, restricted to the smallest set of most likely tokens
-    /// whose probability reaches `top_p` (1.0 = no restriction).
-    Sample {
-        temperature: f64,
-        top_p: f64,
-    },
+    /// Softmax of `logits / temperature`, restricted to the `top_k` most likely tokens (0 = no
+    /// restriction), then to the smallest set of most likely tokens whose probability reaches
+    /// `top_p` (1.0 = no restriction). HF `generate`'s defaults are top-k 50, top-p 1.0.
+    Sample { temperature: f64, top_k: usize, top_p: f64 },
+}
+
+impl Sampling {
+    /// Softmax sampling at `temperature` over the whole vocabulary.
+    pub fn full(temperature: f64) -> Self {
+        Sampling::Sample { temperature, top_k: 0, top_p: 1.0 }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -123,7 +133,7 @@ pub fn generate_with(
     if let Some(i) = prompts.iter().position(|p| p.ids.is_empty()) {
         return Err(ModelError::Input(format!("prompt {i} is empty")));
     }
-    if let Sampling::Sample { temperature, top_p } = cfg.sampling
+    if let Sampling::Sample { temperature, top_p, .. } = cfg.sampling
         && (temperature <= 0.0 || !(top_p > 0.0 && top_p <= 1.0))
     {
         return Err(ModelError::Input(format!(
@@ -218,49 +228,59 @@ pub fn generate_with(
     Ok(out)
 }
 
-/// Next token per row from `[B, V]` logits.
+/// Next token per row from `[B, V]` logits, computed on the logits' device; one uniform per row is
+/// drawn from that row's generator on the host (so the stream is the same on every device), and
+/// only the chosen ids are copied back.
 fn pick(logits: &Tensor, sampling: Sampling, rngs: &mut [StdRng]) -> Result<Vec<i64>, ModelError> {
-    match sampling {
-        Sampling::Greedy => Ok(Vec::<i64>::try_from(
-            logits.argmax(-1, false).to_device(tch::Device::Cpu),
-        )?),
-        Sampling::Sample { temperature, top_p } => {
-            let scaled = logits.to_kind(Kind::Float) / temperature;
-            let probs = if top_p < 1.0 {
-                // HF TopPLogitsWarper: sort ascending, drop the tail whose cumulative probability
-                // is <= 1 - top_p, always keeping the most likely token.
-                let (sorted, idx) = scaled.sort(-1, false);
-                let cum = sorted.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
-                let v = cum.size()[1];
-                let remove = cum.le(1.0 - top_p);
-                let _ = remove.narrow(1, v - 1, 1).fill_(0);
-                let remove = remove.scatter(1, &idx, &remove);
-                scaled.masked_fill(&remove, f64::NEG_INFINITY).softmax(-1, Kind::Float)
-            } else {
-                scaled.softmax(-1, Kind::Float)
-            };
-            let probs = probs.to_device(tch::Device::Cpu).contiguous();
-            let (b, v) = probs.size2()?;
-            let flat = Vec::<f32>::try_from(probs.view([-1]))?;
-            Ok((0..b as usize)
-                .map(|r| {
-                    let row = &flat[r * v as usize..(r + 1) * v as usize];
-                    let total: f64 = row.iter().map(|&p| p as f64).sum();
-                    let u = rngs[r].random::<f64>() * total;
-                    let mut acc = 0.0;
-                    let mut chosen = row.iter().rposition(|&p| p > 0.0).unwrap_or(0);
-                    for (i, &p) in row.iter().enumerate() {
-                        acc += p as f64;
-                        if acc > u && p > 0.0 {
-                            chosen = i;
-                            break;
-                        }
-                    }
-                    chosen as i64
-                })
-                .collect())
+    let dev = logits.device();
+    let ids = match sampling {
+        Sampling::Greedy => logits.argmax(-1, false),
+        Sampling::Sample { temperature, top_k, top_p } => {
+            let probs = warped_probs(logits, temperature, top_k, top_p);
+            let uniforms: Vec<f64> = rngs.iter_mut().map(|r| r.random::<f64>()).collect();
+            draw(&probs, &Tensor::from_slice(&uniforms).to_device(dev))
         }
+    };
+    Ok(Vec::<i64>::try_from(ids.to_device(tch::Device::Cpu))?)
+}
+
+/// `[B, V]` f32 probabilities after temperature, top-k and top-p, as HF's `TemperatureLogitsWarper`,
+/// `TopKLogitsWarper` and `TopPLogitsWarper` compute them (in that order).
+fn warped_probs(logits: &Tensor, temperature: f64, top_k: usize, top_p: f64) -> Tensor {
+    let mut scaled = logits.to_kind(Kind::Float) / temperature;
+    let v = scaled.size()[1];
+    if top_k > 0 && (top_k as i64) < v {
+        // Keep every token at least as likely as the k-th (ties at the threshold survive, as in HF).
+        let (top, _) = scaled.topk(top_k as i64, -1, true, true);
+        let kth = top.narrow(1, top_k as i64 - 1, 1);
+        scaled = scaled.masked_fill(&scaled.lt_tensor(&kth), f64::NEG_INFINITY);
     }
+    if top_p < 1.0 {
+        // Sort ascending, drop the tail whose cumulative probability is <= 1 - top_p, always
+        // keeping the most likely token.
+        let (sorted, idx) = scaled.sort(-1, false);
+        let cum = sorted.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
+        let remove = cum.le(1.0 - top_p);
+        let _ = remove.narrow(1, v - 1, 1).fill_(0);
+        let remove = remove.scatter(1, &idx, &remove);
+        scaled = scaled.masked_fill(&remove, f64::NEG_INFINITY);
+    }
+    scaled.softmax(-1, Kind::Float)
+}
+
+/// Inverse-CDF draw per row: the first token whose cumulative probability (summed in f64, left to
+/// right) exceeds `u × total`, never a token of probability 0. `uniforms` is `[B]` in [0, 1).
+fn draw(probs: &Tensor, uniforms: &Tensor) -> Tensor {
+    let cum = probs.cumsum(-1, Kind::Double);
+    let v = cum.size()[1];
+    let total = cum.narrow(1, v - 1, 1);
+    let threshold = uniforms.view([-1, 1]) * &total;
+    let first_above = cum.le_tensor(&threshold).sum_dim_intlist(-1, false, Kind::Int64);
+    // Rounding can put u × total at the very top; the last token with mass is then the answer.
+    let positions = Tensor::arange(v, (Kind::Int64, probs.device())).view([1, v]);
+    let last_with_mass = positions.where_self(&probs.gt(0.0), &Tensor::from(-1i64).to_device(probs.device()));
+    let last_with_mass = last_with_mass.amax(-1, false);
+    first_above.minimum(&last_with_mass)
 }
 
 #[cfg(test)]
@@ -276,10 +296,7 @@ mod tests {
         for _ in 0..400 {
             let t = pick(
                 &logits,
-                Sampling::Sample {
-                    temperature: 1.0,
-                    top_p: 0.7,
-                },
+                Sampling::Sample { temperature: 1.0, top_k: 0, top_p: 0.7 },
                 &mut rngs,
             )
             .unwrap();
@@ -290,10 +307,7 @@ mod tests {
         // Tiny top_p degenerates to greedy.
         let t = pick(
             &logits,
-            Sampling::Sample {
-                temperature: 1.0,
-                top_p: 1e-6,
-            },
+            Sampling::Sample { temperature: 1.0, top_k: 0, top_p: 1e-6 },
             &mut rngs,
         )
         .unwrap();
@@ -307,19 +321,62 @@ mod tests {
             let mut rngs = vec![StdRng::seed_from_u64(seed)];
             (0..20)
                 .map(|_| {
-                    pick(
-                        &logits,
-                        Sampling::Sample {
-                            temperature: 1.0,
-                            top_p: 1.0,
-                        },
-                        &mut rngs,
-                    )
-                    .unwrap()[0]
+                    pick(&logits, Sampling::full(1.0), &mut rngs).unwrap()[0]
                 })
                 .collect::<Vec<_>>()
         };
         assert_eq!(draw(1), draw(1));
         assert_ne!(draw(1), draw(2));
+    }
+
+    /// The device draw against the host scan it replaced (f64 running sum, first index past u ×
+    /// total with mass): the same ids for the same uniforms, including zero-probability tokens
+    /// and a uniform at the very top.
+    #[test]
+    fn device_draw_equals_the_host_scan() {
+        fn host(row: &[f32], u: f64) -> i64 {
+            let total: f64 = row.iter().map(|&p| p as f64).sum();
+            let u = u * total;
+            let mut acc = 0.0;
+            for (i, &p) in row.iter().enumerate() {
+                acc += p as f64;
+                if acc > u && p > 0.0 {
+                    return i as i64;
+                }
+            }
+            row.iter().rposition(|&p| p > 0.0).unwrap() as i64
+        }
+        let rows: Vec<Vec<f32>> = vec![
+            vec![0.1, 0.0, 0.2, 0.3, 0.4, 0.0],
+            vec![0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
+            vec![0.25, 0.25, 0.25, 0.25, 0.0, 0.0],
+        ];
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..200 {
+            let mut us: Vec<f64> = (0..rows.len()).map(|_| rng.random::<f64>()).collect();
+            us[2] = 1.0 - f64::EPSILON / 2.0;
+            let flat: Vec<f32> = rows.concat();
+            let probs = Tensor::from_slice(&flat).view([rows.len() as i64, 6]);
+            let got = Vec::<i64>::try_from(draw(&probs, &Tensor::from_slice(&us))).unwrap();
+            let want: Vec<i64> = rows.iter().zip(&us).map(|(r, &u)| host(r, u)).collect();
+            assert_eq!(got, want, "uniforms {us:?}");
+        }
+    }
+
+    /// Top-k keeps the k most likely tokens (ties at the threshold included), before top-p.
+    #[test]
+    fn top_k_then_top_p_as_hf_orders_them() {
+        let logits = Tensor::from_slice(&[0.0f32, 3.0, 1.0, 2.0, 2.0]).view([1, 5]);
+        let p = Vec::<f32>::try_from(warped_probs(&logits, 1.0, 2, 1.0).view([-1])).unwrap();
+        assert_eq!(p[0], 0.0);
+        assert_eq!(p[2], 0.0);
+        assert!(p[1] > 0.0 && p[3] > 0.0 && p[4] > 0.0, "the tie with the 2nd survives: {p:?}");
+        // k = 3 → {1, 3, 4}; top-p 0.5 then keeps only token 1 (e^3 / (e^3 + 2e^2) ≈ 0.58).
+        let p = Vec::<f32>::try_from(warped_probs(&logits, 1.0, 3, 0.5).view([-1])).unwrap();
+        assert_eq!(p, vec![0.0, 1.0, 0.0, 0.0, 0.0]);
+        // Temperature divides before top-k (a no-op for the set, not for the probabilities).
+        let hot = Vec::<f32>::try_from(warped_probs(&logits, 2.0, 0, 1.0).view([-1])).unwrap();
+        let want = (1.5f32).exp() / [0.0f32, 1.5, 0.5, 1.0, 1.0].iter().map(|x| x.exp()).sum::<f32>();
+        assert!((hot[1] - want).abs() < 1e-6);
     }
 }

@@ -151,10 +151,7 @@ fn sampling_is_seeded_and_reproducible() {
     let ps: Vec<Prompt> = prompts().into_iter().map(Prompt::from).collect();
     let cfg = |seed| GenerateConfig {
         max_new_tokens: 12,
-        sampling: Sampling::Sample {
-            temperature: 1.0,
-            top_p: 0.9,
-        },
+        sampling: Sampling::Sample { temperature: 1.0, top_k: 0, top_p: 0.9 },
         seed,
         ..Default::default()
     };

@@ -296,16 +296,13 @@ impl Worker {
                 }
             }
         }
+        // Built once per batch on the model's device, so no step copies them again.
+        let (dev, kind) = (self.model.device(), self.model.kind());
         let adds: Vec<(usize, AddVectors)> = per_layer
             .into_iter()
             .map(|(l, (v, s))| {
-                (
-                    l,
-                    AddVectors::new(
-                        Tensor::from_slice(&v).view([n as i64, d as i64]),
-                        Tensor::from_slice(&s),
-                    ),
-                )
+                let vectors = Tensor::from_slice(&v).view([n as i64, d as i64]).to_device(dev).to_kind(kind);
+                (l, AddVectors::new(vectors, Tensor::from_slice(&s).to_device(dev).to_kind(kind)))
             })
             .collect();
         let mut hooks = Hooks::none();
@@ -316,19 +313,14 @@ impl Worker {
         let stop = &self.facts.stop_tokens;
         let mut emitted = vec![0usize; n];
         let mut on_step = |step: &Step| {
-            let lp = top_k.map(|_| {
-                step.logits
-                    .to_kind(Kind::Float)
-                    .log_softmax(-1, Kind::Float)
-                    .to_device(tch::Device::Cpu)
-            });
+            let lp = top_k.map(|k| StepLogprobs::of(step, k));
             for (r, row) in rows.iter().enumerate() {
                 let tok = step.tokens[r];
                 if !step.active[r] || emitted[r] >= row.max_tokens || stop.contains(&tok) {
                     continue;
                 }
                 let logprobs = match (row.logprobs, &lp) {
-                    (Some(k), Some(lp)) => Some(position_logprobs(&lp.get(r as i64), tok, k)),
+                    (Some(k), Some(lp)) => Some(lp.row(r, k)),
                     _ => None,
                 };
                 emitted[r] += 1;
@@ -356,16 +348,40 @@ impl Worker {
     }
 }
 
-/// Chosen-token and top-`k` log-probabilities from one row of log-softmaxed logits `[V]`.
-fn position_logprobs(lp: &Tensor, chosen: i64, k: usize) -> PositionLogprobs {
-    let chosen_lp = lp.double_value(&[chosen]) as f32;
-    let top = if k == 0 {
-        vec![]
-    } else {
-        let (vals, idx) = lp.topk(k as i64, -1, true, true);
-        let vals = Vec::<f32>::try_from(&vals).unwrap_or_default();
-        let idx = Vec::<i64>::try_from(&idx).unwrap_or_default();
-        idx.into_iter().zip(vals).collect()
-    };
-    PositionLogprobs { chosen: chosen_lp, top }
+/// One step's log-probabilities, reduced on the model's device to what the API returns: the chosen
+/// token's and the `k` highest per row (copying `[B, V]` to the host every token was the cost).
+struct StepLogprobs {
+    k: usize,
+    chosen: Vec<f32>,
+    top_values: Vec<f32>,
+    top_ids: Vec<i64>,
+}
+
+impl StepLogprobs {
+    fn of(step: &Step, k: usize) -> Self {
+        let lp = step.logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+        let picked = Tensor::from_slice(step.tokens).to_device(lp.device()).view([-1, 1]);
+        let chosen = Vec::<f32>::try_from(lp.gather(1, &picked, false).view([-1]).to_device(tch::Device::Cpu));
+        let (top_values, top_ids) = if k == 0 {
+            (vec![], vec![])
+        } else {
+            let (vals, idx) = lp.topk(k as i64, -1, true, true);
+            (
+                Vec::<f32>::try_from(vals.reshape([-1]).to_device(tch::Device::Cpu)).unwrap_or_default(),
+                Vec::<i64>::try_from(idx.reshape([-1]).to_device(tch::Device::Cpu)).unwrap_or_default(),
+            )
+        };
+        StepLogprobs { k, chosen: chosen.unwrap_or_default(), top_values, top_ids }
+    }
+
+    /// Row `r`'s chosen-token log-probability and its `k` (at most the batch's) most likely tokens.
+    fn row(&self, r: usize, k: usize) -> PositionLogprobs {
+        let k = k.min(self.k);
+        let at = r * self.k;
+        let top = match (self.top_ids.get(at..at + k), self.top_values.get(at..at + k)) {
+            (Some(ids), Some(vals)) => ids.iter().copied().zip(vals.iter().copied()).collect(),
+            _ => vec![],
+        };
+        PositionLogprobs { chosen: self.chosen.get(r).copied().unwrap_or(f32::NAN), top }
+    }
 }

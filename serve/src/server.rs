@@ -384,7 +384,7 @@ impl AppState {
         let sampling = if temperature == 0.0 {
             Sampling::Greedy
         } else {
-            Sampling::Sample { temperature, top_p }
+            Sampling::Sample { temperature, top_k: 0, top_p }
         };
         let n = s.n.unwrap_or(1) as usize;
         if !(1..=16).contains(&n) {

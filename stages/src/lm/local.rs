@@ -166,7 +166,7 @@ fn answer(m: &Loaded, id: &str, request: &ChatRequest) -> Result<Completion, Bac
     let sampling = if temperature <= 0.0 {
         Sampling::Greedy
     } else {
-        Sampling::Sample { temperature, top_p }
+        Sampling::Sample { temperature, top_k: 0, top_p }
     };
     let max_new_tokens = p.max_tokens.map(|t| t as usize).unwrap_or(DEFAULT_MAX_TOKENS);
     let cfg = GenerateConfig {

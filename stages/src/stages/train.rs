@@ -390,7 +390,7 @@ impl Stage for Train {
                 "dtype",
                 ParamType::Str,
                 "f32",
-                "f32 or bf16 (trained parameters stay f32)",
+                "f32 or bf16 (optimizer state stays f32; SFT keeps f32 master weights)",
             ),
             ParamSpec::required(
                 "method",
@@ -634,10 +634,7 @@ pub fn trained_generations(
     let _g = tch::no_grad_guard();
     let stops = stop_tokens(m);
     let sampling = if s.temperature > 0.0 {
-        Sampling::Sample {
-            temperature: s.temperature,
-            top_p: 1.0,
-        }
+        Sampling::full(s.temperature)
     } else {
         Sampling::Greedy
     };
