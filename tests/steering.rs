@@ -265,6 +265,20 @@ fn perplexity_matches_hf_transformers() {
                     row["text"]
                 );
             }
+            // Batched (right-padded, mixed lengths, a one-token row among them) equals one row at a time.
+            let mut all: Vec<Vec<i64>> = g["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect())
+                .collect();
+            all.insert(1, all[0][..1].to_vec());
+            let batched = steer::perplexities_of_ids(m, &all).unwrap();
+            assert!(batched[1].is_nan());
+            for (ids, b) in all.iter().zip(&batched).filter(|(ids, _)| ids.len() >= 2) {
+                let alone = steer::perplexity_of_ids(m, ids).unwrap();
+                assert!((b - alone).abs() / alone < 1e-4, "{name}: batched {b} vs alone {alone}");
+            }
             // Our own tokenization of the same text gives a finite perplexity of the same order.
             let texts: Vec<String> = g["rows"]
                 .as_array()

@@ -1,9 +1,6 @@
 //! Language-model runtime on libtorch, usable without AxBench: Gemma-2, Gemma-3 and Llama
 //! (one file per architecture, configs mirroring HF `config.json`, HF weight names), HF and GGUF
-//! loading, tokenizers, hooks at layer L, and batched generation.
-//!
-//! Module owners while the first pass is written: `gguf`, `quant`, `tokenizer` (file formats and
-//! tokenization); everything else (architectures, hooks, generation, loading into a model).
+//! loading, tokenizers, hooks at layer L, batched generation and scoring.
 
 pub mod chat;
 pub mod config;
@@ -19,6 +16,7 @@ pub mod lora;
 pub mod model;
 pub mod open;
 pub mod quant;
+pub mod score;
 pub mod tokenizer;
 pub mod train;
 pub mod vectors;

@@ -35,7 +35,7 @@ use axbench_engine::{ParamSpec, ParamType, Stage, StageContext, StageError, Valu
 use axbench_models::chat::Message;
 use axbench_models::device::{DType, DeviceSpec};
 use axbench_models::generate::{GenerateConfig, Prompt, Sampling, generate};
-use axbench_models::hooks::{AddVectors, Hooks, Logits};
+use axbench_models::hooks::{AddVectors, Hooks};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
@@ -419,10 +419,7 @@ pub fn generate_steered(
 ) -> Result<(Vec<Generated>, usize), StageError> {
     let stops = stop_tokens(m);
     let sampling = if s.temperature > 0.0 {
-        Sampling::Sample {
-            temperature: s.temperature,
-            top_p: 1.0,
-        }
+        Sampling::full(s.temperature)
     } else {
         Sampling::Greedy
     };
@@ -438,7 +435,10 @@ pub fn generate_steered(
             stop_tokens: stops.clone(),
             pad_token_id: 0,
         };
-        let iv = direction.map(|d| AddVectors::new(Tensor::from_slice(d), Tensor::from_slice(&[strength as f32])));
+        let iv = direction.map(|d| {
+            let on_model = |t: Tensor| t.to_device(m.model.device()).to_kind(m.model.kind());
+            AddVectors::new(on_model(Tensor::from_slice(d)), on_model(Tensor::from_slice(&[strength as f32])))
+        });
         let hooks = match &iv {
             Some(iv) => Hooks::none().intervene(s.layer, iv),
             None => Hooks::none(),
@@ -481,45 +481,30 @@ pub fn steered_generations(
 /// batch through a plain forward pass, which shifts the positions of every row but the longest; we run each text
 /// alone, which is what AxBench computes for the longest row. NaN for a text of fewer than two tokens (AxBench: 0/0).
 pub fn perplexities(m: &LoadedModel, texts: &[String]) -> Result<Vec<f64>, StageError> {
-    texts
+    let rows: Vec<Vec<i64>> = texts
         .iter()
         .map(|text| {
-            let ids: Vec<i64> = m
-                .tokenizer
-                .encode(text, true)
-                .map_err(|e| fail("perplexity: tokenize", e))?
-                .into_iter()
-                .map(i64::from)
-                .collect();
-            perplexity_of_ids(m, &ids)
+            let ids = m.tokenizer.encode(text, true).map_err(|e| fail("perplexity: tokenize", e))?;
+            Ok(ids.into_iter().map(i64::from).collect())
         })
-        .collect()
+        .collect::<Result<_, StageError>>()?;
+    perplexities_of_ids(m, &rows)
 }
 
-/// `exp(mean cross-entropy of ids[1..] given the ids before them)` under the unsteered model; NaN for fewer than
-/// two ids (see [`perplexities`]).
-pub fn perplexity_of_ids(m: &LoadedModel, ids: &[i64]) -> Result<f64, StageError> {
-    if ids.len() < 2 {
-        return Ok(f64::NAN);
-    }
-    let _guard = tch::no_grad_guard();
-    let n = ids.len() as i64;
-    let input = Tensor::from_slice(ids).view([1, n]);
-    let fwd = m
-        .model
-        .forward(&input, None, &Hooks::none(), Logits::All, None)
+/// Rows × longest row per perplexity forward pass: about 1 GB of f32 logits at Gemma's vocabulary.
+const PERPLEXITY_BATCH_POSITIONS: usize = 1024;
+
+/// `exp(mean cross-entropy of ids[1..] given the ids before them)` per row under the unsteered model, batched
+/// (`axbench_models::score`); NaN for fewer than two ids (see [`perplexities`]).
+pub fn perplexities_of_ids(m: &LoadedModel, rows: &[Vec<i64>]) -> Result<Vec<f64>, StageError> {
+    let nll = axbench_models::score::mean_nll(&m.model, rows, PERPLEXITY_BATCH_POSITIONS)
         .map_err(|e| fail("perplexity: forward", e))?;
-    let logits = fwd
-        .logits
-        .ok_or_else(|| fail("perplexity", "the forward pass returned no logits"))?;
-    let logp = logits
-        .get(0)
-        .narrow(0, 0, n - 1)
-        .to_kind(tch::Kind::Float)
-        .log_softmax(-1, tch::Kind::Float);
-    let targets = Tensor::from_slice(&ids[1..]).to_device(logp.device()).view([n - 1, 1]);
-    let nll = -logp.gather(1, &targets, false).mean(tch::Kind::Double);
-    Ok(nll.exp().double_value(&[]))
+    Ok(nll.into_iter().map(f64::exp).collect())
+}
+
+/// [`perplexities_of_ids`] of one row.
+pub fn perplexity_of_ids(m: &LoadedModel, ids: &[i64]) -> Result<f64, StageError> {
+    Ok(perplexities_of_ids(m, &[ids.to_vec()])?[0])
 }
 
 /// The `factors` param as numbers.
