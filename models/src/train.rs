@@ -182,6 +182,11 @@ impl TrainConfig {
 
 /// `torch.optim.AdamW` with default `amsgrad=False`, reproduced step for step on a list of
 /// tensors (no `VarStore`: the trained tensors belong to interventions, adapters or the model).
+///
+/// Parameters held in a low precision (bf16 when the model runs in bf16, as SFT trains the model's
+/// own weights) get an f32 master copy, and their moments are f32: a bf16 weight has 8 significant
+/// bits, so an update smaller than 1/256 of the weight would round away if applied to it directly.
+/// The master is updated and the parameter is then set to its rounding.
 #[derive(Debug)]
 pub struct AdamW {
     pub betas: (f64, f64),
@@ -190,17 +195,26 @@ pub struct AdamW {
     step: i64,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
+    /// f32 copies of the parameters that are not f32 (`None` for f32 ones, updated in place).
+    master: Vec<Option<Tensor>>,
 }
 
 impl AdamW {
     pub fn new(params: &[Tensor], betas: (f64, f64), eps: f64, weight_decay: f64) -> Self {
+        let _g = tch::no_grad_guard();
+        let master: Vec<Option<Tensor>> = params
+            .iter()
+            .map(|p| (p.kind() != Kind::Float).then(|| p.detach().to_kind(Kind::Float)))
+            .collect();
+        let zeros = |(p, m): (&Tensor, &Option<Tensor>)| Tensor::zeros_like(m.as_ref().unwrap_or(p));
         Self {
             betas,
             eps,
             weight_decay,
             step: 0,
-            m: params.iter().map(Tensor::zeros_like).collect(),
-            v: params.iter().map(Tensor::zeros_like).collect(),
+            m: params.iter().zip(&master).map(zeros).collect(),
+            v: params.iter().zip(&master).map(zeros).collect(),
+            master,
         }
     }
 
@@ -212,18 +226,22 @@ impl AdamW {
         let (b1, b2) = self.betas;
         let bc1 = 1.0 - b1.powi(self.step as i32);
         let bc2 = 1.0 - b2.powi(self.step as i32);
-        for ((p, m), v) in params.iter().zip(&mut self.m).zip(&mut self.v) {
+        for (((p, m), v), master) in params.iter().zip(&mut self.m).zip(&mut self.v).zip(&self.master) {
             let g = p.grad();
             if !g.defined() {
                 continue;
             }
-            let mut p = p.shallow_clone();
-            let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
+            let g = g.to_kind(Kind::Float);
+            let mut w = master.as_ref().unwrap_or(p).shallow_clone();
+            let _ = w.g_mul_scalar_(1.0 - lr * self.weight_decay);
             let _ = m.lerp_(&g, 1.0 - b1);
             let _ = v.g_mul_scalar_(b2);
             let _ = v.addcmul_(&g, &g.g_mul_scalar(1.0 - b2));
             let denom = v.sqrt() / bc2.sqrt() + self.eps;
-            let _ = p.addcdiv_(&(&*m * (-lr / bc1)), &denom);
+            let _ = w.addcdiv_(&(&*m * (-lr / bc1)), &denom);
+            if master.is_some() {
+                let _ = p.shallow_clone().copy_(&w);
+            }
         }
     }
 }
@@ -466,4 +484,27 @@ mod tests {
         let m: Vec<bool> = Vec::try_from(topk_mask(&x, 2).view([-1])).unwrap();
         assert_eq!(m, vec![false, true, true, false]);
     }
+
+    /// A bf16 parameter trains through an f32 master: updates far below bf16's resolution
+    /// accumulate instead of rounding away, and the moments are f32.
+    #[test]
+    fn adamw_keeps_f32_master_weights_for_bf16_parameters() {
+        let p = Tensor::from_slice(&[1.0f32, -2.0]).to_kind(Kind::BFloat16).set_requires_grad(true);
+        let mut opt = AdamW::new(&[p.shallow_clone()], (0.9, 0.999), 1e-8, 0.0);
+        assert!(opt.m.iter().chain(&opt.v).all(|t| t.kind() == Kind::Float));
+        // Adam's first steps move each weight by about lr; 1e-4 is below bf16's step at 1.0 (2^-7).
+        for _ in 0..100 {
+            let loss = (&p * Tensor::from_slice(&[1.0f32, -1.0]).to_kind(Kind::BFloat16)).sum(Kind::Float);
+            loss.backward();
+            opt.step(&[p.shallow_clone()], 1e-4);
+            let _ = p.grad().zero_();
+        }
+        let master = Vec::<f32>::try_from(opt.master[0].as_ref().unwrap()).unwrap();
+        assert!((master[0] - (1.0 - 100.0 * 1e-4)).abs() < 1e-4, "{master:?}");
+        assert!((master[1] - (-2.0 + 100.0 * 1e-4)).abs() < 1e-4, "{master:?}");
+        let w = Vec::<f32>::try_from(p.detach().to_kind(Kind::Float)).unwrap();
+        assert!(w[0] < 1.0 && w[1] > -2.0, "the bf16 weights follow their master: {w:?}");
+        assert_eq!(p.kind(), Kind::BFloat16);
+    }
+
 }
