@@ -2,9 +2,9 @@
 //! into engine calls and prints for humans (or JSON). The only place that picks exit codes.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::error::{CliError, FAILED, INTERRUPTED, bad};
 use anyhow::{Context, Result};
 use axbench_cache::Store;
 use axbench_engine::{
@@ -36,8 +36,8 @@ pub enum LogFormat {
 #[derive(Args)]
 #[command(after_long_help = "Examples:
   axbench run tests/fixtures/engine/toy.toml
-  axbench run configs/sweep.toml -j 8             a sweep file extends a pipeline
-  axbench run pipelines/main.toml --set model.layer=12 --set concepts.limit=10")]
+  axbench run configs/paper/gemma2-2b-l20.toml -j 4   a sweep file extends a pipeline
+  axbench run pipelines/detection.toml --set model.layer=12 --set concepts.limit=10")]
 pub struct RunArgs {
     /// Pipeline TOML, or a sweep file (one with `extends = \"pipeline.toml\"`)
     pub pipeline: PathBuf,
@@ -99,7 +99,7 @@ pub struct SlurmArgs {
 #[command(after_long_help = "Examples:
   axbench plan tests/fixtures/engine/toy.toml
   axbench plan tests/fixtures/engine/toy.toml --set scale=3 --json
-  axbench plan pipelines/main.toml --params
+  axbench plan pipelines/detection.toml --params
 
 JSON output (stable contract):
   {\"nodes\":[{\"id\":\"…\",\"stage\":\"…\",\"state\":\"fresh\"|\"stale\"|\"missing\",\"reason\":\"…\"}],\"to_run\":N}")]
@@ -150,49 +150,11 @@ fn default_jobs() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// Bad input: exit code 2.
-#[derive(Debug)]
-struct BadInput(String);
-impl std::fmt::Display for BadInput {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for BadInput {}
-
-/// A finished command that wants a specific exit code.
-#[derive(Debug)]
-struct Exit(u8);
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}", self.0)
-    }
-}
-impl std::error::Error for Exit {}
-
 fn engine(e: EngineError) -> anyhow::Error {
     if e.is_bad_input() {
-        BadInput(e.to_string()).into()
+        bad(e)
     } else {
         anyhow::Error::new(e)
-    }
-}
-
-/// Maps a command result to the process exit code, printing errors.
-pub fn exit(result: Result<()>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
-                return ExitCode::from(*code);
-            }
-            if let Some(b) = e.downcast_ref::<BadInput>() {
-                eprintln!("error: {b}");
-                return ExitCode::from(2);
-            }
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
     }
 }
 
@@ -230,8 +192,8 @@ pub(crate) fn open_store(g: &GlobalArgs) -> Result<Store> {
 }
 
 fn load(pipeline: &Path, sets: &[String]) -> Result<PipelineSpec> {
-    let mut spec = PipelineSpec::load(pipeline).map_err(|e| BadInput(e.to_string()))?;
-    spec.apply_sets(sets).map_err(|e| BadInput(e.to_string()))?;
+    let mut spec = PipelineSpec::load(pipeline).map_err(bad)?;
+    spec.apply_sets(sets).map_err(bad)?;
     Ok(spec)
 }
 
@@ -246,7 +208,7 @@ fn with_max_nodes(mut spec: PipelineSpec, max_nodes: Option<usize>) -> PipelineS
 pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
     let spec = with_max_nodes(load(&a.pipeline, &a.sets)?, a.max_nodes);
     let registry = registry();
-    StageGraph::build(&spec, &registry).map_err(|e| BadInput(e.to_string()))?;
+    StageGraph::build(&spec, &registry).map_err(bad)?;
     let store = Arc::new(open_store(g)?);
     let project = project_dir(g)?;
     let slurm = match a.executor {
@@ -259,10 +221,9 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
                 || !s.slurm_opts.is_empty()
                 || s.axbench_bin.is_some()
             {
-                return Err(BadInput(
-                    "--partition, --gres, --time, --slurm-opt and --axbench-bin need --executor slurm".into(),
-                )
-                .into());
+                return Err(bad(
+                    "--partition, --gres, --time, --slurm-opt and --axbench-bin need --executor slurm",
+                ));
             }
             None
         }
@@ -328,10 +289,10 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
         }
     }
     if report.cancelled {
-        return Err(Exit(130).into());
+        return Err(CliError::reported(INTERRUPTED));
     }
     if !report.ok() {
-        return Err(Exit(1).into());
+        return Err(CliError::reported(FAILED));
     }
     Ok(())
 }
@@ -363,13 +324,13 @@ fn slurm_executor(
     for kv in &a.slurm_opts {
         cfg.defaults
             .parse_opt(kv)
-            .map_err(|e| BadInput(format!("--slurm-opt {kv}: {e}")))?;
+            .map_err(|e| bad(format!("--slurm-opt {kv}: {e}")))?;
     }
     cfg.defaults
         .check()
-        .map_err(|(field, e)| BadInput(format!("--{}: {e}", field.trim_start_matches('.'))))?;
+        .map_err(|(field, e)| bad(format!("--{}: {e}", field.trim_start_matches('.'))))?;
     if a.array_limit == 0 {
-        return Err(BadInput("--array-limit must be at least 1".into()).into());
+        return Err(bad("--array-limit must be at least 1"));
     }
     cfg.array_limit = a.array_limit;
     if let Err(e) = axbench_engine::slurm::cluster_reachable() {
@@ -501,12 +462,11 @@ pub fn show(g: &GlobalArgs, a: ShowArgs) -> Result<()> {
             [(k, _)] => Some(*k),
             [] => None,
             _ => {
-                return Err(BadInput(format!(
+                return Err(bad(format!(
                     "key prefix `{}` is ambiguous ({} matches)",
                     a.node,
                     matches.len()
-                ))
-                .into());
+                )));
             }
         }
     } else {
@@ -514,11 +474,10 @@ pub fn show(g: &GlobalArgs, a: ShowArgs) -> Result<()> {
     };
     let key = key.or_else(|| store.latest(reader.as_ref(), &a.node));
     let Some(key) = key else {
-        return Err(BadInput(format!(
+        return Err(bad(format!(
             "no cached node `{}` (give a node id as `plan` prints it, or a key prefix)",
             a.node
-        ))
-        .into());
+        )));
     };
     let m = store
         .read_manifest(&key)?
@@ -560,7 +519,7 @@ pub fn gc(g: &GlobalArgs, a: GcArgs) -> Result<()> {
 
 pub fn dot(_g: &GlobalArgs, a: DotArgs) -> Result<()> {
     let spec = load(&a.pipeline, &[])?;
-    let sg = StageGraph::build(&spec, &registry()).map_err(|e| BadInput(e.to_string()))?;
+    let sg = StageGraph::build(&spec, &registry()).map_err(bad)?;
     print!("{}", sg.dot(&spec));
     Ok(())
 }
@@ -580,7 +539,7 @@ pub fn verify(g: &GlobalArgs) -> Result<()> {
         r.problems.len()
     );
     if !r.problems.is_empty() {
-        return Err(Exit(1).into());
+        return Err(CliError::reported(FAILED));
     }
     Ok(())
 }

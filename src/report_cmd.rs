@@ -6,13 +6,13 @@
 //! `--open` opens the HTML with `xdg-open`.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::pipeline_cmd::{GlobalArgs, registry};
-use crate::results_cmd::{AGGREGATE_KIND, Failure, NodeFiles, Opened, open_pipeline, run_hint, stage_outputs};
+use crate::error::bad;
+use crate::results_cmd::{AGGREGATE_KIND, NodeFiles, Opened, open_pipeline, run_hint, stage_outputs};
 
 /// `axbench report`
 #[derive(Args)]
@@ -32,14 +32,8 @@ pub struct ReportArgs {
     pub open: bool,
 }
 
-pub fn run(g: &GlobalArgs, a: ReportArgs) -> ExitCode {
-    match report(g, &a) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(code, e)) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(code)
-        }
-    }
+pub fn run(g: &GlobalArgs, a: ReportArgs) -> Result<()> {
+    report(g, &a)
 }
 
 /// A node id as a folder name: `aggregate[layer=9]` → `aggregate_layer_9_`.
@@ -68,17 +62,16 @@ fn export(files: &NodeFiles, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report(g: &GlobalArgs, a: &ReportArgs) -> Result<(), Failure> {
-    let bad = |e: anyhow::Error| Failure(2, e);
+fn report(g: &GlobalArgs, a: &ReportArgs) -> Result<()> {
     let Opened {
         spec,
         project,
         cache,
         store,
     } = open_pipeline(g, &a.pipeline, &a.sets)?;
-    let found = stage_outputs(&spec, &registry(), &store, &project, AGGREGATE_KIND).map_err(|e| Failure(1, e))?;
+    let found = stage_outputs(&spec, &registry(), &store, &project, AGGREGATE_KIND)?;
     if found.is_empty() {
-        return Err(bad(anyhow::anyhow!(
+        return Err(bad(format!(
             "{} has no `{AGGREGATE_KIND}` stage: nothing makes a report",
             a.pipeline.display()
         )));
@@ -93,14 +86,14 @@ fn report(g: &GlobalArgs, a: &ReportArgs) -> Result<(), Failure> {
     let mut htmls = Vec::new();
     for (id, outputs) in &found {
         let files = outputs.as_ref().ok_or_else(|| {
-            bad(anyhow::anyhow!(
+            bad(format!(
                 "`{id}` is not computed for these params: {}",
                 run_hint(&a.pipeline, &a.sets)
             ))
         })?;
         for name in ["report.html", "report.md"] {
             if !files.contains_key(name) {
-                return Err(Failure(1, anyhow::anyhow!("`{id}` has no output {name}")));
+                return Err(anyhow::anyhow!("`{id}` has no output {name}"));
             }
         }
         let dir = if several {
@@ -108,7 +101,7 @@ fn report(g: &GlobalArgs, a: &ReportArgs) -> Result<(), Failure> {
         } else {
             base.clone()
         };
-        export(files, &dir).map_err(|e| Failure(1, e))?;
+        export(files, &dir)?;
         println!("{}", dir.join("report.html").display());
         println!("{}", dir.join("report.md").display());
         htmls.push(dir.join("report.html"));

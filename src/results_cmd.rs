@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use axbench_cache::Store;
@@ -20,6 +19,7 @@ use axbench_stages::report::Summary;
 use axbench_stages::stages::evaluate::Results;
 use clap::Args;
 
+use crate::error::bad;
 use crate::pipeline_cmd::{GlobalArgs, registry};
 
 /// Kind of the stage whose detection results `results` reads.
@@ -48,17 +48,8 @@ pub struct ResultsArgs {
     pub json: bool,
 }
 
-/// What went wrong, with the exit code it maps to (2: bad input or nothing computed yet, 1: other failures).
-pub(crate) struct Failure(pub u8, pub anyhow::Error);
-
-pub fn run(g: &GlobalArgs, a: ResultsArgs) -> ExitCode {
-    match results(g, &a) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(code, e)) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(code)
-        }
-    }
+pub fn run(g: &GlobalArgs, a: ResultsArgs) -> Result<()> {
+    results(g, &a)
 }
 
 pub(crate) fn project_dir(g: &GlobalArgs) -> Result<PathBuf> {
@@ -84,14 +75,14 @@ pub(crate) struct Opened {
 }
 
 /// Loads `pipeline` with `sets` (errors are bad input, exit 2) and opens the cache (exit 1).
-pub(crate) fn open_pipeline(g: &GlobalArgs, pipeline: &Path, sets: &[String]) -> Result<Opened, Failure> {
-    let mut spec = PipelineSpec::load(pipeline).map_err(|e| Failure(2, e.into()))?;
-    spec.apply_sets(sets).map_err(|e| Failure(2, e.into()))?;
-    let project = project_dir(g).map_err(|e| Failure(1, e))?;
+pub(crate) fn open_pipeline(g: &GlobalArgs, pipeline: &Path, sets: &[String]) -> Result<Opened> {
+    let mut spec = PipelineSpec::load(pipeline).map_err(bad)?;
+    spec.apply_sets(sets).map_err(bad)?;
+    let project = project_dir(g)?;
     let cache = g.cache_dir.clone().unwrap_or_else(|| project.join(".axbench"));
     let store = Store::open(&cache)
         .with_context(|| format!("opening cache {}", cache.display()))
-        .map_err(|e| Failure(1, e))?;
+        ?;
     Ok(Opened {
         spec,
         project,
@@ -100,33 +91,32 @@ pub(crate) fn open_pipeline(g: &GlobalArgs, pipeline: &Path, sets: &[String]) ->
     })
 }
 
-fn results(g: &GlobalArgs, a: &ResultsArgs) -> Result<(), Failure> {
-    let bad = |e: anyhow::Error| Failure(2, e);
+fn results(g: &GlobalArgs, a: &ResultsArgs) -> Result<()> {
     let Opened {
         spec, project, store, ..
     } = open_pipeline(g, &a.pipeline, &a.sets)?;
     let registry = registry();
-    let evaluates = stage_outputs(&spec, &registry, &store, &project, EVALUATE_KIND).map_err(|e| Failure(1, e))?;
-    let aggregates = stage_outputs(&spec, &registry, &store, &project, AGGREGATE_KIND).map_err(|e| Failure(1, e))?;
+    let evaluates = stage_outputs(&spec, &registry, &store, &project, EVALUATE_KIND)?;
+    let aggregates = stage_outputs(&spec, &registry, &store, &project, AGGREGATE_KIND)?;
     if evaluates.is_empty() && aggregates.is_empty() {
-        return Err(bad(anyhow::anyhow!(
+        return Err(bad(format!(
             "{} has no `{EVALUATE_KIND}` or `{AGGREGATE_KIND}` stage",
             a.pipeline.display()
         )));
     }
     let not_computed = |id: &str| {
-        bad(anyhow::anyhow!(
+        bad(format!(
             "`{id}` is not computed for these params: {}",
             run_hint(&a.pipeline, &a.sets)
         ))
     };
-    let read = |id: &str, files: &BTreeMap<String, PathBuf>, name: &str| -> Result<Vec<u8>, Failure> {
+    let read = |id: &str, files: &BTreeMap<String, PathBuf>, name: &str| -> Result<Vec<u8>> {
         let p = files
             .get(name)
-            .ok_or_else(|| Failure(1, anyhow::anyhow!("`{id}` has no output {name}")))?;
+            .ok_or_else(|| anyhow::anyhow!("`{id}` has no output {name}"))?;
         std::fs::read(p)
             .with_context(|| format!("{id}: {name} ({})", p.display()))
-            .map_err(|e| Failure(1, e))
+            
     };
     let mut detection = Vec::new();
     let mut tables = String::new();
@@ -134,7 +124,7 @@ fn results(g: &GlobalArgs, a: &ResultsArgs) -> Result<(), Failure> {
         let files = outputs.as_ref().ok_or_else(|| not_computed(id))?;
         let r: Results = serde_json::from_slice(&read(id, files, "results.json")?)
             .with_context(|| format!("{id}: results.json"))
-            .map_err(|e| Failure(1, e))?;
+            ?;
         detection.extend(r.detection.into_iter().map(|r| {
             serde_json::json!({"model": r.model, "layer": r.layer, "method": r.method, "concept_id": r.concept_id, "auroc": r.auroc, "f1": r.f1})
         }));
@@ -145,7 +135,7 @@ fn results(g: &GlobalArgs, a: &ResultsArgs) -> Result<(), Failure> {
         let files = outputs.as_ref().ok_or_else(|| not_computed(id))?;
         let s: Summary = serde_json::from_slice(&read(id, files, "summary.json")?)
             .with_context(|| format!("{id}: summary.json"))
-            .map_err(|e| Failure(1, e))?;
+            ?;
         steering.extend(steering_json(&s));
         let t = axbench_stages::report::markdown::steering_tables(&s);
         if !t.is_empty() {
