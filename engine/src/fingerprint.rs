@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 use axbench_cache::{Digest, FileStat, OutputEntry, Store};
 
+use crate::key::{CacheKey, KeyHasher};
 use crate::plan::{NodeState, PlanJson, PlanJsonNode};
 use crate::spec::PipelineSpec;
 use crate::stage::Registry;
@@ -315,7 +316,9 @@ pub fn launch_key(spec: &PipelineSpec, project_dir: &Path, exe: &Path) -> Option
 fn hash_pipeline(h: &mut blake3::Hasher, spec: &PipelineSpec, project_dir: &Path) {
     h.update(project_dir.as_os_str().as_encoded_bytes());
     h.update(b"\0");
-    h.update(format!("{spec:?}").as_bytes());
+    let mut spec_hasher = KeyHasher::new("axbench.pipeline.spec.v1");
+    spec.cache_key(&mut spec_hasher);
+    h.update(&spec_hasher.finish().0);
 }
 
 /// Files the record under `spec`'s fingerprint also under its [`launch_key`] for the binary

@@ -62,6 +62,12 @@ impl CacheKey for u32 {
         h.u64(*self as u64);
     }
 }
+impl CacheKey for u64 {
+    fn cache_key(&self, h: &mut KeyHasher) {
+        h.tag(b'U');
+        h.u64(*self);
+    }
+}
 impl CacheKey for i64 {
     fn cache_key(&self, h: &mut KeyHasher) {
         h.tag(b'i');

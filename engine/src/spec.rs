@@ -48,6 +48,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::key::{CacheKey, KeyHasher};
 use crate::value::Value;
 
 /// Default cap on the number of nodes one pipeline may expand to.
@@ -811,6 +812,73 @@ pub fn substitute(v: &Value, lookup: &dyn Fn(&str) -> Option<Value>) -> Result<V
                 .collect::<Result<_, String>>()?,
         )),
         other => Ok(other.clone()),
+    }
+}
+
+// ---- the whole spec as a CacheKey (the no-op record's fingerprint) -----------------------------
+
+/// Every field of a spec type, in declaration order, after a tag naming the type.
+macro_rules! cache_key_fields {
+    ($ty:ty, $tag:literal, $($field:ident),+) => {
+        impl CacheKey for $ty {
+            fn cache_key(&self, h: &mut KeyHasher) {
+                h.bytes($tag.as_bytes());
+                $( self.$field.cache_key(h); )+
+            }
+        }
+    };
+}
+
+impl CacheKey for Loc {
+    fn cache_key(&self, h: &mut KeyHasher) {
+        self.file.as_ref().cache_key(h);
+        self.line.cache_key(h);
+        self.col.cache_key(h);
+    }
+}
+impl<T: CacheKey> CacheKey for Located<T> {
+    fn cache_key(&self, h: &mut KeyHasher) {
+        self.value.cache_key(h);
+        self.loc.cache_key(h);
+    }
+}
+impl CacheKey for Dim {
+    fn cache_key(&self, h: &mut KeyHasher) {
+        match self {
+            Dim::Values(v) => {
+                h.tag(b'v');
+                v.cache_key(h)
+            }
+            Dim::Param(p) => {
+                h.tag(b'p');
+                p.cache_key(h)
+            }
+            Dim::From(s) => {
+                h.tag(b'f');
+                s.cache_key(h)
+            }
+        }
+    }
+}
+impl CacheKey for crate::slurm::SlurmOptions {
+    /// Its serde form: every field by name, maps sorted, so a new option is covered without an edit here.
+    fn cache_key(&self, h: &mut KeyHasher) {
+        h.bytes(&serde_json::to_vec(self).expect("SlurmOptions serializes"));
+    }
+}
+cache_key_fields!(ParamDecl, "ParamDecl", name, default, description, value, set_by, loc);
+cache_key_fields!(StageSpec, "StageSpec", name, kind, description, params, inputs, foreach, resources, slurm, loc);
+impl CacheKey for PipelineSpec {
+    fn cache_key(&self, h: &mut KeyHasher) {
+        h.bytes(b"PipelineSpec");
+        self.name.cache_key(h);
+        self.description.cache_key(h);
+        // The no-op record is local to this checkout, so the pipeline's own path may enter it.
+        h.bytes(self.file.as_os_str().as_encoded_bytes());
+        self.params.cache_key(h);
+        self.resources.cache_key(h);
+        self.stages.cache_key(h);
+        (self.max_nodes as u64).cache_key(h);
     }
 }
 
