@@ -443,6 +443,62 @@ params = { tally = "{tally}", value = 1 }
     assert_eq!(tally(&p).get("fine"), Some(&1));
 }
 
+/// `nodes_per_task = 2` on a stage of 5 nodes: one array of 3 tasks, the last running one node;
+/// every node computed once, and a rerun computes nothing.
+#[test]
+fn nodes_per_task_runs_a_stage_s_nodes_in_fewer_array_tasks() {
+    if !cluster() {
+        return;
+    }
+    let p = Project::new();
+    let file = pipeline(
+        &p,
+        r#"
+[stages.many]
+kind = "test.tally"
+foreach = { i = [1, 2, 3, 4, 5] }
+params = { tally = "{tally}", value = "${i}" }
+
+[stages.many.slurm]
+nodes_per_task = 2
+
+[stages.sum]
+kind = "test.add"
+inputs = { x = "many" }
+"#,
+    );
+    let out = slurm_run(&p, &file, &[]).output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {err}\nstdout: {}",
+        text(&out.stdout)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&r, "computed").len(), 6, "{r}");
+    assert_eq!(r["slurm"]["arrays"], 2, "{r}");
+    assert_eq!(r["slurm"]["tasks"], 3 + 1, "{r}");
+    assert_eq!(r["slurm"]["nodes"], 5 + 1, "{r}");
+    let many = err
+        .lines()
+        .find(|l| l.contains("as Slurm job") && l.contains("--job-name=axb-many "))
+        .unwrap_or_else(|| panic!("no sbatch for `many` in {err}"));
+    assert!(many.contains("--array=0-2%"), "{many}");
+    assert_eq!(value(&p, "sum"), serde_json::json!(15));
+    let t = tally(&p);
+    assert_eq!(t.len(), 5, "{t:?}");
+    assert!(t.values().all(|&n| n == 1), "{t:?}");
+    assert!(walk(&p.cache().join("slurm/batches")).is_empty());
+
+    let again = slurm_run(&p, &file, &[]).output().unwrap();
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(ids(&r, "computed"), Vec::<String>::new(), "{r}");
+    assert_eq!(r["slurm"]["tasks"], 0, "{r}");
+    assert!(tally(&p).values().all(|&n| n == 1));
+}
+
 // ---- exec-node with several keys: no cluster needed -------------------------------------------
 
 /// Writes the job spec of a toy node under `<cache>/jobs/`, as the executor does; its key is
