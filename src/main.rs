@@ -61,7 +61,7 @@ enum Command {
     Model(model_cmd::ModelArgs),
     /// Serve a model (with steering vectors) over an OpenAI-compatible HTTP API.
     Serve(serve_cmd::ServeArgs),
-    /// Run one node from the job spec an executor stored in the cache (what Slurm tasks run).
+    /// Run nodes (one, or several in order) from the job specs an executor stored in the cache (what Slurm tasks run).
     ExecNode(exec_node_cmd::ExecNodeArgs),
 }
 

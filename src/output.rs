@@ -47,9 +47,14 @@ pub fn print_run_report(pipeline: &str, report: &RunReport, slurm: Option<&Slurm
         eprintln!("not expanded: {p} (its list stage did not finish)");
     }
     if let Some(st) = slurm {
+        let tasks = if st.tasks == st.nodes {
+            String::new()
+        } else {
+            format!(" as {} task(s)", st.tasks)
+        };
         eprintln!(
-            "slurm: submitted {} node(s) in {} job array(s), re-attached to {} running job task(s)",
-            st.tasks, st.arrays, st.reattached
+            "slurm: submitted {} node(s){tasks} in {} job array(s), re-attached to {} running job task(s)",
+            st.nodes, st.arrays, st.reattached
         );
     }
     println!(

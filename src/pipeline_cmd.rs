@@ -79,7 +79,8 @@ pub struct SlurmArgs {
     /// Generic resources for GPU stages, e.g. gpu:1 (CPU stages never get it)
     #[arg(long, value_name = "SPEC")]
     pub gres: Option<String>,
-    /// Time limit per node, e.g. 2:00:00 (sbatch --time)
+    /// Time limit per array task (one node, or --nodes-per-task of them), e.g. 2:00:00
+    /// (sbatch --time)
     #[arg(long, value_name = "LIMIT")]
     pub time: Option<String>,
     /// Any other sbatch option, repeatable: --slurm-opt account=proj1 --slurm-opt qos=long
@@ -88,6 +89,10 @@ pub struct SlurmArgs {
     /// At most this many tasks of one job array run at once (the array's `%` limit)
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub array_limit: u32,
+    /// Nodes one array task runs, one after the other in one process (a model stage loads its
+    /// model once for all of them); --time is then per task [default: 1]
+    #[arg(long, value_name = "N")]
+    pub nodes_per_task: Option<u32>,
     /// The axbench binary the array tasks run (must exist at this path on the compute nodes)
     /// [default: this binary]
     #[arg(long, value_name = "PATH")]
@@ -220,9 +225,10 @@ pub fn run(g: &GlobalArgs, a: RunArgs) -> Result<()> {
                 || s.time.is_some()
                 || !s.slurm_opts.is_empty()
                 || s.axbench_bin.is_some()
+                || s.nodes_per_task.is_some()
             {
                 return Err(bad(
-                    "--partition, --gres, --time, --slurm-opt and --axbench-bin need --executor slurm",
+                    "--partition, --gres, --time, --slurm-opt, --nodes-per-task and --axbench-bin need --executor slurm",
                 ));
             }
             None
@@ -321,6 +327,10 @@ fn slurm_executor(
     cfg.defaults.partition = a.partition.clone();
     cfg.defaults.gres = a.gres.clone();
     cfg.defaults.time = a.time.clone();
+    if a.nodes_per_task == Some(0) {
+        return Err(bad("--nodes-per-task must be at least 1"));
+    }
+    cfg.defaults.nodes_per_task = a.nodes_per_task;
     for kv in &a.slurm_opts {
         cfg.defaults
             .parse_opt(kv)

@@ -442,3 +442,186 @@ params = { tally = "{tally}", value = 1 }
     assert_eq!(value(&p, "doomed"), serde_json::json!(7));
     assert_eq!(tally(&p).get("fine"), Some(&1));
 }
+
+/// `nodes_per_task = 2` on a stage of 5 nodes: one array of 3 tasks, the last running one node;
+/// every node computed once, and a rerun computes nothing.
+#[test]
+fn nodes_per_task_runs_a_stage_s_nodes_in_fewer_array_tasks() {
+    if !cluster() {
+        return;
+    }
+    let p = Project::new();
+    let file = pipeline(
+        &p,
+        r#"
+[stages.many]
+kind = "test.tally"
+foreach = { i = [1, 2, 3, 4, 5] }
+params = { tally = "{tally}", value = "${i}" }
+
+[stages.many.slurm]
+nodes_per_task = 2
+
+[stages.sum]
+kind = "test.add"
+inputs = { x = "many" }
+"#,
+    );
+    let out = slurm_run(&p, &file, &[]).output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {err}\nstdout: {}",
+        text(&out.stdout)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&r, "computed").len(), 6, "{r}");
+    assert_eq!(r["slurm"]["arrays"], 2, "{r}");
+    assert_eq!(r["slurm"]["tasks"], 3 + 1, "{r}");
+    assert_eq!(r["slurm"]["nodes"], 5 + 1, "{r}");
+    let many = err
+        .lines()
+        .find(|l| l.contains("as Slurm job") && l.contains("--job-name=axb-many "))
+        .unwrap_or_else(|| panic!("no sbatch for `many` in {err}"));
+    assert!(many.contains("--array=0-2%"), "{many}");
+    assert_eq!(value(&p, "sum"), serde_json::json!(15));
+    let t = tally(&p);
+    assert_eq!(t.len(), 5, "{t:?}");
+    assert!(t.values().all(|&n| n == 1), "{t:?}");
+    assert!(walk(&p.cache().join("slurm/batches")).is_empty());
+
+    let again = slurm_run(&p, &file, &[]).output().unwrap();
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(ids(&r, "computed"), Vec::<String>::new(), "{r}");
+    assert_eq!(r["slurm"]["tasks"], 0, "{r}");
+    assert!(tally(&p).values().all(|&n| n == 1));
+}
+
+// ---- exec-node with several keys: no cluster needed -------------------------------------------
+
+/// Writes the job spec of a toy node under `<cache>/jobs/`, as the executor does; its key is
+/// made up (exec-node only checks it names the file).
+fn job_spec(p: &Project, node: &str, kind: &str, params: serde_json::Value) -> String {
+    let key = blake3::hash(node.as_bytes()).to_hex().to_string();
+    let spec = serde_json::json!({
+        "key": key, "node": node, "stage": node, "kind": kind, "version": 1, "coord": {},
+        "params": params, "manifest_params": params, "inputs": {},
+        "project_dir": p.path(), "list_output": false,
+    });
+    let dir = p.cache().join("jobs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{key}.json")), spec.to_string()).unwrap();
+    key
+}
+
+fn exit_file(path: &Path) -> Option<(i32, String)> {
+    let t = std::fs::read_to_string(path).ok()?;
+    let mut l = t.lines();
+    Some((l.next()?.parse().ok()?, l.next()?.to_string()))
+}
+
+#[test]
+fn exec_node_runs_several_keys_in_order_one_failure_does_not_stop_the_rest() {
+    let p = Project::new();
+    let bad = job_spec(&p, "bad", "test.fail", serde_json::json!({ "message": "boom" }));
+    let good = job_spec(&p, "good", "test.const", serde_json::json!({ "value": 4 }));
+    let missing = "ab".repeat(32);
+    let cache = p.cache().display().to_string();
+    let e: Vec<PathBuf> = (0..3).map(|i| p.path().join(format!("{i}.exit"))).collect();
+    let es: Vec<&str> = e.iter().map(|p| p.to_str().unwrap()).collect();
+    let out = p
+        .command(&[
+            "exec-node",
+            &bad,
+            &good,
+            &missing,
+            "--cache-dir",
+            &cache,
+            "--exit-file",
+            es[0],
+            "--exit-file",
+            es[1],
+            "--exit-file",
+            es[2],
+        ])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "the first failure's code: {err}");
+    assert_eq!(exit_file(&e[0]), Some((1, "failed".into())), "{err}");
+    assert_eq!(exit_file(&e[1]), Some((0, "computed".into())), "{err}");
+    assert_eq!(exit_file(&e[2]), Some((2, "bad-input".into())), "{err}");
+    assert!(err.contains("boom") && err.contains("no job spec"), "{err}");
+    assert_eq!(manifests(&p), 1, "only `good` is done");
+
+    // Every node succeeding (here: found cached) is 0.
+    let out = p
+        .command(&["exec-node", &good, "--cache-dir", &cache, "--exit-file", es[1]])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(exit_file(&e[1]), Some((0, "cached".into())));
+
+    // One --exit-file per KEY, or nothing runs.
+    std::fs::remove_file(&e[0]).unwrap();
+    let out = p
+        .command(&["exec-node", &bad, &good, "--cache-dir", &cache, "--exit-file", es[0]])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("one --exit-file per KEY"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!e[0].exists());
+}
+
+#[test]
+fn exec_node_sigterm_cancels_the_running_node_and_the_ones_not_started() {
+    let p = Project::new();
+    let tally_file = tally_path(&p).display().to_string();
+    let slow = job_spec(
+        &p,
+        "slow",
+        "test.tally",
+        serde_json::json!({ "tally": tally_file, "value": 1, "ms": 60000 }),
+    );
+    let next = job_spec(&p, "next", "test.const", serde_json::json!({ "value": 2 }));
+    let cache = p.cache().display().to_string();
+    let (e0, e1) = (p.path().join("0.exit"), p.path().join("1.exit"));
+    let child = p
+        .command(&[
+            "exec-node",
+            &slow,
+            &next,
+            "--cache-dir",
+            &cache,
+            "--exit-file",
+            e0.to_str().unwrap(),
+            "--exit-file",
+            e1.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the slow node to start", Duration::from_secs(30), || {
+        tally(&p).contains_key("slow")
+    });
+    let started = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert_eq!(exit_file(&e0), Some((130, "cancelled".into())));
+    assert_eq!(exit_file(&e1), Some((130, "cancelled".into())));
+    assert_eq!(manifests(&p), 0, "neither node has a manifest");
+}

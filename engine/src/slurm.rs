@@ -1,5 +1,6 @@
-//! The Slurm executor: runs each node as a Slurm array task of `axbench exec-node KEY`, against
-//! a cache directory every compute node sees (a shared filesystem).
+//! The Slurm executor: runs each node as a Slurm array task of `axbench exec-node KEY` (or, with a
+//! stage's `nodes_per_task = k`, k nodes per task in one process), against a cache directory every
+//! compute node sees (a shared filesystem).
 //!
 //! # How a node runs
 //!
@@ -9,12 +10,12 @@
 //!                               2. queue it; after a short window the manager thread submits
 //!                                  every queued node of one stage as ONE job array:
 //!                                  <cache>/slurm/batches/<batch>/{keys, job.sh, submit.json}
-//!                                  sbatch --array=0-(n-1)%limit job.sh
-//!                               3. each array task runs `axbench exec-node <key>`, which runs
-//!                                  the stage exactly like the local executor (staging dir in
-//!                                  the cache, hash, rename into blobs/, manifest last) and
-//!                                  writes <batch>/<task>.exit (`job.sh` writes it if
-//!                                  exec-node itself crashed)
+//!                                  sbatch --array=0-(m-1)%limit job.sh, m = ceil(n / k)
+//!                               3. array task i runs `axbench exec-node <key>...` for lines
+//!                                  [i*k, i*k+k) of keys, which runs each node exactly like the
+//!                                  local executor (staging dir in the cache, hash, rename into
+//!                                  blobs/, manifest last) and writes <batch>/<line>.exit as it
+//!                                  ends (`job.sh` writes those missing if exec-node crashed)
 //!                               4. the manager polls the .exit files (never sacct), and asks
 //!                                  squeue now and then whether tasks without one still exist
 //!                               5. exit 0: the engine re-hashes every output blob the manifest
@@ -30,10 +31,11 @@
 //!
 //! # Restarts and Ctrl-C
 //!
-//! Every submitted task is recorded in `<cache>/slurm/keys/<key>.json` (job id, batch, task
-//! index). A restarted engine that needs such a key re-attaches: it waits for the task's exit
-//! file as long as squeue still lists the task, and resubmits only when the task is gone without
-//! one. Ctrl-C `scancel`s every job this engine submitted or re-attached to.
+//! Every submitted node is recorded in `<cache>/slurm/keys/<key>.json` (job id, batch, its line
+//! in the batch and its array task). A restarted engine that needs such a key re-attaches: it
+//! waits for the node's exit file as long as squeue still lists its task, and resubmits only when
+//! the task is gone without one. Ctrl-C `scancel`s every job this engine submitted or
+//! re-attached to.
 //!
 //! # Resources
 //!
@@ -79,6 +81,10 @@ pub struct SlurmOptions {
     pub mem: Option<String>,
     /// The `%` limit of this stage's job arrays: at most this many of its tasks run at once.
     pub array_limit: Option<u32>,
+    /// Nodes one array task runs, one after the other in one `axbench exec-node` process
+    /// (default 1). For model stages with many small nodes: the model is loaded once per task
+    /// instead of once per node. `time` is then the limit of all of them together.
+    pub nodes_per_task: Option<u32>,
     /// Any other sbatch option, `name = "value"` → `--name=value` (`""` → `--name`),
     /// e.g. `{ account = "proj1", qos = "long", constraint = "a100" }`.
     #[serde(default)]
@@ -91,7 +97,7 @@ impl SlurmOptions {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(partition, gres, time, cpus_per_task, mem, array_limit);
+        take!(partition, gres, time, cpus_per_task, mem, array_limit, nodes_per_task);
         self.options.extend(other.options);
     }
 
@@ -113,6 +119,9 @@ impl SlurmOptions {
         }
         if self.array_limit == Some(0) {
             return Err((".array_limit".into(), "must be at least 1".into()));
+        }
+        if self.nodes_per_task == Some(0) {
+            return Err((".nodes_per_task".into(), "must be at least 1".into()));
         }
         for (k, v) in &self.options {
             check_option_name(k).map_err(|m| (format!(".options.{k}"), m))?;
@@ -204,6 +213,8 @@ pub struct StageRequest {
     pub opts: SlurmOptions,
     pub gpu: bool,
     pub array_limit: u32,
+    /// Nodes per array task (at least 1).
+    pub nodes_per_task: u32,
 }
 
 impl StageRequest {
@@ -216,15 +227,27 @@ impl StageRequest {
         }
         opts.merge(stage.clone());
         let array_limit = opts.array_limit.unwrap_or(cfg.array_limit);
-        StageRequest { opts, gpu, array_limit }
+        let nodes_per_task = opts.nodes_per_task.unwrap_or(1).max(1);
+        StageRequest {
+            opts,
+            gpu,
+            array_limit,
+            nodes_per_task,
+        }
     }
 
-    /// The sbatch arguments of an array of `n` tasks whose files live in `batch_dir`.
+    /// How many array tasks run `n` nodes: one per `nodes_per_task` of them.
+    pub fn tasks_for(&self, n: usize) -> usize {
+        n.div_ceil(self.nodes_per_task as usize)
+    }
+
+    /// The sbatch arguments of an array for `n` nodes ([`Self::tasks_for`] tasks) whose files
+    /// live in `batch_dir`.
     pub fn sbatch_args(&self, job_name: &str, n: usize, batch_dir: &Path) -> Vec<String> {
         let mut a = vec![
             "--parsable".to_string(),
             format!("--job-name={job_name}"),
-            format!("--array=0-{}%{}", n.saturating_sub(1), self.array_limit),
+            format!("--array=0-{}%{}", self.tasks_for(n).saturating_sub(1), self.array_limit),
             format!("--output={}/%a.log", batch_dir.display()),
             format!("--chdir={}", batch_dir.display()),
         ];
@@ -409,21 +432,34 @@ pub fn cluster_reachable() -> Result<(), String> {
 pub struct SlurmStats {
     /// Job arrays submitted.
     pub arrays: usize,
-    /// Array tasks submitted (one per node).
+    /// Array tasks submitted (one per `nodes_per_task` nodes of a stage, one per node by default).
     pub tasks: usize,
+    /// Nodes submitted (in those tasks).
+    pub nodes: usize,
     /// Nodes whose job, submitted by an earlier engine, was still queued or running.
     pub reattached: usize,
     /// Job ids this engine submitted, in order.
     pub job_ids: Vec<String>,
 }
 
-/// The record of one submitted task: `<cache>/slurm/keys/<key>.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// The record of one submitted node: `<cache>/slurm/keys/<key>.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct TaskRecord {
     job_id: String,
     batch: String,
+    /// The node's line in the batch's `keys` (its exit file is `<index>.exit`).
     index: usize,
+    /// The array task that runs it (`<job_id>_<task>` in squeue, `<task>.log`); absent in
+    /// records of one node per task, where it is `index`.
+    #[serde(default)]
+    task: Option<usize>,
     node: String,
+}
+
+impl TaskRecord {
+    fn task(&self) -> usize {
+        self.task.unwrap_or(self.index)
+    }
 }
 
 /// The record of one array: `<batch>/submit.json`.
@@ -431,6 +467,7 @@ struct TaskRecord {
 struct SubmitRecord<'a> {
     job_id: &'a str,
     stage: &'a str,
+    nodes_per_task: u32,
     nodes: Vec<&'a str>,
     keys: Vec<String>,
     sbatch: &'a [String],
@@ -468,7 +505,10 @@ struct InFlight {
     key: Digest,
     job_id: String,
     batch_dir: PathBuf,
-    index: usize,
+    /// The node's line in the batch's `keys`: names its exit file.
+    line: usize,
+    /// The array task that runs it (and maybe other lines): names its squeue id and log.
+    task: usize,
     tx: mpsc::Sender<TaskEnd>,
     /// Submitted by an earlier engine: resubmit (rather than fail) if it turns out gone.
     reattached: Option<NodeJob>,
@@ -478,13 +518,13 @@ struct InFlight {
 
 impl InFlight {
     fn task_id(&self) -> String {
-        format!("{}_{}", self.job_id, self.index)
+        format!("{}_{}", self.job_id, self.task)
     }
     fn exit_path(&self) -> PathBuf {
-        self.batch_dir.join(format!("{}.exit", self.index))
+        self.batch_dir.join(format!("{}.exit", self.line))
     }
     fn log_path(&self) -> PathBuf {
-        self.batch_dir.join(format!("{}.log", self.index))
+        self.batch_dir.join(format!("{}.log", self.task))
     }
 }
 
@@ -653,6 +693,18 @@ impl Inner {
         self.store.root().join("slurm")
     }
 
+    /// What stage `stage`'s arrays ask for (the run's defaults for a stage not in the pipeline).
+    fn request(&self, stage: &str) -> std::borrow::Cow<'_, StageRequest> {
+        match self.stages.get(stage) {
+            Some(r) => std::borrow::Cow::Borrowed(r),
+            None => std::borrow::Cow::Owned(StageRequest::resolve(
+                &self.cfg,
+                &SlurmOptions::default(),
+                &BTreeMap::new(),
+            )),
+        }
+    }
+
     fn record_path(&self, key: &Digest) -> PathBuf {
         self.slurm_dir().join("keys").join(format!("{}.json", key.to_hex()))
     }
@@ -703,9 +755,10 @@ impl Inner {
         }
         let task = InFlight {
             key: job.key,
-            job_id: rec.job_id,
+            job_id: rec.job_id.clone(),
             batch_dir,
-            index: rec.index,
+            line: rec.index,
+            task: rec.task(),
             tx,
             reattached: Some(job.clone()),
             gone: None,
@@ -742,8 +795,11 @@ impl Inner {
                 ),
                 log,
             }),
-            TaskEnd::Exit { code, log, .. } if code != 0 => {
-                let why = last_error_line(&log).unwrap_or_else(|| describe_code(code));
+            TaskEnd::Exit { code, status, log } if code != 0 => {
+                let why = node_error_line(&log, &job.key).unwrap_or_else(|| match status.as_str() {
+                    "cancelled" => "cancelled (SIGTERM: scancel, or the task's time limit)".to_string(),
+                    _ => describe_code(code),
+                });
                 Err(ExecError::Failed {
                     message: format!("exec-node exited with code {code}: {why}"),
                     log,
@@ -841,8 +897,10 @@ impl Inner {
                 }
             };
             for (stage, mut items) in batches {
+                // An array holds at most `max_array` tasks.
+                let per_array = self.cfg.max_array * self.request(&stage).nodes_per_task as usize;
                 while !items.is_empty() {
-                    let rest = items.split_off(items.len().min(self.cfg.max_array));
+                    let rest = items.split_off(items.len().min(per_array));
                     self.submit(&stage, items);
                     items = rest;
                 }
@@ -988,16 +1046,9 @@ impl Inner {
                 });
             }
         };
-        let default_req;
-        let req = match self.stages.get(stage) {
-            Some(r) => r,
-            None => {
-                default_req = StageRequest::resolve(&self.cfg, &SlurmOptions::default(), &BTreeMap::new());
-                &default_req
-            }
-        };
+        let req = self.request(stage);
         let args = req.sbatch_args(&format!("axb-{stage}"), items.len(), &batch_dir);
-        if let Err(e) = self.write_batch(&batch_dir, stage, &items) {
+        if let Err(e) = self.write_batch(&batch_dir, stage, req.nodes_per_task, &items) {
             return fail_all(
                 items,
                 format!("cannot write Slurm batch {}: {e}", batch_dir.display()),
@@ -1028,14 +1079,17 @@ impl Inner {
         if job_id.is_empty() || !job_id.chars().all(|c| c.is_ascii_digit()) {
             return fail_all(items, format!("sbatch printed no job id ({job_id:?})"), batch_dir);
         }
+        let k = req.nodes_per_task as usize;
         tracing::info!(
-            "submitted {} node(s) of stage {stage} as Slurm job {job_id}: sbatch {}",
+            "submitted {} node(s) of stage {stage} in {} task(s) as Slurm job {job_id}: sbatch {}",
             items.len(),
+            req.tasks_for(items.len()),
             args.join(" ")
         );
         let rec = SubmitRecord {
             job_id: &job_id,
             stage,
+            nodes_per_task: req.nodes_per_task,
             nodes: items.iter().map(|q| q.job.node.as_str()).collect(),
             keys: items.iter().map(|q| q.job.key.to_hex()).collect(),
             sbatch: &args,
@@ -1048,7 +1102,8 @@ impl Inner {
         );
         let mut st = self.state.lock().unwrap();
         st.stats.arrays += 1;
-        st.stats.tasks += items.len();
+        st.stats.tasks += req.tasks_for(items.len());
+        st.stats.nodes += items.len();
         st.stats.job_ids.push(job_id.clone());
         st.batches.insert(batch_dir.clone(), (items.len(), false));
         let cancelled = st.cancelled;
@@ -1057,6 +1112,7 @@ impl Inner {
                 job_id: job_id.clone(),
                 batch: batch.clone(),
                 index,
+                task: Some(index / k),
                 node: q.job.node.clone(),
             };
             let _ = write_atomic(
@@ -1071,7 +1127,8 @@ impl Inner {
                     key: q.job.key,
                     job_id: job_id.clone(),
                     batch_dir: batch_dir.clone(),
-                    index,
+                    line: index,
+                    task: index / k,
                     tx: q.tx,
                     reattached: None,
                     gone: None,
@@ -1085,13 +1142,13 @@ impl Inner {
         }
     }
 
-    fn write_batch(&self, dir: &Path, stage: &str, items: &[Queued]) -> std::io::Result<()> {
+    fn write_batch(&self, dir: &Path, stage: &str, nodes_per_task: u32, items: &[Queued]) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         std::fs::create_dir_all(self.slurm_dir().join("keys"))?;
         let keys: String = items.iter().map(|q| format!("{}\n", q.job.key.to_hex())).collect();
         write_atomic(&dir.join("keys"), keys.as_bytes())?;
         let cache = std::fs::canonicalize(self.store.root())?;
-        let script = job_script(&self.cfg.axbench, &cache, dir, stage);
+        let script = job_script(&self.cfg.axbench, &cache, dir, stage, nodes_per_task);
         let path = dir.join("job.sh");
         let mut f = std::fs::File::create(&path)?;
         f.write_all(script.as_bytes())?;
@@ -1100,30 +1157,51 @@ impl Inner {
     }
 }
 
-/// The batch script of one array: task `i` runs `axbench exec-node` for line `i + 1` of `keys`
-/// and makes sure an exit file exists afterwards (exec-node writes it; the script does when
-/// exec-node died before it could, e.g. killed by the OOM killer).
-pub fn job_script(axbench: &Path, cache: &Path, batch_dir: &Path, stage: &str) -> String {
+/// The batch script of one array: task `i` runs one `axbench exec-node` for lines
+/// `[i*k, i*k+k)` of `keys` (numbered from 0; `k` = `nodes_per_task`), one node after the other,
+/// and makes sure every one of those lines has an exit file `<line>.exit` afterwards (exec-node
+/// writes them; the script does for the lines exec-node did not reach when it died, e.g. killed
+/// by the OOM killer).
+pub fn job_script(axbench: &Path, cache: &Path, batch_dir: &Path, stage: &str, nodes_per_task: u32) -> String {
     let q = |p: &Path| shell_quote(&p.display().to_string());
     format!(
         r#"#!/bin/sh
-# axbench: one Slurm array task per node of stage `{stage}`; their keys are in ./keys.
+# axbench: stage `{stage}`, {k} node(s) per Slurm array task; their keys are in ./keys.
 dir={dir}
+k={k}
 i=${{SLURM_ARRAY_TASK_ID:?axbench: job.sh runs as a Slurm array task}}
-key=$(sed -n "$((i + 1))p" "$dir/keys")
-{axbench} exec-node "$key" --cache-dir {cache} --exit-file "$dir/$i.exit"
+first=$((i * k))
+keys=$(sed -n "$((first + 1)),$((first + k))p" "$dir/keys")
+# One exit file per key, in the keys' order: <line>.exit.
+set --
+l=$first
+for key in $keys; do
+  set -- "$@" --exit-file "$dir/$l.exit"
+  l=$((l + 1))
+done
+{axbench} exec-node $keys --cache-dir {cache} "$@"
 code=$?
-# 0, 1, 2 and 130 are exec-node's own codes, after it wrote the exit file (and the engine may
-# have removed this batch since); any other code means it never got there (a signal, no binary).
+# 0, 1, 2 and 130 are exec-node's own codes, after it wrote every exit file (and the engine may
+# have removed this batch since); any other code means it died first (a signal, no binary): the
+# lines it left without an exit file get one.
 case $code in
   0|1|2|130) ;;
-  *) printf '%s\ncrashed\n' "$code" > "$dir/$i.exit.tmp" && mv "$dir/$i.exit.tmp" "$dir/$i.exit" ;;
+  *)
+    l=$first
+    for key in $keys; do
+      if [ ! -e "$dir/$l.exit" ]; then
+        printf '%s\ncrashed\n' "$code" > "$dir/$l.exit.tmp" && mv "$dir/$l.exit.tmp" "$dir/$l.exit"
+      fi
+      l=$((l + 1))
+    done
+    ;;
 esac
 exit $code
 "#,
         dir = q(batch_dir),
         axbench = q(axbench),
         cache = q(cache),
+        k = nodes_per_task.max(1),
     )
 }
 
@@ -1132,11 +1210,47 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-fn last_error_line(log: &Path) -> Option<String> {
+/// The last `error:` line that `key`'s node left in its task's log. A task that ran several
+/// nodes logged them one after the other, each part starting with exec-node's line naming the
+/// node's key: only that part counts. Without one (its job spec was unreadable), the last error
+/// naming the key; in a log of no node at all (exec-node never started one), the last error.
+fn node_error_line(log: &Path, key: &Digest) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
-    text.lines()
-        .rev()
-        .find_map(|l| l.trim().strip_prefix("error:").map(|m| m.trim().to_string()))
+    let hex = key.to_hex();
+    let error = |l: &str| l.trim().strip_prefix("error:").map(|m| m.trim().to_string());
+    let mut current: Option<bool> = None;
+    let mut found = false;
+    let mut last = None;
+    for l in text.lines() {
+        if let Some(k) = node_start_key(l) {
+            current = Some(k == hex);
+            found |= k == hex;
+        } else if current == Some(true)
+            && let Some(m) = error(l)
+        {
+            last = Some(m);
+        }
+    }
+    if found {
+        return last;
+    }
+    let mut lines = text.lines().rev();
+    if let Some(m) = lines.clone().filter(|l| l.contains(&hex)).find_map(error) {
+        return Some(m);
+    }
+    if current.is_none() {
+        return lines.find_map(error);
+    }
+    None
+}
+
+/// The key of the node whose part of a task log `line` starts: exec-node's
+/// `exec-node: <node> (<kind> v<version>) key <64 hex digits> on <host>`.
+fn node_start_key(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("exec-node: ")?;
+    let (_, after) = rest.rsplit_once(" key ")?;
+    let hex = after.split_whitespace().next()?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
 }
 
 fn describe_code(code: i32) -> String {
@@ -1413,12 +1527,13 @@ mod tests {
             Path::new("/shared/it's/cache"),
             Path::new("/shared/c/slurm/batches/b"),
             "fit",
+            1,
         );
         assert!(
-            s.contains("'/opt/ax bench/axbench' exec-node \"$key\" --cache-dir '/shared/it'\\''s/cache'"),
+            s.contains("'/opt/ax bench/axbench' exec-node $keys --cache-dir '/shared/it'\\''s/cache' \"$@\""),
             "{s}"
         );
-        assert!(s.contains("mv \"$dir/$i.exit.tmp\" \"$dir/$i.exit\""));
+        assert!(s.contains("mv \"$dir/$l.exit.tmp\" \"$dir/$l.exit\""));
         // The script is valid sh.
         let out = Command::new("sh").args(["-n", "-c", &s]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -1431,7 +1546,7 @@ mod tests {
         std::fs::write(&bin, fake).unwrap();
         std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         std::fs::write(d.path().join("keys"), "ab12\n").unwrap();
-        std::fs::write(d.path().join("job.sh"), job_script(&bin, d.path(), d.path(), "s")).unwrap();
+        std::fs::write(d.path().join("job.sh"), job_script(&bin, d.path(), d.path(), "s", 1)).unwrap();
         Command::new("sh")
             .arg(d.path().join("job.sh"))
             .env("SLURM_ARRAY_TASK_ID", "0")
@@ -1460,6 +1575,194 @@ mod tests {
                 .map(|e| e.file_name())
                 .collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn nodes_per_task_parses_merges_is_checked_and_sizes_the_array() {
+        let spec = PipelineSpec::parse(
+            "p.toml",
+            "[stages.a]\nkind = \"test.const\"\nparams = { value = 1 }\n[stages.a.slurm]\nnodes_per_task = 8\n",
+        )
+        .unwrap();
+        assert_eq!(spec.stages["a"].slurm.nodes_per_task, Some(8));
+        let err = PipelineSpec::parse(
+            "p.toml",
+            "[stages.a]\nkind = \"test.const\"\n[stages.a.slurm]\nnodes_per_task = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("stages.a.slurm.nodes_per_task") && err.contains("at least 1"),
+            "{err}"
+        );
+        let zero = SlurmOptions {
+            nodes_per_task: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(zero.check().unwrap_err().0, ".nodes_per_task");
+
+        // The run-wide value applies where a stage sets none; a stage's own wins.
+        let mut c = cfg();
+        c.defaults.nodes_per_task = Some(3);
+        let none = BTreeMap::new();
+        let run_wide = StageRequest::resolve(&c, &SlurmOptions::default(), &none);
+        assert_eq!(run_wide.nodes_per_task, 3);
+        let stage = SlurmOptions {
+            nodes_per_task: Some(2),
+            ..Default::default()
+        };
+        let r = StageRequest::resolve(&c, &stage, &none);
+        assert_eq!(r.nodes_per_task, 2);
+        assert_eq!(
+            StageRequest::resolve(&cfg(), &SlurmOptions::default(), &none).nodes_per_task,
+            1
+        );
+
+        // ceil(n / k) tasks.
+        let dir = Path::new("/b");
+        for (n, want) in [(5, "--array=0-2%100"), (4, "--array=0-1%100"), (1, "--array=0-0%100")] {
+            let a = r.sbatch_args("x", n, dir);
+            assert!(a.contains(&want.to_string()), "{n} nodes: {a:?}");
+        }
+        assert_eq!((r.tasks_for(5), r.tasks_for(6), r.tasks_for(7)), (3, 3, 4));
+        // The %-limit still counts tasks.
+        let limited = StageRequest::resolve(
+            &c,
+            &SlurmOptions {
+                array_limit: Some(4),
+                nodes_per_task: Some(8),
+                ..Default::default()
+            },
+            &none,
+        );
+        assert!(
+            limited
+                .sbatch_args("x", 100, dir)
+                .contains(&"--array=0-12%4".to_string())
+        );
+    }
+
+    #[test]
+    fn task_records_name_line_and_task_and_old_ones_read_as_one_node_per_task() {
+        let old: TaskRecord = serde_json::from_str(r#"{"job_id":"12","batch":"b","index":3,"node":"n"}"#).unwrap();
+        assert_eq!((old.index, old.task()), (3, 3));
+        let new = TaskRecord {
+            job_id: "12".into(),
+            batch: "b".into(),
+            index: 5,
+            task: Some(2),
+            node: "n".into(),
+        };
+        let back: TaskRecord = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+        assert_eq!(back, new);
+        assert_eq!(back.task(), 2);
+        // In flight: squeue id and log by task, exit file by line.
+        let t = InFlight {
+            key: axbench_cache::hash_bytes(b"k"),
+            job_id: "12".into(),
+            batch_dir: "/b".into(),
+            line: 5,
+            task: 2,
+            tx: mpsc::channel().0,
+            reattached: None,
+            gone: None,
+        };
+        assert_eq!(t.task_id(), "12_2");
+        assert_eq!(t.exit_path(), Path::new("/b/5.exit"));
+        assert_eq!(t.log_path(), Path::new("/b/2.log"));
+    }
+
+    /// Runs job.sh (`k` nodes per task) as Slurm would run array task `task`, with `fake`
+    /// standing in for the axbench binary; `keys` holds one key per line.
+    fn run_grouped_job_script(d: &Path, fake: &str, keys: &str, k: u32, task: usize) -> i32 {
+        let bin = d.join("fake-axbench");
+        std::fs::write(&bin, fake).unwrap();
+        std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::write(d.join("keys"), keys).unwrap();
+        std::fs::write(d.join("job.sh"), job_script(&bin, d, d, "s", k)).unwrap();
+        Command::new("sh")
+            .arg(d.join("job.sh"))
+            .env("SLURM_ARRAY_TASK_ID", task.to_string())
+            .status()
+            .unwrap()
+            .code()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_job_script_of_two_nodes_per_task_runs_each_task_s_lines_in_one_exec_node() {
+        // Records its arguments, one per line, and writes every exit file as exec-node does.
+        let fake = r#"#!/bin/sh
+printf '%s\n' "$@" > "$(dirname "$0")/args.$SLURM_ARRAY_TASK_ID"
+while [ $# -gt 0 ]; do
+  if [ "$1" = --exit-file ]; then printf '0\ncomputed\n' > "$2"; shift; fi
+  shift
+done
+exit 0
+"#;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().display().to_string();
+        for task in [0, 1] {
+            assert_eq!(run_grouped_job_script(d.path(), fake, "aa\nbb\ncc\n", 2, task), 0);
+        }
+        let args = |t: usize| std::fs::read_to_string(d.path().join(format!("args.{t}"))).unwrap();
+        assert_eq!(
+            args(0),
+            format!("exec-node\naa\nbb\n--cache-dir\n{dir}\n--exit-file\n{dir}/0.exit\n--exit-file\n{dir}/1.exit\n")
+        );
+        assert_eq!(
+            args(1),
+            format!("exec-node\ncc\n--cache-dir\n{dir}\n--exit-file\n{dir}/2.exit\n")
+        );
+        for line in 0..3 {
+            assert_eq!(
+                read_exit_file(&d.path().join(format!("{line}.exit"))),
+                Some((0, "computed".into()))
+            );
+        }
+    }
+
+    #[test]
+    fn a_job_script_of_two_nodes_per_task_writes_the_exit_files_a_crashed_exec_node_left_out() {
+        // Finishes the first of its nodes (line 2), then dies of SIGKILL during the second.
+        let fake = "#!/bin/sh\nprintf '1\\nfailed\\n' > \"$7\"\nkill -9 $$\n";
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(run_grouped_job_script(d.path(), fake, "aa\nbb\ncc\ndd\n", 2, 1), 137);
+        let exit = |l: usize| read_exit_file(&d.path().join(format!("{l}.exit")));
+        assert_eq!(exit(2), Some((1, "failed".into())), "exec-node's own is left alone");
+        assert_eq!(exit(3), Some((137, "crashed".into())));
+        assert_eq!((exit(0), exit(1)), (None, None), "another task's lines");
+    }
+
+    #[test]
+    fn a_node_s_error_is_read_from_its_own_part_of_a_shared_task_log() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("0.log");
+        let (a, b, c) = (
+            axbench_cache::hash_bytes(b"a"),
+            axbench_cache::hash_bytes(b"b"),
+            axbench_cache::hash_bytes(b"c"),
+        );
+        std::fs::write(
+            &log,
+            format!(
+                "exec-node: node 1 of 3: key {a}\nexec-node: s[i=1] (test.fail v1) key {a} on h\nerror: boom a\n\
+                 exec-node: node 2 of 3: key {b}\nerror: exec-node: /c/jobs/{b}.json: no job spec\n\
+                 exec-node: node 3 of 3: key {c}\nexec-node: s[i=3] (test.fail v1) key {c} on h\nerror: boom c\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(node_error_line(&log, &a).as_deref(), Some("boom a"));
+        assert_eq!(
+            node_error_line(&log, &b).as_deref(),
+            Some(format!("exec-node: /c/jobs/{b}.json: no job spec").as_str())
+        );
+        assert_eq!(node_error_line(&log, &c).as_deref(), Some("boom c"));
+        // A node without a part and no line naming it: nothing another node said.
+        assert_eq!(node_error_line(&log, &axbench_cache::hash_bytes(b"d")), None);
+        // One node per task: the last error, as always.
+        std::fs::write(&log, "something\nerror: first\nerror: second\n").unwrap();
+        assert_eq!(node_error_line(&log, &a).as_deref(), Some("second"));
     }
 
     #[test]
