@@ -26,7 +26,10 @@ pub const INTERRUPTED: u8 = 130;
 impl CliError {
     /// Bad input (exit 2), with the message the user sees.
     pub fn bad(message: impl fmt::Display) -> anyhow::Error {
-        anyhow::Error::new(CliError { code: BAD_INPUT, message: Some(message.to_string()) })
+        anyhow::Error::new(CliError {
+            code: BAD_INPUT,
+            message: Some(message.to_string()),
+        })
     }
 
     /// Exit with `code`; the command has already printed why.

@@ -115,10 +115,16 @@ mod tests {
                     .any(|dir| word.starts_with(dir));
                 if repo_path {
                     named += 1;
-                    assert!(root.join(word).exists(), "`axbench {cmd} --help` names {word}, which does not exist");
+                    assert!(
+                        root.join(word).exists(),
+                        "`axbench {cmd} --help` names {word}, which does not exist"
+                    );
                 }
             }
         }
-        assert!(named >= 8, "the help texts name only {named} repository files; did the parser break?");
+        assert!(
+            named >= 8,
+            "the help texts name only {named} repository files; did the parser break?"
+        );
     }
 }

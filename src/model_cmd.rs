@@ -117,7 +117,8 @@ Examples:
     )]
     Activations(ActivationsArgs),
     /// Whether CUDA is usable here, and if not, why (libtorch's CUDA libraries, driver, devices)
-    #[command(after_long_help = "Loads libtorch's CUDA library and, when libtorch sees no GPU, asks the NVIDIA driver
+    #[command(
+        after_long_help = "Loads libtorch's CUDA library and, when libtorch sees no GPU, asks the NVIDIA driver
 directly, then prints what it found and the verdict `--device cuda` and `--device auto` act on.
 Exit code 0 when CUDA is usable, 1 when it is not (the message names the cause; docs/gpu.md
 says how to fix each).
@@ -128,7 +129,8 @@ JSON: {\"usable\":bool,\"devices\":N,\"gpus_present\":bool,\"problem\":\"…\"|n
 
 Examples:
   axbench model devices
-  axbench model devices --json")]
+  axbench model devices --json"
+    )]
     Devices(DevicesArgs),
 }
 
@@ -297,7 +299,10 @@ fn devices(a: DevicesArgs) -> Result<()> {
         }
         println!("GPU device files:      {}", facts.gpu_device_files);
         match &status.problem {
-            None => println!("CUDA: usable, {} device(s) (`--device cuda`, `--device cuda:N`)", status.devices),
+            None => println!(
+                "CUDA: usable, {} device(s) (`--device cuda`, `--device cuda:N`)",
+                status.devices
+            ),
             Some(p) => println!("CUDA: not usable: {p}"),
         }
     }
@@ -313,7 +318,7 @@ fn devices(a: DevicesArgs) -> Result<()> {
 fn resolve(spec: &str) -> Result<PathBuf> {
     match spec {
         "default" | "default-instruct" => {
-            axbench_serve::resolve_model(spec).map_err(|e| bad(e.replace("--model ", "MODEL ")))
+            axbench_models::open::resolve_model(spec).map_err(|e| bad(e.replace("--model ", "MODEL ")))
         }
         path => {
             let p = PathBuf::from(path);
@@ -683,7 +688,11 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
             if !(p > 0.0 && p <= 1.0) {
                 return Err(bad(format!("--top-p must be in (0, 1], got {p}")));
             }
-            Sampling::Sample { temperature: t, top_k: a.top_k, top_p: p }
+            Sampling::Sample {
+                temperature: t,
+                top_k: a.top_k,
+                top_p: p,
+            }
         }
     };
     let vocab = load_vocab(&path)?;

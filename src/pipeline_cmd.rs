@@ -177,7 +177,7 @@ pub fn init_logging(g: &GlobalArgs) {
 
 /// The stage registry of this binary: the toy stages (tests, benchmarks) and AxBench's.
 pub fn registry() -> Registry {
-    axbench_stages::stages::register(axbench_engine::toy::register(Registry::new()))
+    axbench_stages::register(axbench_engine::toy::register(Registry::new()))
 }
 
 fn project_dir(g: &GlobalArgs) -> Result<PathBuf> {

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use axbench_cache::Store;
+use axbench_data::results::Results;
 use axbench_engine::{NodeState, PipelineSpec, Registry};
-use axbench_stages::report::Summary;
-use axbench_stages::stages::evaluate::Results;
+use axbench_report::Summary;
 use clap::Args;
 
 use crate::error::bad;
@@ -80,9 +80,7 @@ pub(crate) fn open_pipeline(g: &GlobalArgs, pipeline: &Path, sets: &[String]) ->
     spec.apply_sets(sets).map_err(bad)?;
     let project = project_dir(g)?;
     let cache = g.cache_dir.clone().unwrap_or_else(|| project.join(".axbench"));
-    let store = Store::open(&cache)
-        .with_context(|| format!("opening cache {}", cache.display()))
-        ?;
+    let store = Store::open(&cache).with_context(|| format!("opening cache {}", cache.display()))?;
     Ok(Opened {
         spec,
         project,
@@ -114,17 +112,14 @@ fn results(g: &GlobalArgs, a: &ResultsArgs) -> Result<()> {
         let p = files
             .get(name)
             .ok_or_else(|| anyhow::anyhow!("`{id}` has no output {name}"))?;
-        std::fs::read(p)
-            .with_context(|| format!("{id}: {name} ({})", p.display()))
-            
+        std::fs::read(p).with_context(|| format!("{id}: {name} ({})", p.display()))
     };
     let mut detection = Vec::new();
     let mut tables = String::new();
     for (id, outputs) in &evaluates {
         let files = outputs.as_ref().ok_or_else(|| not_computed(id))?;
-        let r: Results = serde_json::from_slice(&read(id, files, "results.json")?)
-            .with_context(|| format!("{id}: results.json"))
-            ?;
+        let r: Results =
+            serde_json::from_slice(&read(id, files, "results.json")?).with_context(|| format!("{id}: results.json"))?;
         detection.extend(r.detection.into_iter().map(|r| {
             serde_json::json!({"model": r.model, "layer": r.layer, "method": r.method, "concept_id": r.concept_id, "auroc": r.auroc, "f1": r.f1})
         }));
@@ -133,11 +128,10 @@ fn results(g: &GlobalArgs, a: &ResultsArgs) -> Result<()> {
     let mut steering = Vec::new();
     for (id, outputs) in &aggregates {
         let files = outputs.as_ref().ok_or_else(|| not_computed(id))?;
-        let s: Summary = serde_json::from_slice(&read(id, files, "summary.json")?)
-            .with_context(|| format!("{id}: summary.json"))
-            ?;
+        let s: Summary =
+            serde_json::from_slice(&read(id, files, "summary.json")?).with_context(|| format!("{id}: summary.json"))?;
         steering.extend(steering_json(&s));
-        let t = axbench_stages::report::markdown::steering_tables(&s);
+        let t = axbench_report::markdown::steering_tables(&s);
         if !t.is_empty() {
             tables.push_str(&format!("\n{t}"));
         }
@@ -219,7 +213,7 @@ pub fn print_tables(spec: &PipelineSpec, registry: &Registry, store: &Store, pro
                     .and_then(|p| std::fs::read(p).ok())
                     .and_then(|b| serde_json::from_slice::<Summary>(&b).ok())
             {
-                println!("\n{}", axbench_stages::report::markdown::steering_tables(&s));
+                println!("\n{}", axbench_report::markdown::steering_tables(&s));
             }
         }
     }

@@ -61,7 +61,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    let model = axbench_serve::resolve_model(&a.model).map_err(anyhow::Error::msg)?;
+    let model = axbench_models::open::resolve_model(&a.model).map_err(anyhow::Error::msg)?;
     let api_key = match &a.api_key_env {
         None => None,
         Some(var) => match std::env::var(var) {

@@ -12,9 +12,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use axbench_stages::data::{Category, Example, examples_to_batch};
-use axbench_stages::stages::infer::read_scores;
-use axbench_stages::tables::write_parquet_atomic;
+use axbench_data::dataset::{Category, Example, examples_to_batch};
+use axbench_data::tables::write_parquet_atomic;
+use axbench_stages::infer::read_scores;
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -492,7 +492,7 @@ fn run_stage(
 /// max-pooled as AxBench does), the steering direction `W_dec[f]`; infer needs only the fit's output, not the SAE.
 #[test]
 fn sae_stages_match_numpy() {
-    use axbench_stages::stages::{fit::Fit, infer::Infer};
+    use axbench_stages::{fit::Fit, infer::Infer};
     let g = root().join("tests/golden/detection/sae");
     let want: Value = serde_json::from_str(&std::fs::read_to_string(g.join("expected.json")).unwrap()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -604,7 +604,7 @@ fn sae_stages_match_numpy() {
         assert!((s.max_act - e).abs() <= 1.0001e-3, "pool: {} vs numpy {e}", s.max_act);
     }
     let ev = run_stage(
-        &axbench_stages::stages::evaluate::Evaluate,
+        &axbench_stages::evaluate::Evaluate,
         tmp.path(),
         "evaluate-pool",
         BTreeMap::new(),
@@ -659,7 +659,7 @@ fn unknown_method_fails_at_plan_time() {
 // ------------------------------------------------------------------------------------------------------------------
 // Synthesis and prompt detection through the scripted OpenAI-compatible test server.
 
-use axbench_stages::lm::test_server::{Reply, Rules, TestServer};
+use axbench_testkit::lm_server::{Reply, Rules, TestServer};
 
 const GEMMA: &str = ".deps/models/gemma-3-270m-q4_k_m.gguf";
 
@@ -692,10 +692,8 @@ fn strs(v: &[&str]) -> Vec<String> {
 /// prompt-detection scores under a second input name; a rerun is answered from the LM cache.
 #[test]
 fn synthesize_then_prompt_detect() {
-    use axbench_stages::data::{AxBenchData, read_examples, read_metadata};
-    use axbench_stages::stages::{
-        concepts::Concepts, evaluate::Evaluate, prompt_detect::PromptDetect, synthesize::Synthesize,
-    };
+    use axbench_data::dataset::{AxBenchData, read_examples, read_metadata};
+    use axbench_stages::{concepts::Concepts, evaluate::Evaluate, prompt_detect::PromptDetect, synthesize::Synthesize};
     if !root().join(GEMMA).exists() {
         eprintln!("skipping: {GEMMA} not installed (scripts/setup.sh)");
         return;
@@ -744,7 +742,7 @@ fn synthesize_then_prompt_detect() {
 
     // Columns as AxBench writes them.
     let cols = |name: &str| {
-        let b = axbench_stages::tables::read_parquet(&out.join(name)).unwrap();
+        let b = axbench_data::tables::read_parquet(&out.join(name)).unwrap();
         b.schema().fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>()
     };
     let base = [

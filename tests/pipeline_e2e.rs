@@ -16,15 +16,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use axbench_engine::{PipelineSpec, Registry, StageGraph, Value};
-use axbench_stages::lm::test_server::{Rules, TestServer};
-use axbench_stages::stages::judge::read_judged;
-use axbench_stages::stages::steer::read_generations;
+use axbench_stages::judge::read_judged;
+use axbench_stages::steer::read_generations;
+use axbench_testkit::lm_server::{Rules, TestServer};
 use serde_json::Value as Json;
 
 use common::{OneConcept, root, scripted_lm};
 
 fn registry() -> Registry {
-    axbench_stages::stages::register(Registry::new())
+    axbench_stages::register(Registry::new())
 }
 
 /// One concept (cats): 3 positives and 3 shared text negatives to fit on, 2 + 2 eval rows.
@@ -289,7 +289,7 @@ fn whole_graph_runs_through_the_test_server_and_a_rerun_does_nothing() {
 /// 500 concepts).
 fn concept500_ids() -> Option<Vec<Value>> {
     let p = root().join("../shared/axbench-data/concept500_2b_l20_metadata.jsonl");
-    let concepts = axbench_stages::data::read_metadata(&p).ok()?;
+    let concepts = axbench_data::dataset::read_metadata(&p).ok()?;
     Some(concepts.iter().map(|c| Value::Int(c.id)).collect())
 }
 

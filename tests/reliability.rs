@@ -736,8 +736,8 @@ fn show_by_node_id_finds_every_node_after_a_kill_9_and_a_rerun() {
 /// A two-concept dataset in AxBench's layout. Each latent eval row's response carries a tag
 /// (`ROW-…`) that the rating prompt quotes, so the scripted server knows which row it rates.
 fn lm_dataset(dir: &Path) {
-    use axbench_stages::data::{Category, Example, examples_to_batch};
-    use axbench_stages::tables::write_parquet_atomic;
+    use axbench_data::dataset::{Category, Example, examples_to_batch};
+    use axbench_data::tables::write_parquet_atomic;
     std::fs::create_dir_all(dir).unwrap();
     let ex = |o: &str, concept: &str, category: Category, id: i64| Example {
         input: "Say something.".into(),
@@ -822,7 +822,7 @@ fn lm_faults_in_a_pipeline_fail_the_node_and_a_rerun_asks_only_the_failed_calls_
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use axbench_stages::lm::test_server::{Fault, Reply, ServedRequest, TestServer};
+    use axbench_testkit::lm_server::{Fault, Reply, ServedRequest, TestServer};
 
     let marker = format!("sk-reliability-lm-marker-{}", std::process::id());
     let healthy = Arc::new(AtomicBool::new(false));

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use axbench_stages::lm::test_server::{Rules, TestServer};
+use axbench_testkit::lm_server::{Rules, TestServer};
 use common::{OneConcept, Project, root, scripted_lm, text};
 
 #[test]

@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use axbench_data::tables::{LatentScoreRow, latent_scores_batch, write_parquet_atomic};
 use axbench_engine::{Coord, InputArtifact, Stage, StageContext, Value};
 use axbench_models::device::{DType, DeviceSpec};
-use axbench_stages::stages::steer::{self, SteerSettings, read_generations, steered_generations};
-use axbench_stages::tables::{LatentScoreRow, latent_scores_batch, write_parquet_atomic};
+use axbench_stages::steer::{self, SteerSettings, read_generations, steered_generations};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -61,7 +61,7 @@ fn factor_zero_is_the_unsteered_model_and_a_large_factor_changes_generations() {
         seed: 7,
         batch_size: 2,
     };
-    axbench_stages::stages::activations::with_model(&model, DeviceSpec::Cpu, DType::F32, |m| {
+    axbench_stages::activations::with_model(&model, DeviceSpec::Cpu, DType::F32, |m| {
         let d = m.model.info().hidden_size;
         let dir = direction(d, 1);
         let ins = instructions();
@@ -203,7 +203,7 @@ fn steer_stage_writes_factor_by_instruction_rows_with_strength_from_max_act() {
         seed: 42,
         batch_size: 4,
     };
-    let plain = axbench_stages::stages::activations::with_model(&model, DeviceSpec::Cpu, DType::F32, |m| {
+    let plain = axbench_stages::activations::with_model(&model, DeviceSpec::Cpu, DType::F32, |m| {
         Ok(steered_generations(m, &picked, None, 0.0, &s).unwrap().0)
     })
     .unwrap();
@@ -249,7 +249,7 @@ fn perplexity_matches_hf_transformers() {
             );
             continue;
         }
-        axbench_stages::stages::activations::with_model(&path, DeviceSpec::Cpu, DType::F32, |m| {
+        axbench_stages::activations::with_model(&path, DeviceSpec::Cpu, DType::F32, |m| {
             for row in g["rows"].as_array().unwrap() {
                 let ids: Vec<i64> = row["ids"]
                     .as_array()
@@ -270,7 +270,14 @@ fn perplexity_matches_hf_transformers() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|r| r["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect())
+                .map(|r| {
+                    r["ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_i64().unwrap())
+                        .collect()
+                })
                 .collect();
             all.insert(1, all[0][..1].to_vec());
             let batched = steer::perplexities_of_ids(m, &all).unwrap();

@@ -14,16 +14,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use axbench_engine::{Coord, InputArtifact, Stage, StageContext, Value};
+use axbench_methods::finetune::{LoraTrainable, Sft};
+use axbench_methods::loreft::{Loreft, prompt_positions};
+use axbench_methods::reft_r1::{ReftR1, ReftR1Config};
+use axbench_methods::ssv::Ssv;
 use axbench_models::hooks::{Hooks, Logits};
 use axbench_models::lora::{Lora, LoraConfig};
 use axbench_models::model::{LoadOptions, Model};
 use axbench_models::train::{
     AdamW, TrainBatch, TrainConfig, TrainExample, TrainReport, Trainable, clip_grad_norm, lm_loss, train,
 };
-use axbench_stages::methods::finetune::{LoraTrainable, Sft};
-use axbench_stages::methods::loreft::{Loreft, prompt_positions};
-use axbench_stages::methods::reft_r1::{ReftR1, ReftR1Config};
-use axbench_stages::methods::ssv::Ssv;
 use serde_json::Value as Json;
 use tch::{Device, Kind, Tensor};
 
@@ -351,7 +351,7 @@ fn run_train(model: &Path, method: &str, overrides: Json, out: &Path) {
         out.to_path_buf(),
         root(),
     );
-    axbench_stages::stages::train::Train.run(&mut ctx).unwrap();
+    axbench_stages::train::Train.run(&mut ctx).unwrap();
 }
 
 fn artifact(node: &str, dir: &Path) -> InputArtifact {
@@ -369,9 +369,9 @@ fn artifact(node: &str, dir: &Path) -> InputArtifact {
 
 #[test]
 fn train_stage_on_gemma_writes_a_detector_and_a_steerable_checkpoint() {
-    use axbench_stages::stages::activations::with_model;
-    use axbench_stages::stages::steer::SteerSettings;
-    use axbench_stages::stages::train::{Checkpoint, TrainMeta, trained_generations};
+    use axbench_stages::activations::with_model;
+    use axbench_stages::steer::SteerSettings;
+    use axbench_stages::train::{Checkpoint, TrainMeta, trained_generations};
     let Some(model) = gemma() else { return };
     let tmp = tempfile::tempdir().unwrap();
 
@@ -389,9 +389,9 @@ fn train_stage_on_gemma_writes_a_detector_and_a_steerable_checkpoint() {
         ("LsReFT", 4, 4, 2)
     );
     assert!(meta.losses.iter().all(|l| l.is_finite() && *l > 0.0) && meta.tokens_per_s > 0.0);
-    let det: axbench_stages::methods::FittedArtifact =
+    let det: axbench_methods::FittedArtifact =
         serde_json::from_slice(&std::fs::read(reft.join("detector.json")).unwrap()).unwrap();
-    let axbench_stages::methods::FittedArtifact::ReluLinear { w, .. } = &det else {
+    let axbench_methods::FittedArtifact::ReluLinear { w, .. } = &det else {
         panic!("ReFT-r1 detects with ReLU(h·w)")
     };
     let norm = w.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
@@ -462,8 +462,8 @@ fn train_stage_on_gemma_writes_a_detector_and_a_steerable_checkpoint() {
         out.clone(),
         root(),
     );
-    axbench_stages::stages::steer::Steer.run(&mut ctx).unwrap();
-    let rows = axbench_stages::stages::steer::read_generations(&out.join("generations.parquet")).unwrap();
+    axbench_stages::steer::Steer.run(&mut ctx).unwrap();
+    let rows = axbench_stages::steer::read_generations(&out.join("generations.parquet")).unwrap();
     assert_eq!(rows.len(), 2);
     assert!(
         rows.iter()

@@ -11,13 +11,13 @@
 
 use std::time::Instant;
 
+use axbench_methods::finetune::LoraTrainable;
+use axbench_methods::loreft::{Loreft, prompt_positions};
+use axbench_methods::ssv::Ssv;
 use axbench_models::device::DeviceSpec;
 use axbench_models::lora::{Lora, LoraConfig};
 use axbench_models::train::{TrainConfig, TrainExample, Trainable, train};
 use axbench_models::{LoadOptions, Model};
-use axbench_stages::methods::finetune::LoraTrainable;
-use axbench_stages::methods::loreft::{Loreft, prompt_positions};
-use axbench_stages::methods::ssv::Ssv;
 use tch::Device;
 
 const PROMPT: usize = 32;

@@ -127,8 +127,8 @@ pub struct OneConcept<'a> {
 impl OneConcept<'_> {
     /// Writes the three files into `dir` (created), as concept 0.
     pub fn write(&self, dir: &Path) {
-        use axbench_stages::data::{Category, Example, examples_to_batch};
-        use axbench_stages::tables::write_parquet_atomic;
+        use axbench_data::dataset::{Category, Example, examples_to_batch};
+        use axbench_data::tables::write_parquet_atomic;
         let link = format!(
             "https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/{}",
             self.sae_id
@@ -174,8 +174,8 @@ impl OneConcept<'_> {
 pub fn scripted_lm(
     steering_prompt: &str,
     [concept, instruction, fluency]: [&str; 3],
-) -> axbench_stages::lm::test_server::Rules {
-    use axbench_stages::lm::test_server::{Reply, Rules};
+) -> axbench_testkit::lm_server::Rules {
+    use axbench_testkit::lm_server::{Reply, Rules};
     Rules::new()
         .when("Write a prompt that will steer", Reply::text(steering_prompt))
         .when("presence of the concept", Reply::text(concept))
