@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use axbench_engine::{PipelineSpec, Registry, StageGraph, Value};
+use axbench_stages::generation::read_generations;
 use axbench_stages::judge::read_judged;
-use axbench_stages::steer::read_generations;
 use axbench_testkit::lm_server::{Rules, TestServer};
 use serde_json::Value as Json;
 

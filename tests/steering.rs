@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use axbench_data::tables::{LatentScoreRow, latent_scores_batch, write_parquet_atomic};
 use axbench_engine::{Coord, InputArtifact, Stage, StageContext, Value};
 use axbench_models::device::{DType, DeviceSpec};
-use axbench_stages::steer::{self, SteerSettings, read_generations, steered_generations};
+use axbench_stages::generation::{self as steer, SteerSettings, read_generations, steered_generations};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -61,7 +61,7 @@ fn factor_zero_is_the_unsteered_model_and_a_large_factor_changes_generations() {
         seed: 7,
         batch_size: 2,
     };
-    axbench_stages::activations::with_model(&model, DeviceSpec::Cpu, DType::F32, |m| {
+    axbench_stages::model_cache::with_model(&model, DeviceSpec::Cpu, DType::F32, |m| {
         let d = m.model.info().hidden_size;
         let dir = direction(d, 1);
         let ins = instructions();
@@ -171,7 +171,7 @@ fn steer_stage_writes_factor_by_instruction_rows_with_strength_from_max_act() {
         out.clone(),
         root(),
     );
-    steer::Steer.run(&mut ctx).unwrap();
+    axbench_stages::steer::Steer.run(&mut ctx).unwrap();
 
     let rows = read_generations(&out.join("generations.parquet")).unwrap();
     assert_eq!(rows.len(), 2 * 4);
@@ -203,7 +203,7 @@ fn steer_stage_writes_factor_by_instruction_rows_with_strength_from_max_act() {
         seed: 42,
         batch_size: 4,
     };
-    let plain = axbench_stages::activations::with_model(&model, DeviceSpec::Cpu, DType::F32, |m| {
+    let plain = axbench_stages::model_cache::with_model(&model, DeviceSpec::Cpu, DType::F32, |m| {
         Ok(steered_generations(m, &picked, None, 0.0, &s).unwrap().0)
     })
     .unwrap();
@@ -249,7 +249,7 @@ fn perplexity_matches_hf_transformers() {
             );
             continue;
         }
-        axbench_stages::activations::with_model(&path, DeviceSpec::Cpu, DType::F32, |m| {
+        axbench_stages::model_cache::with_model(&path, DeviceSpec::Cpu, DType::F32, |m| {
             for row in g["rows"].as_array().unwrap() {
                 let ids: Vec<i64> = row["ids"]
                     .as_array()

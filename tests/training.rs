@@ -369,9 +369,10 @@ fn artifact(node: &str, dir: &Path) -> InputArtifact {
 
 #[test]
 fn train_stage_on_gemma_writes_a_detector_and_a_steerable_checkpoint() {
-    use axbench_stages::activations::with_model;
-    use axbench_stages::steer::SteerSettings;
-    use axbench_stages::train::{Checkpoint, TrainMeta, trained_generations};
+    use axbench_stages::checkpoint::{Checkpoint, trained_generations};
+    use axbench_stages::generation::SteerSettings;
+    use axbench_stages::model_cache::with_model;
+    use axbench_stages::train::TrainMeta;
     let Some(model) = gemma() else { return };
     let tmp = tempfile::tempdir().unwrap();
 
@@ -463,7 +464,7 @@ fn train_stage_on_gemma_writes_a_detector_and_a_steerable_checkpoint() {
         root(),
     );
     axbench_stages::steer::Steer.run(&mut ctx).unwrap();
-    let rows = axbench_stages::steer::read_generations(&out.join("generations.parquet")).unwrap();
+    let rows = axbench_stages::generation::read_generations(&out.join("generations.parquet")).unwrap();
     assert_eq!(rows.len(), 2);
     assert!(
         rows.iter()

@@ -28,9 +28,9 @@ pub const RUNTIME_REVISION: u32 = 2;
 use axbench_models::chat::{ChatTemplate, Message as ChatMessage};
 use axbench_models::device::{DType, DeviceSpec};
 use axbench_models::generate::{FinishReason as GenFinish, GenerateConfig, Prompt, Sampling, generate};
-use axbench_models::gguf::GgufFile;
 use axbench_models::hooks::{Hooks, Logits};
 use axbench_models::model::{Padding, pad};
+use axbench_models::open::open_model;
 use axbench_models::tokenizer::Tokenizer;
 use axbench_models::{LoadOptions, Model};
 
@@ -80,7 +80,7 @@ impl LocalBackend {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let model = Model::load(
+        let opened = open_model(
             path,
             &LoadOptions {
                 device,
@@ -88,17 +88,9 @@ impl LocalBackend {
             },
         )
         .map_err(|e| err(e.to_string()))?;
-        let tokenizer = Tokenizer::from_gguf_path(path).map_err(|e| err(e.to_string()))?;
-        let file = GgufFile::open(path).map_err(|e| err(e.to_string()))?;
-        let template = ChatTemplate::from_gguf(&file).map_err(|e| err(e.to_string()))?;
-        let mut stops: Vec<i64> = tokenizer.eos_ids().iter().map(|&i| i64::from(i)).collect();
-        for t in ["<end_of_turn>", "<|im_end|>"] {
-            if let Some(id) = tokenizer.token_to_id(t) {
-                stops.push(i64::from(id));
-            }
-        }
-        stops.sort_unstable();
-        stops.dedup();
+        let template = opened.vocab.require_template(path).map_err(|e| err(e.to_string()))?;
+        let stops = opened.vocab.stop_tokens();
+        let (model, tokenizer) = (opened.model, opened.vocab.tokenizer);
         Ok(LocalBackend {
             id: format!("local:{stem}@{}/r{RUNTIME_REVISION}", digest.to_hex()),
             path: path.to_path_buf(),

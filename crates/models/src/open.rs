@@ -30,6 +30,11 @@ pub enum OpenError {
     NoTokenizer { dir: PathBuf },
     #[error("{}: {reason}", path.display())]
     Json { path: PathBuf, reason: String },
+    #[error(
+        "{}: no known chat format (a Gemma or ChatML chat_template in the file or tokenizer_config.json, or a Gemma architecture)",
+        path.display()
+    )]
+    NoChatTemplate { path: PathBuf },
 }
 
 /// `--model default`: Gemma 3 270M base, GGUF Q4_K_M (no chat template in the file; Gemma's turn
@@ -185,6 +190,31 @@ impl ModelVocab {
             template_in_file: jinja.is_some(),
             context_length,
         })
+    }
+}
+
+impl ModelVocab {
+    /// The chat format, which instruction-following front ends (steering, the local LM) require.
+    pub fn require_template(&self, path: &Path) -> Result<ChatTemplate, OpenError> {
+        self.template.clone().ok_or_else(|| OpenError::NoChatTemplate {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The tokens that end a generation: the tokenizer's EOS ids and the chat formats' end-of-turn
+    /// tokens (`<end_of_turn>`, `<|im_end|>`) where the vocabulary has them; sorted, no repeats.
+    pub fn stop_tokens(&self) -> Vec<i64> {
+        let t = &self.tokenizer;
+        let mut stops: Vec<i64> = t.eos_ids().iter().map(|&i| i64::from(i)).collect();
+        stops.extend(
+            ["<end_of_turn>", "<|im_end|>"]
+                .iter()
+                .filter_map(|s| t.token_to_id(s))
+                .map(i64::from),
+        );
+        stops.sort_unstable();
+        stops.dedup();
+        stops
     }
 }
 

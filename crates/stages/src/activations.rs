@@ -32,21 +32,17 @@
 //! layer L. The model is loaded once per process and reused by the next node that asks for the same file, device and
 //! dtype; the stage holds the `model` resource class so two model stages never run at once.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use axbench_engine::{ParamSpec, ParamType, Stage, StageContext, StageError};
-use axbench_models::chat::{ChatTemplate, Message};
+use axbench_models::chat::Message;
 use axbench_models::device::{DType, DeviceSpec};
-use axbench_models::gguf::GgufFile;
 use axbench_models::model::{Padding, pad};
-use axbench_models::tokenizer::Tokenizer;
-use axbench_models::{LoadOptions, Model};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::concepts::open_dataset;
+use super::model_cache::{LoadedModel, with_model};
 use super::{fail, read_json, write_json};
 use axbench_data::dataset::{AxBenchData, Category, EMPTY_CONCEPT, Example, eval_set, training_set};
 use axbench_methods::{MethodError, TokenActivations};
@@ -197,81 +193,6 @@ impl ActivationSet {
         let acts = self.acts.index_select(0, &Tensor::from_slice(&idx));
         TokenActivations::new(acts, offsets)
     }
-}
-
-/// A model with its tokenizer and chat format, loaded once per process (see [`with_model`]).
-pub struct LoadedModel {
-    pub key: (PathBuf, DeviceSpec, DType),
-    pub name: String,
-    pub model: Model,
-    pub tokenizer: Tokenizer,
-    pub template: ChatTemplate,
-}
-
-static MODEL: Mutex<Option<LoadedModel>> = Mutex::new(None);
-
-/// Model name for tables: the GGUF's file stem or the HF directory's name.
-pub fn model_name(path: &Path) -> String {
-    let p = if path.is_dir() {
-        path.file_name()
-    } else {
-        path.file_stem()
-    };
-    p.map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
-}
-
-fn load_model(path: &Path, device: DeviceSpec, dtype: DType) -> Result<LoadedModel, StageError> {
-    let model = Model::load(path, &LoadOptions { device, dtype }).map_err(|e| fail("model.path", e))?;
-    let (tokenizer, template) = if path.is_dir() {
-        let tokenizer = Tokenizer::from_hf_file(path.join("tokenizer.json")).map_err(|e| fail("model.path", e))?;
-        let cfg = path.join("tokenizer_config.json");
-        let jinja = std::fs::read_to_string(&cfg)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(str::to_owned));
-        let template = match jinja.as_deref().and_then(ChatTemplate::detect) {
-            Some(t) => t,
-            None if format!("{:?}", model.info().arch).to_lowercase().contains("gemma") => ChatTemplate::Gemma,
-            None => {
-                return Err(fail(
-                    path.display(),
-                    "no Gemma or ChatML chat_template in tokenizer_config.json",
-                ));
-            }
-        };
-        (tokenizer, template)
-    } else {
-        let tokenizer = Tokenizer::from_gguf_path(path).map_err(|e| fail("model.path", e))?;
-        let file = GgufFile::open(path).map_err(|e| fail("model.path", e))?;
-        (
-            tokenizer,
-            ChatTemplate::from_gguf(&file).map_err(|e| fail("model.path", e))?,
-        )
-    };
-    Ok(LoadedModel {
-        key: (path.to_path_buf(), device, dtype),
-        name: model_name(path),
-        model,
-        tokenizer,
-        template,
-    })
-}
-
-/// Runs `f` with the model at `path`, loading it unless the last one loaded in this process is the same.
-pub fn with_model<T>(
-    path: &Path,
-    device: DeviceSpec,
-    dtype: DType,
-    f: impl FnOnce(&LoadedModel) -> Result<T, StageError>,
-) -> Result<T, StageError> {
-    let mut guard = MODEL.lock().unwrap_or_else(|e| e.into_inner());
-    let key = (path.to_path_buf(), device, dtype);
-    if guard.as_ref().is_none_or(|m| m.key != key) {
-        *guard = None; // free the old one first
-        *guard = Some(load_model(path, device, dtype)?);
-    }
-    f(guard.as_ref().unwrap())
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {

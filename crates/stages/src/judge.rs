@@ -21,8 +21,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use axbench_engine::{ParamSpec, ParamType, Stage, StageContext, StageError};
 use serde::{Deserialize, Serialize};
 
+use super::generation::{SteerMeta, read_generations};
 use super::lm_stage::{LmDefaults, build_lm, check_failed_calls, lm_params, runtime};
-use super::steer::{SteerMeta, read_generations};
 use super::{fail, read_json, write_json};
 use axbench_data::prompts::PromptSet;
 use axbench_data::tables;
@@ -316,7 +316,7 @@ mod tests {
     use axbench_engine::{Coord, InputArtifact, Value};
 
     use super::*;
-    use crate::steer::{GenerationRow, SteerMeta, generations_batch};
+    use crate::generation::{GenerationRow, SteerMeta, generations_batch};
     use axbench_testkit::lm_server::{Reply, Rules, TestServer};
 
     fn gen_row(input_id: i64, factor: f64, text: &str) -> GenerationRow {

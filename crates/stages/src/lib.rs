@@ -30,12 +30,15 @@
 
 pub mod activations;
 pub mod aggregate;
+pub mod checkpoint;
 pub mod concepts;
 pub mod evaluate;
 pub mod fit;
+pub mod generation;
 pub mod infer;
 pub mod judge;
 pub mod lm_stage;
+pub mod model_cache;
 pub mod prompt_detect;
 pub mod prompt_steer;
 pub mod steer;

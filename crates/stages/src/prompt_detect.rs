@@ -186,7 +186,7 @@ impl Stage for PromptDetect {
         let model = if target.is_empty() {
             lm.model_id.clone()
         } else {
-            super::activations::model_name(std::path::Path::new(target))
+            super::model_cache::model_name(std::path::Path::new(target))
         };
         let batch = tables::latent_scores_batch(&scores).map_err(|e| fail("scores", e))?;
         tables::write_parquet_atomic(&ctx.output_path("scores.parquet")?, &batch).map_err(|e| fail("scores", e))?;

@@ -21,12 +21,12 @@ use std::time::Instant;
 use axbench_engine::{ParamSpec, ParamType, Stage, StageContext, StageError};
 use serde::{Deserialize, Serialize};
 
-use super::activations::with_model;
-use super::lm_stage::{LmDefaults, build_lm, lm_params, runtime};
-use super::steer::{
+use super::generation::{
     Generation, GenerationRow, SteerMeta, chat_prompt, generate_steered, generation_params, generations_batch,
     perplexities, pick_instructions, read_generation,
 };
+use super::lm_stage::{LmDefaults, build_lm, lm_params, runtime};
+use super::model_cache::with_model;
 use super::{fail, read_json, write_json};
 use axbench_data::prompts::{PromptSet, Template};
 use axbench_data::tables;

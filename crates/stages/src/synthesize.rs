@@ -46,9 +46,9 @@ use axbench_models::generate::{GenerateConfig, Prompt, Sampling, generate};
 use axbench_models::hooks::Hooks;
 use serde::{Deserialize, Serialize};
 
-use super::activations::with_model;
+use super::generation::chat_prompt;
 use super::lm_stage::{LmDefaults, build_lm, check_failed_calls, lm_params, runtime};
-use super::steer::{chat_prompt, stop_tokens};
+use super::model_cache::with_model;
 use super::{fail, write_json};
 use axbench_data::dataset::{Category, Example};
 use axbench_data::prompts::PromptSet;
@@ -91,7 +91,7 @@ impl ResponseGenerator for TargetModel {
             // The model runs on this worker thread; the negatives come before any LM call, so nothing waits on it.
             tokio::task::block_in_place(|| {
                 with_model(&self.path, self.device, self.dtype, |m| {
-                    let stops = stop_tokens(m);
+                    let stops = m.stop_tokens.clone();
                     let cfg = GenerateConfig {
                         max_new_tokens: self.max_new_tokens,
                         sampling: Sampling::Greedy,
@@ -347,7 +347,7 @@ impl Stage for Synthesize {
             report: out.report.clone(),
             calls: lm.client.stats(),
             lm: lm.describe.clone(),
-            target: super::activations::model_name(&target.path),
+            target: super::model_cache::model_name(&target.path),
             seconds: t0.elapsed().as_secs_f64(),
         };
         ctx.log(format!(
