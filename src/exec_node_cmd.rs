@@ -26,7 +26,7 @@ use axbench_engine::stage::NoProgress;
 use axbench_engine::{CancelFlag, ExecError, ExecOutcome, Executor, LocalExecutor};
 use clap::Args;
 
-use crate::pipeline_cmd::GlobalArgs;
+use crate::context::GlobalArgs;
 
 /// `axbench exec-node`
 #[derive(Args)]
@@ -78,8 +78,8 @@ pub fn run(g: &GlobalArgs, a: ExecNodeArgs) -> ExitCode {
                 .map_err(|e| Outcome::BadInput(anyhow::anyhow!("KEY `{key}`: {e}")))
                 .and_then(|key| {
                     let setup = setup.get_or_insert_with(|| {
-                        let store = Arc::new(crate::pipeline_cmd::open_store(g).map_err(|e| format!("{e:#}"))?);
-                        let exec = LocalExecutor::new(crate::pipeline_cmd::registry(), store.clone());
+                        let store = Arc::new(crate::context::open_store(g).map_err(|e| format!("{e:#}"))?);
+                        let exec = LocalExecutor::new(crate::context::registry(), store.clone());
                         Ok((store, exec))
                     });
                     match setup {

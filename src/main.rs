@@ -6,6 +6,7 @@
 //! here plus a module. Exit codes are decided in one place, `error.rs`: 0 success, 1 a node
 //! failed (or `verify` found damage), 2 bad input, 130 interrupted.
 
+mod context;
 mod error;
 mod exec_node_cmd;
 mod model_cmd;
@@ -32,7 +33,7 @@ use clap::{Parser, Subcommand};
   axbench plan pipelines/detection.toml --params           list a pipeline's params")]
 struct Cli {
     #[command(flatten)]
-    global: pipeline_cmd::GlobalArgs,
+    global: context::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,7 +70,7 @@ fn main() -> ExitCode {
     // Before anything can ask libtorch about CUDA: it caches its first answer for the process.
     axbench_models::device::init();
     let cli = Cli::parse();
-    pipeline_cmd::init_logging(&cli.global);
+    context::init_logging(&cli.global);
     let result = match cli.command {
         Command::Run(a) => pipeline_cmd::run(&cli.global, a),
         Command::Plan(a) => pipeline_cmd::plan(&cli.global, a),

@@ -1,9 +1,10 @@
 //! Pipeline commands: `run`, `plan`, `status`, `show`, `gc`, `dot`, `verify`. Parses flags
-//! into engine calls and prints for humans (or JSON). The only place that picks exit codes.
+//! into engine calls and prints for humans (or JSON); exit codes come from `error.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::context::{GlobalArgs, open_store, project_dir, registry};
 use crate::error::{CliError, FAILED, INTERRUPTED, bad};
 use anyhow::{Context, Result};
 use axbench_cache::Store;
@@ -11,26 +12,6 @@ use axbench_engine::{
     BarReporter, CancelFlag, EngineError, LocalExecutor, NodeState, PipelineSpec, Registry, RunOptions, StageGraph,
 };
 use clap::{Args, ValueEnum};
-
-/// Flags every subcommand takes.
-#[derive(Args)]
-pub struct GlobalArgs {
-    /// Cache directory [default: <project dir>/.axbench]
-    #[arg(long, global = true, env = "AXBENCH_CACHE_DIR", value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// Project directory: relative param paths resolve against it [default: current dir]
-    #[arg(short = 'C', long, global = true, value_name = "DIR")]
-    pub project_dir: Option<PathBuf>,
-    /// Log format on stderr (filter with RUST_LOG, e.g. RUST_LOG=axbench_engine=debug)
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 /// `axbench run`
 #[derive(Args)]
@@ -161,39 +142,6 @@ fn engine(e: EngineError) -> anyhow::Error {
     } else {
         anyhow::Error::new(e)
     }
-}
-
-pub fn init_logging(g: &GlobalArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match g.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-/// The stage registry of this binary: the toy stages (tests, benchmarks) and AxBench's.
-pub fn registry() -> Registry {
-    axbench_stages::register(axbench_engine::toy::register(Registry::new()))
-}
-
-fn project_dir(g: &GlobalArgs) -> Result<PathBuf> {
-    let p = match &g.project_dir {
-        Some(p) => p.clone(),
-        None => std::env::current_dir().context("current directory")?,
-    };
-    std::fs::canonicalize(&p).with_context(|| format!("project dir {}", p.display()))
-}
-
-pub(crate) fn open_store(g: &GlobalArgs) -> Result<Store> {
-    let dir = match &g.cache_dir {
-        Some(d) => d.clone(),
-        None => project_dir(g)?.join(".axbench"),
-    };
-    Store::open(&dir).with_context(|| format!("opening cache {}", dir.display()))
 }
 
 fn load(pipeline: &Path, sets: &[String]) -> Result<PipelineSpec> {

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
+use crate::context::{GlobalArgs, registry};
 use crate::error::bad;
-use crate::pipeline_cmd::{GlobalArgs, registry};
 use crate::results_cmd::{AGGREGATE_KIND, NodeFiles, Opened, open_pipeline, run_hint, stage_outputs};
 
 /// `axbench report`

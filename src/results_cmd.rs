@@ -19,8 +19,8 @@ use axbench_engine::{NodeState, PipelineSpec, Registry};
 use axbench_report::Summary;
 use clap::Args;
 
+use crate::context::{GlobalArgs, project_dir, registry};
 use crate::error::bad;
-use crate::pipeline_cmd::{GlobalArgs, registry};
 
 /// Kind of the stage whose detection results `results` reads.
 pub use crate::output::EVALUATE_KIND;
@@ -50,14 +50,6 @@ pub struct ResultsArgs {
 
 pub fn run(g: &GlobalArgs, a: ResultsArgs) -> Result<()> {
     results(g, &a)
-}
-
-pub(crate) fn project_dir(g: &GlobalArgs) -> Result<PathBuf> {
-    let p = match &g.project_dir {
-        Some(p) => p.clone(),
-        None => std::env::current_dir().context("current directory")?,
-    };
-    std::fs::canonicalize(&p).with_context(|| format!("project dir {}", p.display()))
 }
 
 /// The hint appended to "not computed" errors: the run command with the same flags.
