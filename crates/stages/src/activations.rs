@@ -252,7 +252,7 @@ impl Stage for Activations {
         "axbench.activations"
     }
     fn version(&self) -> u32 {
-        2 // 2: GGUF SentencePiece vocabularies tokenize like llama.cpp (was transformers)
+        2
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![

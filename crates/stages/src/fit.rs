@@ -116,7 +116,7 @@ impl Stage for Fit {
         "axbench.fit"
     }
     fn version(&self) -> u32 {
-        2 // 2: SAE methods (sae.path), direction.safetensors from any method's steering direction
+        2
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![

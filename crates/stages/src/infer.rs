@@ -130,7 +130,7 @@ impl Stage for Infer {
         "axbench.infer"
     }
     fn version(&self) -> u32 {
-        1 // the pool input adds an output only where bound: unbound nodes compute what they did
+        1
     }
     fn params(&self) -> Vec<ParamSpec> {
         Vec::new()

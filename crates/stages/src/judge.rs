@@ -179,7 +179,7 @@ impl Stage for Judge {
         "axbench.judge"
     }
     fn version(&self) -> u32 {
-        2 // 2: gathers every bound steer node; perplexity column
+        2
     }
     fn params(&self) -> Vec<ParamSpec> {
         let mut p = vec![ParamSpec::required(

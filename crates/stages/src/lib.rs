@@ -41,6 +41,8 @@ pub mod lm_stage;
 pub mod model_cache;
 pub mod prompt_detect;
 pub mod prompt_steer;
+#[cfg(test)]
+mod stage_versions;
 pub mod steer;
 pub mod synthesize;
 pub mod train;

@@ -103,7 +103,7 @@ impl Stage for Steer {
         "axbench.steer"
     }
     fn version(&self) -> u32 {
-        3 // 2: GGUF SentencePiece vocabularies tokenize like llama.cpp (was transformers); 3: perplexity column
+        3
     }
     fn params(&self) -> Vec<ParamSpec> {
         let mut params = generation_params();
