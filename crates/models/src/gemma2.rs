@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{LayerType, ModelInfo, TokenIds, default_rms_eps, default_true};
+use crate::decoder::Decoder;
+use crate::error::ModelError;
 use crate::hooks::LinearAdapter;
 use crate::layers::{Activation, Attention, LayerCache, Linear, Mlp, NormStyle, RmsNorm, Rotary, project_vocab};
-use crate::model::{Decoder, ModelError, check_divisible};
+use crate::model::check_divisible;
 use crate::weights::Weights;
 
 /// HF `Gemma2Config`, with its defaults.

@@ -10,10 +10,12 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{LayerType, ModelInfo, RopeScaling, TokenIds, default_rms_eps, default_true};
+use crate::decoder::Decoder;
+use crate::error::ModelError;
 use crate::gemma2::{embed_scale, gemma_layer_forward, load_gemma_layer};
 use crate::hooks::LinearAdapter;
 use crate::layers::{Activation, Attention, LayerCache, Mlp, NormStyle, RmsNorm, Rotary, project_vocab};
-use crate::model::{Decoder, ModelError, check_divisible};
+use crate::model::check_divisible;
 use crate::weights::Weights;
 
 /// HF `Gemma3TextConfig`, with its defaults.

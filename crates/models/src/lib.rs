@@ -6,7 +6,9 @@
 
 pub mod chat;
 pub mod config;
+pub(crate) mod decoder;
 pub mod device;
+pub mod error;
 pub mod gemma2;
 pub mod gemma3;
 pub mod generate;

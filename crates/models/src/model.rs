@@ -1,6 +1,6 @@
-//! One type for every supported architecture: loading from an HF directory or a GGUF file, and the
-//! forward pass shared by all of them (masks, positions, KV cache, hooks), so hooks mean the same
-//! thing whichever model runs.
+//! One type for every supported architecture: loading from an HF directory or a GGUF file, and
+//! dispatch to the architecture's [`Decoder`]; the forward pass they all share (masks, positions,
+//! KV cache, hooks) is in `decoder.rs`, so hooks mean the same thing whichever model runs.
 //!
 //! ```no_run
 //! use axbench_models::{model::{Model, LoadOptions}, hooks::{Hooks, Logits}};
@@ -11,88 +11,18 @@
 //! # Ok::<(), axbench_models::model::ModelError>(())
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{Arch, LayerType, ModelInfo};
+use crate::config::{Arch, ModelInfo};
+use crate::decoder::Decoder;
 use crate::device::{DType, DeviceSpec};
-use crate::hooks::{ForwardOutput, Hooks, InterventionCtx, Logits};
-use crate::layers::{KvCache, LayerCache, Rotary, attention_bias, position_ids};
+pub use crate::error::ModelError;
+use crate::hooks::{ForwardOutput, Hooks, Logits};
+use crate::layers::KvCache;
 use crate::weights::{TensorStore, Weights};
 use crate::{gemma2, gemma3, llama};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{}: invalid JSON: {source}", path.display())]
-    Json { path: PathBuf, source: serde_json::Error },
-    #[error("{}: {msg}", path.display())]
-    Config { path: PathBuf, msg: String },
-    #[error("{}: {msg}", path.display())]
-    Format { path: PathBuf, msg: String },
-    #[error("{}: missing tensor `{tensor}`", path.display())]
-    MissingTensor { path: PathBuf, tensor: String },
-    #[error("{}: tensor `{tensor}` has shape {found:?}, the config implies {expected:?}", path.display())]
-    ShapeMismatch {
-        path: PathBuf,
-        tensor: String,
-        expected: Vec<i64>,
-        found: Vec<i64>,
-    },
-    #[error("{}: unsupported architecture `{arch}` (supported: gemma2, gemma3, llama)", path.display())]
-    UnsupportedArch { path: PathBuf, arch: String },
-    #[error("invalid input: {0}")]
-    Input(String),
-    #[error(transparent)]
-    Device(#[from] crate::device::DeviceError),
-    #[error(transparent)]
-    Torch(#[from] tch::TchError),
-}
-
-impl ModelError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-    pub(crate) fn json(path: &Path, source: serde_json::Error) -> Self {
-        ModelError::Json {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-}
-
-/// What each architecture provides to the shared forward pass.
-pub(crate) trait Decoder {
-    fn info(&self) -> &ModelInfo;
-    fn kind(&self) -> Kind;
-    fn device(&self) -> Device;
-    /// `(num_key_value_heads, head_dim)`, for preallocating caches.
-    fn kv_shape(&self) -> (i64, i64);
-    fn layer_type(&self, layer: usize) -> LayerType;
-    fn sliding_window(&self) -> Option<i64>;
-    fn rotary(&self, t: LayerType) -> &Rotary;
-    /// Token embeddings, already scaled where the architecture scales them.
-    fn embed(&self, ids: &Tensor) -> Tensor;
-    #[allow(clippy::too_many_arguments)]
-    fn layer(
-        &self,
-        i: usize,
-        h: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-        cache: Option<&mut LayerCache>,
-        past: i64,
-        o_adapter: Option<&dyn crate::hooks::LinearAdapter>,
-    ) -> Tensor;
-    /// Final norm, vocabulary projection and any logit soft-cap.
-    fn head(&self, h: &Tensor) -> Tensor;
-}
 
 /// Where to load a model and in which precision.
 #[derive(Debug, Clone, Copy, Default)]
@@ -238,134 +168,9 @@ impl Model {
         attention_mask: Option<&Tensor>,
         hooks: &Hooks,
         logits: Logits,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Result<ForwardOutput, ModelError> {
-        let d = self.decoder();
-        let info = d.info();
-        let dev = d.device();
-        let (b, t) = input_ids
-            .size2()
-            .map_err(|_| ModelError::Input(format!("input_ids must be [B, T], got {:?}", input_ids.size())))?;
-        if t == 0 {
-            return Err(ModelError::Input("input_ids has no positions".into()));
-        }
-        let past = cache.as_ref().map_or(0, |c| c.len);
-        if let Some(cb) = cache.as_ref().and_then(|c| c.batch())
-            && cb != b
-        {
-            return Err(ModelError::Input(format!(
-                "the KV cache holds {cb} rows, input_ids has {b}"
-            )));
-        }
-        let mask = match attention_mask {
-            Some(m) => {
-                if m.size() != [b, past + t] {
-                    return Err(ModelError::Input(format!(
-                        "attention_mask is {:?}, expected [{b}, {}] (cached {past} + new {t})",
-                        m.size(),
-                        past + t
-                    )));
-                }
-                m.to_device(dev)
-            }
-            None => Tensor::ones([b, past + t], (Kind::Int64, dev)),
-        };
-        let n = info.num_layers;
-        for &l in hooks
-            .capture
-            .iter()
-            .chain(hooks.stop_after.iter())
-            .chain(hooks.interventions.iter().map(|(l, _)| l))
-            .chain(hooks.o_proj.iter().map(|(l, _)| l))
-        {
-            if l >= n {
-                return Err(ModelError::Input(format!(
-                    "layer {l} out of range: the model has {n} layers (0..{})",
-                    n - 1
-                )));
-            }
-        }
-        // Last layer to run: everything for logits; otherwise up to the deepest layer asked for.
-        let last = match (logits, hooks.stop_after) {
-            (_, Some(s)) => s,
-            (Logits::None, None) => hooks.capture.iter().copied().max().unwrap_or(n - 1),
-            _ => n - 1,
-        };
-        if let Some(&l) = hooks
-            .capture
-            .iter()
-            .chain(hooks.interventions.iter().map(|(l, _)| l))
-            .find(|&&l| l > last)
-        {
-            return Err(ModelError::Input(format!(
-                "layer {l} is hooked but the pass stops after layer {last}"
-            )));
-        }
-        if cache.is_some() && last + 1 < n {
-            return Err(ModelError::Input(
-                "a forward pass with a KV cache must run every layer".into(),
-            ));
-        }
-        let kind = d.kind();
-        let ids = input_ids.to_device(dev);
-        let pos = position_ids(&mask, t);
-        let types: Vec<LayerType> = (0..=last).map(|i| d.layer_type(i)).collect();
-        let need = |lt: LayerType| types.contains(&lt);
-        let full_mask = need(LayerType::FullAttention).then(|| attention_bias(&mask, past, t, None, kind));
-        let window = d.sliding_window();
-        let sliding_mask = need(LayerType::SlidingAttention).then(|| attention_bias(&mask, past, t, window, kind));
-        let rope_full = d.rotary(LayerType::FullAttention);
-        let rope_sliding = d.rotary(LayerType::SlidingAttention);
-        let cs_full = need(LayerType::FullAttention).then(|| rope_full.cos_sin(&pos, kind));
-        let cs_sliding = if std::ptr::eq(rope_full, rope_sliding) && cs_full.is_some() {
-            None
-        } else {
-            need(LayerType::SlidingAttention).then(|| rope_sliding.cos_sin(&pos, kind))
-        };
-        let iv_mask = if hooks.interventions.is_empty() {
-            None
-        } else {
-            Some(hooks.intervention_mask(b, t, past, dev).map_err(ModelError::Input)?)
-        };
-        let real = mask.narrow(1, past, t).ne(0);
-
-        let mut h = d.embed(&ids);
-        let mut hidden = Vec::new();
-        for (i, &lt) in types.iter().enumerate() {
-            let (cos, sin) = match lt {
-                LayerType::FullAttention => cs_full.as_ref().unwrap(),
-                LayerType::SlidingAttention => cs_sliding.as_ref().or(cs_full.as_ref()).unwrap(),
-            };
-            let m = match lt {
-                LayerType::FullAttention => full_mask.as_ref().unwrap(),
-                LayerType::SlidingAttention => sliding_mask.as_ref().unwrap(),
-            };
-            let lc = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            h = d.layer(i, &h, cos, sin, m, lc, past, hooks.o_proj_adapter(i));
-            for (l, iv) in &hooks.interventions {
-                if *l == i {
-                    let ctx = InterventionCtx {
-                        mask: iv_mask.as_ref().unwrap(),
-                        real: &real,
-                        past_len: past,
-                    };
-                    h = iv.apply(&h, &ctx);
-                }
-            }
-            if hooks.capture.contains(&i) {
-                hidden.push((i, h.shallow_clone()));
-            }
-        }
-        if let Some(c) = cache {
-            c.len += t;
-        }
-        let logits = match logits {
-            _ if last + 1 < n => None,
-            Logits::None => None,
-            Logits::Last => Some(d.head(&h.narrow(1, t - 1, 1))),
-            Logits::All => Some(d.head(&h)),
-        };
-        Ok(ForwardOutput { logits, hidden })
+        crate::decoder::forward(self.decoder(), input_ids, attention_mask, hooks, logits, cache)
     }
 }
 

@@ -22,8 +22,8 @@ use safetensors::Dtype;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::Arch;
+use crate::error::ModelError;
 use crate::gguf::GgufFile;
-use crate::model::ModelError;
 
 struct Entry {
     file: usize,
