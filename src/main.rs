@@ -67,9 +67,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Before anything can ask libtorch about CUDA: it caches its first answer for the process.
-    axbench_models::device::init();
     let cli = Cli::parse();
+    // libtorch caches its first answer about CUDA, so its CUDA library must be loaded before any
+    // query: every query goes through axbench_models::device, which loads it first. The commands
+    // that open a model at once load it here; the pipeline commands wait until a stage resolves a
+    // device, because with the CUDA libraries installed the load costs ~0.15 s and ~350 MB of
+    // mapped libraries, which a `plan` or a CPU-only run should not pay.
+    if matches!(cli.command, Command::Model(_) | Command::Serve(_)) {
+        axbench_models::device::init();
+    }
     context::init_logging(&cli.global);
     let result = match cli.command {
         Command::Run(a) => pipeline_cmd::run(&cli.global, a),

@@ -69,7 +69,7 @@ fn report(g: &GlobalArgs, a: &ReportArgs) -> Result<()> {
         cache,
         store,
     } = open_pipeline(g, &a.pipeline, &a.sets)?;
-    let found = stage_outputs(&spec, &registry(), &store, &project, AGGREGATE_KIND)?;
+    let found = stage_outputs(&spec, &registry(), &store, &project, &[AGGREGATE_KIND])?.remove(0);
     if found.is_empty() {
         return Err(bad(format!(
             "{} has no `{AGGREGATE_KIND}` stage: nothing makes a report",

@@ -86,8 +86,8 @@ fn results(g: &GlobalArgs, a: &ResultsArgs) -> Result<()> {
         spec, project, store, ..
     } = open_pipeline(g, &a.pipeline, &a.sets)?;
     let registry = registry();
-    let evaluates = stage_outputs(&spec, &registry, &store, &project, EVALUATE_KIND)?;
-    let aggregates = stage_outputs(&spec, &registry, &store, &project, AGGREGATE_KIND)?;
+    let mut found = stage_outputs(&spec, &registry, &store, &project, &[EVALUATE_KIND, AGGREGATE_KIND])?;
+    let (aggregates, evaluates) = (found.pop().unwrap_or_default(), found.pop().unwrap_or_default());
     if evaluates.is_empty() && aggregates.is_empty() {
         return Err(bad(format!(
             "{} has no `{EVALUATE_KIND}` or `{AGGREGATE_KIND}` stage",
@@ -152,22 +152,22 @@ pub fn steering_json(s: &Summary) -> Vec<serde_json::Value> {
 /// A node's output files: name → blob path in the store.
 pub type NodeFiles = BTreeMap<String, PathBuf>;
 
-/// Every node of stage kind `kind` in the planned pipeline with its outputs, `None` where the node is not fresh
-/// (never run, or stale for these params).
+/// Every node of each stage kind in `kinds` in the planned pipeline with its outputs, one list per kind, `None`
+/// where the node is not fresh (never run, or stale for these params). One plan serves every kind.
 pub fn stage_outputs(
     spec: &PipelineSpec,
     registry: &Registry,
     store: &Store,
     project: &Path,
-    kind: &str,
-) -> Result<Vec<(String, Option<NodeFiles>)>> {
+    kinds: &[&str],
+) -> Result<Vec<Vec<(String, Option<NodeFiles>)>>> {
     let mut lists = Default::default();
     let plan = axbench_engine::plan(spec, registry, store, project, &mut lists)?;
-    let mut out = Vec::new();
+    let mut out = vec![Vec::new(); kinds.len()];
     for (n, p) in plan.graph.nodes.iter().zip(&plan.nodes) {
-        if &*n.kind != kind {
+        let Some(k) = kinds.iter().position(|k| *k == &*n.kind) else {
             continue;
-        }
+        };
         let outputs = match (&p.state, &p.outputs) {
             (NodeState::Fresh, Some(o)) => Some(
                 o.iter()
@@ -176,11 +176,15 @@ pub fn stage_outputs(
             ),
             _ => None,
         };
-        out.push((n.id.clone(), outputs));
+        out[k].push((n.id.clone(), outputs));
     }
     for p in &plan.graph.pending {
-        if spec.stages.get(&p.stage).is_some_and(|s| s.kind.value == kind) {
-            out.push((p.id.clone(), None));
+        if let Some(k) = spec
+            .stages
+            .get(&p.stage)
+            .and_then(|s| kinds.iter().position(|k| *k == s.kind.value))
+        {
+            out[k].push((p.id.clone(), None));
         }
     }
     Ok(out)
@@ -189,11 +193,11 @@ pub fn stage_outputs(
 /// After a successful run: prints the AUROC tables of the pipeline's evaluate nodes and the steering tables of its
 /// aggregate nodes (nothing if it has neither).
 pub fn print_tables(spec: &PipelineSpec, registry: &Registry, store: &Store, project: &Path) {
-    for kind in [EVALUATE_KIND, AGGREGATE_KIND] {
-        let Ok(found) = stage_outputs(spec, registry, store, project, kind) else {
-            return;
-        };
-        for files in found.into_iter().filter_map(|(_, f)| f) {
+    let Ok(found) = stage_outputs(spec, registry, store, project, &[EVALUATE_KIND, AGGREGATE_KIND]) else {
+        return;
+    };
+    for (kind, nodes) in [EVALUATE_KIND, AGGREGATE_KIND].into_iter().zip(found) {
+        for files in nodes.into_iter().filter_map(|(_, f)| f) {
             if kind == EVALUATE_KIND
                 && let Some(md) = files.get("results.md").and_then(|p| std::fs::read_to_string(p).ok())
             {
