@@ -56,8 +56,8 @@ use std::time::{Duration, Instant};
 use axbench_cache::{Digest, Store, StoreError, write_atomic};
 use serde::{Deserialize, Serialize};
 
-use crate::executor::{ExecError, ExecOutcome, Executor, NodeJob};
-use crate::spec::PipelineSpec;
+use crate::compile::spec::PipelineSpec;
+use crate::run::executor::{ExecError, ExecOutcome, Executor, NodeJob};
 use crate::stage::{CancelFlag, ProgressSink, Registry};
 
 // ---- options ----------------------------------------------------------------------------------
@@ -1094,7 +1094,7 @@ impl Inner {
             keys: items.iter().map(|q| q.job.key.to_hex()).collect(),
             sbatch: &args,
             submitted_unix_ms: axbench_cache_unix_ms(),
-            host: crate::executor::hostname(),
+            host: crate::run::executor::hostname(),
         };
         let _ = write_atomic(
             &batch_dir.join("submit.json"),

@@ -48,7 +48,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::key::{CacheKey, KeyHasher};
+use crate::compile::key::{CacheKey, KeyHasher};
 use crate::value::Value;
 
 /// Default cap on the number of nodes one pipeline may expand to.

@@ -18,13 +18,13 @@ use axbench_cache::{Digest, OutputEntry, Store};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::compile::expand::Node;
+use crate::compile::fingerprint::FreshNode;
+use crate::compile::key::{KeyInput, node_key};
+use crate::compile::plan::{NodeState, Plan, plan, read_list};
+use crate::compile::spec::PipelineSpec;
 use crate::error::EngineError;
-use crate::executor::{ExecError, ExecOutcome, Executor, JobInput, NodeJob};
-use crate::expand::Node;
-use crate::fingerprint::FreshNode;
-use crate::key::{KeyInput, node_key};
-use crate::plan::{NodeState, Plan, plan, read_list};
-use crate::spec::PipelineSpec;
+use crate::run::executor::{ExecError, ExecOutcome, Executor, JobInput, NodeJob};
 use crate::stage::{CancelFlag, NoProgress, ProgressSink, Registry};
 use crate::value::Value;
 
@@ -109,7 +109,7 @@ pub async fn run(
     store.clean_stale_staging();
     let mut report = RunReport::default();
     // Nothing changed since the last complete run: every node is fresh, skip planning.
-    if let Some(fresh) = crate::fingerprint::fresh_plan(spec, registry, &store, &opts.project_dir) {
+    if let Some(fresh) = crate::compile::fingerprint::fresh_plan(spec, registry, &store, &opts.project_dir) {
         report.cached = fresh.nodes.iter().map(|n| n.id.clone()).collect();
         report.keys = fresh.keys();
         match &fresh.fingerprint {
@@ -170,10 +170,10 @@ pub async fn run(
     // Every node reached: the next run with an unchanged pipeline can skip planning.
     if report.ok()
         && let Some((nodes, paths)) = record
-        && let Some(fresh) = crate::fingerprint::FreshPlan::from_nodes(nodes, paths, &store)
+        && let Some(fresh) = crate::compile::fingerprint::FreshPlan::from_nodes(nodes, paths, &store)
     {
         let same_keys = fresh.keys() == report.keys;
-        crate::fingerprint::save(
+        crate::compile::fingerprint::save(
             spec,
             registry,
             &store,

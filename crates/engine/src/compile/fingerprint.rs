@@ -30,9 +30,9 @@ use std::sync::Arc;
 
 use axbench_cache::{Digest, FileStat, OutputEntry, Store};
 
-use crate::key::{CacheKey, KeyHasher};
-use crate::plan::{NodeState, PlanJson, PlanJsonNode};
-use crate::spec::PipelineSpec;
+use crate::compile::key::{CacheKey, KeyHasher};
+use crate::compile::plan::{NodeState, PlanJson, PlanJsonNode};
+use crate::compile::spec::PipelineSpec;
 use crate::stage::Registry;
 
 const MAGIC: &[u8; 8] = b"AXFP\x00\x00\x00\x01";

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use crate::graph::StageGraph;
-use crate::spec::{Dim, Loc, PipelineSpec, SpecError, refs_in, substitute};
+use crate::compile::graph::StageGraph;
+use crate::compile::spec::{Dim, Loc, PipelineSpec, SpecError, refs_in, substitute};
 use crate::stage::{OutputKind, Registry};
 use crate::value::{Coord, Value, node_id};
 
