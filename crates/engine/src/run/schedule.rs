@@ -28,6 +28,9 @@ use crate::run::executor::{ExecError, ExecOutcome, Executor, JobInput, NodeJob};
 use crate::stage::{CancelFlag, NoProgress, ProgressSink, Registry};
 use crate::value::Value;
 
+/// Log lines carry the module's flat public path, which `RUST_LOG` filters name, not its room's.
+const LOG: &str = "axbench_engine::schedule";
+
 /// How to run.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -423,7 +426,7 @@ async fn run_wave(
                 }
                 ExecError::Failed { message, log } => {
                     reporter.finished(&nodes[idx], "failed");
-                    tracing::error!(node = %nodes[idx].id, "failed: {message}");
+                    tracing::error!(target: LOG, node = %nodes[idx].id, "failed: {message}");
                     failed_ids.insert(nodes[idx].id.clone());
                     report.failed.push(Failure {
                         node: nodes[idx].id.clone(),
