@@ -9,7 +9,7 @@
 //! depend on it are skipped, independent branches go on. Dynamic fan-outs run in waves: when
 //! a list node finishes, the pipeline is planned again and the newly expandable nodes run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,49 +121,47 @@ pub async fn run(
         };
         return Ok(report);
     }
-    let mut lists: HashMap<String, Vec<Value>> = HashMap::new();
-    let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
-    let mut classes: BTreeMap<String, Arc<Semaphore>> = BTreeMap::new();
-    for (k, v) in &spec.resources {
-        classes.insert(k.clone(), Arc::new(Semaphore::new(*v as usize)));
-    }
-    let mut done_ids: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let mut failed_ids: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut run = RunState {
+        classes: spec
+            .resources
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::new(Semaphore::new(*v as usize))))
+            .collect(),
+        jobs: Arc::new(Semaphore::new(opts.jobs.max(1))),
+        store,
+        executor,
+        reporter,
+        cancel,
+        report,
+        lists: HashMap::new(),
+        done_ids: HashSet::new(),
+        failed_ids: HashSet::new(),
+    };
     let mut record = None;
     loop {
-        let p = plan(spec, registry, &store, &opts.project_dir, &mut lists)?;
-        reporter.wave(&p);
-        let (learned, complete) = run_wave(
-            &p,
-            &store,
-            &executor,
-            &jobs,
-            &mut classes,
-            &reporter,
-            &cancel,
-            &mut report,
-            &mut lists,
-            &mut done_ids,
-            &mut failed_ids,
-        )
-        .await?;
-        let _ = store.flush_index();
-        if cancel.is_cancelled() {
-            report.cancelled = true;
+        let p = plan(spec, registry, &run.store, &opts.project_dir, &mut run.lists)?;
+        run.reporter.wave(&p);
+        let (learned, complete) = run.wave(&p).await?;
+        let _ = run.store.flush_index();
+        if run.cancel.is_cancelled() {
+            run.report.cancelled = true;
             break;
         }
         if p.graph.pending.is_empty() || !learned {
-            report.pending = p.graph.pending.iter().map(|x| x.id.clone()).collect();
+            run.report.pending = p.graph.pending.iter().map(|x| x.id.clone()).collect();
             if p.graph.pending.is_empty() {
                 record = complete.map(|nodes| (nodes, p.paths.clone()));
             }
             break;
         }
     }
+    // Borrowed, not taken apart: the executor (a Slurm one joins its thread when dropped) lives until the run
+    // is recorded.
+    let (store, report) = (&run.store, &mut run.report);
     report.keys.sort();
     report.keys.dedup();
     // A node skipped in one wave is skipped again in the next: list it once.
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     report.skipped.retain(|id| seen.insert(id.clone()));
     let run_file = if report.cancelled {
         None
@@ -173,369 +171,399 @@ pub async fn run(
     // Every node reached: the next run with an unchanged pipeline can skip planning.
     if report.ok()
         && let Some((nodes, paths)) = record
-        && let Some(fresh) = crate::compile::fingerprint::FreshPlan::from_nodes(nodes, paths, &store)
+        && let Some(fresh) = crate::compile::fingerprint::FreshPlan::from_nodes(nodes, paths, store)
     {
         let same_keys = fresh.keys() == report.keys;
         crate::compile::fingerprint::save(
             spec,
             registry,
-            &store,
+            store,
             &opts.project_dir,
             &fresh,
             run_file.as_deref().filter(|_| same_keys),
         );
     }
-    Ok(report)
+    Ok(run.report)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_wave(
-    p: &Plan,
-    store: &Arc<Store>,
-    executor: &Arc<dyn Executor>,
-    jobs: &Arc<Semaphore>,
-    classes: &mut BTreeMap<String, Arc<Semaphore>>,
-    reporter: &Arc<dyn Reporter>,
-    cancel: &CancelFlag,
-    report: &mut RunReport,
-    lists: &mut HashMap<String, Vec<Value>>,
-    done_ids: &mut std::collections::HashSet<String>,
-    failed_ids: &mut std::collections::HashSet<String>,
-) -> Result<(bool, Option<Vec<FreshNode>>), EngineError> {
-    let nodes = &p.graph.nodes;
-    let n = nodes.len();
-    let mut outputs: Vec<Option<BTreeMap<String, OutputEntry>>> = vec![None; n];
-    let mut keys: Vec<Option<Digest>> = vec![None; n];
-    let mut remaining: Vec<usize> = vec![0; n];
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut dead: Vec<bool> = vec![false; n];
-    let mut learned = false;
-    let reader = store.reader();
-    for (i, node) in nodes.iter().enumerate() {
-        let mut ups: Vec<usize> = node.inputs.iter().flat_map(|(_, u)| u.iter().copied()).collect();
-        ups.sort_unstable();
-        ups.dedup();
-        for &u in &ups {
-            dependents[u].push(i);
-        }
-        let planned = &p.nodes[i];
-        if planned.state == NodeState::Fresh {
-            // A fresh node may resolve to a key other than the one last recorded for its id
-            // (a reverted change, or a run killed after its manifest was written but before its
-            // index batch was): record it, so `show` and the next `plan` see the current key.
-            if let Some(key) = planned.key
-                && store.latest(reader.as_ref(), &node.id) != Some(key)
-            {
-                store.note_latest(&node.id, &key);
-            }
-            outputs[i] = planned.outputs.clone();
-            keys[i] = planned.key;
-            report.keys.push(planned.key.unwrap());
-            if done_ids.insert(node.id.clone()) {
-                report.cached.push(node.id.clone());
-            }
-        }
-        remaining[i] = ups.iter().filter(|&&u| p.nodes[u].state != NodeState::Fresh).count();
-    }
-    let mut ready: Vec<usize> = (0..n)
-        .filter(|&i| p.nodes[i].state != NodeState::Fresh && remaining[i] == 0)
-        .collect();
-    ready.reverse();
-    let mut running: JoinSet<Done> = JoinSet::new();
-    let mut last_flush = Instant::now();
-    let no_resources: BTreeMap<String, u32> = BTreeMap::new();
+/// The run's shared context: what every wave runs nodes with, and what the waves found out so far.
+struct RunState {
+    store: Arc<Store>,
+    executor: Arc<dyn Executor>,
+    /// `-j` slots.
+    jobs: Arc<Semaphore>,
+    /// One semaphore per resource class, made on first use for classes the pipeline gives no capacity (1).
+    classes: BTreeMap<String, Arc<Semaphore>>,
+    reporter: Arc<dyn Reporter>,
+    cancel: CancelFlag,
+    report: RunReport,
+    /// The list outputs known so far (node id → items): each wave's plan expands over them.
+    lists: HashMap<String, Vec<Value>>,
+    /// Nodes already in the report (a later wave plans them again, as fresh).
+    done_ids: HashSet<String>,
+    /// Nodes that failed in an earlier wave: not tried again (a later wave re-plans the whole pipeline and would
+    /// find them stale once more).
+    failed_ids: HashSet<String>,
+}
 
-    loop {
-        while let Some(i) = ready.pop() {
-            if cancel.is_cancelled() {
-                ready.clear();
-                break;
-            }
-            let node = &nodes[i];
-            // A node that failed in an earlier wave of this run is not tried again (a later
-            // wave re-plans the whole pipeline and would find it stale once more).
-            if failed_ids.contains(&node.id) {
-                skip_dependents(i, &dependents, &mut dead, nodes, report);
-                continue;
-            }
-            // Finish the key from the inputs' actual digests.
-            let digests: Vec<BTreeMap<String, Digest>> = node
-                .inputs
-                .iter()
-                .flat_map(|(_, ups)| {
-                    ups.iter().map(|&u| {
-                        outputs[u]
-                            .as_ref()
-                            .expect("inputs done")
-                            .iter()
-                            .map(|(k, o)| (k.clone(), o.digest))
-                            .collect()
-                    })
-                })
-                .collect();
-            let mut key_inputs = Vec::new();
-            let mut di = 0;
-            for (iname, ups) in &node.inputs {
-                for &u in ups {
-                    key_inputs.push(KeyInput {
-                        name: iname.as_ref(),
-                        coord: &nodes[u].coord,
-                        outputs: &digests[di],
-                    });
-                    di += 1;
+/// One wave's bookkeeping, by index into its plan's nodes.
+struct Wave<'p> {
+    plan: &'p Plan,
+    outputs: Vec<Option<BTreeMap<String, OutputEntry>>>,
+    keys: Vec<Option<Digest>>,
+    /// Inputs not done yet.
+    remaining: Vec<usize>,
+    dependents: Vec<Vec<usize>>,
+    /// Skipped because an input failed.
+    dead: Vec<bool>,
+    /// Nodes whose inputs are all done, started from the end.
+    ready: Vec<usize>,
+    /// Whether a list node wrote a list not known before, so the next wave may expand further.
+    learned: bool,
+}
+
+impl RunState {
+    /// Runs the nodes of `p` that are not fresh. Returns whether a new list was learned and, when every node of the
+    /// wave is done, what a no-op record of it lists.
+    async fn wave(&mut self, p: &Plan) -> Result<(bool, Option<Vec<FreshNode>>), EngineError> {
+        let mut w = Wave::new(p, self);
+        let mut running: JoinSet<Done> = JoinSet::new();
+        let mut last_flush = Instant::now();
+        loop {
+            while let Some(i) = w.ready.pop() {
+                if self.cancel.is_cancelled() {
+                    w.ready.clear();
+                    break;
                 }
+                self.start(&mut w, i, &mut running)?;
             }
-            let key = node_key(&p.nodes[i].static_key, &key_inputs);
-            // Early cutoff: the key may already be in the cache.
-            let reader = store.reader();
-            if let Some(e) = store.lookup(reader.as_ref(), &key)?
-                && e.outputs
-                    .values()
-                    .all(|o| store.check_blob_with(reader.as_ref(), &o.digest))
-            {
-                store.note_latest(&node.id, &key);
-                finish(
-                    i,
-                    key,
-                    e.outputs,
-                    false,
-                    nodes,
-                    &mut outputs,
-                    &mut keys,
-                    &mut remaining,
-                    &dependents,
-                    &mut ready,
-                    report,
-                    done_ids,
-                    reporter,
-                    lists,
-                    store,
-                    &mut learned,
-                );
-                continue;
+            let Some(res) = running.join_next().await else { break };
+            let done = res.map_err(|e| EngineError::Other(format!("scheduler task failed: {e}")))?;
+            self.done(&mut w, done);
+            if last_flush.elapsed() > Duration::from_millis(500) {
+                let _ = self.store.flush_index();
+                last_flush = Instant::now();
             }
-            let mut inputs: BTreeMap<String, Vec<JobInput>> = BTreeMap::new();
-            let mut di = 0;
-            for (iname, ups) in &node.inputs {
-                let v = inputs.entry(iname.to_string()).or_default();
-                for &u in ups {
-                    v.push(JobInput {
-                        node: nodes[u].id.clone(),
-                        coord: nodes[u].coord.clone(),
-                        key: keys[u],
-                        outputs: digests[di].clone(),
-                    });
-                    di += 1;
-                }
-            }
-            let job = NodeJob {
-                key,
-                node: node.id.clone(),
-                stage: node.stage.to_string(),
-                kind: node.kind.to_string(),
-                version: node.version,
-                coord: node.coord.clone(),
-                params: (*node.params).clone(),
-                manifest_params: p.nodes[i].manifest_params.clone(),
-                inputs,
-                project_dir: p.project_dir.clone(),
-                list_output: node.list_output,
-            };
-            let local_resources = if executor.uses_local_resources() {
-                &node.resources
-            } else {
-                &no_resources
-            };
-            let needs: Vec<(Arc<Semaphore>, u32)> = local_resources
-                .iter()
-                .map(|(c, k)| {
-                    (
-                        classes
-                            .entry(c.clone())
-                            .or_insert_with(|| Arc::new(Semaphore::new(1)))
-                            .clone(),
-                        *k,
-                    )
-                })
-                .collect();
-            let jobs = jobs.clone();
-            let executor = executor.clone();
-            let cancel = cancel.clone();
-            let progress = reporter.progress(node);
-            let reporter2 = reporter.clone();
-            let node2 = node.clone();
-            running.spawn(async move {
-                // Resource classes in name order (BTreeMap), then the job slot.
-                let mut permits = Vec::new();
-                for (sem, k) in needs {
-                    permits.push(sem.acquire_many_owned(k).await.expect("semaphore open"));
-                }
-                let _slot = jobs.acquire_owned().await.expect("semaphore open");
-                if cancel.is_cancelled() {
-                    return Done::Err {
-                        idx: i,
-                        err: ExecError::Cancelled,
-                    };
-                }
-                reporter2.started(&node2);
-                let res = tokio::task::spawn_blocking(move || executor.execute(&job, &cancel, progress)).await;
-                drop(permits);
-                match res {
-                    Ok(Ok(outcome)) => Done::Ok { idx: i, key, outcome },
-                    Ok(Err(err)) => Done::Err { idx: i, err },
-                    Err(join) => Done::Err {
-                        idx: i,
-                        err: ExecError::Failed {
-                            message: format!("executor panicked: {join}"),
-                            log: PathBuf::new(),
-                        },
-                    },
-                }
-            });
         }
-        let Some(res) = running.join_next().await else { break };
-        let done = res.map_err(|e| EngineError::Other(format!("scheduler task failed: {e}")))?;
+        Ok((w.learned, w.complete()))
+    }
+
+    /// Starts a ready node: finishes its key from its inputs' actual digests, takes it from the cache if that key is
+    /// there (early cutoff), or hands it to the executor.
+    fn start(&mut self, w: &mut Wave, i: usize, running: &mut JoinSet<Done>) -> Result<(), EngineError> {
+        let p = w.plan;
+        let node = &p.graph.nodes[i];
+        if self.failed_ids.contains(&node.id) {
+            w.skip_dependents(i, &mut self.report);
+            return Ok(());
+        }
+        let digests = w.input_digests(i);
+        let key = w.key(i, &digests);
+        let store = &self.store;
+        let reader = store.reader();
+        if let Some(e) = store.lookup(reader.as_ref(), &key)?
+            && e.outputs
+                .values()
+                .all(|o| store.check_blob_with(reader.as_ref(), &o.digest))
+        {
+            store.note_latest(&node.id, &key);
+            self.finish(w, i, key, e.outputs, false);
+            return Ok(());
+        }
+        let job = w.job(i, key, digests);
+        self.spawn(running, node, i, key, job);
+        Ok(())
+    }
+
+    /// Runs `job` on the executor once the node holds its resource classes (in name order, so there is no
+    /// deadlock) and then a job slot (so a node waiting for the GPU never holds a slot other nodes could use).
+    fn spawn(&mut self, running: &mut JoinSet<Done>, node: &Node, i: usize, key: Digest, job: NodeJob) {
+        let no_resources = BTreeMap::new();
+        let local_resources = if self.executor.uses_local_resources() {
+            &node.resources
+        } else {
+            &no_resources
+        };
+        let needs: Vec<(Arc<Semaphore>, u32)> = local_resources
+            .iter()
+            .map(|(c, k)| {
+                (
+                    self.classes
+                        .entry(c.clone())
+                        .or_insert_with(|| Arc::new(Semaphore::new(1)))
+                        .clone(),
+                    *k,
+                )
+            })
+            .collect();
+        let jobs = self.jobs.clone();
+        let executor = self.executor.clone();
+        let cancel = self.cancel.clone();
+        let progress = self.reporter.progress(node);
+        let reporter = self.reporter.clone();
+        let node = node.clone();
+        running.spawn(async move {
+            let mut permits = Vec::new();
+            for (sem, k) in needs {
+                permits.push(sem.acquire_many_owned(k).await.expect("semaphore open"));
+            }
+            let _slot = jobs.acquire_owned().await.expect("semaphore open");
+            if cancel.is_cancelled() {
+                return Done::Err {
+                    idx: i,
+                    err: ExecError::Cancelled,
+                };
+            }
+            reporter.started(&node);
+            let res = tokio::task::spawn_blocking(move || executor.execute(&job, &cancel, progress)).await;
+            drop(permits);
+            match res {
+                Ok(Ok(outcome)) => Done::Ok { idx: i, key, outcome },
+                Ok(Err(err)) => Done::Err { idx: i, err },
+                Err(join) => Done::Err {
+                    idx: i,
+                    err: ExecError::Failed {
+                        message: format!("executor panicked: {join}"),
+                        log: PathBuf::new(),
+                    },
+                },
+            }
+        });
+    }
+
+    /// Takes in a node the executor is done with.
+    fn done(&mut self, w: &mut Wave, done: Done) {
+        let nodes = &w.plan.graph.nodes;
         match done {
             Done::Ok { idx, key, outcome } => {
                 let computed = matches!(outcome, ExecOutcome::Computed { .. });
                 let outs = match outcome {
                     ExecOutcome::Computed { outputs, .. } | ExecOutcome::Cached { outputs } => outputs,
                 };
-                finish(
-                    idx,
-                    key,
-                    outs,
-                    computed,
-                    nodes,
-                    &mut outputs,
-                    &mut keys,
-                    &mut remaining,
-                    &dependents,
-                    &mut ready,
-                    report,
-                    done_ids,
-                    reporter,
-                    lists,
-                    store,
-                    &mut learned,
-                );
+                self.finish(w, idx, key, outs, computed);
             }
             Done::Err { idx, err } => match err {
                 ExecError::Cancelled => {
-                    reporter.finished(&nodes[idx], "cancelled");
+                    self.reporter.finished(&nodes[idx], "cancelled");
                 }
                 ExecError::Failed { message, log } => {
-                    reporter.finished(&nodes[idx], "failed");
+                    self.reporter.finished(&nodes[idx], "failed");
                     tracing::error!(target: LOG, node = %nodes[idx].id, "failed: {message}");
-                    failed_ids.insert(nodes[idx].id.clone());
-                    report.failed.push(Failure {
-                        node: nodes[idx].id.clone(),
-                        error: message,
-                        log: (!log.as_os_str().is_empty()).then_some(log),
-                    });
-                    skip_dependents(idx, &dependents, &mut dead, nodes, report);
+                    self.fail(w, idx, message, (!log.as_os_str().is_empty()).then_some(log));
                 }
                 ExecError::Store(e) => {
-                    reporter.finished(&nodes[idx], "failed");
-                    failed_ids.insert(nodes[idx].id.clone());
-                    report.failed.push(Failure {
-                        node: nodes[idx].id.clone(),
-                        error: e.to_string(),
-                        log: None,
-                    });
-                    skip_dependents(idx, &dependents, &mut dead, nodes, report);
+                    self.reporter.finished(&nodes[idx], "failed");
+                    self.fail(w, idx, e.to_string(), None);
                 }
             },
         }
-        if last_flush.elapsed() > Duration::from_millis(500) {
-            let _ = store.flush_index();
-            last_flush = Instant::now();
-        }
     }
-    // Every node of this wave done: what a no-op record lists.
-    let mut names: HashMap<String, Arc<str>> = HashMap::new();
-    let complete = (0..n)
-        .map(|i| {
-            let outs = outputs[i].as_ref()?;
-            let outputs = outs
-                .iter()
-                .map(|(name, e)| {
-                    (
-                        names
-                            .entry(name.clone())
-                            .or_insert_with(|| Arc::from(name.as_str()))
-                            .clone(),
-                        e.clone(),
-                    )
-                })
-                .collect();
-            Some(FreshNode {
-                id: nodes[i].id.clone(),
-                stage: nodes[i].stage.clone(),
-                key: keys[i]?,
-                outputs,
-            })
-        })
-        .collect::<Option<Vec<FreshNode>>>();
-    Ok((learned, complete))
-}
 
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    i: usize,
-    key: Digest,
-    outs: BTreeMap<String, OutputEntry>,
-    computed: bool,
-    nodes: &[Node],
-    outputs: &mut [Option<BTreeMap<String, OutputEntry>>],
-    keys: &mut [Option<Digest>],
-    remaining: &mut [usize],
-    dependents: &[Vec<usize>],
-    ready: &mut Vec<usize>,
-    report: &mut RunReport,
-    done_ids: &mut std::collections::HashSet<String>,
-    reporter: &Arc<dyn Reporter>,
-    lists: &mut HashMap<String, Vec<Value>>,
-    store: &Store,
-    learned: &mut bool,
-) {
-    let node = &nodes[i];
-    if node.list_output
-        && !lists.contains_key(&node.id)
-        && let Some(items) = read_list(store, &outs)
-    {
-        lists.insert(node.id.clone(), items);
-        *learned = true;
+    /// Records a failed node and skips everything downstream of it.
+    fn fail(&mut self, w: &mut Wave, i: usize, error: String, log: Option<PathBuf>) {
+        let node = &w.plan.graph.nodes[i];
+        self.failed_ids.insert(node.id.clone());
+        self.report.failed.push(Failure {
+            node: node.id.clone(),
+            error,
+            log,
+        });
+        w.skip_dependents(i, &mut self.report);
     }
-    outputs[i] = Some(outs);
-    keys[i] = Some(key);
-    report.keys.push(key);
-    if done_ids.insert(node.id.clone()) {
-        if computed {
-            report.computed.push(node.id.clone());
-        } else {
-            report.cached.push(node.id.clone());
-        }
-    }
-    reporter.finished(node, if computed { "computed" } else { "cached" });
-    for &d in &dependents[i] {
-        remaining[d] -= 1;
-        if remaining[d] == 0 {
-            ready.push(d);
-        }
-    }
-}
 
-fn skip_dependents(i: usize, dependents: &[Vec<usize>], dead: &mut [bool], nodes: &[Node], report: &mut RunReport) {
-    let mut stack = vec![i];
-    while let Some(j) = stack.pop() {
-        for &d in &dependents[j] {
-            if !dead[d] {
-                dead[d] = true;
-                report.skipped.push(nodes[d].id.clone());
-                stack.push(d);
+    /// Records a node that has its outputs (computed, or found in the cache) and readies the dependents whose
+    /// inputs are now all done.
+    fn finish(&mut self, w: &mut Wave, i: usize, key: Digest, outs: BTreeMap<String, OutputEntry>, computed: bool) {
+        let node = &w.plan.graph.nodes[i];
+        if node.list_output
+            && !self.lists.contains_key(&node.id)
+            && let Some(items) = read_list(&self.store, &outs)
+        {
+            self.lists.insert(node.id.clone(), items);
+            w.learned = true;
+        }
+        w.outputs[i] = Some(outs);
+        w.keys[i] = Some(key);
+        self.report.keys.push(key);
+        if self.done_ids.insert(node.id.clone()) {
+            if computed {
+                self.report.computed.push(node.id.clone());
+            } else {
+                self.report.cached.push(node.id.clone());
             }
         }
+        self.reporter
+            .finished(node, if computed { "computed" } else { "cached" });
+        for &d in &w.dependents[i] {
+            w.remaining[d] -= 1;
+            if w.remaining[d] == 0 {
+                w.ready.push(d);
+            }
+        }
+    }
+}
+
+impl<'p> Wave<'p> {
+    /// The wave over `p`: fresh nodes are done already (and counted in the run's report), the others wait for
+    /// their inputs that are not fresh.
+    fn new(p: &'p Plan, run: &mut RunState) -> Wave<'p> {
+        let nodes = &p.graph.nodes;
+        let n = nodes.len();
+        let mut w = Wave {
+            plan: p,
+            outputs: vec![None; n],
+            keys: vec![None; n],
+            remaining: vec![0; n],
+            dependents: vec![Vec::new(); n],
+            dead: vec![false; n],
+            ready: Vec::new(),
+            learned: false,
+        };
+        let store = &run.store;
+        let reader = store.reader();
+        for (i, node) in nodes.iter().enumerate() {
+            let mut ups: Vec<usize> = node.inputs.iter().flat_map(|(_, u)| u.iter().copied()).collect();
+            ups.sort_unstable();
+            ups.dedup();
+            for &u in &ups {
+                w.dependents[u].push(i);
+            }
+            let planned = &p.nodes[i];
+            if planned.state == NodeState::Fresh {
+                // A fresh node may resolve to a key other than the one last recorded for its id
+                // (a reverted change, or a run killed after its manifest was written but before its
+                // index batch was): record it, so `show` and the next `plan` see the current key.
+                if let Some(key) = planned.key
+                    && store.latest(reader.as_ref(), &node.id) != Some(key)
+                {
+                    store.note_latest(&node.id, &key);
+                }
+                w.outputs[i] = planned.outputs.clone();
+                w.keys[i] = planned.key;
+                run.report.keys.push(planned.key.unwrap());
+                if run.done_ids.insert(node.id.clone()) {
+                    run.report.cached.push(node.id.clone());
+                }
+            }
+            w.remaining[i] = ups.iter().filter(|&&u| p.nodes[u].state != NodeState::Fresh).count();
+        }
+        w.ready = (0..n)
+            .filter(|&i| p.nodes[i].state != NodeState::Fresh && w.remaining[i] == 0)
+            .collect();
+        w.ready.reverse();
+        w
+    }
+
+    /// The output digests of node `i`'s inputs, one map per upstream node, in input order.
+    fn input_digests(&self, i: usize) -> Vec<BTreeMap<String, Digest>> {
+        self.plan.graph.nodes[i]
+            .inputs
+            .iter()
+            .flat_map(|(_, ups)| {
+                ups.iter().map(|&u| {
+                    self.outputs[u]
+                        .as_ref()
+                        .expect("inputs done")
+                        .iter()
+                        .map(|(k, o)| (k.clone(), o.digest))
+                        .collect()
+                })
+            })
+            .collect()
+    }
+
+    /// Node `i`'s full key: its static key and its inputs' actual output digests.
+    fn key(&self, i: usize, digests: &[BTreeMap<String, Digest>]) -> Digest {
+        let nodes = &self.plan.graph.nodes;
+        let mut key_inputs = Vec::new();
+        let mut di = 0;
+        for (iname, ups) in &nodes[i].inputs {
+            for &u in ups {
+                key_inputs.push(KeyInput {
+                    name: iname.as_ref(),
+                    coord: &nodes[u].coord,
+                    outputs: &digests[di],
+                });
+                di += 1;
+            }
+        }
+        node_key(&self.plan.nodes[i].static_key, &key_inputs)
+    }
+
+    /// Everything the executor needs to run node `i` on its own.
+    fn job(&self, i: usize, key: Digest, digests: Vec<BTreeMap<String, Digest>>) -> NodeJob {
+        let p = self.plan;
+        let nodes = &p.graph.nodes;
+        let node = &nodes[i];
+        let mut inputs: BTreeMap<String, Vec<JobInput>> = BTreeMap::new();
+        let mut digests = digests.into_iter();
+        for (iname, ups) in &node.inputs {
+            let v = inputs.entry(iname.to_string()).or_default();
+            for &u in ups {
+                v.push(JobInput {
+                    node: nodes[u].id.clone(),
+                    coord: nodes[u].coord.clone(),
+                    key: self.keys[u],
+                    outputs: digests.next().expect("one digest map per upstream node"),
+                });
+            }
+        }
+        NodeJob {
+            key,
+            node: node.id.clone(),
+            stage: node.stage.to_string(),
+            kind: node.kind.to_string(),
+            version: node.version,
+            coord: node.coord.clone(),
+            params: (*node.params).clone(),
+            manifest_params: p.nodes[i].manifest_params.clone(),
+            inputs,
+            project_dir: p.project_dir.clone(),
+            list_output: node.list_output,
+        }
+    }
+
+    fn skip_dependents(&mut self, i: usize, report: &mut RunReport) {
+        let nodes = &self.plan.graph.nodes;
+        let mut stack = vec![i];
+        while let Some(j) = stack.pop() {
+            for &d in &self.dependents[j] {
+                if !self.dead[d] {
+                    self.dead[d] = true;
+                    report.skipped.push(nodes[d].id.clone());
+                    stack.push(d);
+                }
+            }
+        }
+    }
+
+    /// Every node of the wave with its key and outputs, if all of them are done: what a no-op record lists.
+    fn complete(&self) -> Option<Vec<FreshNode>> {
+        let nodes = &self.plan.graph.nodes;
+        let mut names: HashMap<String, Arc<str>> = HashMap::new();
+        (0..nodes.len())
+            .map(|i| {
+                let outs = self.outputs[i].as_ref()?;
+                let outputs = outs
+                    .iter()
+                    .map(|(name, e)| {
+                        (
+                            names
+                                .entry(name.clone())
+                                .or_insert_with(|| Arc::from(name.as_str()))
+                                .clone(),
+                            e.clone(),
+                        )
+                    })
+                    .collect();
+                Some(FreshNode {
+                    id: nodes[i].id.clone(),
+                    stage: nodes[i].stage.clone(),
+                    key: self.keys[i]?,
+                    outputs,
+                })
+            })
+            .collect()
     }
 }
 
@@ -559,7 +587,7 @@ mod tests {
             1
         }
         fn params(&self) -> Vec<ParamSpec> {
-            vec![ParamSpec::optional("i", crate::ParamType::Int, 0, "index")]
+            vec![ParamSpec::optional("i", crate::stage::ParamType::Int, 0, "index")]
         }
         fn resources(&self) -> Vec<(&'static str, u32)> {
             vec![("gpu", 1)]
@@ -577,7 +605,10 @@ mod tests {
         let spec = PipelineSpec::parse("t.toml", text).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
-        let exec = Arc::new(crate::LocalExecutor::new(registry.clone(), store.clone()));
+        let exec = Arc::new(crate::run::executor::LocalExecutor::new(
+            registry.clone(),
+            store.clone(),
+        ));
         let opts = RunOptions {
             jobs,
             project_dir: dir.path().to_path_buf(),
@@ -632,7 +663,10 @@ params = { ms = 30, value = "${i}" }
         let spec = PipelineSpec::parse("t.toml", "[stages.s]\nkind = \"test.sleep\"\nforeach = { i = [1, 2, 3, 4] }\nparams = { ms = 2000, value = \"${i}\" }\n").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
-        let exec = Arc::new(crate::LocalExecutor::new(registry.clone(), store.clone()));
+        let exec = Arc::new(crate::run::executor::LocalExecutor::new(
+            registry.clone(),
+            store.clone(),
+        ));
         let opts = RunOptions {
             jobs: 4,
             project_dir: dir.path().to_path_buf(),
