@@ -96,11 +96,13 @@ pub(super) enum TaskEnd {
     Cancelled,
 }
 
+/// A node waiting to be submitted, and the channel its `execute` call waits on.
 pub(super) struct Queued {
     pub(super) job: NodeJob,
     pub(super) tx: mpsc::Sender<TaskEnd>,
 }
 
+/// A submitted node: where its exit file and log are, and whom to tell when it ends.
 pub(super) struct InFlight {
     pub(super) key: Digest,
     pub(super) job_id: String,
@@ -128,6 +130,7 @@ impl InFlight {
     }
 }
 
+/// What the manager thread and the `execute` calls share, behind [`Inner::state`].
 #[derive(Default)]
 pub(super) struct State {
     /// Stage → nodes waiting to be submitted.
@@ -145,12 +148,14 @@ pub(super) struct State {
     pub(super) stats: SlurmStats,
 }
 
+/// The executor's shared half: owned by [`SlurmExecutor`](super::SlurmExecutor) and its manager thread alike.
 pub(super) struct Inner {
     pub(super) cfg: SlurmConfig,
     pub(super) store: Arc<Store>,
     /// Pipeline stage name → what its arrays ask for.
     pub(super) stages: HashMap<String, StageRequest>,
     pub(super) state: Mutex<State>,
+    /// Wakes the manager thread: a node was queued or re-attached, or the executor is cancelled or dropped.
     pub(super) wake: Condvar,
     pub(super) batch_counter: AtomicU64,
 }
