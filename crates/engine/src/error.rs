@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::spec::SpecError;
+use crate::compile::spec::SpecError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -1,5 +1,5 @@
 //! Executors run one node given everything needed to run it on its own ([`NodeJob`], which is
-//! serializable: a future `slurm` executor ships it to `axbench exec-node` on another host).
+//! serializable: the Slurm executor ships it to `axbench exec-node` on another host).
 //! The [`LocalExecutor`] runs stages in this process.
 //!
 //! Crash safety: a stage writes into a staging dir inside the cache; only after it returns Ok

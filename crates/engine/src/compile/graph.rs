@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 
-use crate::spec::{Dim, PipelineSpec, SpecError};
+use crate::compile::spec::{Dim, PipelineSpec, SpecError};
 use crate::stage::{OutputKind, Registry};
 
 /// Stage-level DAG: an edge `u → s` when `s` reads `u` (as an input or a fan-out list).

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::expand::Node;
-use crate::plan::{NodeState, Plan};
-use crate::schedule::Reporter;
+use crate::compile::expand::Node;
+use crate::compile::plan::{NodeState, Plan};
+use crate::run::schedule::Reporter;
 use crate::stage::ProgressSink;
 
 /// How often a node's progress is printed as a plain line when stderr is not a terminal.

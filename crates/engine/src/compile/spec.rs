@@ -48,7 +48,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::key::{CacheKey, KeyHasher};
+use crate::compile::key::{CacheKey, KeyHasher};
+use crate::slurm::options::SlurmOptions;
 use crate::value::Value;
 
 /// Default cap on the number of nodes one pipeline may expand to.
@@ -149,7 +150,7 @@ pub struct StageSpec {
     /// Resource needs beyond what the stage kind declares (`gpu = 1`).
     pub resources: BTreeMap<String, Located<u32>>,
     /// `[stages.x.slurm]`: partition, gres, time… for `--executor slurm`. Never part of a key.
-    pub slurm: crate::slurm::SlurmOptions,
+    pub slurm: SlurmOptions,
     pub loc: Loc,
 }
 
@@ -198,8 +199,8 @@ struct RawStage {
     foreach: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
     #[serde(default)]
     resources: BTreeMap<Spanned<String>, Spanned<i64>>,
-    /// `[stages.x.slurm]`: what the Slurm executor asks for (see [`crate::slurm::SlurmOptions`]).
-    slurm: Option<Spanned<crate::slurm::SlurmOptions>>,
+    /// `[stages.x.slurm]`: what the Slurm executor asks for (see [`SlurmOptions`]).
+    slurm: Option<Spanned<SlurmOptions>>,
 }
 
 #[derive(Deserialize)]
@@ -860,7 +861,7 @@ impl CacheKey for Dim {
         }
     }
 }
-impl CacheKey for crate::slurm::SlurmOptions {
+impl CacheKey for SlurmOptions {
     /// Its serde form: every field by name, maps sorted, so a new option is covered without an edit here.
     fn cache_key(&self, h: &mut KeyHasher) {
         h.bytes(&serde_json::to_vec(self).expect("SlurmOptions serializes"));
@@ -960,5 +961,52 @@ params = { value = "${model.layer}" }
         assert!(check_name("stage name", "../x", &loc, "k").is_err());
         assert!(check_name("stage name", "a/b", &loc, "k").is_err());
         assert!(check_name("stage name", "fit.pca-2", &loc, "k").is_ok());
+    }
+
+    #[test]
+    fn pipeline_stage_tables_parse_and_unknown_fields_name_file_and_key() {
+        let spec = PipelineSpec::parse(
+            "p.toml",
+            "[stages.a]\nkind = \"test.const\"\nparams = { value = 1 }\n[stages.a.slurm]\ngres = \"gpu:1\"\ntime = \"2:00:00\"\noptions = { qos = \"long\" }\n",
+        )
+        .unwrap();
+        let s = &spec.stages["a"].slurm;
+        assert_eq!(s.gres.as_deref(), Some("gpu:1"));
+        assert_eq!(s.time.as_deref(), Some("2:00:00"));
+        assert_eq!(s.options["qos"], "long");
+        let err = PipelineSpec::parse(
+            "p.toml",
+            "[stages.a]\nkind = \"test.const\"\n[stages.a.slurm]\ngpus = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("p.toml:") && err.contains("gpus"), "{err}");
+        let err = PipelineSpec::parse(
+            "p.toml",
+            "[stages.a]\nkind = \"test.const\"\n[stages.a.slurm]\noptions = { array = \"1\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("stages.a.slurm.options.array"), "{err}");
+    }
+
+    #[test]
+    fn stage_slurm_tables_parse_nodes_per_task_and_refuse_zero() {
+        let spec = PipelineSpec::parse(
+            "p.toml",
+            "[stages.a]\nkind = \"test.const\"\nparams = { value = 1 }\n[stages.a.slurm]\nnodes_per_task = 8\n",
+        )
+        .unwrap();
+        assert_eq!(spec.stages["a"].slurm.nodes_per_task, Some(8));
+        let err = PipelineSpec::parse(
+            "p.toml",
+            "[stages.a]\nkind = \"test.const\"\n[stages.a.slurm]\nnodes_per_task = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("stages.a.slurm.nodes_per_task") && err.contains("at least 1"),
+            "{err}"
+        );
     }
 }

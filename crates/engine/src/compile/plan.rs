@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use axbench_cache::{Digest, IndexReader, OutputEntry, Store};
 use serde::Serialize;
 
+use crate::compile::expand::{NodeGraph, expand};
+use crate::compile::graph::StageGraph;
+use crate::compile::key::{KeyInput, KeyParam, node_key, static_key};
+use crate::compile::spec::PipelineSpec;
 use crate::error::EngineError;
-use crate::expand::{NodeGraph, expand};
-use crate::graph::StageGraph;
-use crate::key::{KeyInput, KeyParam, node_key, static_key};
-use crate::spec::PipelineSpec;
 use crate::stage::{LIST_FILE, ParamType, Registry};
 use crate::value::Value;
 
@@ -57,7 +57,7 @@ pub struct Plan {
     pub nodes: Vec<PlannedNode>,
     pub project_dir: PathBuf,
     /// Every `Path` param read (absolute path, content digest): part of what a no-op record
-    /// has to re-check ([`crate::fingerprint`]).
+    /// has to re-check ([`crate::compile::fingerprint`]).
     pub paths: Vec<(PathBuf, Digest)>,
 }
 
@@ -208,7 +208,7 @@ pub fn read_list(store: &Store, outputs: &BTreeMap<String, OutputEntry>) -> Opti
 
 /// Static key and manifest params of a node: `Path` params by content digest.
 pub fn node_static_key(
-    node: &crate::expand::Node,
+    node: &crate::compile::expand::Node,
     registry: &Registry,
     store: &Store,
     reader: Option<&IndexReader>,
@@ -380,7 +380,7 @@ fn plan_nodes(
 fn explain(
     store: &Store,
     prev: &Digest,
-    node: &crate::expand::Node,
+    node: &crate::compile::expand::Node,
     params: &serde_json::Value,
     inputs: &[KeyInput<'_>],
     graph: &NodeGraph,

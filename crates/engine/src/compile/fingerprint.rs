@@ -30,10 +30,13 @@ use std::sync::Arc;
 
 use axbench_cache::{Digest, FileStat, OutputEntry, Store};
 
-use crate::key::{CacheKey, KeyHasher};
-use crate::plan::{NodeState, PlanJson, PlanJsonNode};
-use crate::spec::PipelineSpec;
+use crate::compile::key::{CacheKey, KeyHasher};
+use crate::compile::plan::{NodeState, PlanJson, PlanJsonNode};
+use crate::compile::spec::PipelineSpec;
 use crate::stage::Registry;
+
+/// Log lines carry the module's flat public path, which `RUST_LOG` filters name, not its room's.
+const LOG: &str = "axbench_engine::fingerprint";
 
 const MAGIC: &[u8; 8] = b"AXFP\x00\x00\x00\x01";
 
@@ -285,7 +288,7 @@ fn fresh_plan_under(fp: Digest, store: &Store) -> Option<FreshPlan> {
     if !record.blobs_unchanged(store) {
         return None;
     }
-    tracing::debug!("all {} nodes fresh (no-op record {})", record.nodes.len(), fp.short());
+    tracing::debug!(target: LOG, "all {} nodes fresh (no-op record {})", record.nodes.len(), fp.short());
     Some(record)
 }
 
@@ -331,7 +334,7 @@ pub fn save_launch_alias(spec: &PipelineSpec, registry: &Registry, store: &Store
     if let Some(alias) = launch_key(spec, project_dir, exe)
         && let Err(e) = store.write_alias(&alias, &fp)
     {
-        tracing::warn!("could not write the launcher's no-op alias: {e}");
+        tracing::warn!(target: LOG, "could not write the launcher's no-op alias: {e}");
     }
 }
 
@@ -355,7 +358,7 @@ pub fn save(
 ) {
     let fp = fingerprint(spec, registry, project_dir);
     if let Err(e) = store.write_fingerprint(&fp, &record.encode(), run) {
-        tracing::warn!("could not write the no-op record: {e}");
+        tracing::warn!(target: LOG, "could not write the no-op record: {e}");
     }
 }
 
