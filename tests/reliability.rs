@@ -15,37 +15,17 @@
 //! `AXBENCH_RELIABILITY_FULL=1` runs the kill loop 50 times (default 4);
 //! `AXBENCH_RELIABILITY_SEED=N` replays a particular sequence of kill points.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Project, ids, text};
+use crate::common::{Project, SLOW, STATIC, TOY, ids, states, text};
 
-const STATIC: &str = "tests/fixtures/engine/static.toml";
-const TOY: &str = "tests/fixtures/engine/toy.toml";
-const SLOW: &str = "tests/fixtures/engine/slow.toml";
 const FAIL: &str = "tests/fixtures/engine/fail.toml";
 const LM_PIPELINE: &str = "tests/fixtures/reliability/lm_prompt_detect.toml";
 
 fn repo(rel: &str) -> String {
     format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Every node of a pipeline with its plan state.
-fn states(plan: &serde_json::Value) -> BTreeMap<String, String> {
-    plan["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            (
-                n["id"].as_str().unwrap().to_string(),
-                n["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 /// Asserts an error exit: the expected code, an `error:` line, and no Rust panic.
