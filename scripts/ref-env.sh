@@ -29,7 +29,7 @@ fi
 if ! has llama_cpp; then
   CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 pip_install llama-cpp-python >&2
 fi
-# The Python `openai` client (serve/tests/server.rs drives the server with it) and llama-cpp-python's
+# The Python `openai` client (crates/serve/tests/server.rs drives the server with it) and llama-cpp-python's
 # OpenAI server (benches/serve/bench_serve.py compares against it).
 if ! has "openai, uvicorn, fastapi, sse_starlette, starlette_context, pydantic_settings"; then
   pip_install openai uvicorn fastapi sse-starlette starlette-context pydantic-settings >&2

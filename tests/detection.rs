@@ -17,9 +17,7 @@ use axbench_data::tables::write_parquet_atomic;
 use axbench_stages::infer::read_scores;
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::common::{artifact, root};
 
 fn ex(input: &str, output: &str, concept: &str, genre: &str, category: Category, concept_id: i64) -> Example {
     Example {
@@ -457,20 +455,6 @@ fn params_for(stage: &dyn Stage, set: &[(&str, PValue)]) -> BTreeMap<String, PVa
     p
 }
 
-/// The files of directory `dir` as an upstream node's outputs.
-fn artifact(node: &str, dir: &Path) -> InputArtifact {
-    let files = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), p))
-        .collect();
-    InputArtifact {
-        node: node.into(),
-        coord: Coord::new(),
-        files,
-    }
-}
-
 /// Runs `stage` with `params` and `inputs` into a fresh directory under `tmp`; returns it.
 fn run_stage(
     stage: &dyn Stage,
@@ -704,7 +688,8 @@ fn synthesize_then_prompt_detect() {
         .build()
         .unwrap();
     let server = rt.block_on(TestServer::with_rules(synth_rules())).unwrap();
-    // SAFETY: set before the stages read it; no other test of this binary reads this variable.
+    // SAFETY: set before the stages read it; no other test of this binary reads OPENAI_API_KEY from its own
+    // environment (those that need a key set it on the commands they spawn).
     unsafe { std::env::set_var("OPENAI_API_KEY", "test-key") };
     let tmp = tempfile::tempdir().unwrap();
     let concepts_csv = tmp.path().join("concepts.csv");

@@ -1,16 +1,10 @@
 //! Integration tests of the workflow engine through the `axbench` binary, with the toy stages
 //! and the pipelines in tests/fixtures/engine/.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Project, ids, text};
-
-const STATIC: &str = "tests/fixtures/engine/static.toml";
-const TOY: &str = "tests/fixtures/engine/toy.toml";
-const SLOW: &str = "tests/fixtures/engine/slow.toml";
+use crate::common::{Project, SLOW, STATIC, TOY, ids, states, text};
 
 /// `--set` for `static.toml` with element `b` given offset `off`.
 fn xs_with_b_offset(off: i64) -> String {
@@ -24,21 +18,6 @@ macro_rules! assert_computed {
         want.sort();
         assert_eq!(ids(&$report, "computed"), want, "report: {}", $report);
     }};
-}
-
-/// Every node id of a plan with its state.
-fn states(plan: &serde_json::Value) -> BTreeMap<String, String> {
-    plan["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            (
-                n["id"].as_str().unwrap().to_string(),
-                n["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 /// Output digests of every node of a pipeline, by node id.

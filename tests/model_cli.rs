@@ -14,12 +14,10 @@ use std::process::Output;
 
 use serde_json::Value;
 
+use crate::common::{floats, root};
+
 const GEMMA: &str = "gemma-3-270m";
 const SMOL: &str = "smollm2-135m";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn golden(name: &str) -> Value {
     let p = root().join("tests/golden/cli").join(format!("{name}.json"));
@@ -65,10 +63,6 @@ fn json(args: &[&str]) -> Value {
 
 fn ints(v: &Value) -> Vec<i64> {
     v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 fn strings(v: &Value) -> Vec<String> {

@@ -9,8 +9,6 @@
 //! judge calls plus one call for the steering prompt, and a rerun computes nothing and calls no LM. Skips (with a
 //! message) when the model is not installed.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,7 +19,7 @@ use axbench_stages::judge::read_judged;
 use axbench_testkit::lm_server::{Rules, TestServer};
 use serde_json::Value as Json;
 
-use common::{OneConcept, root, scripted_lm};
+use crate::common::{OneConcept, root, scripted_lm};
 
 fn registry() -> Registry {
     axbench_stages::register(Registry::new())

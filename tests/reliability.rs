@@ -15,37 +15,17 @@
 //! `AXBENCH_RELIABILITY_FULL=1` runs the kill loop 50 times (default 4);
 //! `AXBENCH_RELIABILITY_SEED=N` replays a particular sequence of kill points.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Project, ids, text};
+use crate::common::{Project, SLOW, STATIC, TOY, ids, states, text};
 
-const STATIC: &str = "tests/fixtures/engine/static.toml";
-const TOY: &str = "tests/fixtures/engine/toy.toml";
-const SLOW: &str = "tests/fixtures/engine/slow.toml";
 const FAIL: &str = "tests/fixtures/engine/fail.toml";
 const LM_PIPELINE: &str = "tests/fixtures/reliability/lm_prompt_detect.toml";
 
 fn repo(rel: &str) -> String {
     format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Every node of a pipeline with its plan state.
-fn states(plan: &serde_json::Value) -> BTreeMap<String, String> {
-    plan["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            (
-                n["id"].as_str().unwrap().to_string(),
-                n["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 /// Asserts an error exit: the expected code, an `error:` line, and no Rust panic.
@@ -226,7 +206,7 @@ impl Gguf {
 
 /// `axbench model info` (and `logits`) on GGUF files whose headers lie: exit 2 naming the file,
 /// never a panic or an attempt to allocate what the header claims. The reader's own unit-level
-/// cases (every truncation, byte flips, ...) are in models/tests/gguf_errors.rs.
+/// cases (every truncation, byte flips, ...) are in crates/models/tests/gguf_errors.rs.
 /// A 10^7-node static fan-out is refused from the spec alone (the product of its list
 /// lengths), before one coordinate is built: fast and small, not after materializing a
 /// million nodes. Peak memory is read with `/usr/bin/time -f %M` (skipped where it is absent).
@@ -586,7 +566,7 @@ fn kill_9_at_random_points_then_rerun_is_byte_identical() {
 /// file of the cache (manifests, blobs, logs, index), no report and no log line.
 ///
 /// The LM client's own guarantees (the key is sent, yet never cached, never in a record, and
-/// scrubbed when a server echoes it) are in stages/tests/lm_client.rs
+/// scrubbed when a server echoes it) are in crates/lm/tests/lm_client.rs
 /// (`api_key_never_reaches_the_cache`, `echoed_keys_are_scrubbed_from_failure_messages`). The
 /// key through a pipeline whose nodes call the LM (faults, retries, LM cache included) is
 /// `lm_faults_in_a_pipeline_fail_the_node_and_a_rerun_asks_only_the_failed_calls_never_leaking_the_key`.

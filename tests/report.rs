@@ -5,14 +5,13 @@
 //! four new tokens) with the LM served by the scripted test server, then the report is exported and opened as a
 //! user would, and `results --json` is checked against its documented contract.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use axbench_testkit::lm_server::{Rules, TestServer};
-use common::{OneConcept, Project, root, scripted_lm, text};
+
+use crate::common::{OneConcept, Project, root, scripted_lm, text};
 
 #[test]
 fn report_on_a_pipeline_without_aggregate_is_bad_input() {

@@ -15,14 +15,12 @@
 //! they skipped — unless `AXBENCH_REQUIRE_SLURM=1` (set by scripts/test.sh after it started the
 //! cluster), where a missing cluster is a failure.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Project, ids, text};
+use crate::common::{Project, ids, text};
 
 /// Whether a Slurm cluster answers; prints the reason when it does not.
 fn cluster() -> bool {

@@ -14,9 +14,7 @@ use axbench_engine::{Coord, InputArtifact, Stage, StageContext, Value};
 use axbench_models::device::{DType, DeviceSpec};
 use axbench_stages::generation::{self as steer, SteerSettings, read_generations, steered_generations};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::common::root;
 
 fn gemma() -> Option<PathBuf> {
     let p = root().join(".deps/models/gemma-3-270m-q4_k_m.gguf");

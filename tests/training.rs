@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use axbench_engine::{Coord, InputArtifact, Stage, StageContext, Value};
+use axbench_engine::{Coord, Stage, StageContext, Value};
 use axbench_methods::finetune::{LoraTrainable, Sft};
 use axbench_methods::loreft::{Loreft, prompt_positions};
 use axbench_methods::reft_r1::{ReftR1, ReftR1Config};
@@ -27,9 +27,7 @@ use axbench_models::train::{
 use serde_json::Value as Json;
 use tch::{Device, Kind, Tensor};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::common::{artifact, floats, root};
 
 fn golden() -> Json {
     serde_json::from_str(&std::fs::read_to_string(root().join("tests/golden/training/expected.json")).unwrap()).unwrap()
@@ -61,10 +59,6 @@ fn golden_rows(g: &Json) -> Vec<TrainExample> {
             }
         })
         .collect()
-}
-
-fn floats(v: &Json) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
@@ -352,19 +346,6 @@ fn run_train(model: &Path, method: &str, overrides: Json, out: &Path) {
         root(),
     );
     axbench_stages::train::Train.run(&mut ctx).unwrap();
-}
-
-fn artifact(node: &str, dir: &Path) -> InputArtifact {
-    let files = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), p))
-        .collect();
-    InputArtifact {
-        node: node.into(),
-        coord: Coord::new(),
-        files,
-    }
 }
 
 #[test]

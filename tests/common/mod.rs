@@ -1,9 +1,14 @@
-//! Helpers for the integration tests: a throwaway project dir and a way to run the binary.
+//! Helpers shared by the test modules: a throwaway project dir and a way to run the binary, fixture
+//! paths, and small readers of plans, JSON and stage outputs.
 
-#![allow(dead_code)]
-
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+
+/// Engine fixtures with the toy stages: a static fan-out, a small graph, one slow node.
+pub const STATIC: &str = "tests/fixtures/engine/static.toml";
+pub const TOY: &str = "tests/fixtures/engine/toy.toml";
+pub const SLOW: &str = "tests/fixtures/engine/slow.toml";
 
 /// A temporary project dir (its cache is `<dir>/.axbench`). Commands run from the repo root
 /// so fixture paths stay relative (and error messages stable).
@@ -106,9 +111,42 @@ pub fn ids(v: &serde_json::Value, field: &str) -> Vec<String> {
     out
 }
 
+/// Every node id of a plan with its state.
+pub fn states(plan: &serde_json::Value) -> BTreeMap<String, String> {
+    plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_string(),
+                n["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+pub fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
 /// The repository root (fixtures, pipelines and configs are relative to it).
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The files of directory `dir` as an upstream node's outputs.
+pub fn artifact(node: &str, dir: &Path) -> axbench_engine::InputArtifact {
+    let files = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), p))
+        .collect();
+    axbench_engine::InputArtifact {
+        node: node.into(),
+        coord: axbench_engine::Coord::new(),
+        files,
+    }
 }
 
 /// One concept's data in AxBench's released layout (`train_data.parquet`, `latent_eval_data.parquet`,

@@ -1,6 +1,6 @@
 //! Throughput of the LM client against the local test server: backend calls at a concurrency
 //! bound, cache hits, and calls under a 20% fault rate. Numbers, not assertions (beyond sanity):
-//! `cargo test -p axbench-stages --test lm_throughput -- --ignored --nocapture`.
+//! `cargo test -p axbench-lm --test tests lm_throughput:: -- --ignored --nocapture`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! Fit and score times at AxBench's sizes (144 training examples of ~150 tokens; d = 640 for Gemma-3-270M, 2304 for
-//! Gemma-2-2B). Ignored by default: `cargo test -p axbench-stages --release --test methods_timing -- --ignored
-//! --nocapture`.
+//! Gemma-2-2B). Ignored by default: `cargo test -p axbench-methods --release --test tests methods_timing:: --
+//! --ignored --nocapture`.
 
 use std::sync::Arc;
 use std::time::Instant;

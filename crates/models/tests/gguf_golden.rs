@@ -6,39 +6,17 @@
 //! The model files come from scripts/setup.sh (`.deps/models`, or `AXBENCH_MODELS_DIR`); tests that
 //! need them say so on stderr and pass when they are absent.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use axbench_models::gguf::GgufFile;
 use axbench_models::quant::{self, GgmlType};
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .to_path_buf()
-}
+use crate::common::{model_path, repo};
 
 fn golden_dir() -> PathBuf {
     repo().join("tests/golden/gguf")
-}
-
-fn model_path(file: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("AXBENCH_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".deps/models"));
-    let p = dir.join(file);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIP: {} not found (run scripts/setup.sh or set AXBENCH_MODELS_DIR)",
-            p.display()
-        );
-        None
-    }
 }
 
 fn type_by_name(name: &str) -> GgmlType {
@@ -237,7 +215,7 @@ fn load_all_tensors_timed() {
 }
 
 /// Dequantization speed per ggml type and whole-model `tensor()` time, without other work
-/// (`cargo test -p axbench-models --test gguf_golden -- --ignored --nocapture`).
+/// (`cargo test -p axbench-models --test tests gguf_golden:: -- --ignored --nocapture`).
 #[test]
 #[ignore = "timing report"]
 fn dequant_speed_report() {

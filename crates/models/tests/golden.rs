@@ -15,16 +15,10 @@ use axbench_models::{LoadOptions, Model};
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .to_path_buf()
-}
+use crate::common::repo;
 
 fn golden_dir() -> PathBuf {
-    root().join("tests/golden/models")
+    repo().join("tests/golden/models")
 }
 
 fn read_json(p: &Path) -> Value {
@@ -206,7 +200,7 @@ fn bf16_stays_close_to_f32() {
 
 fn check_gguf(name: &str) {
     let g = read_json(&golden_dir().join(format!("{name}.json")));
-    let path = root().join(".deps/models").join(g["file"].as_str().unwrap());
+    let path = repo().join(".deps/models").join(g["file"].as_str().unwrap());
     if !path.exists() {
         eprintln!("skipping {name}: {} not present (run scripts/setup.sh)", path.display());
         return;

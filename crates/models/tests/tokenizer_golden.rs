@@ -6,7 +6,6 @@
 //! to the reference's text. Gemma's non-default `SpmFlavor::Transformers` is checked the same way
 //! against HF transformers loading the GGUF.
 
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -15,32 +14,10 @@ use axbench_models::gguf::GgufFile;
 use axbench_models::tokenizer::{GgufTokenizerOptions, SpmFlavor, Tokenizer};
 use serde_json::Value;
 
+use crate::common::{model_path, repo};
+
 const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
 const SMOL: &str = "smollm2-135m-instruct-q4_1.gguf";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .to_path_buf()
-}
-
-fn model_path(file: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("AXBENCH_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".deps/models"));
-    let p = dir.join(file);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIP: {} not found (run scripts/setup.sh or set AXBENCH_MODELS_DIR)",
-            p.display()
-        );
-        None
-    }
-}
 
 struct Loaded {
     file: GgufFile,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden layout of AxBench's released latent-eval data, for stages/tests/synth_layout.rs.
+"""Golden layout of AxBench's released latent-eval data, for crates/lm/tests/synth_layout.rs.
 
 Reads the released Concept10 latent_eval_data.parquet files (read-only, outside the repository) and
 records, per run and concept: the concept's genre, the (category, concept_genre) row counts, whether
