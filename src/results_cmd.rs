@@ -152,6 +152,9 @@ pub fn steering_json(s: &Summary) -> Vec<serde_json::Value> {
 /// A node's output files: name → blob path in the store.
 pub type NodeFiles = BTreeMap<String, PathBuf>;
 
+/// The nodes of one stage kind: node id and its outputs, `None` where the node is not fresh.
+pub type KindOutputs = Vec<(String, Option<NodeFiles>)>;
+
 /// Every node of each stage kind in `kinds` in the planned pipeline with its outputs, one list per kind, `None`
 /// where the node is not fresh (never run, or stale for these params). One plan serves every kind.
 pub fn stage_outputs(
@@ -160,7 +163,7 @@ pub fn stage_outputs(
     store: &Store,
     project: &Path,
     kinds: &[&str],
-) -> Result<Vec<Vec<(String, Option<NodeFiles>)>>> {
+) -> Result<Vec<KindOutputs>> {
     let mut lists = Default::default();
     let plan = axbench_engine::plan(spec, registry, store, project, &mut lists)?;
     let mut out = vec![Vec::new(); kinds.len()];
