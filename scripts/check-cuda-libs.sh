@@ -28,11 +28,12 @@ for l in "${lazy[@]}"; do
 done
 for t in "${targets[@]}"; do
   [ -f "$t" ] || { echo "MISSING $t"; bad=1; continue; }
-  missing=$(ldd "$t" | awk '/not found/ && $1 != "libcuda.so.1" {print $1}' | sort -u | tr '\n' ' ')
+  deps=$(ldd "$t")
+  missing=$(awk '/not found/ && $1 != "libcuda.so.1" {print $1}' <<<"$deps" | sort -u | tr '\n' ' ')
   if [ -n "$missing" ]; then
     echo "UNRESOLVED $(basename "$t"): $missing"; bad=1
   else
-    echo "ok $(basename "$t") ($(ldd "$t" | grep -c '=> /') libraries)"
+    echo "ok $(basename "$t") ($(grep -c '=> /' <<<"$deps") libraries)"
   fi
 done
 if [ "$bad" = 1 ]; then

@@ -24,14 +24,6 @@ pub const BAD_INPUT: u8 = 2;
 pub const INTERRUPTED: u8 = 130;
 
 impl CliError {
-    /// Bad input (exit 2), with the message the user sees.
-    pub fn bad(message: impl fmt::Display) -> anyhow::Error {
-        anyhow::Error::new(CliError {
-            code: BAD_INPUT,
-            message: Some(message.to_string()),
-        })
-    }
-
     /// Exit with `code`; the command has already printed why.
     pub fn reported(code: u8) -> anyhow::Error {
         anyhow::Error::new(CliError { code, message: None })
@@ -49,9 +41,12 @@ impl fmt::Display for CliError {
 
 impl std::error::Error for CliError {}
 
-/// Shorthand for [`CliError::bad`].
+/// Bad input (exit 2), with the message the user sees.
 pub fn bad(message: impl fmt::Display) -> anyhow::Error {
-    CliError::bad(message)
+    anyhow::Error::new(CliError {
+        code: BAD_INPUT,
+        message: Some(message.to_string()),
+    })
 }
 
 /// Maps a command's result to the process exit code, printing the error (with its context chain)

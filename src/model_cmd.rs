@@ -261,10 +261,9 @@ pub fn run(a: ModelArgs) -> Result<()> {
 }
 
 fn devices(a: DevicesArgs) -> Result<()> {
-    use axbench_models::device::{diagnose, probe};
+    use axbench_models::device::{cuda_version_str as version, diagnose, probe};
     let facts = probe();
     let status = diagnose(&facts);
-    let version = |v: i32| format!("{}.{}", v / 1000, (v % 1000) / 10);
     let torch_cuda = match &facts.torch_cuda {
         Ok(()) => "loaded".to_string(),
         Err(e) => e.clone(),

@@ -86,8 +86,8 @@ fn results(g: &GlobalArgs, a: &ResultsArgs) -> Result<()> {
         spec, project, store, ..
     } = open_pipeline(g, &a.pipeline, &a.sets)?;
     let registry = registry();
-    let mut found = stage_outputs(&spec, &registry, &store, &project, &[EVALUATE_KIND, AGGREGATE_KIND])?;
-    let (aggregates, evaluates) = (found.pop().unwrap_or_default(), found.pop().unwrap_or_default());
+    let found = stage_outputs(&spec, &registry, &store, &project, &[EVALUATE_KIND, AGGREGATE_KIND])?;
+    let [evaluates, aggregates] = <[KindOutputs; 2]>::try_from(found).expect("one list per kind asked for");
     if evaluates.is_empty() && aggregates.is_empty() {
         return Err(bad(format!(
             "{} has no `{EVALUATE_KIND}` or `{AGGREGATE_KIND}` stage",

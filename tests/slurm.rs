@@ -69,6 +69,20 @@ fn slurm_run(p: &Project, file: &Path, extra: &[&str]) -> std::process::Command 
     c
 }
 
+/// Runs `file` through Slurm, asserts the run succeeded, and returns its `--json` report and stderr
+/// (where the executor logs each sbatch line).
+fn slurm_run_ok(p: &Project, file: &Path, extra: &[&str]) -> (serde_json::Value, String) {
+    let out = slurm_run(p, file, extra).output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {err}\nstdout: {}",
+        text(&out.stdout)
+    );
+    (serde_json::from_slice(&out.stdout).unwrap(), err)
+}
+
 /// Job ids (as squeue prints them, `123_4`) still known to Slurm as pending or running.
 fn alive(job_ids: &[String]) -> Vec<String> {
     if job_ids.is_empty() {
@@ -145,17 +159,7 @@ kind = "test.add"
 inputs = { a = "cpu", b = "gpu" }
 "#,
     );
-    let out = slurm_run(&p, &file, &["--gres", "gpu:1", "--array-limit", "3"])
-        .output()
-        .unwrap();
-    let err = text(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {err}\nstdout: {}",
-        text(&out.stdout)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (r, err) = slurm_run_ok(&p, &file, &["--gres", "gpu:1", "--array-limit", "3"]);
     assert_eq!(ids(&r, "computed").len(), 7, "{r}");
     assert_eq!(r["slurm"]["arrays"], 3, "one array per stage: {r}");
     assert_eq!(r["slurm"]["tasks"], 7);
@@ -237,9 +241,7 @@ inputs = { a = "quick", b = "slow" }
         .collect();
     assert!(!running.is_empty(), "the slow tasks should outlive the engine");
 
-    let out = slurm_run(&p, &file, &[]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (r, _) = slurm_run_ok(&p, &file, &[]);
     // Finished nodes reused; the running ones awaited, not resubmitted; only `sum` submitted.
     for q in ["quick[i=1]", "quick[i=2]", "quick[i=3]"] {
         assert!(ids(&r, "cached").contains(&q.to_string()), "{q} not reused: {r}");
@@ -433,9 +435,7 @@ params = { tally = "{tally}", value = 1 }
     );
 
     // The rerun submits it again and it completes; `fine` is not run twice.
-    let again = slurm_run(&p, &file, &[]).output().unwrap();
-    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
-    let r: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    let (r, _) = slurm_run_ok(&p, &file, &[]);
     assert_eq!(ids(&r, "computed"), vec!["doomed".to_string()], "{r}");
     assert_eq!(value(&p, "doomed"), serde_json::json!(7));
     assert_eq!(tally(&p).get("fine"), Some(&1));
@@ -465,15 +465,7 @@ kind = "test.add"
 inputs = { x = "many" }
 "#,
     );
-    let out = slurm_run(&p, &file, &[]).output().unwrap();
-    let err = text(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {err}\nstdout: {}",
-        text(&out.stdout)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (r, err) = slurm_run_ok(&p, &file, &[]);
     assert_eq!(ids(&r, "computed").len(), 6, "{r}");
     assert_eq!(r["slurm"]["arrays"], 2, "{r}");
     assert_eq!(r["slurm"]["tasks"], 3 + 1, "{r}");
@@ -489,9 +481,7 @@ inputs = { x = "many" }
     assert!(t.values().all(|&n| n == 1), "{t:?}");
     assert!(walk(&p.cache().join("slurm/batches")).is_empty());
 
-    let again = slurm_run(&p, &file, &[]).output().unwrap();
-    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
-    let r: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    let (r, _) = slurm_run_ok(&p, &file, &[]);
     assert_eq!(ids(&r, "computed"), Vec::<String>::new(), "{r}");
     assert_eq!(r["slurm"]["tasks"], 0, "{r}");
     assert!(tally(&p).values().all(|&n| n == 1));

@@ -124,7 +124,8 @@ pub enum CudaProblem {
     TorchSeesNone { driver_devices: i32 },
 }
 
-fn cuda_version_str(v: i32) -> String {
+/// A CUDA version as the runtime and driver report it (`13020`) in the form users read (`13.2`).
+pub fn cuda_version_str(v: i32) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
 }
 
